@@ -1,0 +1,215 @@
+//! The validated configuration. Values of these types only come out of validation, so every
+//! consumer may assume the invariants the validator checks (defined pools, non-zero split totals,
+//! unique names, parseable addresses).
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole validated configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Worker threads of the data plane; `None` means one per core.
+    pub worker_threads: Option<usize>,
+    /// Where versions, runtime state, audit log and credentials live.
+    pub state_dir: PathBuf,
+    /// How long in-flight requests may run after SIGTERM before the process exits anyway.
+    pub shutdown_grace: Duration,
+    /// Admin API bind address.
+    pub admin_bind: SocketAddr,
+    /// Client-facing listeners.
+    pub listeners: Vec<Listener>,
+    /// Limits and timeouts towards clients.
+    pub limits: Limits,
+    /// Access log settings.
+    pub access_log: AccessLog,
+    /// Peers whose X-Forwarded-* headers are believed and appended to.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Upstream pools, in file order.
+    pub pools: Vec<Pool>,
+    /// Routes, in file order.
+    pub routes: Vec<Route>,
+    pub(crate) _sealed: (),
+}
+
+/// One client-facing listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// Socket address to bind.
+    pub bind: SocketAddr,
+}
+
+/// Client-side limits and timeouts; the defaults are nginx's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body accepted (413 beyond). nginx: client_max_body_size 1m; ours 10m.
+    pub client_max_body_size: u64,
+    /// Time allowed to send a request head once it has started.
+    pub client_header_timeout: Duration,
+    /// Longest gap between two reads of a request body.
+    pub client_body_timeout: Duration,
+    /// How long an idle keep-alive connection is kept open.
+    pub keepalive_timeout: Duration,
+    /// Requests served on one connection before it is closed.
+    pub keepalive_requests: u64,
+    /// Longest request target (414 beyond).
+    pub max_request_line: u64,
+    /// Largest header section (431 beyond).
+    pub max_header_size: u64,
+    /// Most header fields in one request (431 beyond).
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            client_max_body_size: 10 * 1024 * 1024,
+            client_header_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(65),
+            keepalive_requests: 1000,
+            max_request_line: 8 * 1024,
+            max_header_size: 32 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// Whether a line is written per request.
+    pub enabled: bool,
+    /// File to append to; `-` is standard output.
+    pub path: String,
+    /// Line format.
+    pub format: AccessLogFormat,
+}
+
+/// Access log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// nginx's `combined`.
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+/// An IPv4 or IPv6 network, for trusted proxy lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: std::net::IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies inside this network.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::*;
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map(V4).unwrap_or(V6(v6)),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (V4(a), V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (V6(a), V6(b)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Load-balancing policy inside a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lb {
+    /// Smooth weighted round robin (nginx's default).
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Fewest in-flight requests of two random choices.
+    LeastRequests,
+}
+
+/// A named group of upstream servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// Unique name.
+    pub name: String,
+    /// Policy choosing a server per request.
+    pub lb: Lb,
+    /// Idle keep-alive connections kept per worker and server.
+    pub keepalive: usize,
+    /// How long an idle upstream connection is kept.
+    pub keepalive_idle_timeout: Duration,
+    /// Time allowed to establish a TCP connection.
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request until the response head arrives.
+    pub response_timeout: Duration,
+    /// Servers, in file order.
+    pub servers: Vec<Server>,
+}
+
+/// One upstream server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// `host:port`, as written (an IP literal or a DNS name).
+    pub address: String,
+    /// Relative share of the pool's traffic; 0 keeps it configured but idle.
+    pub weight: u32,
+}
+
+/// One route: which requests it takes and where they go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Unique name.
+    pub name: String,
+    /// Hosts matched (exact, or `*.suffix`); empty matches any host.
+    pub hosts: Vec<String>,
+    /// Path prefix; the longest matching prefix wins.
+    pub path: String,
+    /// Optional header condition.
+    pub header: Option<HeaderMatch>,
+    /// Weighted pools. Weights need not sum to 100; they are relative.
+    pub split: Vec<SplitEntry>,
+    /// Keeps one client on one side of the split.
+    pub sticky: Option<Sticky>,
+    /// Header that forces a pool of the split by name, for testers.
+    pub override_header: Option<String>,
+    /// Cookie that forces a pool of the split by name, for testers.
+    pub override_cookie: Option<String>,
+}
+
+/// A header condition on a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HeaderMatch {
+    /// Header name, lower case.
+    pub name: String,
+    /// Exact value required; `None` means present with any value.
+    pub value: Option<String>,
+}
+
+/// One pool of a route's split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitEntry {
+    /// Pool name (validated to exist).
+    pub pool: String,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// Where the sticky key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// A cookie; nrdot sets it when the client has none.
+    Cookie(String),
+    /// A request header; requests without it are split by weight.
+    Header(String),
+}

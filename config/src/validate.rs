@@ -1,0 +1,959 @@
+//! Raw TOML -> [`Config`]. The document is walked by hand over `toml_edit`'s spanned tree instead of
+//! through serde, because serde stops at the first problem and loses positions; an operator fixing
+//! a file wants every problem, each with its line and column, in one pass.
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml_edit::{ImDocument, Item, TableLike};
+
+use crate::error::{ConfigError, ValidationError};
+use crate::model::*;
+use crate::units::{parse_duration, parse_size};
+
+type Span = Option<Range<usize>>;
+
+/// Largest weight of one server or split entry; keeps totals far from overflow.
+const MAX_WEIGHT: i64 = 1_000_000;
+
+struct V<'t> {
+    text: &'t str,
+    errors: Vec<ValidationError>,
+}
+
+fn item_span(item: &Item) -> Span {
+    match item {
+        Item::Value(v) => v.span(),
+        Item::Table(t) => t.span(),
+        Item::ArrayOfTables(a) => a.span(),
+        Item::None => None,
+    }
+}
+
+impl<'t> V<'t> {
+    fn push(&mut self, path: &str, span: &Span, message: impl Into<String>) {
+        let offset = span.as_ref().map(|r| r.start).unwrap_or(0);
+        let (line, column) = position(self.text, offset);
+        self.errors.push(ValidationError {
+            path: path.to_string(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    /// Reports keys that the schema does not know, pointing at the key itself.
+    fn keys(&mut self, t: &dyn TableLike, path: &str, allowed: &[&str]) {
+        for (k, _) in t.iter() {
+            if !allowed.contains(&k) {
+                let span = t.key(k).and_then(|key| key.span());
+                self.push(
+                    &join(path, k),
+                    &span,
+                    format!("unknown key {k:?} (expected one of: {})", allowed.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn get<'a>(&self, t: &'a dyn TableLike, key: &str) -> Option<(&'a Item, Span)> {
+        t.get_key_value(key)
+            .map(|(k, item)| (item, item_span(item).or_else(|| k.span())))
+    }
+
+    fn str(&mut self, t: &dyn TableLike, key: &str, path: &str) -> Option<(String, Span)> {
+        let (item, span) = self.get(t, key)?;
+        match item.as_str() {
+            Some(s) => Some((s.to_string(), span)),
+            None => {
+                self.push(
+                    &join(path, key),
+                    &span,
+                    format!("expected a string, found {}", item.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, t: &dyn TableLike, key: &str, path: &str, range: Range<i64>) -> Option<i64> {
+        let (item, span) = self.get(t, key)?;
+        match item.as_integer() {
+            Some(n) if range.contains(&n) => Some(n),
+            Some(n) => {
+                self.push(
+                    &join(path, key),
+                    &span,
+                    format!(
+                        "{n} is out of range (allowed {}..={})",
+                        range.start,
+                        range.end - 1
+                    ),
+                );
+                None
+            }
+            None => {
+                self.push(
+                    &join(path, key),
+                    &span,
+                    format!("expected an integer, found {}", item.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, t: &dyn TableLike, key: &str, path: &str) -> Option<bool> {
+        let (item, span) = self.get(t, key)?;
+        let b = item.as_bool();
+        if b.is_none() {
+            self.push(
+                &join(path, key),
+                &span,
+                format!("expected true or false, found {}", item.type_name()),
+            );
+        }
+        b
+    }
+
+    /// A duration written as `"30s"` or as an integer number of seconds.
+    fn duration(&mut self, t: &dyn TableLike, key: &str, path: &str, default: Duration) -> Duration {
+        let Some((item, span)) = self.get(t, key) else {
+            return default;
+        };
+        let parsed = if let Some(n) = item.as_integer() {
+            u64::try_from(n)
+                .map(Duration::from_secs)
+                .map_err(|_| format!("invalid duration {n}: must not be negative"))
+        } else if let Some(s) = item.as_str() {
+            parse_duration(s)
+        } else {
+            Err(format!(
+                "expected a duration like \"30s\", found {}",
+                item.type_name()
+            ))
+        };
+        parsed.unwrap_or_else(|e| {
+            self.push(&join(path, key), &span, e);
+            default
+        })
+    }
+
+    /// A size written as `"10m"` or as an integer number of bytes.
+    fn size(&mut self, t: &dyn TableLike, key: &str, path: &str, default: u64) -> u64 {
+        let Some((item, span)) = self.get(t, key) else {
+            return default;
+        };
+        let parsed = if let Some(n) = item.as_integer() {
+            u64::try_from(n).map_err(|_| format!("invalid size {n}: must not be negative"))
+        } else if let Some(s) = item.as_str() {
+            parse_size(s)
+        } else {
+            Err(format!(
+                "expected a size like \"10m\", found {}",
+                item.type_name()
+            ))
+        };
+        parsed.unwrap_or_else(|e| {
+            self.push(&join(path, key), &span, e);
+            default
+        })
+    }
+
+    /// A sub-table (`[a]` or `a = { .. }`); reports a wrong type.
+    fn table<'a>(
+        &mut self,
+        t: &'a dyn TableLike,
+        key: &str,
+        path: &str,
+    ) -> Option<(&'a dyn TableLike, Span)> {
+        let (item, span) = self.get(t, key)?;
+        match item.as_table_like() {
+            Some(tl) => Some((tl, span)),
+            None => {
+                self.push(
+                    &join(path, key),
+                    &span,
+                    format!("expected a table, found {}", item.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A list of tables, written either as `[[key]]` sections or as an array of inline tables.
+    fn tables<'a>(
+        &mut self,
+        t: &'a dyn TableLike,
+        key: &str,
+        path: &str,
+    ) -> Vec<(&'a dyn TableLike, Span)> {
+        let Some((item, span)) = self.get(t, key) else {
+            return Vec::new();
+        };
+        if let Some(aot) = item.as_array_of_tables() {
+            return aot
+                .iter()
+                .map(|t| (t as &dyn TableLike, t.span().or_else(|| span.clone())))
+                .collect();
+        }
+        if let Some(arr) = item.as_array() {
+            let mut out = Vec::new();
+            for (i, v) in arr.iter().enumerate() {
+                match v.as_inline_table() {
+                    Some(it) => out.push((it as &dyn TableLike, v.span())),
+                    None => self.push(
+                        &format!("{}[{i}]", join(path, key)),
+                        &v.span(),
+                        format!("expected a table, found {}", v.type_name()),
+                    ),
+                }
+            }
+            return out;
+        }
+        self.push(
+            &join(path, key),
+            &span,
+            format!("expected a list of tables, found {}", item.type_name()),
+        );
+        Vec::new()
+    }
+
+    /// A string or a list of strings.
+    fn strings(&mut self, t: &dyn TableLike, key: &str, path: &str) -> Vec<(String, Span)> {
+        let Some((item, span)) = self.get(t, key) else {
+            return Vec::new();
+        };
+        if let Some(s) = item.as_str() {
+            return vec![(s.to_string(), span)];
+        }
+        if let Some(arr) = item.as_array() {
+            let mut out = Vec::new();
+            for (i, v) in arr.iter().enumerate() {
+                match v.as_str() {
+                    Some(s) => out.push((s.to_string(), v.span())),
+                    None => self.push(
+                        &format!("{}[{i}]", join(path, key)),
+                        &v.span(),
+                        format!("expected a string, found {}", v.type_name()),
+                    ),
+                }
+            }
+            return out;
+        }
+        self.push(
+            &join(path, key),
+            &span,
+            format!(
+                "expected a string or a list of strings, found {}",
+                item.type_name()
+            ),
+        );
+        Vec::new()
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// 1-based line and character column of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+pub(crate) fn config(text: &str) -> Result<Config, ConfigError> {
+    let mut v = V {
+        text,
+        errors: Vec::new(),
+    };
+    let doc = match ImDocument::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let msg = e.message().trim().to_string();
+            v.push("", &e.span(), format!("TOML syntax error: {msg}"));
+            return Err(ConfigError::Invalid(v.errors));
+        }
+    };
+    let root: &dyn TableLike = doc.as_table();
+    v.keys(
+        root,
+        "",
+        &[
+            "version",
+            "worker_threads",
+            "state_dir",
+            "shutdown_grace",
+            "admin",
+            "listener",
+            "limits",
+            "access_log",
+            "trusted_proxies",
+            "pool",
+            "route",
+        ],
+    );
+    if let Some((item, span)) = v.get(root, "version") {
+        if item.as_integer() != Some(1) {
+            v.push(
+                "version",
+                &span,
+                "unsupported config version (this nrdot reads version = 1)",
+            );
+        }
+    }
+    let worker_threads = v
+        .int(root, "worker_threads", "", 1..1025)
+        .map(|n| n as usize);
+    let state_dir = v
+        .str(root, "state_dir", "")
+        .map(|(s, _)| PathBuf::from(s))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/nrdot"));
+    let shutdown_grace = v.duration(root, "shutdown_grace", "", Duration::from_secs(30));
+
+    let mut admin_bind: SocketAddr = ([127, 0, 0, 1], 8080).into();
+    if let Some((t, _)) = v.table(root, "admin", "") {
+        v.keys(t, "admin", &["bind"]);
+        if let Some((s, span)) = v.str(t, "bind", "admin") {
+            match s.parse() {
+                Ok(a) => admin_bind = a,
+                Err(_) => v.push(
+                    "admin.bind",
+                    &span,
+                    format!("invalid address {s:?}: expected ip:port"),
+                ),
+            }
+        }
+    }
+
+    let listeners = listeners(&mut v, root, admin_bind);
+    let limits = limits(&mut v, root);
+    let access_log = access_log(&mut v, root);
+    let trusted_proxies = trusted(&mut v, root);
+    let pools = pools(&mut v, root);
+    let routes = routes(&mut v, root, &pools);
+
+    if !v.errors.is_empty() {
+        v.errors.sort_by_key(|e| (e.line, e.column));
+        return Err(ConfigError::Invalid(v.errors));
+    }
+    Ok(Config {
+        worker_threads,
+        state_dir,
+        shutdown_grace,
+        admin_bind,
+        listeners,
+        limits,
+        access_log,
+        trusted_proxies,
+        pools,
+        routes,
+        _sealed: (),
+    })
+}
+
+fn listeners(
+    v: &mut V<'_>,
+    root: &dyn TableLike,
+    admin: SocketAddr,
+) -> Vec<Listener> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    let mut binds: HashMap<SocketAddr, String> = HashMap::new();
+    let tables = v.tables(root, "listener", "");
+    if tables.is_empty() && v.get(root, "listener").is_none() {
+        v.push(
+            "listener",
+            &Some(0..0),
+            "at least one [[listener]] with a name and a bind address is required",
+        );
+    }
+    for (i, (t, tspan)) in tables.into_iter().enumerate() {
+        let path = format!("listener[{i}]");
+        v.keys(t, &path, &["name", "bind"]);
+        let name = match v.str(t, "name", &path) {
+            Some((n, span)) => {
+                if n.is_empty() {
+                    v.push(&format!("{path}.name"), &span, "name must not be empty");
+                } else if !names.insert(n.clone()) {
+                    v.push(
+                        &format!("{path}.name"),
+                        &span,
+                        format!("duplicate listener name {n:?}"),
+                    );
+                }
+                n
+            }
+            None => {
+                v.push(&path, &tspan, "missing key \"name\"");
+                String::new()
+            }
+        };
+        let Some((bind, span)) = v.str(t, "bind", &path) else {
+            v.push(&path, &tspan, "missing key \"bind\"");
+            continue;
+        };
+        let Ok(addr) = bind.parse::<SocketAddr>() else {
+            v.push(
+                &format!("{path}.bind"),
+                &span,
+                format!("invalid address {bind:?}: expected ip:port, like 0.0.0.0:80 or [::]:443"),
+            );
+            continue;
+        };
+        if let Some(other) = binds.insert(addr, name.clone()) {
+            v.push(
+                &format!("{path}.bind"),
+                &span,
+                format!("address {addr} is already bound by listener {other:?}"),
+            );
+        }
+        if addr == admin {
+            v.push(
+                &format!("{path}.bind"),
+                &span,
+                format!("address {addr} is also the admin address"),
+            );
+        }
+        out.push(Listener { name, bind: addr });
+    }
+    out
+}
+
+fn limits(v: &mut V<'_>, root: &dyn TableLike) -> Limits {
+    let d = Limits::default();
+    let Some((t, _)) = v.table(root, "limits", "") else {
+        return d;
+    };
+    let p = "limits";
+    v.keys(
+        t,
+        p,
+        &[
+            "client_max_body_size",
+            "client_header_timeout",
+            "client_body_timeout",
+            "keepalive_timeout",
+            "keepalive_requests",
+            "max_request_line",
+            "max_header_size",
+            "max_headers",
+        ],
+    );
+    let mut limits = Limits {
+        client_max_body_size: v.size(t, "client_max_body_size", p, d.client_max_body_size),
+        client_header_timeout: v.duration(t, "client_header_timeout", p, d.client_header_timeout),
+        client_body_timeout: v.duration(t, "client_body_timeout", p, d.client_body_timeout),
+        keepalive_timeout: v.duration(t, "keepalive_timeout", p, d.keepalive_timeout),
+        keepalive_requests: v
+            .int(t, "keepalive_requests", p, 1..i64::MAX)
+            .map(|n| n as u64)
+            .unwrap_or(d.keepalive_requests),
+        max_request_line: v.size(t, "max_request_line", p, d.max_request_line),
+        max_header_size: v.size(t, "max_header_size", p, d.max_header_size),
+        max_headers: v
+            .int(t, "max_headers", p, 1..10_001)
+            .map(|n| n as usize)
+            .unwrap_or(d.max_headers),
+    };
+    // hyper cannot buffer a request head in less than 8 KiB; smaller values would only
+    // pretend to be enforced.
+    if limits.max_header_size < 8192 {
+        let span = v.get(t, "max_header_size").and_then(|(_, s)| s);
+        v.push(
+            "limits.max_header_size",
+            &span,
+            "must be at least 8k",
+        );
+        limits.max_header_size = 8192;
+    }
+    if limits.max_header_size > 1024 * 1024 {
+        let span = v.get(t, "max_header_size").and_then(|(_, s)| s);
+        v.push("limits.max_header_size", &span, "must be at most 1m");
+    }
+    limits
+}
+
+fn access_log(v: &mut V<'_>, root: &dyn TableLike) -> AccessLog {
+    let mut log = AccessLog {
+        enabled: true,
+        path: "-".to_string(),
+        format: AccessLogFormat::Combined,
+    };
+    let Some((t, _)) = v.table(root, "access_log", "") else {
+        return log;
+    };
+    v.keys(t, "access_log", &["enabled", "path", "format"]);
+    if let Some(b) = v.bool(t, "enabled", "access_log") {
+        log.enabled = b;
+    }
+    if let Some((p, span)) = v.str(t, "path", "access_log") {
+        if p.is_empty() {
+            v.push("access_log.path", &span, "path must not be empty (use \"-\" for stdout)");
+        }
+        log.path = p;
+    }
+    if let Some((f, span)) = v.str(t, "format", "access_log") {
+        match f.as_str() {
+            "combined" => log.format = AccessLogFormat::Combined,
+            "json" => log.format = AccessLogFormat::Json,
+            _ => v.push(
+                "access_log.format",
+                &span,
+                format!("unknown format {f:?} (expected \"combined\" or \"json\")"),
+            ),
+        }
+    }
+    log
+}
+
+fn trusted(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Cidr> {
+    let mut out = Vec::new();
+    for (i, (s, span)) in v.strings(root, "trusted_proxies", "").into_iter().enumerate() {
+        match parse_cidr(&s) {
+            Some(c) => out.push(c),
+            None => v.push(
+                &format!("trusted_proxies[{i}]"),
+                &span,
+                format!("invalid network {s:?}: expected an address or address/prefix"),
+            ),
+        }
+    }
+    out
+}
+
+fn parse_cidr(s: &str) -> Option<Cidr> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+        None => (s.parse::<IpAddr>().ok()?, None),
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = prefix.unwrap_or(max);
+    (prefix <= max).then_some(Cidr { addr, prefix })
+}
+
+/// `host:port` where host is an IP literal or a DNS name.
+fn valid_address(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    if port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
+        return false;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+        })
+}
+
+fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for (i, (t, tspan)) in v.tables(root, "pool", "").into_iter().enumerate() {
+        let path = format!("pool[{i}]");
+        v.keys(
+            t,
+            &path,
+            &[
+                "name",
+                "lb",
+                "keepalive",
+                "keepalive_idle_timeout",
+                "connect_timeout",
+                "response_timeout",
+                "server",
+            ],
+        );
+        let name = match v.str(t, "name", &path) {
+            Some((n, span)) => {
+                if !valid_name(&n) {
+                    v.push(
+                        &format!("{path}.name"),
+                        &span,
+                        format!("invalid pool name {n:?}: use letters, digits, '-', '_' and '.'"),
+                    );
+                } else if !names.insert(n.clone()) {
+                    v.push(
+                        &format!("{path}.name"),
+                        &span,
+                        format!("duplicate pool name {n:?}"),
+                    );
+                }
+                n
+            }
+            None => {
+                v.push(&path, &tspan, "missing key \"name\"");
+                String::new()
+            }
+        };
+        let lb = match v.str(t, "lb", &path) {
+            None => Lb::RoundRobin,
+            Some((s, span)) => match s.as_str() {
+                "round_robin" => Lb::RoundRobin,
+                "random" => Lb::Random,
+                "least_requests" => Lb::LeastRequests,
+                _ => {
+                    v.push(
+                        &format!("{path}.lb"),
+                        &span,
+                        format!("unknown policy {s:?} (expected round_robin, random or least_requests)"),
+                    );
+                    Lb::RoundRobin
+                }
+            },
+        };
+        let keepalive = v
+            .int(t, "keepalive", &path, 0..100_001)
+            .map(|n| n as usize)
+            .unwrap_or(32);
+        let keepalive_idle_timeout =
+            v.duration(t, "keepalive_idle_timeout", &path, Duration::from_secs(60));
+        let connect_timeout = v.duration(t, "connect_timeout", &path, Duration::from_secs(5));
+        let response_timeout = v.duration(t, "response_timeout", &path, Duration::from_secs(60));
+        for (key, d) in [
+            ("connect_timeout", connect_timeout),
+            ("response_timeout", response_timeout),
+        ] {
+            if d.is_zero() {
+                let span = v.get(t, key).and_then(|(_, s)| s);
+                v.push(&format!("{path}.{key}"), &span, "must be greater than zero");
+            }
+        }
+        let mut servers = Vec::new();
+        let mut seen = HashSet::new();
+        let server_tables = v.tables(t, "server", &path);
+        if server_tables.is_empty() {
+            v.push(&path, &tspan, "a pool needs at least one [[pool.server]]");
+        }
+        for (j, (s, sspan)) in server_tables.into_iter().enumerate() {
+            let spath = format!("{path}.server[{j}]");
+            v.keys(s, &spath, &["address", "weight"]);
+            let weight = v
+                .int(s, "weight", &spath, 0..MAX_WEIGHT + 1)
+                .map(|n| n as u32)
+                .unwrap_or(1);
+            match v.str(s, "address", &spath) {
+                Some((addr, span)) => {
+                    if !valid_address(&addr) {
+                        v.push(
+                            &format!("{spath}.address"),
+                            &span,
+                            format!("invalid address {addr:?}: expected host:port, like 10.0.0.5:8080"),
+                        );
+                    } else if !seen.insert(addr.clone()) {
+                        v.push(
+                            &format!("{spath}.address"),
+                            &span,
+                            format!("duplicate server {addr:?} in pool {name:?}"),
+                        );
+                    }
+                    servers.push(Server {
+                        address: addr,
+                        weight,
+                    });
+                }
+                None => v.push(&spath, &sspan, "missing key \"address\""),
+            }
+        }
+        if !servers.is_empty() && servers.iter().all(|s| s.weight == 0) {
+            v.push(
+                &path,
+                &tspan,
+                format!("all servers of pool {name:?} have weight 0: it could never serve"),
+            );
+        }
+        out.push(Pool {
+            name,
+            lb,
+            keepalive,
+            keepalive_idle_timeout,
+            connect_timeout,
+            response_timeout,
+            servers,
+        });
+    }
+    out
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn valid_host(h: &str) -> bool {
+    let rest = h.strip_prefix("*.").unwrap_or(h);
+    !rest.is_empty()
+        && !rest.contains('*')
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+fn valid_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
+    let pool_names: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+    let mut out: Vec<Route> = Vec::new();
+    let mut names = HashSet::new();
+    let mut matches: HashMap<(String, String, Option<HeaderMatch>), String> = HashMap::new();
+    for (i, (t, tspan)) in v.tables(root, "route", "").into_iter().enumerate() {
+        let path = format!("route[{i}]");
+        v.keys(
+            t,
+            &path,
+            &[
+                "name", "host", "path", "header", "pool", "split", "sticky", "override",
+            ],
+        );
+        let name = match v.str(t, "name", &path) {
+            Some((n, span)) => {
+                if !valid_name(&n) {
+                    v.push(
+                        &format!("{path}.name"),
+                        &span,
+                        format!("invalid route name {n:?}: use letters, digits, '-', '_' and '.'"),
+                    );
+                } else if !names.insert(n.clone()) {
+                    v.push(
+                        &format!("{path}.name"),
+                        &span,
+                        format!("duplicate route name {n:?}"),
+                    );
+                }
+                n
+            }
+            None => {
+                v.push(&path, &tspan, "missing key \"name\"");
+                String::new()
+            }
+        };
+        let mut hosts = Vec::new();
+        for (j, (h, span)) in v.strings(t, "host", &path).into_iter().enumerate() {
+            let h = h.to_ascii_lowercase();
+            if !valid_host(&h) {
+                v.push(
+                    &format!("{path}.host[{j}]"),
+                    &span,
+                    format!("invalid host {h:?}: expected a name like example.com or *.example.com"),
+                );
+            }
+            hosts.push(h);
+        }
+        let route_path = match v.str(t, "path", &path) {
+            Some((p, span)) => {
+                if !p.starts_with('/') {
+                    v.push(
+                        &format!("{path}.path"),
+                        &span,
+                        format!("path prefix {p:?} must start with '/'"),
+                    );
+                }
+                p
+            }
+            None => "/".to_string(),
+        };
+        let header = match v.table(t, "header", &path) {
+            Some((h, hspan)) => {
+                let hp = format!("{path}.header");
+                v.keys(h, &hp, &["name", "value"]);
+                match v.str(h, "name", &hp) {
+                    Some((n, span)) => {
+                        if !valid_header_name(&n) {
+                            v.push(
+                                &format!("{hp}.name"),
+                                &span,
+                                format!("invalid header name {n:?}"),
+                            );
+                        }
+                        Some(HeaderMatch {
+                            name: n.to_ascii_lowercase(),
+                            value: v.str(h, "value", &hp).map(|(s, _)| s),
+                        })
+                    }
+                    None => {
+                        v.push(&hp, &hspan, "missing key \"name\"");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let split = route_split(v, t, &path, &tspan, &pool_names);
+        let sticky = match v.table(t, "sticky", &path) {
+            Some((s, sspan)) => {
+                let sp = format!("{path}.sticky");
+                v.keys(s, &sp, &["cookie", "header"]);
+                let cookie = v.str(s, "cookie", &sp);
+                let header = v.str(s, "header", &sp);
+                match (cookie, header) {
+                    (Some((c, span)), None) => {
+                        if !valid_header_name(&c) {
+                            v.push(&format!("{sp}.cookie"), &span, format!("invalid cookie name {c:?}"));
+                        }
+                        Some(Sticky::Cookie(c))
+                    }
+                    (None, Some((h, span))) => {
+                        if !valid_header_name(&h) {
+                            v.push(&format!("{sp}.header"), &span, format!("invalid header name {h:?}"));
+                        }
+                        Some(Sticky::Header(h.to_ascii_lowercase()))
+                    }
+                    _ => {
+                        v.push(&sp, &sspan, "set exactly one of \"cookie\" or \"header\"");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let (mut override_header, mut override_cookie) = (None, None);
+        if let Some((o, ospan)) = v.table(t, "override", &path) {
+            let op = format!("{path}.override");
+            v.keys(o, &op, &["header", "cookie"]);
+            override_header = v.str(o, "header", &op).map(|(h, span)| {
+                if !valid_header_name(&h) {
+                    v.push(&format!("{op}.header"), &span, format!("invalid header name {h:?}"));
+                }
+                h.to_ascii_lowercase()
+            });
+            override_cookie = v.str(o, "cookie", &op).map(|(c, _)| c);
+            if override_header.is_none() && override_cookie.is_none() {
+                v.push(&op, &ospan, "set \"header\", \"cookie\" or both");
+            }
+        }
+        let host_keys = if hosts.is_empty() {
+            vec![String::new()]
+        } else {
+            hosts.clone()
+        };
+        for h in host_keys {
+            let key = (h.clone(), route_path.clone(), header.clone());
+            if let Some(other) = matches.insert(key, name.clone()) {
+                let span = v.get(t, "path").and_then(|(_, s)| s).or(tspan.clone());
+                v.push(
+                    &path,
+                    &span,
+                    format!(
+                        "route {name:?} matches exactly what route {other:?} matches (host {:?}, path {route_path:?}); one of them could never be used",
+                        if h.is_empty() { "*" } else { h.as_str() }
+                    ),
+                );
+            }
+        }
+        out.push(Route {
+            name,
+            hosts,
+            path: route_path,
+            header,
+            split,
+            sticky,
+            override_header,
+            override_cookie,
+        });
+    }
+    out
+}
+
+fn route_split(
+    v: &mut V<'_>,
+    t: &dyn TableLike,
+    path: &str,
+    tspan: &Span,
+    pools: &HashSet<&str>,
+) -> Vec<SplitEntry> {
+    let mut split = Vec::new();
+    let single = v.str(t, "pool", path);
+    let has_split = v.get(t, "split").is_some();
+    match (single, has_split) {
+        (Some(_), true) => {
+            v.push(path, tspan, "set either \"pool\" or \"split\", not both");
+        }
+        (None, false) => {
+            v.push(path, tspan, "a route needs \"pool\" or \"split\"");
+        }
+        (Some((p, span)), false) => {
+            if !pools.contains(p.as_str()) {
+                v.push(
+                    &format!("{path}.pool"),
+                    &span,
+                    format!("undefined pool {p:?}"),
+                );
+            }
+            split.push(SplitEntry { pool: p, weight: 1 });
+        }
+        (None, true) => {
+            let sp = format!("{path}.split");
+            let mut seen = HashSet::new();
+            for (j, (s, sspan)) in v.tables(t, "split", path).into_iter().enumerate() {
+                let ep = format!("{sp}[{j}]");
+                v.keys(s, &ep, &["pool", "weight"]);
+                let weight = match v.int(s, "weight", &ep, 0..MAX_WEIGHT + 1) {
+                    Some(w) => w as u32,
+                    None => {
+                        if v.get(s, "weight").is_none() {
+                            v.push(&ep, &sspan, "missing key \"weight\"");
+                        }
+                        0
+                    }
+                };
+                match v.str(s, "pool", &ep) {
+                    Some((p, span)) => {
+                        if !pools.contains(p.as_str()) {
+                            v.push(
+                                &format!("{ep}.pool"),
+                                &span,
+                                format!("undefined pool {p:?}"),
+                            );
+                        } else if !seen.insert(p.clone()) {
+                            v.push(
+                                &format!("{ep}.pool"),
+                                &span,
+                                format!("pool {p:?} appears twice in this split"),
+                            );
+                        }
+                        split.push(SplitEntry { pool: p, weight });
+                    }
+                    None => v.push(&ep, &sspan, "missing key \"pool\""),
+                }
+            }
+            let span = v.get(t, "split").and_then(|(_, s)| s);
+            if split.is_empty() {
+                v.push(&sp, &span, "a split needs at least one pool");
+            } else if split.iter().all(|e| e.weight == 0) {
+                v.push(&sp, &span, "all weights of this split are 0: it could never route");
+            }
+        }
+    }
+    split
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+use super::*;
+
+fn problems(text: &str) -> Vec<ValidationError> {
+    match config(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().to_vec(),
+    }
+}
+
+const VALID: &str = r#"
+worker_threads = 2
+state_dir = "/tmp/nrdot"
+
+[[listener]]
+name = "http"
+bind = "127.0.0.1:8000"
+
+[[pool]]
+name = "stable"
+  [[pool.server]]
+  address = "127.0.0.1:9001"
+
+[[pool]]
+name = "canary"
+  [[pool.server]]
+  address = "localhost:9002"
+  weight = 3
+
+[[route]]
+name = "api"
+host = ["example.com", "*.example.com"]
+path = "/api"
+split = [{ pool = "stable", weight = 90 }, { pool = "canary", weight = 10 }]
+sticky = { cookie = "nrdot_id" }
+override = { header = "X-Nrdot-Pool" }
+
+[[route]]
+name = "default"
+pool = "stable"
+"#;
+
+#[test]
+fn validate_accepts_full_config() {
+    let c = config(VALID).expect("valid");
+    assert_eq!(c.listeners[0].bind.port(), 8000);
+    assert_eq!(c.routes[0].split[1].weight, 10);
+    assert_eq!(c.routes[0].override_header.as_deref(), Some("x-nrdot-pool"));
+    assert_eq!(c.pools[1].servers[0].weight, 3);
+    assert_eq!(c.limits.client_max_body_size, 10 * 1024 * 1024);
+    assert_eq!(c.limits.keepalive_timeout.as_secs(), 65);
+}
+
+#[test]
+fn validate_reports_every_problem_with_position() {
+    let text = r#"
+[[listener]]
+name = "a"
+bind = "127.0.0.1:80"
+colour = "red"
+
+[[listener]]
+name = "a"
+bind = "127.0.0.1:80"
+
+[limits]
+client_max_body_size = "10q"
+keepalive_timeout = "soon"
+
+[[pool]]
+name = "p"
+  [[pool.server]]
+  address = "not an address"
+  weight = 0
+
+[[route]]
+name = "r"
+split = [{ pool = "p", weight = 0 }, { pool = "ghost", weight = 0 }]
+"#;
+    let p = problems(text);
+    let find = |path: &str| {
+        p.iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("no problem at {path}: {p:#?}"))
+    };
+    let unknown = find("listener[0].colour");
+    assert_eq!((unknown.line, unknown.column), (5, 1));
+    let dup = find("listener[1].name");
+    assert!(dup.message.contains("duplicate"), "{dup:?}");
+    assert_eq!((dup.line, dup.column), (8, 8));
+    assert!(find("listener[1].bind").message.contains("already bound"));
+    let size = find("limits.client_max_body_size");
+    assert_eq!((size.line, size.column), (12, 24));
+    find("limits.keepalive_timeout");
+    find("pool[0].server[0].address");
+    assert!(find("pool[0]").message.contains("weight 0"));
+    assert!(find("route[0].split[1].pool").message.contains("undefined pool"));
+    assert!(find("route[0].split").message.contains("all weights"));
+    assert!(p.len() >= 9, "{p:#?}");
+    // Sorted by position, so an editor can walk them top to bottom.
+    assert!(p.windows(2).all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column)));
+}
+
+#[test]
+fn validate_syntax_error_has_position() {
+    let p = problems("[[listener]]\nname = \"a\nbind = 1\n");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].line, 2);
+    assert!(p[0].message.contains("TOML syntax error"), "{:?}", p[0]);
+}
+
+#[test]
+fn validate_rejects_bad_values() {
+    const CASES: &[(&str, &str)] = &[
+        ("[[listener]]\nname=\"a\"\nbind=\"127.0.0.1\"\n", "listener[0].bind"),
+        ("worker_threads = 0\n[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n", "worker_threads"),
+        ("version = 2\n[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n", "version"),
+        ("[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:8080\"\n", "listener[0].bind"),
+        ("[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[route]]\nname=\"r\"\npath=\"x\"\npool=\"p\"\n", "route[0].path"),
+        ("[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[access_log]\nformat=\"xml\"\n", "access_log.format"),
+        ("[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[pool]]\nname=\"p\"\nlb=\"fastest\"\n[[pool.server]]\naddress=\"a:1\"\n", "pool[0].lb"),
+        ("[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[pool]]\nname=\"p\"\n", "pool[0]"),
+        ("trusted_proxies=[\"10.0.0.0/33\"]\n[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n", "trusted_proxies[0]"),
+    ];
+    for (text, path) in CASES {
+        let p = problems(text);
+        assert!(p.iter().any(|e| e.path == *path), "{path}: {p:#?}");
+    }
+}
+
+#[test]
+fn validate_rejects_shadowed_route() {
+    let text = "[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[pool]]\nname=\"p\"\n[[pool.server]]\naddress=\"a:1\"\n[[route]]\nname=\"r1\"\npool=\"p\"\n[[route]]\nname=\"r2\"\npool=\"p\"\n";
+    let p = problems(text);
+    assert!(p.iter().any(|e| e.message.contains("matches exactly")), "{p:#?}");
+}
+
+#[test]
+fn validate_render_has_file_line_column() {
+    let p = problems("[[listener]]\nname=\"a\"\nbind=\"x\"\n");
+    assert_eq!(
+        p[0].render("nrdot.toml"),
+        "nrdot.toml:3:6: listener[0].bind: invalid address \"x\": expected ip:port, like 0.0.0.0:80 or [::]:443"
+    );
+}
+
+#[test]
+fn cidr_contains() {
+    let c = parse_cidr("10.0.0.0/8").unwrap();
+    assert!(c.contains("10.1.2.3".parse().unwrap()));
+    assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+    assert!(!c.contains("11.0.0.1".parse().unwrap()));
+    assert!(parse_cidr("::1").unwrap().contains("::1".parse().unwrap()));
+    assert!(parse_cidr("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+}
