@@ -1,0 +1,184 @@
+//! The access log: one line per request, combined or JSON. Workers format the line and hand it to
+//! a writer thread over a bounded channel, so a slow disk never slows a request; when the writer
+//! falls behind, lines are dropped and counted instead.
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+
+use nrdot_config::{AccessLog as Settings, AccessLogFormat};
+
+/// What a finished request contributes to its log line.
+pub struct Entry<'a> {
+    /// Client address.
+    pub client: std::net::IpAddr,
+    /// Method.
+    pub method: &'a str,
+    /// Request target.
+    pub target: &'a str,
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    pub version: &'a str,
+    /// Response status.
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes: u64,
+    /// Referer header.
+    pub referer: &'a str,
+    /// User-Agent header.
+    pub user_agent: &'a str,
+    /// Time from request head to the end of the response, in seconds.
+    pub duration: f64,
+    /// Route name, or `-`.
+    pub route: &'a str,
+    /// Upstream `host:port`, or `-`.
+    pub upstream: &'a str,
+}
+
+/// Handle through which workers log; cheap to clone.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: Option<SyncSender<String>>,
+    format: AccessLogFormat,
+}
+
+impl AccessLog {
+    /// A log that writes nothing.
+    pub fn disabled() -> AccessLog {
+        AccessLog {
+            tx: None,
+            format: AccessLogFormat::Combined,
+        }
+    }
+
+    /// Opens the configured destination and starts its writer thread.
+    pub fn start(settings: &Settings) -> std::io::Result<AccessLog> {
+        if !settings.enabled {
+            return Ok(AccessLog::disabled());
+        }
+        let mut out: Box<dyn Write + Send> = if settings.path == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&settings.path)?,
+            )
+        };
+        let (tx, rx) = sync_channel::<String>(16 * 1024);
+        std::thread::Builder::new()
+            .name("nrdot-access-log".into())
+            .spawn(move || {
+                let mut buf = std::io::BufWriter::with_capacity(64 * 1024, &mut out);
+                while let Ok(line) = rx.recv() {
+                    let _ = buf.write_all(line.as_bytes());
+                    // Write out whenever the queue is momentarily empty, so lines show up
+                    // promptly at low load and in large writes at high load.
+                    while let Ok(line) = rx.try_recv() {
+                        let _ = buf.write_all(line.as_bytes());
+                    }
+                    let _ = buf.flush();
+                }
+            })?;
+        Ok(AccessLog {
+            tx: Some(tx),
+            format: settings.format,
+        })
+    }
+
+    /// Whether lines are written at all; callers skip collecting fields when not.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues one line.
+    pub fn log(&self, e: &Entry<'_>) {
+        let Some(tx) = &self.tx else { return };
+        let line = match self.format {
+            AccessLogFormat::Combined => format!(
+                "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {:.3} {} {}\n",
+                e.client,
+                clf_time(),
+                e.method,
+                e.target,
+                e.version,
+                e.status,
+                e.bytes,
+                e.referer,
+                e.user_agent,
+                e.duration,
+                e.route,
+                e.upstream
+            ),
+            AccessLogFormat::Json => {
+                let mut s = serde_json::json!({
+                    "time": unix_time(),
+                    "client": e.client.to_string(),
+                    "method": e.method,
+                    "target": e.target,
+                    "version": e.version,
+                    "status": e.status,
+                    "bytes": e.bytes,
+                    "referer": e.referer,
+                    "user_agent": e.user_agent,
+                    "duration": e.duration,
+                    "route": e.route,
+                    "upstream": e.upstream,
+                })
+                .to_string();
+                s.push('\n');
+                s
+            }
+        };
+        if let Err(TrySendError::Full(_)) = tx.try_send(line) {
+            crate::metrics::get().access_log_dropped.increment(1);
+        }
+    }
+}
+
+fn unix_time() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// `10/Oct/2000:13:55:36 +0000`, nginx's `$time_local` in UTC.
+fn clf_time() -> String {
+    let secs = unix_time() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let (y, m, d) = civil_from_days(days);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil conversion.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_783), (2026, 11, 26));
+    }
+}

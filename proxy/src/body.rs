@@ -1,0 +1,244 @@
+//! Request and response bodies as they pass through: streamed frame by frame so memory stays
+//! flat whatever the size, with the client-side limits (`client_max_body_size`,
+//! `client_body_timeout`) enforced on the way.
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::ProxyError;
+
+/// Why a request body stopped early; read by the service to choose the status.
+#[derive(Debug, Default)]
+pub struct BodyFate(AtomicU8);
+
+impl BodyFate {
+    fn set(&self, e: ProxyError) {
+        let code = match e {
+            ProxyError::BodyTooLarge => 1,
+            ProxyError::ClientTimeout => 2,
+            _ => 3,
+        };
+        self.0.store(code, Ordering::Relaxed);
+    }
+
+    /// The client-side cause, if the body failed because of the client.
+    pub fn get(&self) -> Option<ProxyError> {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Some(ProxyError::BodyTooLarge),
+            2 => Some(ProxyError::ClientTimeout),
+            3 => Some(ProxyError::BadRequest),
+            _ => None,
+        }
+    }
+}
+
+/// The error a request body yields to the upstream client when the client misbehaves.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(pub ProxyError);
+
+/// A client's request body on its way upstream.
+pub struct RequestBody {
+    first: Option<Frame<Bytes>>,
+    inner: Incoming,
+    seen: u64,
+    limit: u64,
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    fate: Arc<BodyFate>,
+    done: bool,
+}
+
+impl RequestBody {
+    /// Reads the first frame before anything is sent upstream, so a body that is broken from
+    /// its first byte (an invalid chunk size, a client that never sends) never reaches an
+    /// upstream. Also answers `Expect: 100-continue`, since hyper sends 100 on the first read.
+    pub async fn start(
+        mut inner: Incoming,
+        limit: u64,
+        timeout: Duration,
+    ) -> Result<RequestBody, ProxyError> {
+        let fate = Arc::new(BodyFate::default());
+        let mut first = None;
+        let mut seen = 0;
+        let mut done = inner.is_end_stream();
+        if !done {
+            match tokio::time::timeout(timeout, http_body_util::BodyExt::frame(&mut inner)).await {
+                Err(_) => return Err(ProxyError::ClientTimeout),
+                Ok(None) => done = true,
+                Ok(Some(Err(_))) => return Err(ProxyError::BadRequest),
+                Ok(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        seen = d.len() as u64;
+                        if seen > limit {
+                            return Err(ProxyError::BodyTooLarge);
+                        }
+                    }
+                    first = Some(frame);
+                }
+            }
+        }
+        Ok(RequestBody {
+            first,
+            inner,
+            seen,
+            limit,
+            timeout,
+            sleep: None,
+            fate,
+            done,
+        })
+    }
+
+    /// Shared record of why the body failed, if it does.
+    pub fn fate(&self) -> Arc<BodyFate> {
+        Arc::clone(&self.fate)
+    }
+
+    fn fail(&mut self, e: ProxyError) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        self.fate.set(e);
+        self.done = true;
+        Poll::Ready(Some(Err(ClientBodyError(e))))
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        if let Some(f) = self.first.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.seen += d.len() as u64;
+                    if self.seen > self.limit {
+                        return self.fail(ProxyError::BodyTooLarge);
+                    }
+                }
+                let at = Instant::now() + self.timeout;
+                if let Some(s) = self.sleep.as_mut() {
+                    s.as_mut().reset(at);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => self.fail(ProxyError::BadRequest),
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return self.fail(ProxyError::ClientTimeout);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && (self.done || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        if let Some(d) = self.first.as_ref().and_then(|f| f.data_ref()) {
+            let n = d.len() as u64;
+            hint.set_lower(hint.lower() + n);
+            if let Some(u) = hint.upper() {
+                hint.set_upper(u + n);
+            }
+        }
+        hint
+    }
+}
+
+/// Called once when a response body is finished or abandoned, with the bytes sent.
+pub trait Done: Send + Unpin {
+    /// `complete` is false when the client or the upstream went away mid-body.
+    fn done(self, sent: u64, complete: bool);
+}
+
+/// An upstream response body on its way to the client. Its [`Done`] runs when the body is
+/// finished or abandoned, whichever comes first.
+pub struct ResponseBody<D: Done> {
+    inner: Incoming,
+    sent: u64,
+    done: Option<D>,
+}
+
+impl<D: Done> ResponseBody<D> {
+    pub fn new(inner: Incoming, done: D) -> Self {
+        ResponseBody {
+            inner,
+            sent: 0,
+            done: Some(done),
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(done) = self.done.take() {
+            done.done(self.sent, complete);
+        }
+    }
+}
+
+impl<D: Done> Drop for ResponseBody<D> {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl<D: Done> Body for ResponseBody<D> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.sent += d.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,351 @@
+//! A read-side observer of HTTP/1 framing on client connections, for the two things hyper does
+//! not do the way an edge proxy must:
+//! - a request carrying both Content-Length and Transfer-Encoding is a request-smuggling attempt;
+//!   hyper quietly drops the Content-Length and serves it, we answer 400 and close (RFC 9112 6.3
+//!   allows either; nginx and HAProxy reject);
+//! - `client_header_timeout` counts from the first byte of a request head, while hyper's only
+//!   head timer also covers the idle time between keep-alive requests (which is
+//!   `keepalive_timeout`).
+//!
+//! It follows message boundaries (head, Content-Length body, chunked body) over the bytes hyper
+//! reads, without copying them except for a head split over several reads. Anything it cannot
+//! follow (HTTP/2, upgrades, framing errors that hyper rejects anyway) turns it off.
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Shared with the connection's service: the index of the first request whose framing was
+/// ambiguous (`u64::MAX` while none was).
+#[derive(Debug)]
+pub struct Verdict {
+    first_bad: AtomicU64,
+}
+
+impl Verdict {
+    pub fn new() -> Arc<Verdict> {
+        Arc::new(Verdict {
+            first_bad: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    /// Whether request number `index` (0-based, in arrival order) must be refused.
+    pub fn is_bad(&self, index: u64) -> bool {
+        index >= self.first_bad.load(Ordering::Relaxed)
+    }
+}
+
+enum State {
+    /// Collecting a head; `started` once a non-CRLF byte arrived.
+    Head { started: bool },
+    /// Skipping this many body bytes.
+    Fixed(u64),
+    /// Reading a chunk-size line.
+    ChunkSize,
+    /// Skipping chunk data, then its CRLF.
+    ChunkData(u64),
+    /// Reading trailer lines until an empty one.
+    Trailers,
+    /// Not following this connection any more.
+    Off,
+}
+
+pin_project_lite::pin_project! {
+    /// The wrapped client stream.
+    pub struct Inspected<IO> {
+        #[pin]
+        io: IO,
+        state: State,
+        line: Vec<u8>,
+        index: u64,
+        first_read: bool,
+        header_timeout: Duration,
+        deadline: Option<Pin<Box<Sleep>>>,
+        verdict: Arc<Verdict>,
+    }
+}
+
+const MAX_LINE: usize = 64 * 1024;
+
+impl<IO> Inspected<IO> {
+    pub fn new(io: IO, header_timeout: Duration, verdict: Arc<Verdict>) -> Self {
+        Inspected {
+            io,
+            state: State::Head { started: false },
+            line: Vec::new(),
+            index: 0,
+            first_read: true,
+            header_timeout,
+            deadline: None,
+            verdict,
+        }
+    }
+}
+
+/// Outcome of following one buffer of bytes.
+struct Follow {
+    head_started: bool,
+    head_done: bool,
+}
+
+fn follow(
+    state: &mut State,
+    line: &mut Vec<u8>,
+    index: &mut u64,
+    verdict: &Verdict,
+    mut data: &[u8],
+) -> Follow {
+    let mut out = Follow {
+        head_started: false,
+        head_done: false,
+    };
+    while !data.is_empty() {
+        match state {
+            State::Off => return out,
+            State::Head { started } => {
+                if !*started {
+                    // Tolerate empty lines before a request line (RFC 9112 2.2).
+                    let skip = data.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                    data = &data[skip..];
+                    if data.is_empty() {
+                        return out;
+                    }
+                    *started = true;
+                    out.head_started = true;
+                    line.clear();
+                }
+                // Find the end of the head, looking back into what was collected before.
+                let prev = line.len();
+                let search_from = prev.saturating_sub(3);
+                line.extend_from_slice(data);
+                let end = line[search_from..]
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|p| search_from + p + 4);
+                let Some(end) = end else {
+                    if line.len() > MAX_LINE * 4 {
+                        *state = State::Off; // hyper answers 431 for this.
+                        line.clear();
+                    }
+                    return out;
+                };
+                let consumed_here = end - prev;
+                data = &data[consumed_here..];
+                line.truncate(end);
+                out.head_done = true;
+                *state = head_framing(line, *index, verdict);
+                *index += 1;
+                line.clear();
+            }
+            State::Fixed(n) => {
+                let take = (*n).min(data.len() as u64);
+                *n -= take;
+                data = &data[take as usize..];
+                if *n == 0 {
+                    *state = State::Head { started: false };
+                }
+            }
+            State::ChunkSize | State::Trailers => {
+                let Some(nl) = data.iter().position(|b| *b == b'\n') else {
+                    line.extend_from_slice(data);
+                    if line.len() > MAX_LINE {
+                        *state = State::Off;
+                    }
+                    return out;
+                };
+                line.extend_from_slice(&data[..=nl]);
+                data = &data[nl + 1..];
+                let text = std::mem::take(line);
+                let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
+                let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+                if matches!(state, State::Trailers) {
+                    if trimmed.is_empty() {
+                        *state = State::Head { started: false };
+                    }
+                    continue;
+                }
+                let hex = trimmed.split(|b| *b == b';').next().unwrap_or(b"");
+                let hex = std::str::from_utf8(hex).unwrap_or("").trim_end();
+                match u64::from_str_radix(hex, 16) {
+                    Ok(0) => *state = State::Trailers,
+                    Ok(n) if !hex.starts_with('+') => *state = State::ChunkData(n + 2),
+                    _ => *state = State::Off, // hyper rejects the body.
+                }
+            }
+            State::ChunkData(n) => {
+                let take = (*n).min(data.len() as u64);
+                *n -= take;
+                data = &data[take as usize..];
+                if *n == 0 {
+                    *state = State::ChunkSize;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Decides how the body of a complete head is framed, and records ambiguous framing.
+fn head_framing(head: &[u8], index: u64, verdict: &Verdict) -> State {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return State::Off; // hyper answers 400 (or 431) for this.
+    }
+    if req.method == Some("CONNECT") {
+        return State::Off;
+    }
+    let (mut te, mut cl, mut upgrade) = (false, None, false);
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = true;
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            cl = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .or(Some(0));
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if te && cl.is_some() {
+        verdict.first_bad.fetch_min(index, Ordering::Relaxed);
+        return State::Off; // the connection is answered 400 and closed.
+    }
+    if upgrade {
+        // After a 101 the bytes are no longer HTTP/1; without a 101 they would be, but we
+        // cannot see the response from here.
+        return State::Off;
+    }
+    if te {
+        State::ChunkSize
+    } else {
+        match cl {
+            Some(n) if n > 0 => State::Fixed(n),
+            _ => State::Head { started: false },
+        }
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for Inspected<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        match this.io.poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if *this.first_read && !new.is_empty() {
+                    *this.first_read = false;
+                    if new.starts_with(b"PRI * HTTP/2.0") {
+                        *this.state = State::Off;
+                    }
+                }
+                if !matches!(this.state, State::Off) {
+                    let f = follow(this.state, this.line, this.index, this.verdict, new);
+                    match this.state {
+                        // A head started in this read: its clock starts now.
+                        State::Head { started: true } if f.head_started => {
+                            let at = Instant::now() + *this.header_timeout;
+                            match this.deadline {
+                                Some(d) => d.as_mut().reset(at),
+                                None => {
+                                    *this.deadline = Some(Box::pin(tokio::time::sleep_until(at)))
+                                }
+                            }
+                        }
+                        // Still collecting the same head: keep its clock.
+                        State::Head { started: true } => {}
+                        _ => {
+                            if let Some(d) = this.deadline {
+                                // Park the timer instead of dropping its allocation.
+                                d.as_mut().reset(Instant::now() + Duration::from_secs(86400 * 365));
+                            }
+                        }
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if let (State::Head { started: true }, Some(d)) = (&*this.state, this.deadline.as_mut()) {
+                    if d.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "client_header_timeout",
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Inspected<IO> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&[u8]]) -> (u64, Arc<Verdict>, bool) {
+        let verdict = Verdict::new();
+        let (mut state, mut line, mut index) = (State::Head { started: false }, Vec::new(), 0);
+        for c in chunks {
+            follow(&mut state, &mut line, &mut index, &verdict, c);
+        }
+        let off = matches!(state, State::Off);
+        (index, verdict, off)
+    }
+
+    #[test]
+    fn inspect_counts_pipelined_requests_with_bodies() {
+        let stream = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloPOST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\nGET /last HTTP/1.1\r\nHost: a\r\n\r\n";
+        // Whole, and split at every byte boundary.
+        let (n, v, off) = run(&[stream]);
+        assert_eq!((n, off), (4, false));
+        assert!(!v.is_bad(3));
+        for split in 1..stream.len() {
+            let (n, _, off) = run(&[&stream[..split], &stream[split..]]);
+            assert_eq!((n, off), (4, false), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn inspect_flags_content_length_with_transfer_encoding() {
+        let stream = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let (_, v, off) = run(&[stream]);
+        assert!(off);
+        assert!(!v.is_bad(0));
+        assert!(v.is_bad(1));
+    }
+}

@@ -1,0 +1,20 @@
+//! nrdot-proxy: the data plane. It owns the client-facing listeners, the worker threads (one
+//! current-thread tokio runtime and one SO_REUSEPORT socket per listener each), the HTTP service
+//! that routes and forwards requests, the per-worker upstream keep-alive pools, and the access log.
+//!
+//! It reads routing tables and never writes them: the control plane publishes tables through
+//! [`nrdot_config::swap`], and this crate never names the control plane.
+//!
+//! `accept -> inspect (HTTP/1 framing) -> hyper -> Service::call -> table.route -> pick -> upstream`
+
+pub mod accesslog;
+mod body;
+pub mod error;
+mod inspect;
+pub mod listener;
+pub mod metrics;
+mod service;
+mod upstream;
+pub mod worker;
+
+pub use worker::{DataPlane, Listeners};

@@ -1,0 +1,199 @@
+//! Worker threads. Each owns a current-thread tokio runtime and one SO_REUSEPORT socket per
+//! listener, accepts connections and serves them with hyper (HTTP/1.1, and HTTP/2 with prior
+//! knowledge, told apart by the connection preface). Nothing is shared between workers on the
+//! request path except the table cell and the per-server atomics inside the table.
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use nrdot_config::swap::Reader;
+use tokio::sync::watch;
+
+use crate::accesslog::AccessLog;
+use crate::inspect::{Inspected, Verdict};
+use crate::service::{ConnService, Shared};
+
+/// Bound client-facing sockets: per listener, one socket per worker.
+pub struct Listeners {
+    sockets: Vec<(String, Vec<std::net::TcpListener>)>,
+}
+
+impl Listeners {
+    /// Binds every configured listener once per worker.
+    pub fn bind(listeners: &[nrdot_config::Listener], workers: usize) -> io::Result<Listeners> {
+        let mut sockets = Vec::new();
+        for l in listeners {
+            let s = crate::listener::bind(l.bind, workers).map_err(|e| {
+                io::Error::new(e.kind(), format!("listener {:?} on {}: {e}", l.name, l.bind))
+            })?;
+            sockets.push((l.name.clone(), s));
+        }
+        Ok(Listeners { sockets })
+    }
+
+    /// The addresses actually bound (useful when a port was 0), by listener name.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.sockets
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), s.first()?.local_addr().ok()?)))
+            .collect()
+    }
+}
+
+/// The running data plane.
+pub struct DataPlane {
+    threads: Vec<JoinHandle<()>>,
+    stop: watch::Sender<Option<Duration>>,
+}
+
+impl DataPlane {
+    /// Starts `workers` threads serving `listeners` with tables from `reader`.
+    pub fn start(
+        listeners: Listeners,
+        reader: Reader,
+        log: AccessLog,
+        workers: usize,
+    ) -> io::Result<DataPlane> {
+        let (stop, stop_rx) = watch::channel(None);
+        let workers = workers.max(1);
+        let mut per_worker: Vec<Vec<(Arc<Shared>, std::net::TcpListener)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for (_name, sockets) in listeners.sockets {
+            let shared = Arc::new(Shared {
+                reader: reader.clone(),
+                log: log.clone(),
+                proto: HeaderValue::from_static("http"),
+            });
+            for (i, s) in sockets.into_iter().enumerate() {
+                per_worker[i % workers].push((Arc::clone(&shared), s));
+            }
+        }
+        let mut threads = Vec::new();
+        for (i, sockets) in per_worker.into_iter().enumerate() {
+            let stop_rx = stop_rx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("nrdot-worker-{i}"))
+                .spawn(move || worker(sockets, stop_rx))?;
+            threads.push(t);
+        }
+        Ok(DataPlane { threads, stop })
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `grace`, then returns.
+    pub fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(Some(grace));
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn worker(sockets: Vec<(Arc<Shared>, std::net::TcpListener)>, stop: watch::Receiver<Option<Duration>>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "worker runtime failed to start");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut accept_loops = Vec::new();
+        for (shared, socket) in sockets {
+            let listener = match tokio::net::TcpListener::from_std(socket) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "listener socket unusable");
+                    continue;
+                }
+            };
+            let watcher = Arc::clone(&graceful);
+            let mut stop = stop.clone();
+            accept_loops.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = listener.accept() => match r {
+                            Ok((stream, peer)) => serve(stream, peer, &shared, &watcher),
+                            Err(e) => {
+                                // Out of descriptors or memory: back off instead of spinning.
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        },
+                        _ = stop.changed() => break,
+                    }
+                }
+            }));
+        }
+        let mut stop = stop;
+        let grace = loop {
+            if let Some(g) = *stop.borrow_and_update() {
+                break g;
+            }
+            if stop.changed().await.is_err() {
+                break Duration::ZERO;
+            }
+        };
+        for l in accept_loops {
+            let _ = l.await; // drops the listening sockets
+        }
+        let Ok(graceful) = Arc::try_unwrap(graceful) else {
+            return;
+        };
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("shutdown grace period ended with requests still in flight");
+        }
+    });
+}
+
+fn serve(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    watcher: &GracefulShutdown,
+) {
+    let _ = stream.set_nodelay(true);
+    let m = crate::metrics::get();
+    m.connections.increment(1);
+    let table = shared.reader.load();
+    let limits = &table.config.limits;
+    let verdict = Verdict::new();
+    let io = TokioIo::new(Inspected::new(
+        stream,
+        limits.client_header_timeout,
+        Arc::clone(&verdict),
+    ));
+    let service = ConnService::new(Arc::clone(shared), peer, verdict);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.keepalive_timeout)
+        .max_buf_size(limits.max_header_size.max(8192) as usize)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(limits.max_header_size as u32);
+    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+    let conn = watcher.watch(conn);
+    drop(table);
+    tokio::spawn(async move {
+        m.open_connections.increment(1.0);
+        if let Err(e) = conn.await {
+            tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+        }
+        m.open_connections.decrement(1.0);
+    });
+}
