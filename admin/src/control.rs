@@ -66,7 +66,11 @@ impl Control {
 
     /// SHA-256 of the configuration text in effect.
     pub fn checksum(&self) -> String {
-        self.state.lock().expect("control state poisoned").checksum.clone()
+        self.state
+            .lock()
+            .expect("control state poisoned")
+            .checksum
+            .clone()
     }
 
     /// Re-reads the file this process was started with and publishes it if valid.
@@ -75,8 +79,11 @@ impl Control {
         let result = self.reload_from(path);
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("nrdot_config_reloads_total", "result" => outcome).increment(1);
-        metrics::gauge!("nrdot_config_last_reload_success")
-            .set(if result.is_ok() { 1.0 } else { 0.0 });
+        metrics::gauge!("nrdot_config_last_reload_success").set(if result.is_ok() {
+            1.0
+        } else {
+            0.0
+        });
         result
     }
 

@@ -70,13 +70,19 @@ pub async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Byte
                 );
                 r
             }
-            None => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "metrics disabled"})),
+            None => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "metrics disabled"}),
+            ),
         },
         (_, "/health" | "/metrics") => json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "method not allowed"}),
         ),
-        _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found"}),
+        ),
     }
 }
 

@@ -42,8 +42,8 @@ pub fn validate(file: &Path) -> ExitCode {
 
 /// Reads and validates the file `serve` starts with.
 pub fn load(path: &Path) -> anyhow::Result<(String, Config)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let config = Config::from_toml(&text).map_err(|e| {
         anyhow::anyhow!(
             "invalid configuration:\n{}",
@@ -82,18 +82,15 @@ pub fn serve(path: Option<PathBuf>, text: &str, config: Config) -> anyhow::Resul
     admin_std.set_nonblocking(true)?;
 
     let control = Arc::new(Control::new(path, text, config));
-    for (name, addr) in listeners.local_addrs() {
-        println!("nrdot: listener {name} on {addr}");
-    }
-    println!("nrdot: admin on {}", admin_std.local_addr()?);
-    println!("nrdot: {workers} worker thread(s), config {}", &control.checksum()[..12]);
+    let addrs = listeners.local_addrs();
     let data_plane = DataPlane::start(listeners, control.reader(), log, workers)?;
-
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
+        // Handlers first: the addresses printed below tell supervisors and tests that signals
+        // are safe to send (SIGHUP's default action would kill the process).
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -103,9 +100,15 @@ pub fn serve(path: Option<PathBuf>, text: &str, config: Config) -> anyhow::Resul
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = tokio::net::TcpListener::from_std(admin_std)?;
+        let admin_addr = listener.local_addr()?;
         let admin_task = tokio::spawn(crate::http::serve(listener, admin, async {
             let _ = stop_rx.await;
         }));
+        for (name, addr) in &addrs {
+            println!("nrdot: listener {name} on {addr}");
+        }
+        println!("nrdot: admin on {admin_addr}");
+        println!("nrdot: {workers} worker thread(s), config {}", &control.checksum()[..12]);
         let upkeep = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {

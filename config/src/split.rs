@@ -118,7 +118,13 @@ mod tests {
 
     #[test]
     fn split_pick_exact_over_every_period() {
-        for weights in [vec![90, 10], vec![1, 2, 3], vec![0, 5], vec![7], vec![33, 0, 67]] {
+        for weights in [
+            vec![90, 10],
+            vec![1, 2, 3],
+            vec![0, 5],
+            vec![7],
+            vec![33, 0, 67],
+        ] {
             let s = Split::new(&weights);
             let c = counts(&s, s.total() * 3, Split::pick);
             let expect: Vec<u64> = weights.iter().map(|&w| w as u64 * 3).collect();
@@ -147,13 +153,21 @@ mod tests {
 
     #[test]
     fn split_bucket_growing_last_entry_only_moves_towards_it() {
-        let keys: Vec<u64> = (0..10_000u64).map(|k| stable_hash(&k.to_le_bytes())).collect();
-        let mut previous: Vec<usize> = keys.iter().map(|&h| Split::new(&[100, 0]).bucket(h)).collect();
+        let keys: Vec<u64> = (0..10_000u64)
+            .map(|k| stable_hash(&k.to_le_bytes()))
+            .collect();
+        let mut previous: Vec<usize> = keys
+            .iter()
+            .map(|&h| Split::new(&[100, 0]).bucket(h))
+            .collect();
         for canary in [10, 25, 50, 90, 100] {
             let s = Split::new(&[100 - canary, canary]);
             let now: Vec<usize> = keys.iter().map(|&h| s.bucket(h)).collect();
             for (a, b) in previous.iter().zip(&now) {
-                assert!(*b >= *a, "a client moved back to stable at canary {canary}%");
+                assert!(
+                    *b >= *a,
+                    "a client moved back to stable at canary {canary}%"
+                );
             }
             previous = now;
         }

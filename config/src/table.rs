@@ -120,7 +120,9 @@ impl HostIndex {
                     match &routes[r].header {
                         None => return Some(r),
                         Some(m) => match header(&m.name) {
-                            Some(v) if m.value.as_deref().is_none_or(|want| want.as_bytes() == v) => {
+                            Some(v)
+                                if m.value.as_deref().is_none_or(|want| want.as_bytes() == v) =>
+                            {
                                 return Some(r)
                             }
                             _ => {}
@@ -136,7 +138,11 @@ impl HostIndex {
 impl RouteTable {
     /// Compiles a validated configuration. State objects of pools, servers and routes that also
     /// exist in `previous` are carried over, so a swap resets no counters or sequences.
-    pub fn compile(config: Arc<Config>, generation: u64, previous: Option<&RouteTable>) -> RouteTable {
+    pub fn compile(
+        config: Arc<Config>,
+        generation: u64,
+        previous: Option<&RouteTable>,
+    ) -> RouteTable {
         let mut old_pools: HashMap<&str, &Arc<PoolState>> = HashMap::new();
         let mut old_backends: HashMap<(&str, &str), &Arc<BackendState>> = HashMap::new();
         let mut old_routes: HashMap<&str, &Arc<RouteState>> = HashMap::new();
@@ -195,7 +201,11 @@ impl RouteTable {
                     .get(r.name.as_str())
                     .map(|s| Arc::clone(s))
                     .unwrap_or_else(|| Arc::new(RouteState::new(&r.name))),
-                pools: r.split.iter().map(|e| pool_index[e.pool.as_str()]).collect(),
+                pools: r
+                    .split
+                    .iter()
+                    .map(|e| pool_index[e.pool.as_str()])
+                    .collect(),
                 counters: r
                     .split
                     .iter()
@@ -267,7 +277,12 @@ impl RouteTable {
 
     /// Chooses the split entry of route `route`: an override naming one of its pools wins, then
     /// the sticky key's bucket, then the route's smooth weighted sequence.
-    pub fn pick(&self, route: usize, override_pool: Option<&[u8]>, sticky_hash: Option<u64>) -> Target {
+    pub fn pick(
+        &self,
+        route: usize,
+        override_pool: Option<&[u8]>,
+        sticky_hash: Option<u64>,
+    ) -> Target {
         let r = &self.routes[route];
         if let Some(name) = override_pool {
             if let Some(entry) = r
@@ -280,9 +295,11 @@ impl RouteTable {
         }
         let entry = match sticky_hash {
             Some(h) => r.split.bucket(h),
-            None => r
-                .split
-                .pick(r.state.cursor.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+            None => r.split.pick(
+                r.state
+                    .cursor
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ),
         };
         Target { route, entry }
     }
@@ -295,7 +312,10 @@ impl RouteTable {
         let usable = |b: &BackendEntry| b.weight > 0 && b.state.available();
         match p.config.lb {
             Lb::RoundRobin => {
-                let start = p.state.cursor.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let start = p
+                    .state
+                    .cursor
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let period = p.order.total().max(1);
                 (0..period)
                     .map(|k| &p.backends[p.order.pick(start.wrapping_add(k))])
@@ -307,12 +327,15 @@ impl RouteTable {
                     return Some(first);
                 }
                 let start = (roll % n as u64) as usize;
-                (0..n).map(|k| &p.backends[(start + k) % n]).find(|b| usable(b))
+                (0..n)
+                    .map(|k| &p.backends[(start + k) % n])
+                    .find(|b| usable(b))
             }
             Lb::LeastRequests => {
                 let a = &p.backends[p.order.bucket(roll)];
                 let b = &p.backends[p.order.bucket(roll.rotate_left(32))];
-                let load = |x: &BackendEntry| x.state.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+                let load =
+                    |x: &BackendEntry| x.state.in_flight.load(std::sync::atomic::Ordering::Relaxed);
                 match (usable(a), usable(b)) {
                     (true, true) => Some(if load(b) < load(a) { b } else { a }),
                     (true, false) => Some(a),

@@ -66,7 +66,11 @@ mod tests {
             ("1.5s", 1500),
         ];
         for (text, ms) in CASES {
-            assert_eq!(parse_duration(text).unwrap().as_millis() as u64, *ms, "{text}");
+            assert_eq!(
+                parse_duration(text).unwrap().as_millis() as u64,
+                *ms,
+                "{text}"
+            );
         }
         for bad in ["", "s", "10x", "1..2s", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

@@ -52,7 +52,10 @@ impl<'t> V<'t> {
                 self.push(
                     &join(path, k),
                     &span,
-                    format!("unknown key {k:?} (expected one of: {})", allowed.join(", ")),
+                    format!(
+                        "unknown key {k:?} (expected one of: {})",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -119,7 +122,13 @@ impl<'t> V<'t> {
     }
 
     /// A duration written as `"30s"` or as an integer number of seconds.
-    fn duration(&mut self, t: &dyn TableLike, key: &str, path: &str, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        t: &dyn TableLike,
+        key: &str,
+        path: &str,
+        default: Duration,
+    ) -> Duration {
         let Some((item, span)) = self.get(t, key) else {
             return default;
         };
@@ -363,11 +372,7 @@ pub(crate) fn config(text: &str) -> Result<Config, ConfigError> {
     })
 }
 
-fn listeners(
-    v: &mut V<'_>,
-    root: &dyn TableLike,
-    admin: SocketAddr,
-) -> Vec<Listener> {
+fn listeners(v: &mut V<'_>, root: &dyn TableLike, admin: SocketAddr) -> Vec<Listener> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
     let mut binds: HashMap<SocketAddr, String> = HashMap::new();
@@ -412,14 +417,18 @@ fn listeners(
             );
             continue;
         };
-        if let Some(other) = binds.insert(addr, name.clone()) {
+        // Port 0 asks the kernel for a free port, so two of them never collide.
+        if let Some(other) = binds
+            .insert(addr, name.clone())
+            .filter(|_| addr.port() != 0)
+        {
             v.push(
                 &format!("{path}.bind"),
                 &span,
                 format!("address {addr} is already bound by listener {other:?}"),
             );
         }
-        if addr == admin {
+        if addr == admin && addr.port() != 0 {
             v.push(
                 &format!("{path}.bind"),
                 &span,
@@ -471,11 +480,7 @@ fn limits(v: &mut V<'_>, root: &dyn TableLike) -> Limits {
     // pretend to be enforced.
     if limits.max_header_size < 8192 {
         let span = v.get(t, "max_header_size").and_then(|(_, s)| s);
-        v.push(
-            "limits.max_header_size",
-            &span,
-            "must be at least 8k",
-        );
+        v.push("limits.max_header_size", &span, "must be at least 8k");
         limits.max_header_size = 8192;
     }
     if limits.max_header_size > 1024 * 1024 {
@@ -500,7 +505,11 @@ fn access_log(v: &mut V<'_>, root: &dyn TableLike) -> AccessLog {
     }
     if let Some((p, span)) = v.str(t, "path", "access_log") {
         if p.is_empty() {
-            v.push("access_log.path", &span, "path must not be empty (use \"-\" for stdout)");
+            v.push(
+                "access_log.path",
+                &span,
+                "path must not be empty (use \"-\" for stdout)",
+            );
         }
         log.path = p;
     }
@@ -520,7 +529,11 @@ fn access_log(v: &mut V<'_>, root: &dyn TableLike) -> AccessLog {
 
 fn trusted(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Cidr> {
     let mut out = Vec::new();
-    for (i, (s, span)) in v.strings(root, "trusted_proxies", "").into_iter().enumerate() {
+    for (i, (s, span)) in v
+        .strings(root, "trusted_proxies", "")
+        .into_iter()
+        .enumerate()
+    {
         match parse_cidr(&s) {
             Some(c) => out.push(c),
             None => v.push(
@@ -608,19 +621,21 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
         };
         let lb = match v.str(t, "lb", &path) {
             None => Lb::RoundRobin,
-            Some((s, span)) => match s.as_str() {
-                "round_robin" => Lb::RoundRobin,
-                "random" => Lb::Random,
-                "least_requests" => Lb::LeastRequests,
-                _ => {
-                    v.push(
+            Some((s, span)) => {
+                match s.as_str() {
+                    "round_robin" => Lb::RoundRobin,
+                    "random" => Lb::Random,
+                    "least_requests" => Lb::LeastRequests,
+                    _ => {
+                        v.push(
                         &format!("{path}.lb"),
                         &span,
                         format!("unknown policy {s:?} (expected round_robin, random or least_requests)"),
                     );
-                    Lb::RoundRobin
+                        Lb::RoundRobin
+                    }
                 }
-            },
+            }
         };
         let keepalive = v
             .int(t, "keepalive", &path, 0..100_001)
@@ -658,7 +673,9 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
                         v.push(
                             &format!("{spath}.address"),
                             &span,
-                            format!("invalid address {addr:?}: expected host:port, like 10.0.0.5:8080"),
+                            format!(
+                                "invalid address {addr:?}: expected host:port, like 10.0.0.5:8080"
+                            ),
                         );
                     } else if !seen.insert(addr.clone()) {
                         v.push(
@@ -698,8 +715,7 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
@@ -714,9 +730,8 @@ fn valid_host(h: &str) -> bool {
 
 fn valid_header_name(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
@@ -762,7 +777,9 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
                 v.push(
                     &format!("{path}.host[{j}]"),
                     &span,
-                    format!("invalid host {h:?}: expected a name like example.com or *.example.com"),
+                    format!(
+                        "invalid host {h:?}: expected a name like example.com or *.example.com"
+                    ),
                 );
             }
             hosts.push(h);
@@ -816,13 +833,21 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
                 match (cookie, header) {
                     (Some((c, span)), None) => {
                         if !valid_header_name(&c) {
-                            v.push(&format!("{sp}.cookie"), &span, format!("invalid cookie name {c:?}"));
+                            v.push(
+                                &format!("{sp}.cookie"),
+                                &span,
+                                format!("invalid cookie name {c:?}"),
+                            );
                         }
                         Some(Sticky::Cookie(c))
                     }
                     (None, Some((h, span))) => {
                         if !valid_header_name(&h) {
-                            v.push(&format!("{sp}.header"), &span, format!("invalid header name {h:?}"));
+                            v.push(
+                                &format!("{sp}.header"),
+                                &span,
+                                format!("invalid header name {h:?}"),
+                            );
                         }
                         Some(Sticky::Header(h.to_ascii_lowercase()))
                     }
@@ -840,7 +865,11 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
             v.keys(o, &op, &["header", "cookie"]);
             override_header = v.str(o, "header", &op).map(|(h, span)| {
                 if !valid_header_name(&h) {
-                    v.push(&format!("{op}.header"), &span, format!("invalid header name {h:?}"));
+                    v.push(
+                        &format!("{op}.header"),
+                        &span,
+                        format!("invalid header name {h:?}"),
+                    );
                 }
                 h.to_ascii_lowercase()
             });
@@ -948,7 +977,11 @@ fn route_split(
             if split.is_empty() {
                 v.push(&sp, &span, "a split needs at least one pool");
             } else if split.iter().all(|e| e.weight == 0) {
-                v.push(&sp, &span, "all weights of this split are 0: it could never route");
+                v.push(
+                    &sp,
+                    &span,
+                    "all weights of this split are 0: it could never route",
+                );
             }
         }
     }

@@ -161,14 +161,17 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.inner.size_hint();
-        if let Some(d) = self.first.as_ref().and_then(|f| f.data_ref()) {
-            let n = d.len() as u64;
-            hint.set_lower(hint.lower() + n);
-            if let Some(u) = hint.upper() {
-                hint.set_upper(u + n);
-            }
+        let inner = self.inner.size_hint();
+        let n = self
+            .first
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map_or(0, |d| d.len() as u64);
+        let mut hint = SizeHint::new();
+        if let Some(u) = inner.upper() {
+            hint.set_upper(u + n);
         }
+        hint.set_lower(inner.lower() + n);
         hint
     }
 }

@@ -7,6 +7,12 @@
 //!   head timer also covers the idle time between keep-alive requests (which is
 //!   `keepalive_timeout`).
 //!
+//! - hyper answers unparseable heads itself (400, 414, 431) with a bare response; on the write
+//!   side those canned answers get `Server: nrdot` and a short body like every other error nrdot
+//!   writes, and are counted. Proxied responses always carry `Via` and nrdot's own errors
+//!   `Server`, so a head with neither that says `connection: close` and `content-length: 0` can
+//!   only be hyper's.
+//!
 //! It follows message boundaries (head, Content-Length body, chunked body) over the bytes hyper
 //! reads, without copying them except for a head split over several reads. Anything it cannot
 //! follow (HTTP/2, upgrades, framing errors that hyper rejects anyway) turns it off.
@@ -68,6 +74,7 @@ pin_project_lite::pin_project! {
         header_timeout: Duration,
         deadline: Option<Pin<Box<Sleep>>>,
         verdict: Arc<Verdict>,
+        rewrite: Option<(Vec<u8>, usize)>,
     }
 }
 
@@ -84,6 +91,7 @@ impl<IO> Inspected<IO> {
             header_timeout,
             deadline: None,
             verdict,
+            rewrite: None,
         }
     }
 }
@@ -111,7 +119,10 @@ fn follow(
             State::Head { started } => {
                 if !*started {
                     // Tolerate empty lines before a request line (RFC 9112 2.2).
-                    let skip = data.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                    let skip = data
+                        .iter()
+                        .take_while(|b| **b == b'\r' || **b == b'\n')
+                        .count();
                     data = &data[skip..];
                     if data.is_empty() {
                         return out;
@@ -268,7 +279,8 @@ impl<IO: AsyncRead> AsyncRead for Inspected<IO> {
                         _ => {
                             if let Some(d) = this.deadline {
                                 // Park the timer instead of dropping its allocation.
-                                d.as_mut().reset(Instant::now() + Duration::from_secs(86400 * 365));
+                                d.as_mut()
+                                    .reset(Instant::now() + Duration::from_secs(86400 * 365));
                             }
                         }
                     }
@@ -276,7 +288,9 @@ impl<IO: AsyncRead> AsyncRead for Inspected<IO> {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if let (State::Head { started: true }, Some(d)) = (&*this.state, this.deadline.as_mut()) {
+                if let (State::Head { started: true }, Some(d)) =
+                    (&*this.state, this.deadline.as_mut())
+                {
                     if d.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -291,9 +305,54 @@ impl<IO: AsyncRead> AsyncRead for Inspected<IO> {
     }
 }
 
+/// hyper's canned error answer rewritten as nrdot's, or `None` for any other write.
+fn canned_error(buf: &[u8]) -> Option<Vec<u8>> {
+    if buf.len() > 512 || !buf.starts_with(b"HTTP/1.1 4") || !buf.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let text = std::str::from_utf8(buf).ok()?;
+    let (status_line, rest) = text.split_once("\r\n")?;
+    let rest = rest.strip_prefix("connection: close\r\ncontent-length: 0\r\n")?;
+    let code: u16 = status_line.get(9..12)?.parse().ok()?;
+    let reason = status_line.get(13..).unwrap_or("Error");
+    crate::metrics::get().error(code);
+    let body = format!("{code} {reason}\n");
+    Some(
+        format!(
+            "{status_line}\r\nserver: nrdot\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n{rest}{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
 impl<IO: AsyncWrite> AsyncWrite for Inspected<IO> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut this = self.project();
+        if this.rewrite.is_none() {
+            match canned_error(buf) {
+                Some(r) => *this.rewrite = Some((r, 0)),
+                None => return this.io.poll_write(cx, buf),
+            }
+        }
+        // Write the whole replacement, then report the original as written.
+        while let Some((bytes, off)) = this.rewrite.as_mut() {
+            if *off >= bytes.len() {
+                *this.rewrite = None;
+                return Poll::Ready(Ok(buf.len()));
+            }
+            match this.io.as_mut().poll_write(cx, &bytes[*off..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *off += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_flush(cx)
@@ -306,6 +365,12 @@ impl<IO: AsyncWrite> AsyncWrite for Inspected<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (nonempty.next(), nonempty.next()) {
+            if self.rewrite.is_some() || canned_error(only).is_some() {
+                return self.poll_write(cx, only);
+            }
+        }
         self.project().io.poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -338,6 +403,22 @@ mod tests {
             let (n, _, off) = run(&[&stream[..split], &stream[split..]]);
             assert_eq!((n, off), (4, false), "split at {split}");
         }
+    }
+
+    #[test]
+    fn canned_hyper_errors_become_nrdot_errors() {
+        let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 26 Nov 2026 23:17:59 GMT\r\n\r\n";
+        let out = String::from_utf8(canned_error(hyper).expect("rewritten")).expect("utf8");
+        assert!(
+            out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\nserver: nrdot\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("GMT\r\n\r\n431 Request Header Fields Too Large\n"),
+            "{out}"
+        );
+        let proxied = b"HTTP/1.1 404 Not Found\r\nvia: 1.1 nrdot\r\ncontent-length: 0\r\n\r\n";
+        assert!(canned_error(proxied).is_none());
     }
 
     #[test]

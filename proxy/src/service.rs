@@ -183,7 +183,10 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
             tracing::debug!(error = %e, source = e.source_label(), peer = %conn.peer, "request answered by nrdot");
             let resp = error::response(e.status(), is_h1 && (e.closes() || last));
             if let Some(log) = log {
-                log.write(e.status().as_u16(), resp.body().size_hint().exact().unwrap_or(0));
+                log.write(
+                    e.status().as_u16(),
+                    resp.body().size_hint().exact().unwrap_or(0),
+                );
             }
             resp.map(Either::Right)
         }
@@ -208,7 +211,11 @@ async fn proxy(
     if req.version() != Version::HTTP_2 && conn.verdict.is_bad(index) {
         fail!(ProxyError::BadRequest);
     }
-    if req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0) as u64
+    if req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().len())
+        .unwrap_or(0) as u64
         > limits.max_request_line
     {
         fail!(ProxyError::UriTooLong);
@@ -294,7 +301,11 @@ async fn proxy(
     strip_hop_by_hop(h, upgrade);
     h.remove(header::EXPECT); // nrdot answers 100-continue itself
     if !h.contains_key(header::HOST) {
-        match parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        match parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             Some(v) => {
                 h.insert(header::HOST, v);
             }
@@ -411,7 +422,10 @@ async fn proxy(
             }
         });
         let (parts, _) = resp.into_parts();
-        return Ok(Response::from_parts(parts, Either::Right(Full::new(Bytes::new()))));
+        return Ok(Response::from_parts(
+            parts,
+            Either::Right(Full::new(Bytes::new())),
+        ));
     }
     Ok(resp.map(|b| Either::Left(ResponseBody::new(b, completion))))
 }
@@ -453,9 +467,9 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
         }
     };
     if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':'))
+        || !host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
+        })
     {
         return None;
     }
@@ -539,7 +553,10 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// cannot make an upstream believe a forged address.
 fn forwarded_headers(h: &mut HeaderMap, trusted: bool, peer: &HeaderValue, proto: &HeaderValue) {
     let existing: Vec<&[u8]> = if trusted {
-        h.get_all(&X_FORWARDED_FOR).iter().map(|v| v.as_bytes()).collect()
+        h.get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect()
     } else {
         Vec::new()
     };
@@ -577,7 +594,10 @@ mod tests {
     #[test]
     fn hop_by_hop_fields_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -612,7 +632,10 @@ mod tests {
                 .body(())
                 .expect("request")
         };
-        assert_eq!(request_host(&req("Example.COM:8080")).as_deref(), Some("example.com"));
+        assert_eq!(
+            request_host(&req("Example.COM:8080")).as_deref(),
+            Some("example.com")
+        );
         assert_eq!(request_host(&req("[::1]:80")).as_deref(), Some("[::1]"));
         assert_eq!(request_host(&req("bad host")), None);
         let two = Request::builder()
@@ -627,7 +650,10 @@ mod tests {
     #[test]
     fn cookie_lookup() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; nrdot_id=abc; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; nrdot_id=abc; b=2"),
+        );
         assert_eq!(cookie(&h, "nrdot_id"), Some(&b"abc"[..]));
         assert_eq!(cookie(&h, "nrdot"), None);
     }

@@ -30,7 +30,10 @@ impl Listeners {
         let mut sockets = Vec::new();
         for l in listeners {
             let s = crate::listener::bind(l.bind, workers).map_err(|e| {
-                io::Error::new(e.kind(), format!("listener {:?} on {}: {e}", l.name, l.bind))
+                io::Error::new(
+                    e.kind(),
+                    format!("listener {:?} on {}: {e}", l.name, l.bind),
+                )
             })?;
             sockets.push((l.name.clone(), s));
         }
@@ -94,7 +97,10 @@ impl DataPlane {
     }
 }
 
-fn worker(sockets: Vec<(Arc<Shared>, std::net::TcpListener)>, stop: watch::Receiver<Option<Duration>>) {
+fn worker(
+    sockets: Vec<(Arc<Shared>, std::net::TcpListener)>,
+    stop: watch::Receiver<Option<Duration>>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -149,7 +155,10 @@ fn worker(sockets: Vec<(Arc<Shared>, std::net::TcpListener)>, stop: watch::Recei
         let Ok(graceful) = Arc::try_unwrap(graceful) else {
             return;
         };
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown grace period ended with requests still in flight");
         }
     });
@@ -186,7 +195,9 @@ fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(limits.max_header_size as u32);
-    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+    let conn = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
     let conn = watcher.watch(conn);
     drop(table);
     tokio::spawn(async move {

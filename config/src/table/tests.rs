@@ -72,7 +72,9 @@ fn route_longest_prefix_host_and_header() {
     for (host, path, beta, want) in CASES {
         let r = t
             .route(host, path, |name| {
-                (name == "x-beta").then_some(()).and(beta.map(str::as_bytes))
+                (name == "x-beta")
+                    .then_some(())
+                    .and(beta.map(str::as_bytes))
             })
             .map(|r| &*t.routes[r].name);
         assert_eq!(r, Some(*want), "{host}{path} beta={beta:?}");
@@ -130,26 +132,42 @@ fn backend_round_robin_follows_weights_and_skips_disabled() {
     }
     assert_eq!(counts["127.0.0.1:2"], 100);
     assert_eq!(counts["127.0.0.1:3"], 300);
-    t.pools[0].backends[1].state.enabled.store(false, Ordering::Relaxed);
+    t.pools[0].backends[1]
+        .state
+        .enabled
+        .store(false, Ordering::Relaxed);
     for _ in 0..10 {
         assert_eq!(t.backend(0, 0).unwrap().authority.as_str(), "127.0.0.1:2");
     }
-    t.pools[0].backends[0].state.enabled.store(false, Ordering::Relaxed);
+    t.pools[0].backends[0]
+        .state
+        .enabled
+        .store(false, Ordering::Relaxed);
     assert!(t.backend(0, 0).is_none());
 }
 
 #[test]
 fn backend_least_requests_prefers_idle() {
-    let text = SPLIT.replace("name = \"stable\"", "name = \"stable\"\nlb = \"least_requests\"");
+    let text = SPLIT.replace(
+        "name = \"stable\"",
+        "name = \"stable\"\nlb = \"least_requests\"",
+    );
     let t = table(&text);
-    t.pools[0].backends[1].state.in_flight.store(5, Ordering::Relaxed);
+    t.pools[0].backends[1]
+        .state
+        .in_flight
+        .store(5, Ordering::Relaxed);
     for roll in 0..200u64 {
-        let b = t.backend(0, roll.wrapping_mul(0x9E37_79B9_7F4A_7C15)).unwrap();
+        let b = t
+            .backend(0, roll.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .unwrap();
         // Either both choices were the busy server's peer, or the idle one won.
         if b.authority.as_str() == "127.0.0.1:3" {
             let p = &t.pools[0];
             let a = p.order.bucket(roll.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let c = p.order.bucket(roll.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32));
+            let c = p
+                .order
+                .bucket(roll.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32));
             assert_eq!((a, c), (1, 1));
         }
     }
@@ -158,12 +176,24 @@ fn backend_least_requests_prefers_idle() {
 #[test]
 fn compile_keeps_state_of_surviving_backends() {
     let t1 = table(SPLIT);
-    t1.pools[0].backends[0].state.requests.store(42, Ordering::Relaxed);
+    t1.pools[0].backends[0]
+        .state
+        .requests
+        .store(42, Ordering::Relaxed);
     let changed = SPLIT.replace("weight = 90", "weight = 50");
     let config = Config::from_toml(&changed).unwrap();
     let t2 = RouteTable::compile(Arc::new(config), 2, Some(&t1));
-    assert!(Arc::ptr_eq(&t1.pools[0].backends[0].state, &t2.pools[0].backends[0].state));
+    assert!(Arc::ptr_eq(
+        &t1.pools[0].backends[0].state,
+        &t2.pools[0].backends[0].state
+    ));
     assert!(Arc::ptr_eq(&t1.pools[0].state, &t2.pools[0].state));
     assert!(Arc::ptr_eq(&t1.routes[0].state, &t2.routes[0].state));
-    assert_eq!(t2.pools[0].backends[0].state.requests.load(Ordering::Relaxed), 42);
+    assert_eq!(
+        t2.pools[0].backends[0]
+            .state
+            .requests
+            .load(Ordering::Relaxed),
+        42
+    );
 }

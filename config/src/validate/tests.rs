@@ -93,11 +93,15 @@ split = [{ pool = "p", weight = 0 }, { pool = "ghost", weight = 0 }]
     find("limits.keepalive_timeout");
     find("pool[0].server[0].address");
     assert!(find("pool[0]").message.contains("weight 0"));
-    assert!(find("route[0].split[1].pool").message.contains("undefined pool"));
+    assert!(find("route[0].split[1].pool")
+        .message
+        .contains("undefined pool"));
     assert!(find("route[0].split").message.contains("all weights"));
     assert!(p.len() >= 9, "{p:#?}");
     // Sorted by position, so an editor can walk them top to bottom.
-    assert!(p.windows(2).all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column)));
+    assert!(p
+        .windows(2)
+        .all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column)));
 }
 
 #[test]
@@ -131,7 +135,10 @@ fn validate_rejects_bad_values() {
 fn validate_rejects_shadowed_route() {
     let text = "[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[pool]]\nname=\"p\"\n[[pool.server]]\naddress=\"a:1\"\n[[route]]\nname=\"r1\"\npool=\"p\"\n[[route]]\nname=\"r2\"\npool=\"p\"\n";
     let p = problems(text);
-    assert!(p.iter().any(|e| e.message.contains("matches exactly")), "{p:#?}");
+    assert!(
+        p.iter().any(|e| e.message.contains("matches exactly")),
+        "{p:#?}"
+    );
 }
 
 #[test]
@@ -150,5 +157,7 @@ fn cidr_contains() {
     assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
     assert!(!c.contains("11.0.0.1".parse().unwrap()));
     assert!(parse_cidr("::1").unwrap().contains("::1".parse().unwrap()));
-    assert!(parse_cidr("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+    assert!(parse_cidr("0.0.0.0/0")
+        .unwrap()
+        .contains("1.2.3.4".parse().unwrap()));
 }

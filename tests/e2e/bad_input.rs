@@ -1,0 +1,163 @@
+//! Malformed, ambiguous, oversize and slow requests, and failing upstreams: each gets the status
+//! an nginx operator expects, a short answer with `Server: nrdot`, and never reaches an upstream.
+use std::time::{Duration, Instant};
+
+use nrdot_tests::{get, pool, raw, Nrdot, Origin};
+use tokio::io::AsyncWriteExt;
+
+use crate::BIN;
+
+fn one_pool(o: &Origin, limits: &str) -> String {
+    format!(
+        "{limits}\n{}[[route]]\nname = \"r\"\npool = \"o\"\n",
+        pool("o", &[o.addr])
+    )
+}
+
+fn status_of(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {resp:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_4xx_and_never_reach_upstream() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &one_pool(&o, "[limits]\nclient_max_body_size = \"1k\"\nmax_request_line = \"8k\"\nmax_header_size = \"16k\""));
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+    let huge_header = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(20_000)
+    );
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        (0..150)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("CL with TE", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("TE with CL", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("differing CLs", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(), 400),
+        ("invalid chunk size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(), 400),
+        ("invalid header name", b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n".to_vec(), 400),
+        ("invalid header value", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x01b\r\n\r\n".to_vec(), 400),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n  b\r\n\r\n".to_vec(), 400),
+        ("missing host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("two hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
+        ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400),
+        ("long request line", long_uri.into_bytes(), 414),
+        ("huge header", huge_header.into_bytes(), 431),
+        ("too many headers", many_headers.into_bytes(), 431),
+        ("declared body over limit", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n".to_vec(), 413),
+        ("chunked body over limit", [&b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n"[..], &[b'x'; 2048][..], b"\r\n800\r\n", &[b'y'; 2048][..], b"\r\n0\r\n\r\n"].concat(), 413),
+    ];
+    for (name, bytes, want) in cases {
+        let resp = raw(n.addr, &bytes, Duration::from_secs(3)).await;
+        assert_eq!(status_of(&resp), want, "{name}: {resp:?}");
+        assert!(resp.contains("server: nrdot"), "{name}: {resp:?}");
+        assert!(resp.len() < 400, "{name}: long error answer {resp:?}");
+        assert_eq!(o.hits(), 0, "{name} reached the upstream");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_time_out_without_slowing_others() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &one_pool(
+            &o,
+            "[limits]\nclient_header_timeout = \"1s\"\nclient_body_timeout = \"1s\"",
+        ),
+    );
+    // A slowloris head: starts, never finishes.
+    let mut slow_head = tokio::net::TcpStream::connect(n.addr)
+        .await
+        .expect("connect");
+    slow_head
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .await
+        .expect("write");
+    // A body that stops after 3 of 10 bytes.
+    let slow_body = tokio::spawn({
+        let addr = n.addr;
+        async move {
+            raw(
+                addr,
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+                Duration::from_secs(5),
+            )
+            .await
+        }
+    });
+    let started = Instant::now();
+    // Meanwhile everyone else is served at once.
+    for _ in 0..50 {
+        let t = Instant::now();
+        assert_eq!(get(&n.url("/"), &[]).await.status, 200);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "a fast client waited {:?}",
+            t.elapsed()
+        );
+    }
+    let body_resp = slow_body.await.expect("task");
+    assert_eq!(status_of(&body_resp), 408, "{body_resp}");
+    // The slow head is cut off (hyper closes without a response) within the timeout plus slack.
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(4),
+        tokio::io::AsyncReadExt::read(&mut slow_head, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "slow head still open: {closed:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_map_to_502_and_504() {
+    let o = Origin::start("o").await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    }; // dropped: nothing listens there any more
+    let body = format!(
+        "{}[[pool]]\nname = \"dead\"\nconnect_timeout = \"1s\"\n[[pool.server]]\naddress = \"{refused}\"\n[[pool]]\nname = \"slow\"\nresponse_timeout = \"300ms\"\n[[pool.server]]\naddress = \"{}\"\n[[route]]\nname = \"r\"\npool = \"o\"\n[[route]]\nname = \"dead\"\npath = \"/dead\"\npool = \"dead\"\n[[route]]\nname = \"slow\"\npath = \"/sleep\"\npool = \"slow\"\n",
+        pool("o", &[o.addr]),
+        o.addr
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let r = get(&n.url("/dead"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("server"), "nrdot");
+    assert_eq!(get(&n.url("/reset"), &[]).await.status, 502);
+    let t = Instant::now();
+    let r = get(&n.url("/sleep/3000"), &[]).await;
+    assert_eq!(r.status, 504);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(
+        get(&n.url("/"), &[]).await.status,
+        200,
+        "healthy route still works"
+    );
+    // Error answers are counted.
+    let m = get(&format!("http://{}/metrics", n.admin), &[]).await;
+    let text = String::from_utf8_lossy(&m.body);
+    for status in ["502", "504"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "nrdot_proxy_error_responses_total{{status=\"{status}\"}}"
+                ))
+            })
+            .unwrap_or_else(|| panic!("no {status} counter in {text}"));
+        assert!(!line.ends_with(" 0"), "{line}");
+    }
+}

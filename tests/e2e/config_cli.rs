@@ -1,0 +1,98 @@
+//! `nrdot config validate`, `nrdot version`, and startup with a bad file.
+use std::process::Command;
+
+use nrdot_tests::temp_dir;
+
+use crate::BIN;
+
+fn validate(text: &str) -> (i32, String, String) {
+    let dir = temp_dir("validate");
+    let file = dir.join("nrdot.toml");
+    std::fs::write(&file, text).expect("write");
+    let out = Command::new(BIN)
+        .args(["config", "validate", "--file"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_example_config_exits_0() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/nrdot.toml");
+    let out = Command::new(BIN)
+        .args(["config", "validate", "--file", path])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
+
+#[test]
+fn validate_lists_every_problem_with_file_line_column_and_exits_1() {
+    let (code, _, err) = validate(
+        "[[listener]]\nname = \"a\"\nbind = \"nowhere\"\n\n[[pool]]\nname = \"p\"\ntimeout = 3\n[[pool.server]]\naddress = \"127.0.0.1:1\"\n\n[[route]]\nname = \"r\"\npool = \"ghost\"\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("nrdot.toml:3:8: listener[0].bind: invalid address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("nrdot.toml:7:1: pool[0].timeout: unknown key"),
+        "{err}"
+    );
+    assert!(
+        err.contains("nrdot.toml:13:8: route[0].pool: undefined pool \"ghost\""),
+        "{err}"
+    );
+    assert!(err.contains("3 problem(s)"), "{err}");
+}
+
+#[test]
+fn validate_unreadable_file_exits_2() {
+    let out = Command::new(BIN)
+        .args(["config", "validate", "--file", "/nonexistent/nrdot.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn serve_refuses_invalid_config_with_positions() {
+    let dir = temp_dir("serve-bad");
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nworkers = 3\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bad.toml:4:1: listener[0].workers: unknown key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_prints_version() {
+    let out = Command::new(BIN).arg("version").output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("nrdot 0."));
+}

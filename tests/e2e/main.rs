@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `nrdot` binary, real origin servers, loopback sockets on free ports.
+mod bad_input;
+mod config_cli;
+mod intermediary;
+mod lifecycle;
+mod routing;
+mod swap;
+
+/// Path of the binary under test, built by Cargo for this test target.
+pub const BIN: &str = env!("CARGO_BIN_EXE_nrdot");

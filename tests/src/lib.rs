@@ -1,0 +1,444 @@
+//! nrdot-tests: the end-to-end harness. [`Origin`] is a real HTTP server on a free loopback
+//! port whose behaviour is chosen by the request path; [`Nrdot`] runs the real binary on free
+//! ports with a generated configuration and stops it (by PID) when dropped.
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A test origin. Paths choose behaviour:
+/// - `/status/N` answers status N;
+/// - `/sleep/MS` waits MS milliseconds, then answers;
+/// - `/reset` closes the connection without answering;
+/// - `/big/N` answers N bytes;
+/// - `/hop` answers with hop-by-hop headers that nrdot must remove;
+/// - a request with `Upgrade` is answered 101 and its bytes are echoed back;
+/// - anything else answers 200 with a JSON echo of the request (method, path, headers, body length).
+///
+/// Every response carries `x-origin: <name>`.
+pub struct Origin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Name it answers with.
+    pub name: String,
+    hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    /// Starts an origin named `name` on a free port of 127.0.0.1.
+    pub async fn start(name: &str) -> Origin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind origin");
+        Origin::serve(name, listener)
+    }
+
+    /// Starts an origin on an already bound listener (to restart on the same port).
+    pub fn serve(name: &str, listener: tokio::net::TcpListener) -> Origin {
+        let addr = listener.local_addr().expect("origin addr");
+        let hits = Arc::new(AtomicU64::new(0));
+        let (n, h) = (name.to_string(), Arc::clone(&hits));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (n, h) = (n.clone(), Arc::clone(&h));
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        origin_handle(n.clone(), req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Origin {
+            addr,
+            name: name.to_string(),
+            hits,
+            task,
+        }
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and closes the port.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn origin_handle(
+    name: String,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let path = req.uri().path().to_string();
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    resp.headers_mut()
+        .insert("x-origin", name.parse().expect("header value"));
+    if req.headers().contains_key(http::header::UPGRADE) {
+        let mut req = req;
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut()
+            .insert(http::header::UPGRADE, "websocket".parse().expect("v"));
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, "upgrade".parse().expect("v"));
+        return Ok(resp);
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        *resp.status_mut() = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
+        return Ok(resp);
+    }
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    if path == "/reset" {
+        return Err(std::io::Error::other("reset on purpose"));
+    }
+    if let Some(n) = path.strip_prefix("/big/") {
+        *resp.body_mut() = Full::new(Bytes::from(vec![b'x'; n.parse().unwrap_or(0)]));
+        return Ok(resp);
+    }
+    if path == "/hop" {
+        let h = resp.headers_mut();
+        h.insert("connection", "x-drop-me".parse().expect("v"));
+        h.insert("x-drop-me", "1".parse().expect("v"));
+        h.insert("keep-alive", "timeout=5".parse().expect("v"));
+        h.insert("x-kept", "1".parse().expect("v"));
+        return Ok(resp);
+    }
+    let method = req.method().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let mut body = req.into_body();
+    let mut len = 0u64;
+    let mut trailers = BTreeMap::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(std::io::Error::other)?;
+        if let Some(d) = frame.data_ref() {
+            len += d.len() as u64;
+        }
+        if let Some(t) = frame.trailers_ref() {
+            for (k, v) in t {
+                trailers.insert(
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                );
+            }
+        }
+    }
+    let echo = serde_json::json!({
+        "origin": name, "method": method, "path": path, "query": query,
+        "headers": headers, "body_len": len, "trailers": trailers,
+    });
+    *resp.body_mut() = Full::new(Bytes::from(echo.to_string()));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("v"));
+    Ok(resp)
+}
+
+/// A running `nrdot serve` process on free ports.
+pub struct Nrdot {
+    child: Child,
+    /// The client-facing listener.
+    pub addr: SocketAddr,
+    /// The admin API.
+    pub admin: SocketAddr,
+    /// Working directory: config file, state directory, access log.
+    pub dir: PathBuf,
+    /// The configuration file.
+    pub config: PathBuf,
+    prelude: String,
+}
+
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh directory under the system temp dir, removed by [`Nrdot`]'s drop.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "nrdot-test-{}-{}-{tag}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A pool section with the given servers.
+pub fn pool(name: &str, servers: &[SocketAddr]) -> String {
+    let mut s = format!(
+        "[[pool]]\nname = \"{name}\"\nresponse_timeout = \"5s\"\nconnect_timeout = \"1s\"\n"
+    );
+    for a in servers {
+        s.push_str(&format!("[[pool.server]]\naddress = \"{a}\"\n"));
+    }
+    s
+}
+
+impl Nrdot {
+    /// Starts the binary at `bin` with `body` (pools, routes, optional [limits]/[access_log]).
+    /// `prelude` holds top-level keys, which TOML needs before any table.
+    pub fn start(bin: &str, prelude: &str, body: &str) -> Nrdot {
+        let dir = temp_dir("nrdot");
+        let config = dir.join("nrdot.toml");
+        let prelude = format!(
+            "state_dir = {:?}\nshutdown_grace = \"10s\"\nworker_threads = 2\n{prelude}\n[admin]\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"http\"\nbind = \"127.0.0.1:0\"\n",
+            dir.join("state").display().to_string()
+        );
+        let text = format!("{prelude}\n{body}");
+        if !body.contains("[access_log]") {
+            std::fs::write(&config, format!("{text}\n[access_log]\nenabled = false\n"))
+                .expect("write config");
+        } else {
+            std::fs::write(&config, &text).expect("write config");
+        }
+        let mut child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn nrdot");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() || admin.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                let status = child.wait().expect("wait");
+                panic!("nrdot exited before listening: {status}");
+            };
+            if let Some(rest) = line.strip_prefix("nrdot: listener http on ") {
+                addr = rest.trim().parse().ok();
+            } else if let Some(rest) = line.strip_prefix("nrdot: admin on ") {
+                admin = rest.trim().parse().ok();
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Nrdot {
+            child,
+            addr: addr.expect("addr"),
+            admin: admin.expect("admin"),
+            dir,
+            config,
+            prelude,
+        }
+    }
+
+    /// PID of the process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Writes a new body (same prelude) to the config file and sends SIGHUP.
+    pub fn rewrite_and_reload(&self, body: &str) {
+        let text = format!("{}\n{body}\n[access_log]\nenabled = false\n", self.prelude);
+        self.write_raw_and_reload(&text);
+    }
+
+    /// Writes `text` as the whole config file and sends SIGHUP.
+    pub fn write_raw_and_reload(&self, text: &str) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("rename config");
+        self.signal("HUP");
+    }
+
+    /// Sends a signal by name to this process only.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.child.wait().expect("wait")
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// A URL on the proxy.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `/health` as JSON.
+    pub async fn health(&self) -> serde_json::Value {
+        let r = http_client()
+            .get(
+                format!("http://{}/health", self.admin)
+                    .parse()
+                    .expect("uri"),
+            )
+            .await
+            .expect("health");
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        serde_json::from_slice(&body).expect("health json")
+    }
+
+    /// The generation of the table in effect.
+    pub async fn generation(&self) -> u64 {
+        self.health().await["generation"]
+            .as_u64()
+            .expect("generation")
+    }
+
+    /// Resident and peak resident memory of the process, in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Nrdot {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An HTTP/1.1 keep-alive client.
+pub fn http_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A response read to the end.
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// Body as JSON (the origin's echo).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends `req` with `client` and reads the whole response.
+pub async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Reply {
+    let resp = client.request(req).await.expect("request");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET `url` with extra headers.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(
+        &http_client(),
+        b.body(Full::new(Bytes::new())).expect("request"),
+    )
+    .await
+}
+
+/// Writes raw bytes to `addr` and returns everything read until the peer closes or `wait`
+/// passes without data.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
