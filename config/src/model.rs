@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A whole validated configuration file.
+/// A whole validated configuration file. Non-exhaustive so that, outside this crate, a `Config`
+/// can only come out of validation.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// Worker threads of the data plane; `None` means one per core.
     pub worker_threads: Option<usize>,
@@ -28,7 +30,6 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Routes, in file order.
     pub routes: Vec<Route>,
-    pub(crate) _sealed: (),
 }
 
 /// One client-facing listener.

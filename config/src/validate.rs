@@ -368,7 +368,6 @@ pub(crate) fn config(text: &str) -> Result<Config, ConfigError> {
         trusted_proxies,
         pools,
         routes,
-        _sealed: (),
     })
 }
 

@@ -516,9 +516,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
                 .iter()
                 .flat_map(tokens)
                 .filter(|t| {
-                    !t.eq_ignore_ascii_case(b"close")
-                        && !t.eq_ignore_ascii_case(b"keep-alive")
-                        && !(keep_upgrade && t.eq_ignore_ascii_case(b"upgrade"))
+                    let consumed = t.eq_ignore_ascii_case(b"close")
+                        || t.eq_ignore_ascii_case(b"keep-alive")
+                        || (keep_upgrade && t.eq_ignore_ascii_case(b"upgrade"));
+                    !consumed
                 })
                 .filter_map(|t| HeaderName::from_bytes(t).ok())
                 .collect();

@@ -1,0 +1,28 @@
+//! Validating and compiling a 10,000-route configuration: the cost of a reload or an admin change.
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use nrdot_config::{Config, RouteTable};
+
+fn compile(c: &mut Criterion) {
+    let text = nrdot_benches::large_config(1000, 10);
+    let config = Arc::new(Config::from_toml(&text).expect("valid"));
+    let mut g = c.benchmark_group("10k routes");
+    g.sample_size(10);
+    g.bench_function("validate", |b| {
+        b.iter(|| Config::from_toml(black_box(&text)).map(|c| c.routes.len()))
+    });
+    let previous = RouteTable::compile(Arc::clone(&config), 1, None);
+    g.bench_function("compile", |b| {
+        b.iter(|| {
+            RouteTable::compile(Arc::clone(&config), 2, Some(black_box(&previous)))
+                .routes
+                .len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, compile);
+criterion_main!(benches);
