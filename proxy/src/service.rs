@@ -296,20 +296,24 @@ async fn proxy(
 
     // Rewrite the request for the upstream.
     let (mut parts, body) = req.into_parts();
-    let via = via_value(parts.version);
+    let version = parts.version;
+    let via = via_value(version);
     let h = &mut parts.headers;
     strip_hop_by_hop(h, upgrade);
     h.remove(header::EXPECT); // nrdot answers 100-continue itself
+                              // An absolute-form target overrides Host (RFC 9112 3.2.2); HTTP/2 has only :authority.
+    if version != Version::HTTP_2 && parts.uri.authority().is_some() {
+        h.remove(header::HOST);
+    }
     if !h.contains_key(header::HOST) {
-        match parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            Some(v) => {
+        // HTTP/2's :authority, else (HTTP/1.0 without Host) the server's own name, as nginx's
+        // default `proxy_set_header Host $proxy_host` does.
+        let authority = parts.uri.authority().unwrap_or(&backend_entry.authority);
+        match HeaderValue::from_str(authority.as_str()) {
+            Ok(v) => {
                 h.insert(header::HOST, v);
             }
-            None => fail!(ProxyError::BadRequest),
+            Err(_) => fail!(ProxyError::BadRequest),
         }
     }
     forwarded_headers(h, trusted, &conn.peer_value, &conn.shared.proto);
@@ -454,9 +458,9 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     let raw: &str = match (req.uri().authority(), from_header) {
         (Some(a), _) => a.as_str(),
         (None, Some(h)) => h.to_str().ok()?,
-        (None, None) => {
-            return (req.version() == Version::HTTP_10).then(String::new);
-        }
+        // HTTP/1.0 predates Host: such requests match routes without a host.
+        (None, None) if req.version() == Version::HTTP_10 => return Some(String::new()),
+        (None, None) => return None,
     };
     let host = if let Some(rest) = raw.strip_prefix('[') {
         &raw[..rest.find(']')? + 2]
@@ -507,7 +511,8 @@ fn tokens(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Removes hop-by-hop fields (RFC 9110 7.6.1): the fixed list and every field the Connection
-/// header names. An upgrade keeps `Connection: upgrade` and `Upgrade`.
+/// header names. `Trailer` stays: it describes the message end to end, and hyper sends only
+/// the trailer fields it announces. An upgrade keeps `Connection: upgrade` and `Upgrade`.
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if let Some(conn) = h.get(header::CONNECTION) {
         if !conn.as_bytes().is_empty() {
@@ -531,7 +536,6 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     for name in [
         header::CONNECTION,
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::PROXY_AUTHENTICATE,
     ] {

@@ -278,3 +278,31 @@ async fn keepalive_requests_limit_closes_the_connection() {
     assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
     assert!(out.contains("connection: close"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_http10_and_absolute_form() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &one_pool(&o));
+    let resp = raw(
+        n.addr,
+        b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        resp.contains("\"trailers\":{\"x-checksum\":\"42\"}"),
+        "{resp}"
+    );
+    // HTTP/1.0 without Host matches routes without a host.
+    let resp = raw(n.addr, b"GET /old HTTP/1.0\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.0 200"), "{resp}");
+    assert!(resp.contains("\"via\":[\"1.0 nrdot\"]"), "{resp}");
+    // An absolute-form target wins over Host, and the upstream sees it as Host.
+    let resp = raw(
+        n.addr,
+        b"GET http://abs.test/p HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(resp.contains("\"host\":[\"abs.test\"]"), "{resp}");
+}

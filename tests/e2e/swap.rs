@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use nrdot_tests::{get, http_client, pool, send, Nrdot, Origin};
+use nrdot_tests::{get, http_client, pool, send, KeepAlive, Nrdot, Origin};
 
 use crate::BIN;
 
@@ -103,4 +103,54 @@ async fn swap_storm_under_load_loses_no_request() {
     assert!(total >= 5000, "only {total} requests");
     assert_eq!(n.generation().await, 201);
     assert!(a.hits() > 0 && b.hits() > 0 && c.hits() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_request_finishes_on_the_table_it_started_with() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let n = Nrdot::start(BIN, "", &routes("a", &a, &b));
+    let url = n.url("/sleep/800");
+    let slow = tokio::spawn(async move { get(&url, &[]).await });
+    // Wait until the slow request reached a, then swap the route to b.
+    for _ in 0..200 {
+        if a.hits() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(a.hits(), 1);
+    n.rewrite_and_reload(&routes("b", &a, &b));
+    wait_generation(&n, 2).await;
+    assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "b");
+    let r = slow.await.expect("task");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-origin"), "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_keepalive_connections_survive_swaps() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let n = Nrdot::start(BIN, "", &routes("a", &a, &b));
+    // One client connection lands on one worker, which keeps one upstream connection.
+    let mut conn = KeepAlive::connect(n.addr).await;
+    for _ in 0..20 {
+        assert_eq!(conn.get("/").await.0, 200);
+    }
+    assert_eq!(a.connections(), 1);
+    for generation in 2..=6 {
+        // Same pool and server, other settings elsewhere: a new table, same backend state.
+        let body = format!("{}\n[[route]]\nname = \"extra{generation}\"\npath = \"/x{generation}\"\npool = \"b\"\n", routes("a", &a, &b));
+        n.rewrite_and_reload(&body);
+        wait_generation(&n, generation).await;
+        for _ in 0..20 {
+            let (_, head, _) = conn.get("/").await;
+            assert!(head.contains("x-origin: a"), "{head}");
+        }
+    }
+    assert_eq!(a.hits(), 120);
+    assert_eq!(
+        a.connections(),
+        1,
+        "a swap dropped the upstream keep-alive pool"
+    );
 }

@@ -34,6 +34,7 @@ pub struct Origin {
     /// Name it answers with.
     pub name: String,
     hits: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,12 +51,18 @@ impl Origin {
     pub fn serve(name: &str, listener: tokio::net::TcpListener) -> Origin {
         let addr = listener.local_addr().expect("origin addr");
         let hits = Arc::new(AtomicU64::new(0));
-        let (n, h) = (name.to_string(), Arc::clone(&hits));
+        let connections = Arc::new(AtomicU64::new(0));
+        let (n, h, c) = (
+            name.to_string(),
+            Arc::clone(&hits),
+            Arc::clone(&connections),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (n, h) = (n.clone(), Arc::clone(&h));
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -73,6 +80,7 @@ impl Origin {
             addr,
             name: name.to_string(),
             hits,
+            connections,
             task,
         }
     }
@@ -80,6 +88,11 @@ impl Origin {
     /// Requests received so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Stops accepting and closes the port.
@@ -441,4 +454,54 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One client connection used for sequential HTTP/1.1 requests, so every request is served by
+/// the same nrdot worker.
+pub struct KeepAlive {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            stream: tokio::net::TcpStream::connect(addr).await.expect("connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends a GET and returns (status, head, body); the response must have Content-Length.
+    pub async fn get(&mut self, path: &str) -> (u16, String, Vec<u8>) {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        self.stream.write_all(req.as_bytes()).await.expect("write");
+        let mut chunk = [0u8; 16384];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("content-length");
+                if self.buf.len() >= end + 4 + len {
+                    let body = self.buf[end + 4..end + 4 + len].to_vec();
+                    self.buf.drain(..end + 4 + len);
+                    let status = head
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|s| s.parse().ok())
+                        .expect("status");
+                    return (status, head, body);
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                .await
+                .expect("response timed out")
+                .expect("read");
+            assert!(n > 0, "connection closed mid-response");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
 }
