@@ -28,7 +28,12 @@ pub use table::{RouteTable, Target};
 impl Config {
     /// Parses and validates a whole file, reporting every problem, not only the first.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        validate::config(text)
+        validate::config(text, None)
+    }
+
+    /// Like [`Config::from_toml`], with the `[environment.<name>]` overlay applied.
+    pub fn from_toml_env(text: &str, environment: Option<&str>) -> Result<Config, ConfigError> {
+        validate::config(text, environment)
     }
 
     /// SHA-256 of the exact text a config was read from, hex encoded: versions are identified

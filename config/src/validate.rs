@@ -48,7 +48,10 @@ impl<'t> V<'t> {
     fn keys(&mut self, t: &dyn TableLike, path: &str, allowed: &[&str]) {
         for (k, _) in t.iter() {
             if !allowed.contains(&k) {
-                let span = t.key(k).and_then(|key| key.span());
+                let span = t
+                    .key(k)
+                    .and_then(|key| key.span())
+                    .or_else(|| t.get(k).and_then(item_span));
                 self.push(
                     &join(path, k),
                     &span,
@@ -282,20 +285,156 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-pub(crate) fn config(text: &str) -> Result<Config, ConfigError> {
-    let mut v = V {
-        text,
-        errors: Vec::new(),
-    };
+/// Top-level keys an `[environment.NAME]` section may override.
+const OVERRIDABLE: &[&str] = &[
+    "worker_threads",
+    "state_dir",
+    "shutdown_grace",
+    "admin",
+    "listener",
+    "limits",
+    "access_log",
+    "trusted_proxies",
+    "pool",
+    "route",
+];
+
+/// Validates `text`; with `env`, the `[environment.<env>]` overlay is applied first. Without
+/// `env`, the base and every environment overlay are validated, so a broken staging section is
+/// caught before anyone selects it.
+pub(crate) fn config(text: &str, env: Option<&str>) -> Result<Config, ConfigError> {
     let doc = match ImDocument::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
+            let mut v = V {
+                text,
+                errors: Vec::new(),
+            };
             let msg = e.message().trim().to_string();
             v.push("", &e.span(), format!("TOML syntax error: {msg}"));
             return Err(ConfigError::Invalid(v.errors));
         }
     };
-    let root: &dyn TableLike = doc.as_table();
+    let root = doc.as_table();
+    let mut v = V {
+        text,
+        errors: Vec::new(),
+    };
+    let names = environments(&mut v, root);
+    let result = match env {
+        Some(name) => {
+            if !names.iter().any(|n| n == name) {
+                v.push(
+                    "environment",
+                    &Some(0..0),
+                    format!(
+                        "unknown environment {name:?} (defined: {})",
+                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    ),
+                );
+                return Err(ConfigError::Invalid(v.errors));
+            }
+            let merged = overlay(root, name);
+            validate_root(v, &merged)
+        }
+        None => {
+            let base = validate_root(v, root);
+            let mut errors = match &base {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems().to_vec(),
+            };
+            for name in &names {
+                let merged = overlay(root, name);
+                let ev = V {
+                    text,
+                    errors: Vec::new(),
+                };
+                if let Err(e) = validate_root(ev, &merged) {
+                    for p in e.problems() {
+                        if !errors.contains(p) {
+                            let mut p = p.clone();
+                            p.message = format!("{} (in environment {name:?})", p.message);
+                            errors.push(p);
+                        }
+                    }
+                }
+            }
+            if errors.is_empty() {
+                base
+            } else {
+                errors.sort_by_key(|e| (e.line, e.column));
+                errors.dedup_by(|a, b| a.line == b.line && a.column == b.column && a.path == b.path);
+                Err(ConfigError::Invalid(errors))
+            }
+        }
+    };
+    result
+}
+
+/// Names of the `[environment.*]` sections, checking their keys.
+fn environments(v: &mut V<'_>, root: &toml_edit::Table) -> Vec<String> {
+    let Some((envs, _)) = v.table(root, "environment", "") else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for (name, item) in envs.iter() {
+        let path = format!("environment.{name}");
+        match item.as_table_like() {
+            Some(t) => {
+                v.keys(t, &path, OVERRIDABLE);
+                names.push(name.to_string());
+            }
+            None => v.push(
+                &path,
+                &item_span(item),
+                format!("expected a table, found {}", item.type_name()),
+            ),
+        }
+    }
+    names
+}
+
+/// The root table with environment `name` laid over it: `admin`, `limits` and `access_log` are
+/// merged key by key, every other key is replaced whole. Items keep their spans, so problems in
+/// an overlay point into the environment section.
+fn overlay(root: &toml_edit::Table, name: &str) -> toml_edit::Table {
+    let mut merged = root.clone();
+    merged.remove("environment");
+    let Some(env) = root
+        .get("environment")
+        .and_then(|e| e.get(name))
+        .and_then(|e| e.as_table_like())
+    else {
+        return merged;
+    };
+    for (k, item) in env.iter() {
+        let key = env
+            .key(k)
+            .cloned()
+            .unwrap_or_else(|| toml_edit::Key::new(k));
+        let mergeable = matches!(k, "admin" | "limits" | "access_log");
+        let mut value = item.clone();
+        if mergeable {
+            if let (Some(base), Some(over)) = (
+                merged.get(k).cloned(),
+                item.as_table_like(),
+            ) {
+                let mut base = base;
+                if let Some(bt) = base.as_table_like_mut() {
+                    for (ok, oi) in over.iter() {
+                        bt.insert(ok, oi.clone());
+                    }
+                    value = base;
+                }
+            }
+        }
+        merged.insert_formatted(&key, value);
+    }
+    merged
+}
+
+fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, ConfigError> {
+    let root: &dyn TableLike = root;
     v.keys(
         root,
         "",
@@ -311,6 +450,7 @@ pub(crate) fn config(text: &str) -> Result<Config, ConfigError> {
             "trusted_proxies",
             "pool",
             "route",
+            "environment",
         ],
     );
     if let Some((item, span)) = v.get(root, "version") {

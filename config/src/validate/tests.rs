@@ -1,7 +1,7 @@
 use super::*;
 
 fn problems(text: &str) -> Vec<ValidationError> {
-    match config(text) {
+    match config(text, None) {
         Ok(_) => Vec::new(),
         Err(e) => e.problems().to_vec(),
     }
@@ -41,7 +41,7 @@ pool = "stable"
 
 #[test]
 fn validate_accepts_full_config() {
-    let c = config(VALID).expect("valid");
+    let c = config(VALID, None).expect("valid");
     assert_eq!(c.listeners[0].bind.port(), 8000);
     assert_eq!(c.routes[0].split[1].weight, 10);
     assert_eq!(c.routes[0].override_header.as_deref(), Some("x-nrdot-pool"));
@@ -160,4 +160,63 @@ fn cidr_contains() {
     assert!(parse_cidr("0.0.0.0/0")
         .unwrap()
         .contains("1.2.3.4".parse().unwrap()));
+}
+
+const WITH_ENVS: &str = r#"
+[[listener]]
+name = "http"
+bind = "0.0.0.0:80"
+
+[limits]
+client_max_body_size = "10m"
+keepalive_requests = 500
+
+[[pool]]
+name = "web"
+  [[pool.server]]
+  address = "10.0.0.1:80"
+
+[[route]]
+name = "r"
+pool = "web"
+
+[environment.staging]
+worker_threads = 1
+limits = { client_max_body_size = "1m" }
+[[environment.staging.listener]]
+name = "http"
+bind = "127.0.0.1:8000"
+[[environment.staging.pool]]
+name = "web"
+  [[environment.staging.pool.server]]
+  address = "127.0.0.1:9000"
+"#;
+
+#[test]
+fn environment_overlay_replaces_and_merges() {
+    let base = config(WITH_ENVS, None).expect("base valid");
+    assert_eq!(base.listeners[0].bind.port(), 80);
+    let staging = config(WITH_ENVS, Some("staging")).expect("staging valid");
+    assert_eq!(staging.worker_threads, Some(1));
+    assert_eq!(staging.listeners[0].bind.port(), 8000);
+    assert_eq!(staging.pools[0].servers[0].address, "127.0.0.1:9000");
+    assert_eq!(staging.limits.client_max_body_size, 1024 * 1024);
+    // Merged, not replaced: the base's other limits stay.
+    assert_eq!(staging.limits.keepalive_requests, 500);
+    let p = match config(WITH_ENVS, Some("prod")) {
+        Err(e) => e.problems().to_vec(),
+        Ok(_) => panic!("unknown environment accepted"),
+    };
+    assert!(p[0].message.contains("unknown environment \"prod\" (defined: staging)"));
+}
+
+#[test]
+fn environment_errors_are_found_without_selecting_it() {
+    let text = WITH_ENVS.replace("address = \"127.0.0.1:9000\"", "address = \"nope\"");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].message.contains("in environment \"staging\""), "{p:#?}");
+    assert_eq!(p[0].line, 28);
+    let text = WITH_ENVS.replace("worker_threads = 1", "colour = 1");
+    assert!(problems(&text).iter().any(|e| e.path == "environment.staging.colour"));
 }
