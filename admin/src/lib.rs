@@ -6,8 +6,12 @@
 //! `file -> Control::reload -> Config -> RouteTable::compile -> Publisher::publish`
 #![warn(missing_docs)]
 
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod control;
 pub mod demo;
+pub mod durable;
 pub mod http;
 pub mod run;
+pub mod store;

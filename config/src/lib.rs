@@ -8,7 +8,9 @@
 //! `nrdot.toml --Config::from_toml--> Config --RouteTable::compile--> RouteTable --Publisher::publish--> Reader::load`
 #![warn(missing_docs)]
 
+pub mod document;
 pub mod error;
+pub mod lint;
 pub mod model;
 pub mod split;
 pub mod state;

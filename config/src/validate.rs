@@ -329,7 +329,11 @@ pub(crate) fn config(text: &str, env: Option<&str>) -> Result<Config, ConfigErro
                     &Some(0..0),
                     format!(
                         "unknown environment {name:?} (defined: {})",
-                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
                     ),
                 );
                 return Err(ConfigError::Invalid(v.errors));
@@ -363,7 +367,8 @@ pub(crate) fn config(text: &str, env: Option<&str>) -> Result<Config, ConfigErro
                 base
             } else {
                 errors.sort_by_key(|e| (e.line, e.column));
-                errors.dedup_by(|a, b| a.line == b.line && a.column == b.column && a.path == b.path);
+                errors
+                    .dedup_by(|a, b| a.line == b.line && a.column == b.column && a.path == b.path);
                 Err(ConfigError::Invalid(errors))
             }
         }
@@ -415,10 +420,7 @@ fn overlay(root: &toml_edit::Table, name: &str) -> toml_edit::Table {
         let mergeable = matches!(k, "admin" | "limits" | "access_log");
         let mut value = item.clone();
         if mergeable {
-            if let (Some(base), Some(over)) = (
-                merged.get(k).cloned(),
-                item.as_table_like(),
-            ) {
+            if let (Some(base), Some(over)) = (merged.get(k).cloned(), item.as_table_like()) {
                 let mut base = base;
                 if let Some(bt) = base.as_table_like_mut() {
                     for (ok, oi) in over.iter() {

@@ -207,7 +207,9 @@ fn environment_overlay_replaces_and_merges() {
         Err(e) => e.problems().to_vec(),
         Ok(_) => panic!("unknown environment accepted"),
     };
-    assert!(p[0].message.contains("unknown environment \"prod\" (defined: staging)"));
+    assert!(p[0]
+        .message
+        .contains("unknown environment \"prod\" (defined: staging)"));
 }
 
 #[test]
@@ -215,8 +217,13 @@ fn environment_errors_are_found_without_selecting_it() {
     let text = WITH_ENVS.replace("address = \"127.0.0.1:9000\"", "address = \"nope\"");
     let p = problems(&text);
     assert_eq!(p.len(), 1, "{p:#?}");
-    assert!(p[0].message.contains("in environment \"staging\""), "{p:#?}");
+    assert!(
+        p[0].message.contains("in environment \"staging\""),
+        "{p:#?}"
+    );
     assert_eq!(p[0].line, 28);
     let text = WITH_ENVS.replace("worker_threads = 1", "colour = 1");
-    assert!(problems(&text).iter().any(|e| e.path == "environment.staging.colour"));
+    assert!(problems(&text)
+        .iter()
+        .any(|e| e.path == "environment.staging.colour"));
 }

@@ -1,0 +1,403 @@
+//! Admin credentials. On first start nrdot generates an admin token and a dashboard password,
+//! writes them once to `state_dir/admin-credentials` (mode 0600) and keeps only hashes in
+//! `state_dir/auth.json`. Tokens are compared by SHA-256 digest in constant time; repeated
+//! failures from one address are answered ever more slowly.
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::durable;
+
+/// What a token may do. Ordered: each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read everything.
+    Viewer,
+    /// Also drain and enable backends, drive rollouts.
+    Operator,
+    /// Also change configuration and credentials.
+    Admin,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("unknown role {s:?} (viewer, operator, admin)")),
+        }
+    }
+}
+
+/// Who made a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// Token name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TokenRecord {
+    name: String,
+    role: Role,
+    sha256: String,
+    created: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AuthFile {
+    tokens: Vec<TokenRecord>,
+    dashboard_user: String,
+    dashboard_password: String,
+}
+
+/// Errors of the credential store.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Disk trouble.
+    #[error("credentials in {path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The hash file does not parse.
+    #[error("credentials file {0} is damaged; move it aside to generate new credentials")]
+    Damaged(PathBuf),
+    /// No OS randomness.
+    #[error("cannot generate a secret: {0}")]
+    Random(String),
+    /// Unknown token name.
+    #[error("no token named {0:?}")]
+    UnknownToken(String),
+}
+
+/// The credential store and the failure throttle.
+pub struct Auth {
+    path: PathBuf,
+    credentials: PathBuf,
+    file: Mutex<AuthFile>,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+/// A new random secret: 32 bytes from the OS, hex encoded, with a prefix that secret scanners
+/// can recognise.
+pub fn new_secret(prefix: &str) -> Result<String, AuthError> {
+    let mut buf = [0u8; 32];
+    getrandom::getrandom(&mut buf).map_err(|e| AuthError::Random(e.to_string()))?;
+    Ok(format!(
+        "{prefix}{}",
+        buf.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn hex_to_bytes(h: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = h
+            .get(i * 2..i * 2 + 2)
+            .and_then(|s| u8::from_str_radix(s, 16).ok())
+            .unwrap_or(0);
+    }
+    out
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u8;
+    for i in 0..32 {
+        diff |= a[i] ^ b[i];
+    }
+    diff == 0
+}
+
+impl Auth {
+    /// Opens the credential store of `state_dir`, generating credentials on first start. Returns
+    /// the path of the freshly written secrets file when it was created now.
+    pub fn open(state_dir: &Path, admin_url: &str) -> Result<(Auth, Option<PathBuf>), AuthError> {
+        let path = state_dir.join("auth.json");
+        let credentials = state_dir.join("admin-credentials");
+        let io = |source| AuthError::Io {
+            path: path.clone(),
+            source,
+        };
+        let (file, created) = match std::fs::read(&path) {
+            Ok(bytes) => (
+                serde_json::from_slice::<AuthFile>(&bytes)
+                    .map_err(|_| AuthError::Damaged(path.clone()))?,
+                None,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let token = new_secret("nrd_")?;
+                let password = new_secret("")?[..24].to_string();
+                let file = AuthFile {
+                    tokens: vec![TokenRecord {
+                        name: "admin".into(),
+                        role: Role::Admin,
+                        sha256: durable::sha256_hex(token.as_bytes()),
+                        created: crate::store::now_rfc3339(),
+                    }],
+                    dashboard_user: "admin".into(),
+                    dashboard_password: hash_password(&password)?,
+                };
+                // Secrets first: if we crash before the hashes are written, the next start
+                // generates new ones and overwrites this file.
+                let text = credentials_text(admin_url, &token, "admin", Some(&password));
+                durable::write(&credentials, text.as_bytes(), 0o600).map_err(|source| {
+                    AuthError::Io {
+                        path: credentials.clone(),
+                        source,
+                    }
+                })?;
+                let bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+                durable::write(&path, &bytes, 0o600).map_err(io)?;
+                (file, Some(credentials.clone()))
+            }
+            Err(e) => return Err(io(e)),
+        };
+        Ok((
+            Auth {
+                path,
+                credentials,
+                file: Mutex::new(file),
+                failures: Mutex::new(HashMap::new()),
+            },
+            created,
+        ))
+    }
+
+    /// Who a `Bearer` token belongs to. Every stored digest is compared, in constant time each.
+    pub fn check(&self, authorization: Option<&str>) -> Option<Actor> {
+        let token = authorization?.strip_prefix("Bearer ")?.trim();
+        let presented = digest(token);
+        let file = self.file.lock().expect("auth poisoned");
+        let mut found = None;
+        for t in &file.tokens {
+            if constant_time_eq(&presented, &hex_to_bytes(&t.sha256)) {
+                found = Some(Actor {
+                    name: t.name.clone(),
+                    role: t.role,
+                });
+            }
+        }
+        found
+    }
+
+    /// How long to wait before answering a failed attempt from `ip`, counting this one:
+    /// nothing for the first three, then doubling from 100 ms up to 5 s.
+    pub fn failure_delay(&self, ip: IpAddr) -> Duration {
+        let mut f = self.failures.lock().expect("failures poisoned");
+        if f.len() > 10_000 {
+            f.clear(); // bounded memory under a spray of addresses
+        }
+        let now = Instant::now();
+        let entry = f.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) > Duration::from_secs(900) {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+        entry.1 = now;
+        match entry.0 {
+            0..=3 => Duration::ZERO,
+            n => Duration::from_millis(100u64 << (n - 4).min(6)).min(Duration::from_secs(5)),
+        }
+    }
+
+    /// Forgets the failures of `ip` after a successful call.
+    pub fn success(&self, ip: IpAddr) {
+        self.failures.lock().expect("failures poisoned").remove(&ip);
+    }
+
+    /// Replaces the secret of token `name` and returns the new one. The admin token's new
+    /// secret also replaces the one in the credentials file, so the local CLI keeps working.
+    pub fn rotate(&self, name: &str, admin_url: &str) -> Result<String, AuthError> {
+        let token = new_secret("nrd_")?;
+        let mut file = self.file.lock().expect("auth poisoned");
+        let mut next = file.clone();
+        let rec = next
+            .tokens
+            .iter_mut()
+            .find(|t| t.name == name)
+            .ok_or_else(|| AuthError::UnknownToken(name.to_string()))?;
+        rec.sha256 = durable::sha256_hex(token.as_bytes());
+        rec.created = crate::store::now_rfc3339();
+        let role = rec.role;
+        self.save(&next)?;
+        *file = next;
+        if role == Role::Admin && name == "admin" {
+            let text = credentials_text(admin_url, &token, name, None);
+            durable::write(&self.credentials, text.as_bytes(), 0o600).map_err(|source| {
+                AuthError::Io {
+                    path: self.credentials.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(token)
+    }
+
+    /// Creates (or replaces) token `name` with `role` and returns its secret.
+    pub fn create(&self, name: &str, role: Role) -> Result<String, AuthError> {
+        let token = new_secret("nrd_")?;
+        let mut file = self.file.lock().expect("auth poisoned");
+        let mut next = file.clone();
+        next.tokens.retain(|t| t.name != name);
+        next.tokens.push(TokenRecord {
+            name: name.to_string(),
+            role,
+            sha256: durable::sha256_hex(token.as_bytes()),
+            created: crate::store::now_rfc3339(),
+        });
+        self.save(&next)?;
+        *file = next;
+        Ok(token)
+    }
+
+    /// Token names and roles (never secrets or digests).
+    pub fn tokens(&self) -> Vec<(String, Role, String)> {
+        self.file
+            .lock()
+            .expect("auth poisoned")
+            .tokens
+            .iter()
+            .map(|t| (t.name.clone(), t.role, t.created.clone()))
+            .collect()
+    }
+
+    /// Checks the dashboard password.
+    pub fn check_password(&self, user: &str, password: &str) -> bool {
+        use argon2::{PasswordHash, PasswordVerifier};
+        let file = self.file.lock().expect("auth poisoned");
+        if user != file.dashboard_user {
+            return false;
+        }
+        PasswordHash::new(&file.dashboard_password)
+            .map(|h| {
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    }
+
+    fn save(&self, file: &AuthFile) -> Result<(), AuthError> {
+        let bytes = serde_json::to_vec_pretty(file).unwrap_or_default();
+        durable::write(&self.path, &bytes, 0o600).map_err(|source| AuthError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+fn hash_password(password: &str) -> Result<String, AuthError> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|e| AuthError::Random(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Random(e.to_string()))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Random(e.to_string()))
+}
+
+fn credentials_text(admin_url: &str, token: &str, name: &str, password: Option<&str>) -> String {
+    let mut t = format!(
+        "# nrdot admin credentials. nrdot keeps only hashes of these secrets; this file is the\n# only copy. Shell-sourceable. Rotate with: nrdot admin rotate-token\nNRDOT_ADMIN_URL={admin_url}\nNRDOT_TOKEN={token}\nNRDOT_TOKEN_NAME={name}\n"
+    );
+    if let Some(p) = password {
+        t.push_str(&format!(
+            "NRDOT_DASHBOARD_USER=admin\nNRDOT_DASHBOARD_PASSWORD={p}\n"
+        ));
+    }
+    t
+}
+
+/// Reads `KEY=value` lines of a credentials file.
+pub fn read_credentials(path: &Path) -> Option<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_start_writes_secrets_once_and_checks_tokens() {
+        let d = std::env::temp_dir().join(format!("nrdot-auth-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        let (auth, created) = Auth::open(&d, "http://127.0.0.1:8080").expect("open");
+        let cred = created.expect("created now");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cred).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let c = read_credentials(&cred).expect("read");
+        let token = &c["NRDOT_TOKEN"];
+        let stored = std::fs::read_to_string(d.join("auth.json")).expect("hashes");
+        assert!(!stored.contains(token.as_str()), "secret stored in clear");
+        assert!(!stored.contains(c["NRDOT_DASHBOARD_PASSWORD"].as_str()));
+        assert_eq!(
+            auth.check(Some(&format!("Bearer {token}"))).map(|a| a.role),
+            Some(Role::Admin)
+        );
+        assert!(auth.check(Some("Bearer nrd_wrong")).is_none());
+        assert!(auth.check(Some(token)).is_none(), "scheme required");
+        assert!(auth.check_password("admin", &c["NRDOT_DASHBOARD_PASSWORD"]));
+        assert!(!auth.check_password("admin", "guess"));
+        // A second open keeps the credentials and writes nothing.
+        let (again, created) = Auth::open(&d, "x").expect("reopen");
+        assert!(created.is_none());
+        assert!(again.check(Some(&format!("Bearer {token}"))).is_some());
+        // Rotation invalidates the old token.
+        let new = again
+            .rotate("admin", "http://127.0.0.1:8080")
+            .expect("rotate");
+        assert!(again.check(Some(&format!("Bearer {token}"))).is_none());
+        assert!(again.check(Some(&format!("Bearer {new}"))).is_some());
+        assert_eq!(read_credentials(&cred).expect("read")["NRDOT_TOKEN"], new);
+        let viewer = again.create("ci", Role::Viewer).expect("create");
+        assert_eq!(
+            again
+                .check(Some(&format!("Bearer {viewer}")))
+                .map(|a| a.role),
+            Some(Role::Viewer)
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn failures_slow_down() {
+        let d = std::env::temp_dir().join(format!("nrdot-auth2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        let (auth, _) = Auth::open(&d, "x").expect("open");
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        let delays: Vec<u128> = (0..8).map(|_| auth.failure_delay(ip).as_millis()).collect();
+        assert_eq!(delays, vec![0, 0, 0, 100, 200, 400, 800, 1600]);
+        auth.success(ip);
+        assert_eq!(auth.failure_delay(ip), Duration::ZERO);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,298 @@
+//! The version store: every configuration that was ever in effect, each with id, parent, time,
+//! author, message and the SHA-256 of its content, plus a pointer to the current one. Behind the
+//! [`Store`] trait so a cluster can keep versions in etcd instead; [`LocalStore`] keeps them in
+//! `state_dir/versions/` with crash-safe writes and checksums verified on every read.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::durable;
+
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Disk trouble.
+    #[error("state store I/O on {path}: {source}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A file whose checksum does not match its content, or that does not parse.
+    #[error("state store damaged: {path}: {why}")]
+    Damaged {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// No such version.
+    #[error("no version {0}")]
+    NotFound(u64),
+}
+
+/// What is known of a version without its content.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionMeta {
+    /// Sequential id, starting at 1.
+    pub id: u64,
+    /// The version that was current when this one was created.
+    pub parent: Option<u64>,
+    /// Creation time, RFC 3339 UTC.
+    pub time: String,
+    /// Who created it (token name, `file`, `sighup`, `rollout`…).
+    pub author: String,
+    /// Why.
+    pub message: String,
+    /// SHA-256 of `content`, hex.
+    pub checksum: String,
+}
+
+/// A version with its content (the TOML text).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Version {
+    /// Metadata.
+    #[serde(flatten)]
+    pub meta: VersionMeta,
+    /// The configuration text.
+    pub content: String,
+}
+
+/// Where versions live.
+pub trait Store: Send + Sync {
+    /// Every version, oldest first. Damaged files are reported, not skipped.
+    fn list(&self) -> Result<Vec<VersionMeta>, StoreError>;
+    /// One version, checksum verified.
+    fn get(&self, id: u64) -> Result<Version, StoreError>;
+    /// Stores a new version (id = last + 1) and makes it current.
+    fn create(&self, author: &str, message: &str, content: &str)
+        -> Result<VersionMeta, StoreError>;
+    /// The current version's id, if any version exists.
+    fn current(&self) -> Result<Option<u64>, StoreError>;
+}
+
+/// Versions as files under a directory.
+pub struct LocalStore {
+    dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Pointer {
+    current: u64,
+    checksum: String,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the store under `state_dir/versions`.
+    pub fn open(state_dir: &Path) -> Result<LocalStore, StoreError> {
+        let dir = state_dir.join("versions");
+        durable::ensure_dir(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(LocalStore { dir })
+    }
+
+    fn version_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:08}.json"))
+    }
+
+    fn pointer_path(&self) -> PathBuf {
+        self.dir.join("current.json")
+    }
+
+    fn ids(&self) -> Result<Vec<u64>, StoreError> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut ids: Vec<u64> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".json")?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn read(&self, id: u64) -> Result<Version, StoreError> {
+        let path = self.version_path(id);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(id))
+            }
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let v: Version = serde_json::from_slice(&bytes).map_err(|e| StoreError::Damaged {
+            path: path.clone(),
+            why: format!("unreadable: {e}"),
+        })?;
+        if v.meta.id != id {
+            return Err(StoreError::Damaged {
+                path,
+                why: format!("holds version {} instead of {id}", v.meta.id),
+            });
+        }
+        let actual = durable::sha256_hex(v.content.as_bytes());
+        if actual != v.meta.checksum {
+            return Err(StoreError::Damaged {
+                path,
+                why: format!(
+                    "checksum mismatch (recorded {}, content has {actual})",
+                    v.meta.checksum
+                ),
+            });
+        }
+        Ok(v)
+    }
+}
+
+/// Now as RFC 3339 UTC with seconds.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+impl Store for LocalStore {
+    fn list(&self) -> Result<Vec<VersionMeta>, StoreError> {
+        self.ids()?
+            .into_iter()
+            .map(|id| self.read(id).map(|v| v.meta))
+            .collect()
+    }
+
+    fn get(&self, id: u64) -> Result<Version, StoreError> {
+        self.read(id)
+    }
+
+    fn create(
+        &self,
+        author: &str,
+        message: &str,
+        content: &str,
+    ) -> Result<VersionMeta, StoreError> {
+        let parent = self.current()?;
+        let id = self.ids()?.last().copied().unwrap_or(0) + 1;
+        let meta = VersionMeta {
+            id,
+            parent,
+            time: now_rfc3339(),
+            author: author.to_string(),
+            message: message.to_string(),
+            checksum: durable::sha256_hex(content.as_bytes()),
+        };
+        let v = Version {
+            meta: meta.clone(),
+            content: content.to_string(),
+        };
+        let path = self.version_path(id);
+        let bytes = serde_json::to_vec_pretty(&v).map_err(|e| StoreError::Damaged {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        // The version first, then the pointer: a crash in between leaves an unreferenced
+        // version and the previous pointer, both valid.
+        durable::write(&path, &bytes, 0o600).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let pointer = Pointer {
+            current: id,
+            checksum: durable::sha256_hex(id.to_string().as_bytes()),
+        };
+        let pp = self.pointer_path();
+        let pbytes = serde_json::to_vec(&pointer).unwrap_or_default();
+        durable::write(&pp, &pbytes, 0o600)
+            .map_err(|source| StoreError::Io { path: pp, source })?;
+        Ok(meta)
+    }
+
+    fn current(&self) -> Result<Option<u64>, StoreError> {
+        let path = self.pointer_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let p: Pointer = serde_json::from_slice(&bytes).map_err(|e| StoreError::Damaged {
+            path: path.clone(),
+            why: format!("unreadable: {e}"),
+        })?;
+        if durable::sha256_hex(p.current.to_string().as_bytes()) != p.checksum {
+            return Err(StoreError::Damaged {
+                path,
+                why: "checksum mismatch".into(),
+            });
+        }
+        Ok(Some(p.current))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nrdot-store-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn store_versions_chain_and_verify() {
+        let d = dir("chain");
+        let s = LocalStore::open(&d).expect("open");
+        assert_eq!(s.current().expect("current"), None);
+        let a = s.create("alice", "first", "a = 1\n").expect("create");
+        let b = s.create("bob", "second", "a = 2\n").expect("create");
+        assert_eq!((a.id, a.parent), (1, None));
+        assert_eq!((b.id, b.parent), (2, Some(1)));
+        assert_eq!(s.current().expect("current"), Some(2));
+        assert_eq!(s.get(1).expect("get").content, "a = 1\n");
+        assert_eq!(s.list().expect("list").len(), 2);
+        // Damage version 1: reported on read, never served.
+        let p = d.join("versions/00000001.json");
+        let text = std::fs::read_to_string(&p)
+            .expect("read")
+            .replace("a = 1", "a = 9");
+        std::fs::write(&p, text).expect("write");
+        assert!(matches!(s.get(1), Err(StoreError::Damaged { .. })));
+        assert!(s.list().is_err());
+        assert!(matches!(s.get(7), Err(StoreError::NotFound(7))));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn rfc3339_shape() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.ends_with('Z'));
+    }
+}
