@@ -108,7 +108,7 @@ impl Audit {
     pub fn open(state_dir: &Path) -> Result<Audit, AuditError> {
         let path = state_dir.join("audit.log");
         let head_path = state_dir.join("audit.head");
-        let (seq, hash) = verify_files(&path, &head_path)?;
+        let (seq, hash) = recover(&path, &head_path)?;
         Ok(Audit {
             path,
             head_path,
@@ -176,8 +176,99 @@ impl Audit {
     }
 }
 
+/// Brings a log back to a consistent state after a crash, then verifies it. Two states are
+/// crash artifacts, not tampering: a last line cut short (no newline; the write never
+/// completed), and a last entry whose head update did not happen. Both are repaired; anything
+/// else is reported.
+fn recover(path: &Path, head_path: &Path) -> Result<(u64, String), AuditError> {
+    let io = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(text) = std::fs::read_to_string(path) {
+        if !text.is_empty() && !text.ends_with('\n') {
+            let keep = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+            tracing::warn!(path = %path.display(), "dropping a torn last audit line left by a crash");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io)?;
+            f.set_len(keep as u64).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+    }
+    match verify_files(path, head_path) {
+        Ok(v) => Ok(v),
+        Err(AuditError::Broken { .. }) => {
+            // Chain intact up to the end, head one entry behind: the head write was lost.
+            let (seq, hash) = verify_chain(path)?;
+            let head: Option<Head> = std::fs::read(head_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let behind_by_one = match &head {
+                Some(h) => h.seq + 1 == seq && hash_at(path, h.seq)? == h.hash,
+                None => seq == 1,
+            };
+            if !behind_by_one {
+                return verify_files(path, head_path);
+            }
+            tracing::warn!(path = %path.display(), "audit head was one entry behind after a crash; repaired");
+            let h = serde_json::to_vec(&Head {
+                seq,
+                hash: hash.clone(),
+            })
+            .unwrap_or_default();
+            durable::write(head_path, &h, 0o600).map_err(io)?;
+            Ok((seq, hash))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The hash of entry `seq` (the genesis value for 0).
+fn hash_at(path: &Path, seq: u64) -> Result<String, AuditError> {
+    if seq == 0 {
+        return Ok(GENESIS.to_string());
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .nth(seq as usize - 1)
+        .and_then(split_line)
+        .map(|(_, h)| h.to_string())
+        .unwrap_or_default())
+}
+
 /// Verifies a log and its head file; returns (entries, last hash).
 pub fn verify_files(path: &Path, head_path: &Path) -> Result<(u64, String), AuditError> {
+    let (seq, prev) = verify_chain(path)?;
+    let broken = |line: usize, why: String| AuditError::Broken {
+        path: path.to_path_buf(),
+        line,
+        why,
+    };
+    match std::fs::read(head_path) {
+        Ok(bytes) => {
+            let head: Head = serde_json::from_slice(&bytes)
+                .map_err(|_| broken(seq as usize, "head file unreadable".into()))?;
+            if head.seq != seq || head.hash != prev {
+                return Err(broken(
+                    seq as usize,
+                    format!("the log ends at entry {seq} but {} were written (lines removed from the end)", head.seq),
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && seq == 0 => {}
+        Err(_) => return Err(broken(seq as usize, "head file missing".into())),
+    }
+    Ok((seq, prev))
+}
+
+/// Verifies the chain of the log alone; returns (entries, last hash).
+fn verify_chain(path: &Path) -> Result<(u64, String), AuditError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -221,20 +312,6 @@ pub fn verify_files(path: &Path, head_path: &Path) -> Result<(u64, String), Audi
         }
         prev = actual;
         seq = entry.seq;
-    }
-    match std::fs::read(head_path) {
-        Ok(bytes) => {
-            let head: Head = serde_json::from_slice(&bytes)
-                .map_err(|_| broken(seq as usize, "head file unreadable".into()))?;
-            if head.seq != seq || head.hash != prev {
-                return Err(broken(
-                    seq as usize,
-                    format!("the log ends at entry {seq} but {} were written (lines removed from the end)", head.seq),
-                ));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && seq == 0 => {}
-        Err(_) => return Err(broken(seq as usize, "head file missing".into())),
     }
     Ok((seq, prev))
 }
@@ -290,6 +367,36 @@ mod tests {
 
         std::fs::write(&log, &original).expect("write");
         assert_eq!(Audit::open(&d).expect("reopen").verify().expect("valid"), 4);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn audit_recovers_from_crash_artifacts_only() {
+        let d = std::env::temp_dir().join(format!("nrdot-audit-crash-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        let a = Audit::open(&d).expect("open");
+        for i in 0..3 {
+            a.record(event(&format!("a{i}"))).expect("record");
+        }
+        let head = std::fs::read(d.join("audit.head")).expect("head");
+        a.record(event("a3")).expect("record");
+        // Crash between the append and the head write: the head is one behind.
+        std::fs::write(d.join("audit.head"), &head).expect("old head");
+        let a = Audit::open(&d).expect("repaired");
+        assert_eq!(a.verify().expect("valid"), 4);
+        // Crash mid-append: a torn line without its newline.
+        let log = d.join("audit.log");
+        let mut text = std::fs::read_to_string(&log).expect("log");
+        text.push_str("{\"seq\":5,\"time\":\"20");
+        std::fs::write(&log, &text).expect("torn");
+        let a = Audit::open(&d).expect("repaired");
+        assert_eq!(a.verify().expect("valid"), 4);
+        a.record(event("a4")).expect("record");
+        assert_eq!(a.verify().expect("valid"), 5);
+        // Two entries behind is not a crash artifact.
+        std::fs::write(d.join("audit.head"), &head).expect("old head");
+        assert!(Audit::open(&d).is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
 }

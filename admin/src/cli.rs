@@ -1,16 +1,44 @@
-//! The `nrdot` command line: what each verb takes. The verbs themselves live in [`crate::run`].
+//! The `nrdot` command line: what each verb takes. Verbs that run nrdot live in [`crate::run`],
+//! verbs that only read files in [`crate::offline`], verbs that talk to a running nrdot in
+//! [`crate::client`].
+//!
+//! Exit codes: 0 success; 1 the thing checked or asked for failed (invalid config, unhealthy,
+//! refused change, failed expectation); 2 an input could not be read or the admin API could not
+//! be reached; 3 the admin API refused the credentials.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
 
 /// nrdot: edge proxy and deployment control plane in one binary.
 #[derive(Debug, Parser)]
 #[command(name = "nrdot", version, about)]
 pub struct Args {
+    /// How to reach a running nrdot (client verbs).
+    #[command(flatten)]
+    pub client: ClientOpts,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the admin API is and how to authenticate; flags win over the environment, which wins
+/// over the credentials file in the state directory.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ClientOpts {
+    /// Admin API base URL.
+    #[arg(long, global = true, env = "NRDOT_ADMIN_URL")]
+    pub admin_url: Option<String>,
+    /// Bearer token.
+    #[arg(long, global = true, env = "NRDOT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// State directory: where `demo` keeps its state (default ./nrdot-state), and where client
+    /// verbs find `admin-credentials` (default: ./nrdot-state if present, else /var/lib/nrdot).
+    #[arg(long, global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 /// Top-level verbs.
@@ -21,6 +49,9 @@ pub enum Command {
         /// Configuration file (TOML).
         #[arg(long, short, default_value = "/etc/nrdot/nrdot.toml")]
         config: PathBuf,
+        /// Environment overlay to apply (`[environment.NAME]`).
+        #[arg(long)]
+        environment: Option<String>,
     },
     /// Run a self-contained demo: proxy, admin API and two demo upstreams behind a 90/10 split.
     Demo {
@@ -30,27 +61,192 @@ pub enum Command {
         /// Admin API listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         admin: SocketAddr,
-        /// State directory (created if missing).
-        #[arg(long, default_value = "./nrdot-state")]
-        state_dir: PathBuf,
     },
-    /// Configuration tools.
+    /// Configuration: check files, change the running configuration, look at versions.
     Config {
         /// Configuration verb.
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Print the version.
-    Version,
+    /// Backends of the running nrdot.
+    Backend {
+        /// Backend verb.
+        #[command(subcommand)]
+        command: BackendCommand,
+    },
+    /// Health of the running nrdot.
+    Health {
+        /// Health verb.
+        #[command(subcommand)]
+        command: HealthCommand,
+    },
+    /// Print the binary version and the running configuration version; `history` lists versions.
+    Version {
+        /// `history`: every configuration version, newest first.
+        #[command(subcommand)]
+        command: Option<VersionCommand>,
+    },
+    /// The audit log: last entries, or `verify` its hash chain.
+    Audit {
+        /// `verify`.
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Credentials.
+    Admin {
+        /// Admin verb.
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
 }
 
 /// `nrdot config …`
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Check a file; print every problem as file:line:column. Exit 0 valid, 1 invalid, 2 unreadable.
+    /// Check a file; print every problem as file:line:column.
     Validate {
         /// Configuration file (TOML).
         #[arg(long, short)]
         file: PathBuf,
+        /// Check only this environment overlay (default: the base and every overlay).
+        #[arg(long)]
+        environment: Option<String>,
+    },
+    /// Warn about valid but risky settings; exit 0 unless --strict.
+    Lint {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        file: PathBuf,
+        /// Environment overlay.
+        #[arg(long)]
+        environment: Option<String>,
+        /// Exit 1 when there are warnings.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Run request → expected route/pool cases against the compiled table.
+    Test {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        file: PathBuf,
+        /// Environment overlay.
+        #[arg(long)]
+        environment: Option<String>,
+        /// Cases file (TOML, `[[case]]` with request, headers, expect_route, expect_pool, expect_status).
+        #[arg(long)]
+        cases: Option<PathBuf>,
+        /// One request, e.g. 'GET http://shop.example.com/api/items'.
+        #[arg(long)]
+        request: Option<String>,
+        /// Header of that request, 'name: value' (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Expected route name.
+        #[arg(long)]
+        expect_route: Option<String>,
+        /// Expected pool name.
+        #[arg(long)]
+        expect_pool: Option<String>,
+    },
+    /// Validate a file and make it the running configuration, as a new version.
+    Apply {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        file: PathBuf,
+        /// Why (goes into the version and the audit log).
+        #[arg(long, short)]
+        message: String,
+        /// Only apply if this version is the current one.
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// Make an old version current again (as a new version).
+    Rollback {
+        /// Version id.
+        version: u64,
+        /// Why.
+        #[arg(long, short)]
+        message: Option<String>,
+    },
+    /// Unified diff between two versions (B defaults to the current one).
+    Diff {
+        /// From version.
+        a: u64,
+        /// To version.
+        b: Option<u64>,
+    },
+}
+
+/// `nrdot backend …`
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Every backend with admin state, health, in-flight and totals.
+    List,
+    /// Put a server back into rotation.
+    Enable {
+        /// `pool/address`, `address`, or host.
+        #[arg(long)]
+        server: String,
+    },
+    /// Drain a server: no new requests, in-flight ones complete.
+    Disable {
+        /// `pool/address`, `address`, or host.
+        #[arg(long)]
+        server: String,
+        /// Wait until drained (optionally at most this long, default 300s); exit 1 if not drained.
+        #[arg(long, num_args = 0..=1, default_missing_value = "300s")]
+        wait: Option<String>,
+    },
+}
+
+/// `nrdot health …`
+#[derive(Debug, Subcommand)]
+pub enum HealthCommand {
+    /// Exit 0 when healthy; with --server, when that server answers.
+    Check {
+        /// `pool/address`, `address`, or host.
+        #[arg(long)]
+        server: Option<String>,
+    },
+}
+
+/// `nrdot version …`
+#[derive(Debug, Subcommand)]
+pub enum VersionCommand {
+    /// Every configuration version, newest first: id, time, author, message.
+    History {
+        /// Only ids.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+/// `nrdot audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exit 1 when an entry was edited, removed or reordered.
+    Verify,
+}
+
+/// `nrdot admin …`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Replace a token's secret; the admin token's new secret also goes to the credentials file.
+    RotateToken {
+        /// Token name.
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
+    /// Create a token for a role (viewer, operator, admin).
+    CreateToken {
+        /// Token name.
+        #[arg(long)]
+        name: String,
+        /// Role.
+        #[arg(long)]
+        role: String,
     },
 }

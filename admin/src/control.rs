@@ -1,57 +1,249 @@
-//! The single writer of the routing table. Every change (startup, SIGHUP, later the admin API)
-//! goes through [`Control`]: validate, compile against the previous table so long-lived state
-//! carries over, then publish with one pointer store. On any error the running table stays live.
+//! The single writer. Every change goes through [`Control`]: startup, SIGHUP, `PUT
+//! /api/v2/config`, rollbacks, backend drains. A configuration change is validated, stored as a
+//! new version, compiled against the previous table (so long-lived state carries over) and
+//! published with one pointer store; on any error nothing changes and the running table stays
+//! live. Operational state (disabled backends) is persisted beside the versions and re-applied
+//! to every table.
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use nrdot_config::swap::{self, Publisher, Reader};
-use nrdot_config::{Config, RouteTable};
+use nrdot_config::{Config, RouteTable, ValidationError};
+use serde::{Deserialize, Serialize};
 
-/// Why a reload changed nothing.
+use crate::audit::{Audit, AuditError, Event};
+use crate::durable;
+use crate::store::{LocalStore, Store, StoreError, VersionMeta};
+
+/// Why a control-plane change was refused. Nothing changed in every case.
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
+pub enum AdminError {
+    /// The configuration is invalid; every problem is listed.
+    #[error("invalid configuration ({} problem(s))", .0.len())]
+    Invalid(Vec<ValidationError>),
+    /// `If-Match` named another version than the current one.
+    #[error("version conflict: current version is {current}")]
+    Conflict {
+        /// The version in effect.
+        current: u64,
+    },
+    /// No backend matched the selector.
+    #[error("no backend matches {0:?}")]
+    NoBackend(String),
+    /// The request itself is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The version store failed or is damaged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log could not be written (the change itself may have been made).
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// Runtime state could not be written.
+    #[error("runtime state {path}: {source}")]
+    Runtime {
+        /// File.
         path: PathBuf,
-        /// The cause.
+        /// Cause.
         source: std::io::Error,
     },
-    /// The file is invalid; every problem, one per line.
-    #[error("invalid configuration, keeping the running one:\n{0}")]
+}
+
+impl AdminError {
+    /// The word the audit log uses for this outcome.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            AdminError::Invalid(_) => "invalid",
+            AdminError::Conflict { .. } => "conflict",
+            AdminError::NoBackend(_) => "not_found",
+            AdminError::BadRequest(_) => "bad_request",
+            _ => "error",
+        }
+    }
+}
+
+/// Errors of starting the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Store trouble.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Audit log trouble.
+    #[error("{0}; verify with `nrdot audit verify`, or move the log aside to start a new chain")]
+    Audit(#[from] AuditError),
+    /// The configuration to serve is invalid.
+    #[error("invalid configuration:\n{0}")]
     Invalid(String),
-    /// This process was not started from a file.
-    #[error("no configuration file to reload")]
-    NoFile,
+    /// Other disk trouble.
+    #[error("{0}")]
+    Io(String),
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Runtime {
+    disabled: BTreeSet<String>,
+    checksum: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Source {
+    checksum: String,
 }
 
 struct State {
     generation: u64,
-    checksum: String,
+    version: VersionMeta,
+    disabled: BTreeSet<String>,
 }
 
-/// Owns the table cell and the configuration it was compiled from.
+/// A backend as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendInfo {
+    /// `pool/address`.
+    pub id: String,
+    /// Pool name.
+    pub pool: String,
+    /// `host:port`.
+    pub address: String,
+    /// Configured weight.
+    pub weight: u32,
+    /// `enabled`, `draining` (disabled with requests in flight) or `disabled`.
+    pub admin_state: &'static str,
+    /// `unknown` until health checks run.
+    pub health: &'static str,
+    /// Requests in flight now.
+    pub in_flight: u64,
+    /// Requests sent since start.
+    pub requests: u64,
+    /// Failures since start.
+    pub failures: u64,
+}
+
+/// Owns the table cell, the version store, the audit log and runtime state.
 pub struct Control {
     publisher: Publisher,
-    path: Option<PathBuf>,
+    store: Box<dyn Store>,
+    audit: Audit,
+    state_dir: PathBuf,
+    file: Option<PathBuf>,
+    environment: Option<String>,
     state: Mutex<State>,
 }
 
+fn runtime_checksum(disabled: &BTreeSet<String>) -> String {
+    durable::sha256_hex(
+        disabled
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+            .as_bytes(),
+    )
+}
+
 impl Control {
-    /// Compiles the first table (generation 1).
-    pub fn new(path: Option<PathBuf>, text: &str, config: Config) -> Control {
+    /// Opens the state directory and decides what to serve: the store's current version, unless
+    /// the store is empty or the configuration file changed since it was last imported, in which
+    /// case the file becomes a new version. A damaged store or audit log stops the start.
+    pub fn start(
+        state_dir: &Path,
+        file: Option<PathBuf>,
+        file_text: &str,
+        environment: Option<String>,
+    ) -> Result<(Control, Option<VersionMeta>), StartError> {
+        durable::ensure_dir(state_dir)
+            .map_err(|e| StartError::Io(format!("state_dir {}: {e}", state_dir.display())))?;
+        let store = LocalStore::open(state_dir)?;
+        let audit = Audit::open(state_dir)?;
+        let source_path = state_dir.join("versions").join("source.json");
+        let file_checksum = durable::sha256_hex(file_text.as_bytes());
+        let imported = std::fs::read(&source_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Source>(&b).ok())
+            .map(|s| s.checksum);
+        let label = file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in configuration".into());
+        let validate = |text: &str| {
+            Config::from_toml_env(text, environment.as_deref())
+                .map_err(|e| StartError::Invalid(e.render(&label).trim_end().to_string()))
+        };
+        let mut created = None;
+        let (meta, config) = match store.current()? {
+            Some(id) if imported.as_deref() == Some(file_checksum.as_str()) => {
+                let v = store.get(id)?;
+                let config = validate(&v.content)?;
+                (v.meta, config)
+            }
+            current => {
+                let config = validate(file_text)?;
+                let message = match current {
+                    None => format!("initial configuration from {label}"),
+                    Some(_) => format!("{label} changed since it was last loaded"),
+                };
+                let meta = store.create("file", &message, file_text)?;
+                created = Some(meta.clone());
+                (meta, config)
+            }
+        };
+        let bytes = serde_json::to_vec(&Source {
+            checksum: file_checksum,
+        })
+        .unwrap_or_default();
+        durable::write(&source_path, &bytes, 0o600)
+            .map_err(|e| StartError::Io(format!("{}: {e}", source_path.display())))?;
+
+        let runtime_path = state_dir.join("runtime.json");
+        let disabled = match std::fs::read(&runtime_path) {
+            Ok(b) => {
+                let r: Runtime = serde_json::from_slice(&b).map_err(|e| {
+                    StartError::Io(format!("{} is damaged: {e}", runtime_path.display()))
+                })?;
+                if runtime_checksum(&r.disabled) != r.checksum {
+                    return Err(StartError::Io(format!(
+                        "{} is damaged: checksum mismatch",
+                        runtime_path.display()
+                    )));
+                }
+                r.disabled
+            }
+            Err(_) => BTreeSet::new(),
+        };
         let table = RouteTable::compile(Arc::new(config), 1, None);
+        apply_disabled(&table, &disabled);
         let (publisher, _) = swap::channel(table);
         metrics::gauge!("nrdot_table_generation").set(1.0);
-        Control {
-            publisher,
-            path,
-            state: Mutex::new(State {
-                generation: 1,
-                checksum: Config::checksum(text),
-            }),
+        metrics::gauge!("nrdot_config_version").set(meta.id as f64);
+        if let Some(m) = &created {
+            audit.record(Event {
+                actor: m.author.clone(),
+                action: "config.load".into(),
+                target: label,
+                version_before: m.parent,
+                version_after: Some(m.id),
+                outcome: "ok".into(),
+                detail: m.message.clone(),
+            })?;
         }
+        Ok((
+            Control {
+                publisher,
+                store: Box::new(store),
+                audit,
+                state_dir: state_dir.to_path_buf(),
+                file,
+                environment,
+                state: Mutex::new(State {
+                    generation: 1,
+                    version: meta,
+                    disabled,
+                }),
+            },
+            created,
+        ))
     }
 
     /// A reader for a worker.
@@ -64,42 +256,80 @@ impl Control {
         self.publisher.current()
     }
 
-    /// SHA-256 of the configuration text in effect.
-    pub fn checksum(&self) -> String {
-        self.state
-            .lock()
-            .expect("control state poisoned")
-            .checksum
-            .clone()
+    /// The version in effect.
+    pub fn version(&self) -> VersionMeta {
+        self.state.lock().expect("control poisoned").version.clone()
     }
 
-    /// Re-reads the file this process was started with and publishes it if valid.
-    pub fn reload(&self) -> Result<u64, ReloadError> {
-        let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
-        let result = self.reload_from(path);
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!("nrdot_config_reloads_total", "result" => outcome).increment(1);
-        metrics::gauge!("nrdot_config_last_reload_success").set(if result.is_ok() {
-            1.0
-        } else {
-            0.0
-        });
+    /// The environment overlay this process serves, if any.
+    pub fn environment(&self) -> Option<&str> {
+        self.environment.as_deref()
+    }
+
+    /// The version store.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Validates `text`, stores it as a new version and publishes it. `if_match` guards against
+    /// lost updates: it must name the version in effect.
+    pub fn apply(
+        &self,
+        text: &str,
+        actor: &str,
+        message: &str,
+        if_match: Option<u64>,
+    ) -> Result<VersionMeta, AdminError> {
+        let mut state = self.state.lock().expect("control poisoned");
+        let before = state.version.id;
+        let result = self.apply_locked(&mut state, text, actor, message, if_match);
+        self.audit.record(Event {
+            actor: actor.to_string(),
+            action: "config.apply".into(),
+            target: "config".into(),
+            version_before: Some(before),
+            version_after: Some(state.version.id),
+            outcome: result
+                .as_ref()
+                .map(|_| "ok")
+                .unwrap_or_else(|e| e.outcome())
+                .into(),
+            detail: match &result {
+                Ok(_) => message.to_string(),
+                Err(e) => e.to_string(),
+            },
+        })?;
         result
     }
 
-    fn reload_from(&self, path: &Path) -> Result<u64, ReloadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ReloadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config = Config::from_toml(&text)
-            .map_err(|e| ReloadError::Invalid(e.render(&path.display().to_string())))?;
-        self.publish(&text, config)
+    fn apply_locked(
+        &self,
+        state: &mut State,
+        text: &str,
+        actor: &str,
+        message: &str,
+        if_match: Option<u64>,
+    ) -> Result<VersionMeta, AdminError> {
+        if let Some(want) = if_match {
+            if want != state.version.id {
+                return Err(AdminError::Conflict {
+                    current: state.version.id,
+                });
+            }
+        }
+        let config = Config::from_toml_env(text, self.environment.as_deref())
+            .map_err(|e| AdminError::Invalid(e.problems().to_vec()))?;
+        let meta = self.store.create(actor, message, text)?;
+        self.publish_locked(state, config, meta.clone());
+        Ok(meta)
     }
 
-    /// Publishes an already validated configuration as the next generation.
-    pub fn publish(&self, text: &str, config: Config) -> Result<u64, ReloadError> {
-        let mut state = self.state.lock().expect("control state poisoned");
+    fn publish_locked(&self, state: &mut State, config: Config, meta: VersionMeta) {
         let previous = self.publisher.current();
         if previous.config.listeners != config.listeners
             || previous.config.worker_threads != config.worker_threads
@@ -111,11 +341,213 @@ impl Control {
         }
         let generation = state.generation + 1;
         let table = RouteTable::compile(Arc::new(config), generation, Some(&previous));
+        apply_disabled(&table, &state.disabled);
         self.publisher.publish(table);
         state.generation = generation;
-        state.checksum = Config::checksum(text);
+        state.version = meta;
         metrics::gauge!("nrdot_table_generation").set(generation as f64);
+        metrics::gauge!("nrdot_config_version").set(state.version.id as f64);
         metrics::counter!("nrdot_table_swaps_total").increment(1);
-        Ok(generation)
+    }
+
+    /// Makes the content of version `id` current again, as a new version.
+    pub fn rollback(
+        &self,
+        id: u64,
+        actor: &str,
+        message: Option<&str>,
+    ) -> Result<VersionMeta, AdminError> {
+        let mut state = self.state.lock().expect("control poisoned");
+        let before = state.version.id;
+        let message = message
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("rollback to version {id}"));
+        let result = self
+            .store
+            .get(id)
+            .map_err(AdminError::from)
+            .and_then(|v| self.apply_locked(&mut state, &v.content, actor, &message, None));
+        self.audit.record(Event {
+            actor: actor.to_string(),
+            action: "config.rollback".into(),
+            target: format!("version {id}"),
+            version_before: Some(before),
+            version_after: Some(state.version.id),
+            outcome: result
+                .as_ref()
+                .map(|_| "ok")
+                .unwrap_or_else(|e| e.outcome())
+                .into(),
+            detail: match &result {
+                Ok(_) => message,
+                Err(e) => e.to_string(),
+            },
+        })?;
+        result
+    }
+
+    /// SIGHUP: re-reads the file this process was started with. An unchanged file is a no-op, so
+    /// a reload never undoes changes made through the API since the file was last loaded.
+    pub fn reload(&self) -> Result<Option<VersionMeta>, AdminError> {
+        let Some(path) = self.file.clone() else {
+            return Err(AdminError::BadRequest(
+                "no configuration file to reload".into(),
+            ));
+        };
+        let result = self.reload_from(&path);
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("nrdot_config_reloads_total", "result" => outcome).increment(1);
+        metrics::gauge!("nrdot_config_last_reload_success").set(if result.is_ok() {
+            1.0
+        } else {
+            0.0
+        });
+        result
+    }
+
+    fn reload_from(&self, path: &Path) -> Result<Option<VersionMeta>, AdminError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AdminError::BadRequest(format!("cannot read {}: {e}", path.display())))?;
+        let checksum = durable::sha256_hex(text.as_bytes());
+        let source_path = self.state_dir.join("versions").join("source.json");
+        let imported = std::fs::read(&source_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Source>(&b).ok())
+            .map(|s| s.checksum);
+        if imported.as_deref() == Some(checksum.as_str()) {
+            return Ok(None);
+        }
+        let meta = self
+            .apply(
+                &text,
+                "sighup",
+                &format!("reload of {}", path.display()),
+                None,
+            )
+            .map_err(|e| match e {
+                AdminError::Invalid(p) => AdminError::BadRequest(
+                    nrdot_config::ConfigError::Invalid(p).render(&path.display().to_string()),
+                ),
+                other => other,
+            })?;
+        let bytes = serde_json::to_vec(&Source { checksum }).unwrap_or_default();
+        durable::write(&source_path, &bytes, 0o600).map_err(|source| AdminError::Runtime {
+            path: source_path,
+            source,
+        })?;
+        Ok(Some(meta))
+    }
+
+    /// Every backend of the table in effect.
+    pub fn backends(&self) -> Vec<BackendInfo> {
+        let table = self.current();
+        table
+            .pools
+            .iter()
+            .flat_map(|p| {
+                p.backends.iter().map(move |b| {
+                    let s = &b.state;
+                    let in_flight = s.in_flight.load(Ordering::Relaxed);
+                    BackendInfo {
+                        id: format!("{}/{}", p.config.name, s.address),
+                        pool: p.config.name.clone(),
+                        address: s.address.to_string(),
+                        weight: b.weight,
+                        admin_state: match (s.available(), in_flight) {
+                            (true, _) => "enabled",
+                            (false, 0) => "disabled",
+                            (false, _) => "draining",
+                        },
+                        health: "unknown",
+                        in_flight,
+                        requests: s.requests.load(Ordering::Relaxed),
+                        failures: s.failures.load(Ordering::Relaxed),
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Enables or disables every backend matching `selector` (`pool/address`, `address`, or a
+    /// bare host), persists the admin state, and returns the ids changed.
+    pub fn set_enabled(
+        &self,
+        selector: &str,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<Vec<String>, AdminError> {
+        let mut state = self.state.lock().expect("control poisoned");
+        let ids: Vec<String> = self
+            .backends()
+            .into_iter()
+            .filter(|b| matches_selector(b, selector))
+            .map(|b| b.id)
+            .collect();
+        let result = if ids.is_empty() {
+            Err(AdminError::NoBackend(selector.to_string()))
+        } else {
+            let mut next = state.disabled.clone();
+            for id in &ids {
+                if enabled {
+                    next.remove(id);
+                } else {
+                    next.insert(id.clone());
+                }
+            }
+            self.save_runtime(&next).map(|()| {
+                apply_disabled(&self.current(), &next);
+                state.disabled = next;
+                ids.clone()
+            })
+        };
+        let version = state.version.id;
+        self.audit.record(Event {
+            actor: actor.to_string(),
+            action: if enabled {
+                "backend.enable"
+            } else {
+                "backend.disable"
+            }
+            .into(),
+            target: selector.to_string(),
+            version_before: Some(version),
+            version_after: Some(version),
+            outcome: result
+                .as_ref()
+                .map(|_| "ok")
+                .unwrap_or_else(|e| e.outcome())
+                .into(),
+            detail: match &result {
+                Ok(ids) => ids.join(", "),
+                Err(e) => e.to_string(),
+            },
+        })?;
+        result
+    }
+
+    fn save_runtime(&self, disabled: &BTreeSet<String>) -> Result<(), AdminError> {
+        let path = self.state_dir.join("runtime.json");
+        let r = Runtime {
+            disabled: disabled.clone(),
+            checksum: runtime_checksum(disabled),
+        };
+        let bytes = serde_json::to_vec_pretty(&r).unwrap_or_default();
+        durable::write(&path, &bytes, 0o600).map_err(|source| AdminError::Runtime { path, source })
+    }
+}
+
+/// Whether a backend answers to `selector`: its id, its address, or its host.
+pub fn matches_selector(b: &BackendInfo, selector: &str) -> bool {
+    b.id == selector
+        || b.address == selector
+        || b.address.rsplit_once(':').map(|(h, _)| h) == Some(selector)
+}
+
+fn apply_disabled(table: &RouteTable, disabled: &BTreeSet<String>) {
+    for p in &table.pools {
+        for b in &p.backends {
+            let id = format!("{}/{}", p.config.name, b.state.address);
+            b.state.set_enabled(!disabled.contains(&id));
+        }
     }
 }

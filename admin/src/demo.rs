@@ -89,3 +89,27 @@ pub fn config_text(
     );
     t
 }
+
+/// `nrdot demo`: starts the origins, writes the demo configuration, prints what to try, serves.
+pub fn run(listen: SocketAddr, admin: SocketAddr, state_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let state_dir = state_dir.canonicalize()?;
+    let origins = start_origins()?;
+    let text = config_text(listen, admin, &state_dir, &origins);
+    let path = state_dir.join("demo.toml");
+    std::fs::write(&path, &text)?;
+    println!(
+        "nrdot demo: stable v1 and canary v2 behind a 90/10 split (config: {})\n\
+         try:\n  for i in $(seq 20); do curl -s http://{listen}/; done | sort | uniq -c\n  \
+         curl -s -H 'x-nrdot-pool: canary' http://{listen}/      # force the canary\n  \
+         curl -s -H 'x-user: alice' http://{listen}/             # sticky: alice always lands on one side\n  \
+         curl -s http://{admin}/health\n  \
+         curl -s http://{admin}/metrics | grep nrdot_requests_total\n  \
+         nrdot --state-dir {} backend list                # the CLI finds the admin token there\n\
+         access log: {}\nstop with Ctrl-C",
+        path.display(),
+        state_dir.display(),
+        state_dir.join("access.log").display()
+    );
+    crate::run::serve(Some(path), &text, None)
+}

@@ -37,8 +37,11 @@ pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
         .create(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(line.as_bytes())?;
-    f.write_all(b"\n")?;
+    // One write, so a crash tears at most the end of this line.
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    f.write_all(&buf)?;
     f.sync_data()?;
     if !existed {
         sync_dir(path.parent().unwrap_or(Path::new(".")))?;

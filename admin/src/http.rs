@@ -1,28 +1,58 @@
-//! The admin HTTP server (default 127.0.0.1:8080). Endpoints:
+//! The admin HTTP server (default 127.0.0.1:8080). Handlers are plain functions of
+//! (`&Admin`, peer, request), so they are testable without a socket. Endpoints:
 //!
-//! | method | path       | answer                                                                  |
-//! |--------|------------|-------------------------------------------------------------------------|
-//! | GET    | `/health`  | 200 JSON summary (config checksum, generation, pools with available/total servers); 503 when a pool has no available server |
-//! | GET    | `/metrics` | 200 Prometheus text format                                              |
-//! | other  | any        | 404 JSON error; wrong method 405                                        |
+//! | method | path | role | answer |
+//! |---|---|---|---|
+//! | GET | `/health` | none | 200 summary (config version, generation, pools with available/total servers); 503 when a pool has none |
+//! | GET | `/metrics` | none | Prometheus text |
+//! | GET | `/api/v2/openapi.json` | viewer | OpenAPI 3 document of this API |
+//! | GET | `/api/v2/version` | viewer | binary version, config version, table generation |
+//! | GET | `/api/v2/config` | viewer | current config: TOML, JSON, version, checksum |
+//! | PUT | `/api/v2/config` | admin | body: TOML (or JSON `{"toml", "message"}`); `If-Match: <version>`; message in `X-Nrdot-Message` or `?message=`. 200 new version; 422 every problem, nothing changed; 409 version conflict |
+//! | GET | `/api/v2/config/versions` | viewer | every version, oldest first |
+//! | GET | `/api/v2/config/versions/{id}` | viewer | one version with content; 404 |
+//! | GET | `/api/v2/config/diff?from=A&to=B` | viewer | unified diff (`to` defaults to current) |
+//! | POST | `/api/v2/config/rollback` | admin | body `{"version": N, "message"?}`: new version with N's content |
+//! | GET | `/api/v2/backends` | viewer | every backend with admin state, health, in-flight, totals |
+//! | POST | `/api/v2/backends/{id}/disable?wait=30s` | operator | drain: no new requests; with `wait`, answers when in-flight reaches 0 (or 202 at the deadline) |
+//! | POST | `/api/v2/backends/{id}/enable` | operator | back in rotation |
+//! | GET | `/api/v2/audit?limit=N` | viewer | last N audit entries |
+//! | GET | `/api/v2/audit/verify` | viewer | 200 chain intact; 409 where it breaks |
+//! | GET | `/api/v2/tokens` | admin | token names and roles |
+//! | POST | `/api/v2/tokens` | admin | body `{"name", "role"}`: new token, shown once |
+//! | POST | `/api/v2/admin/rotate-token` | admin | body `{"name"?}` (default `admin`): new secret, shown once |
+//!
+//! Every `/api/v2` call needs `Authorization: Bearer <token>`; without it 401 with no detail
+//! (answered ever more slowly on repeated failures from one address), with too small a role
+//! 403. Mutating calls are audited whatever their outcome.
 use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Value};
 
-use crate::control::Control;
+use crate::audit::Event;
+use crate::auth::{Actor, Auth, Role};
+use crate::control::{AdminError, Control};
 
 /// What the handlers need.
 pub struct Admin {
     /// The single writer.
     pub control: Arc<Control>,
+    /// Credentials.
+    pub auth: Auth,
     /// Renders `/metrics`.
     pub prometheus: Option<PrometheusHandle>,
+    /// Base URL clients reach this API at (for the credentials file).
+    pub url: String,
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves.
@@ -33,12 +63,12 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -48,7 +78,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = Arc::clone(&admin);
-                async move { Ok::<_, Infallible>(handle(&admin, req).await) }
+                async move { Ok::<_, Infallible>(handle(&admin, peer.ip(), req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -57,33 +87,529 @@ pub async fn serve(
     }
 }
 
-/// Routes one admin request. Plain function so it is testable without a socket.
-pub async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => health(admin),
-        (&Method::GET, "/metrics") => match &admin.prometheus {
-            Some(p) => {
-                let mut r = Response::new(Full::new(Bytes::from(p.render())));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                r
+fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    json_response(status, json!({ "error": message.into() }))
+}
+
+fn admin_error(e: &AdminError) -> Response<Full<Bytes>> {
+    match e {
+        AdminError::Invalid(problems) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({
+                "error": "invalid configuration; nothing changed",
+                "problems": problems.iter().map(|p| json!({
+                    "path": p.path, "line": p.line, "column": p.column, "message": p.message,
+                    "text": p.render("config"),
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+        AdminError::Conflict { current } => json_response(
+            StatusCode::CONFLICT,
+            json!({ "error": e.to_string(), "current_version": current }),
+        ),
+        AdminError::NoBackend(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        AdminError::BadRequest(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        AdminError::Store(crate::store::StoreError::NotFound(_)) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+/// Decodes `%XX` escapes and `+` (as space in queries).
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
             }
-            None => json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": "metrics disabled"}),
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    match Limited::new(req.into_body(), 4 * 1024 * 1024)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body larger than 4 MiB",
+        )),
+    }
+}
+
+/// Routes one admin request.
+pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/health") => {
+            return match query(&req, "server") {
+                Some(server) => probe(admin, &server).await,
+                None => health(admin),
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            return match &admin.prometheus {
+                Some(p) => {
+                    let mut r = Response::new(Full::new(Bytes::from(p.render())));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    r
+                }
+                None => error(StatusCode::SERVICE_UNAVAILABLE, "metrics disabled"),
+            }
+        }
+        (_, "/health" | "/metrics") => {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/api/v2/") else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    let mutating = req.method() != Method::GET && req.method() != Method::HEAD;
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(actor) = admin.auth.check(authorization) else {
+        let delay = admin.auth.failure_delay(peer);
+        if mutating {
+            let _ = admin.control.audit().record(Event {
+                actor: "anonymous".into(),
+                action: format!("{} /api/v2/{rest}", req.method()),
+                target: rest.to_string(),
+                outcome: "unauthorized".into(),
+                detail: format!("from {peer}"),
+                ..Event::default()
+            });
+        }
+        tokio::time::sleep(delay).await;
+        let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let needed = required_role(req.method(), &segments);
+    if actor.role < needed {
+        if mutating {
+            let _ = admin.control.audit().record(Event {
+                actor: actor.name.clone(),
+                action: format!("{} /api/v2/{rest}", req.method()),
+                target: rest.to_string(),
+                outcome: "forbidden".into(),
+                detail: format!("role {:?} needs {:?}", actor.role, needed),
+                ..Event::default()
+            });
+        }
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("this call needs the {needed:?} role").to_lowercase(),
+        );
+    }
+    api(admin, &actor, req, &segments).await
+}
+
+fn required_role(method: &Method, segments: &[&str]) -> Role {
+    match (method, segments) {
+        (&Method::GET, ["tokens"]) => Role::Admin,
+        (&Method::GET, _) => Role::Viewer,
+        (_, ["backends", ..]) => Role::Operator,
+        _ => Role::Admin,
+    }
+}
+
+async fn api(
+    admin: &Admin,
+    actor: &Actor,
+    req: Request<Incoming>,
+    segments: &[&str],
+) -> Response<Full<Bytes>> {
+    let control = &admin.control;
+    match (req.method().clone(), segments) {
+        (Method::GET, ["openapi.json"]) => {
+            json_response(StatusCode::OK, crate::openapi::document())
+        }
+        (Method::GET, ["version"]) => {
+            let v = control.version();
+            json_response(
+                StatusCode::OK,
+                json!({
+                    "binary": env!("CARGO_PKG_VERSION"),
+                    "config_version": v.id,
+                    "config_checksum": v.checksum,
+                    "generation": control.current().generation,
+                    "environment": control.environment(),
+                }),
+            )
+        }
+        (Method::GET, ["config"]) => {
+            let v = control.version();
+            match control.store().get(v.id) {
+                Ok(full) => json_response(
+                    StatusCode::OK,
+                    json!({
+                        "version": v,
+                        "environment": control.environment(),
+                        "toml": full.content,
+                        "json": nrdot_config::document::to_json(&full.content),
+                    }),
+                ),
+                Err(e) => admin_error(&e.into()),
+            }
+        }
+        (Method::PUT, ["config"]) => put_config(admin, actor, req).await,
+        (Method::GET, ["config", "versions"]) => match control.store().list() {
+            Ok(list) => {
+                let current = control.version().id;
+                json_response(
+                    StatusCode::OK,
+                    json!({ "current": current, "versions": list }),
+                )
+            }
+            Err(e) => admin_error(&e.into()),
+        },
+        (Method::GET, ["config", "versions", id]) => match id.parse::<u64>() {
+            Ok(id) => match control.store().get(id) {
+                Ok(v) => json_response(StatusCode::OK, json!(v)),
+                Err(e) => admin_error(&e.into()),
+            },
+            Err(_) => error(StatusCode::BAD_REQUEST, "version ids are numbers"),
+        },
+        (Method::GET, ["config", "diff"]) => {
+            let current = control.version().id;
+            let parse = |k: &str, default: u64| -> Result<u64, String> {
+                match query(&req, k) {
+                    None => Ok(default),
+                    Some(v) => v.parse().map_err(|_| format!("{k} must be a version id")),
+                }
+            };
+            let (from, to) = match (
+                parse("from", current.saturating_sub(1).max(1)),
+                parse("to", current),
+            ) {
+                (Ok(f), Ok(t)) => (f, t),
+                (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            match (control.store().get(from), control.store().get(to)) {
+                (Ok(a), Ok(b)) => {
+                    let diff = similar::TextDiff::from_lines(&a.content, &b.content)
+                        .unified_diff()
+                        .header(&format!("version {from}"), &format!("version {to}"))
+                        .to_string();
+                    json_response(
+                        StatusCode::OK,
+                        json!({ "from": from, "to": to, "diff": diff }),
+                    )
+                }
+                (Err(e), _) | (_, Err(e)) => admin_error(&e.into()),
+            }
+        }
+        (Method::POST, ["config", "rollback"]) => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be JSON: {\"version\": N}",
+                );
+            };
+            let Some(id) = v["version"].as_u64() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be JSON: {\"version\": N}",
+                );
+            };
+            match control.rollback(id, &actor.name, v["message"].as_str()) {
+                Ok(meta) => json_response(StatusCode::OK, json!({ "version": meta })),
+                Err(e) => admin_error(&e),
+            }
+        }
+        (Method::GET, ["backends"]) => {
+            json_response(StatusCode::OK, json!({ "backends": control.backends() }))
+        }
+        (Method::POST, ["backends", selector, action @ ("enable" | "disable")]) => {
+            let selector = percent_decode(selector);
+            let enable = *action == "enable";
+            let wait = match query(&req, "wait").map(|w| nrdot_config::units::parse_duration(&w)) {
+                None => None,
+                Some(Ok(d)) => Some(d.min(Duration::from_secs(3600))),
+                Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            let ids = match control.set_enabled(&selector, enable, &actor.name) {
+                Ok(ids) => ids,
+                Err(e) => return admin_error(&e),
+            };
+            let mut drained = enable || in_flight(control, &ids) == 0;
+            if let (false, Some(wait)) = (drained, wait) {
+                let deadline = Instant::now() + wait;
+                while Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if in_flight(control, &ids) == 0 {
+                        drained = true;
+                        break;
+                    }
+                }
+            }
+            let backends: Vec<_> = control
+                .backends()
+                .into_iter()
+                .filter(|b| ids.contains(&b.id))
+                .collect();
+            let status = if drained {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            json_response(status, json!({ "backends": backends, "drained": drained }))
+        }
+        (Method::GET, ["audit"]) => {
+            let limit = query(&req, "limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100usize);
+            match control.audit().tail(limit) {
+                Ok(entries) => json_response(StatusCode::OK, json!({ "entries": entries })),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        (Method::GET, ["audit", "verify"]) => match control.audit().verify() {
+            Ok(n) => json_response(StatusCode::OK, json!({ "ok": true, "entries": n })),
+            Err(e) => json_response(
+                StatusCode::CONFLICT,
+                json!({ "ok": false, "error": e.to_string() }),
             ),
         },
-        (_, "/health" | "/metrics") => json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            serde_json::json!({"error": "method not allowed"}),
+        (Method::GET, ["tokens"]) => json_response(
+            StatusCode::OK,
+            json!({ "tokens": admin.auth.tokens().into_iter().map(|(n, r, c)| json!({"name": n, "role": r, "created": c})).collect::<Vec<_>>() }),
         ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not found"}),
-        ),
+        (Method::POST, ["tokens"]) => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let (Some(name), Some(role)) = (v["name"].as_str(), v["role"].as_str()) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be JSON: {\"name\": …, \"role\": viewer|operator|admin}",
+                );
+            };
+            let role: Role = match role.parse() {
+                Ok(r) => r,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            let result = admin.auth.create(name, role);
+            audit_token(admin, actor, "token.create", name, &result);
+            match result {
+                Ok(token) => json_response(
+                    StatusCode::OK,
+                    json!({ "name": name, "role": role, "token": token }),
+                ),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        (Method::POST, ["admin", "rotate-token"]) => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let name = v["name"].as_str().unwrap_or("admin").to_string();
+            let result = admin.auth.rotate(&name, &admin.url);
+            audit_token(admin, actor, "token.rotate", &name, &result);
+            match result {
+                Ok(token) => json_response(StatusCode::OK, json!({ "name": name, "token": token })),
+                Err(crate::auth::AuthError::UnknownToken(n)) => {
+                    error(StatusCode::NOT_FOUND, format!("no token named {n:?}"))
+                }
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        (_, ["openapi.json" | "version" | "config" | "backends" | "audit" | "tokens"])
+        | (_, ["config", "versions" | "diff" | "rollback", ..])
+        | (_, ["backends", ..])
+        | (_, ["audit", "verify"])
+        | (_, ["admin", "rotate-token"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+fn audit_token<T>(
+    admin: &Admin,
+    actor: &Actor,
+    action: &str,
+    name: &str,
+    result: &Result<T, crate::auth::AuthError>,
+) {
+    let v = admin.control.version().id;
+    let _ = admin.control.audit().record(Event {
+        actor: actor.name.clone(),
+        action: action.into(),
+        target: name.into(),
+        version_before: Some(v),
+        version_after: Some(v),
+        outcome: if result.is_ok() { "ok" } else { "error" }.into(),
+        detail: result
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+    });
+}
+
+fn in_flight(control: &Control, ids: &[String]) -> u64 {
+    let table = control.current();
+    table
+        .pools
+        .iter()
+        .flat_map(|p| p.backends.iter().map(move |b| (p, b)))
+        .filter(|(p, b)| ids.contains(&format!("{}/{}", p.config.name, b.state.address)))
+        .map(|(_, b)| b.state.in_flight.load(Ordering::Relaxed))
+        .sum()
+}
+
+async fn put_config(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let if_match = match req
+        .headers()
+        .get(header::IF_MATCH)
+        .map(|v| v.to_str().unwrap_or(""))
+    {
+        None => None,
+        Some(v) => match v
+            .trim()
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .parse::<u64>()
+        {
+            Ok(id) => Some(id),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "If-Match must carry a version id"),
+        },
+    };
+    let header_message = req
+        .headers()
+        .get("x-nrdot-message")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| query(&req, "message"));
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (text, message) = if is_json {
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            return error(StatusCode::BAD_REQUEST, "body is not JSON");
+        };
+        let Some(t) = v["toml"].as_str() else {
+            return error(StatusCode::BAD_REQUEST, "JSON body needs a \"toml\" string");
+        };
+        (
+            t.to_string(),
+            v["message"].as_str().map(str::to_string).or(header_message),
+        )
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(t) => (t, header_message),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "configuration must be UTF-8"),
+        }
+    };
+    let message = message.unwrap_or_else(|| "configuration change through the admin API".into());
+    match admin.control.apply(&text, &actor.name, &message, if_match) {
+        Ok(meta) => {
+            let mut r = json_response(StatusCode::OK, json!({ "version": meta }));
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", meta.id)) {
+                r.headers_mut().insert(header::ETAG, v);
+            }
+            r
+        }
+        Err(e) => admin_error(&e),
+    }
+}
+
+/// `/health?server=S`: connects to every backend matching S now (1 s timeout). 200 when all
+/// answer, 503 when one does not, 404 when none matches. Until active health checks exist this
+/// is what `nrdot health check --server S` relies on after an upgrade.
+async fn probe(admin: &Admin, server: &str) -> Response<Full<Bytes>> {
+    let matching: Vec<_> = admin
+        .control
+        .backends()
+        .into_iter()
+        .filter(|b| crate::control::matches_selector(b, server))
+        .collect();
+    if matching.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no backend matches {server:?}"),
+        );
+    }
+    let mut checks = Vec::new();
+    let mut all = true;
+    for b in matching {
+        let reachable = matches!(
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(b.address.as_str())
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        all &= reachable;
+        checks.push(json!({ "id": b.id, "address": b.address, "admin_state": b.admin_state, "reachable": reachable }));
+    }
+    json_response(
+        if all {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        json!({ "status": if all { "ok" } else { "unhealthy" }, "checks": checks }),
+    )
 }
 
 fn health(admin: &Admin) -> Response<Full<Bytes>> {
@@ -99,36 +625,42 @@ fn health(admin: &Admin) -> Response<Full<Bytes>> {
                 .filter(|b| b.weight > 0 && b.state.available())
                 .count();
             healthy &= available > 0;
-            serde_json::json!({
-                "name": p.config.name,
-                "available": available,
-                "total": p.backends.len(),
-            })
+            json!({ "name": p.config.name, "available": available, "total": p.backends.len() })
         })
         .collect();
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    json(
-        status,
-        serde_json::json!({
+    let backends: Vec<_> = admin
+        .control
+        .backends()
+        .into_iter()
+        .map(|b| json!({ "id": b.id, "address": b.address, "admin_state": b.admin_state, "health": b.health }))
+        .collect();
+    let v = admin.control.version();
+    json_response(
+        if healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        json!({
             "status": if healthy { "ok" } else { "unavailable" },
             "version": env!("CARGO_PKG_VERSION"),
-            "config_checksum": admin.control.checksum(),
+            "config_version": v.id,
+            "config_checksum": v.checksum,
             "generation": table.generation,
             "pools": pools,
+            "backends": backends,
         }),
     )
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            super::percent_decode("stable%2F127.0.0.1%3A80"),
+            "stable/127.0.0.1:80"
+        );
+        assert_eq!(super::percent_decode("a+b%zz%4"), "a b%zz%4");
+    }
 }

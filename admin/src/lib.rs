@@ -1,7 +1,8 @@
-//! nrdot-admin: the control plane. It owns the process: it reads and validates configuration,
-//! compiles and publishes routing tables (the single writer of the table cell), serves the admin
-//! API on 8080 (`/health`, `/metrics`), handles signals (SIGHUP reload, SIGTERM drain), runs the
-//! built-in demo, and holds the `nrdot` command line.
+//! nrdot-admin: the control plane. It owns the process: it decides which configuration version
+//! to serve, compiles and publishes routing tables (the single writer of the table cell), keeps
+//! the version store, credentials, audit log and runtime state in the state directory, serves
+//! the admin API on 8080, handles signals (SIGHUP reload, SIGTERM drain), runs the built-in
+//! demo, and holds the `nrdot` command line (including the client verbs).
 //!
 //! `file -> Control::reload -> Config -> RouteTable::compile -> Publisher::publish`
 #![warn(missing_docs)]
@@ -9,9 +10,12 @@
 pub mod audit;
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod control;
 pub mod demo;
 pub mod durable;
 pub mod http;
+pub mod offline;
+pub mod openapi;
 pub mod run;
 pub mod store;

@@ -1,9 +1,13 @@
-//! The `nrdot` binary: parses the command line and hands over to [`nrdot_admin::run`].
+//! The `nrdot` binary: parses the command line and hands over; wiring only.
 use std::process::ExitCode;
 
 use clap::Parser;
-use nrdot_admin::cli::{Args, Command, ConfigCommand};
-use nrdot_admin::{demo, run};
+use nrdot_admin::cli::{
+    AdminCommand, Args, AuditCommand, BackendCommand, Command, ConfigCommand, HealthCommand,
+    VersionCommand,
+};
+use nrdot_admin::client::{self, Client};
+use nrdot_admin::{demo, offline, run};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -14,27 +18,109 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match args.command {
-        Command::Version => {
-            println!("nrdot {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
-        Command::Config {
-            command: ConfigCommand::Validate { file },
-        } => return run::validate(&file),
-        Command::Serve { config } => match run::load(&config) {
-            Ok((text, c)) => run::serve(Some(config), &text, c),
+    let opts = args.client;
+    let json = opts.json;
+    let client = || Client::new(&opts);
+    macro_rules! with_client {
+        (|$c:ident| $body:expr) => {
+            match client() {
+                Ok($c) => $body,
+                Err(e) => {
+                    eprintln!("nrdot: {e}");
+                    e.exit()
+                }
+            }
+        };
+    }
+    match args.command {
+        Command::Serve {
+            config,
+            environment,
+        } => match run::load(&config) {
+            Ok(text) => exit(run::serve(Some(config), &text, environment)),
             Err(e) => {
                 eprintln!("nrdot: {e:#}");
-                return ExitCode::from(1);
+                ExitCode::from(2)
             }
         },
-        Command::Demo {
-            listen,
-            admin,
-            state_dir,
-        } => demo_main(listen, admin, &state_dir),
-    };
+        Command::Demo { listen, admin } => {
+            let dir = opts
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| "./nrdot-state".into());
+            exit(demo::run(listen, admin, &dir))
+        }
+        Command::Config { command } => match command {
+            ConfigCommand::Validate { file, environment } => {
+                offline::validate(&file, environment.as_deref(), json)
+            }
+            ConfigCommand::Lint {
+                file,
+                environment,
+                strict,
+            } => offline::lint(&file, environment.as_deref(), strict, json),
+            ConfigCommand::Test {
+                file,
+                environment,
+                cases,
+                request,
+                headers,
+                expect_route,
+                expect_pool,
+            } => offline::test(
+                &file,
+                environment.as_deref(),
+                cases.as_deref(),
+                request,
+                &headers,
+                expect_route,
+                expect_pool,
+                json,
+            ),
+            ConfigCommand::Apply {
+                file,
+                message,
+                if_match,
+            } => {
+                with_client!(|c| client::apply(&c, &file, &message, if_match))
+            }
+            ConfigCommand::Rollback { version, message } => {
+                with_client!(|c| client::rollback(&c, version, message.as_deref()))
+            }
+            ConfigCommand::Diff { a, b } => with_client!(|c| client::diff(&c, a, b)),
+        },
+        Command::Backend { command } => match command {
+            BackendCommand::List => with_client!(|c| client::backend_list(&c)),
+            BackendCommand::Enable { server } => {
+                with_client!(|c| client::backend_set(&c, &server, true, None))
+            }
+            BackendCommand::Disable { server, wait } => {
+                with_client!(|c| client::backend_set(&c, &server, false, wait.as_deref()))
+            }
+        },
+        Command::Health {
+            command: HealthCommand::Check { server },
+        } => {
+            with_client!(|c| client::health_check(&c, server.as_deref()))
+        }
+        Command::Version { command } => match command {
+            None => with_client!(|c| client::version(&c)),
+            Some(VersionCommand::History { quiet }) => with_client!(|c| client::history(&c, quiet)),
+        },
+        Command::Audit { command, limit } => match command {
+            None => with_client!(|c| client::audit(&c, limit)),
+            Some(AuditCommand::Verify) => with_client!(|c| client::audit_verify(&c)),
+        },
+        Command::Admin { command } => match command {
+            AdminCommand::RotateToken { name } => with_client!(|c| client::token(&c, &name, None)),
+            AdminCommand::CreateToken { name, role } => {
+                with_client!(|c| client::token(&c, &name, Some(&role)))
+            }
+        },
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -42,31 +128,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn demo_main(
-    listen: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    state_dir: &std::path::Path,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
-    let state_dir = state_dir.canonicalize()?;
-    let origins = demo::start_origins()?;
-    let text = demo::config_text(listen, admin, &state_dir, &origins);
-    let path = state_dir.join("demo.toml");
-    std::fs::write(&path, &text)?;
-    let config = nrdot_config::Config::from_toml(&text)
-        .map_err(|e| anyhow::anyhow!("demo config: {}", e.render("demo.toml")))?;
-    println!(
-        "nrdot demo: stable v1 and canary v2 behind a 90/10 split (config: {})\n\
-         try:\n  for i in $(seq 20); do curl -s http://{listen}/; done | sort | uniq -c\n  \
-         curl -s -H 'x-nrdot-pool: canary' http://{listen}/      # force the canary\n  \
-         curl -s -H 'x-user: alice' http://{listen}/             # sticky: alice always lands on one side\n  \
-         curl -s http://{admin}/health\n  \
-         curl -s http://{admin}/metrics | grep nrdot_requests_total\n\
-         access log: {}\nstop with Ctrl-C",
-        path.display(),
-        state_dir.join("access.log").display()
-    );
-    run::serve(Some(path), &text, config)
 }

@@ -1,6 +1,5 @@
 //! The verbs of the `nrdot` binary: `serve` (and so `demo`), `config validate`, `version`.
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -9,52 +8,26 @@ use nrdot_config::Config;
 use nrdot_proxy::accesslog::AccessLog;
 use nrdot_proxy::{DataPlane, Listeners};
 
+use crate::auth::Auth;
 use crate::control::Control;
 use crate::http::Admin;
 
-/// `nrdot config validate --file F`: 0 valid, 1 invalid (every problem printed), 2 unreadable.
-pub fn validate(file: &Path) -> ExitCode {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("nrdot: cannot read {}: {e}", file.display());
-            return ExitCode::from(2);
-        }
-    };
-    match Config::from_toml(&text) {
-        Ok(c) => {
-            println!(
-                "{}: OK ({} listener(s), {} pool(s), {} route(s))",
-                file.display(),
-                c.listeners.len(),
-                c.pools.len(),
-                c.routes.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprint!("{}", e.render(&file.display().to_string()));
-            eprintln!("{}: {} problem(s)", file.display(), e.problems().len());
-            ExitCode::from(1)
-        }
-    }
+/// Reads the file `serve` starts with.
+pub fn load(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Reads and validates the file `serve` starts with.
-pub fn load(path: &Path) -> anyhow::Result<(String, Config)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let config = Config::from_toml(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "invalid configuration:\n{}",
-            e.render(&path.display().to_string()).trim_end()
-        )
-    })?;
-    Ok((text, config))
-}
-
-/// Runs proxy and admin until SIGTERM or SIGINT; SIGHUP reloads `path`.
-pub fn serve(path: Option<PathBuf>, text: &str, config: Config) -> anyhow::Result<()> {
+/// Runs proxy and admin until SIGTERM or SIGINT; SIGHUP reloads `path`. `text` is the file's
+/// content; whether it or the version store's current version is served is decided by
+/// [`Control::start`].
+pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> anyhow::Result<()> {
+    let label = path
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "config".into());
+    // The file names the state directory, so it must at least validate.
+    let bootstrap = Config::from_toml_env(text, environment.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{}", e.render(&label).trim_end()))?;
     let prometheus = PrometheusBuilder::new()
         .set_buckets(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -65,8 +38,14 @@ pub fn serve(path: Option<PathBuf>, text: &str, config: Config) -> anyhow::Resul
     // A second serve in one process (tests) keeps the first recorder; metrics still work.
     let _ = metrics::set_global_recorder(prometheus);
 
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    let state_dir = bootstrap.state_dir.clone();
+    let (control, created) = Control::start(&state_dir, path, text, environment)?;
+    let control = Arc::new(control);
+    if let Some(v) = created {
+        tracing::info!(version = v.id, "stored {label} as config version {}", v.id);
+    }
+    let table = control.current();
+    let config = &table.config;
     let workers = config.worker_threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -80,8 +59,15 @@ pub fn serve(path: Option<PathBuf>, text: &str, config: Config) -> anyhow::Resul
     let admin_std = std::net::TcpListener::bind(admin_bind)
         .with_context(|| format!("cannot bind admin address {admin_bind}"))?;
     admin_std.set_nonblocking(true)?;
-
-    let control = Arc::new(Control::new(path, text, config));
+    let admin_url = format!("http://{}", admin_std.local_addr()?);
+    let (auth, written) = Auth::open(&state_dir, &admin_url)?;
+    if let Some(p) = written {
+        println!(
+            "nrdot: admin credentials written to {} (mode 0600; only hashes are kept)",
+            p.display()
+        );
+    }
+    drop(table);
     let addrs = listeners.local_addrs();
     let data_plane = DataPlane::start(listeners, control.reader(), log, workers)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -96,7 +82,9 @@ pub fn serve(path: Option<PathBuf>, text: &str, config: Config) -> anyhow::Resul
         let mut int = signal(SignalKind::interrupt())?;
         let admin = Arc::new(Admin {
             control: Arc::clone(&control),
+            auth,
             prometheus: Some(prom_handle.clone()),
+            url: admin_url,
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = tokio::net::TcpListener::from_std(admin_std)?;
@@ -108,7 +96,8 @@ pub fn serve(path: Option<PathBuf>, text: &str, config: Config) -> anyhow::Resul
             println!("nrdot: listener {name} on {addr}");
         }
         println!("nrdot: admin on {admin_addr}");
-        println!("nrdot: {workers} worker thread(s), config {}", &control.checksum()[..12]);
+        let v = control.version();
+        println!("nrdot: {workers} worker thread(s), config version {} ({})", v.id, &v.checksum[..12]);
         let upkeep = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
@@ -119,8 +108,9 @@ pub fn serve(path: Option<PathBuf>, text: &str, config: Config) -> anyhow::Resul
         loop {
             tokio::select! {
                 _ = hup.recv() => match control.reload() {
-                    Ok(generation) => tracing::info!(generation, "configuration reloaded"),
-                    Err(e) => tracing::error!("reload failed: {e}"),
+                    Ok(Some(v)) => tracing::info!(version = v.id, "configuration reloaded"),
+                    Ok(None) => tracing::info!("configuration file unchanged since it was last loaded; nothing to do"),
+                    Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
                 },
                 _ = term.recv() => break,
                 _ = int.recv() => break,

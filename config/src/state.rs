@@ -28,6 +28,7 @@ pub struct BackendState {
     /// Connect failures, resets and timeouts since start.
     pub failures: AtomicU64,
     in_flight_gauge: Gauge,
+    up_gauge: Gauge,
     requests_counter: Counter,
     failures_counter: Counter,
 }
@@ -44,6 +45,11 @@ impl BackendState {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             in_flight_gauge: metrics::gauge!("nrdot_backend_in_flight_requests", &labels),
+            up_gauge: {
+                let g = metrics::gauge!("nrdot_backend_up", &labels);
+                g.set(1.0);
+                g
+            },
             requests_counter: metrics::counter!("nrdot_backend_requests_total", &labels),
             failures_counter: metrics::counter!("nrdot_backend_failures_total", &labels),
         }
@@ -53,6 +59,12 @@ impl BackendState {
     #[inline]
     pub fn available(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Sets the operator's switch; a disabled server gets no new requests.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+        self.up_gauge.set(if enabled { 1.0 } else { 0.0 });
     }
 
     /// Marks a request as started; pair with [`BackendState::finish`].
@@ -97,6 +109,10 @@ pub struct PoolState {
     pub timeouts: Counter,
     /// Requests answered 503 because no server of the pool was available.
     pub unavailable: Counter,
+    /// Request body bytes sent to the pool's servers.
+    pub bytes_in: Counter,
+    /// Response body bytes received from them and sent to clients.
+    pub bytes_out: Counter,
 }
 
 impl PoolState {
@@ -111,6 +127,8 @@ impl PoolState {
             connect_errors: metrics::counter!("nrdot_upstream_connect_errors_total", &labels),
             timeouts: metrics::counter!("nrdot_upstream_timeouts_total", &labels),
             unavailable: metrics::counter!("nrdot_pool_unavailable_total", &labels),
+            bytes_in: metrics::counter!("nrdot_pool_request_bytes_total", &labels),
+            bytes_out: metrics::counter!("nrdot_pool_response_bytes_total", &labels),
         }
     }
 }

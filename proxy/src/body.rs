@@ -55,6 +55,7 @@ pub struct RequestBody {
     sleep: Option<Pin<Box<Sleep>>>,
     fate: Arc<BodyFate>,
     done: bool,
+    counter: Option<metrics::Counter>,
 }
 
 impl RequestBody {
@@ -65,6 +66,7 @@ impl RequestBody {
         mut inner: Incoming,
         limit: u64,
         timeout: Duration,
+        counter: &metrics::Counter,
     ) -> Result<RequestBody, ProxyError> {
         let fate = Arc::new(BodyFate::default());
         let mut first = None;
@@ -86,6 +88,10 @@ impl RequestBody {
                 }
             }
         }
+        let counter = (!done).then(|| counter.clone());
+        if let Some(c) = &counter {
+            c.increment(seen);
+        }
         Ok(RequestBody {
             first,
             inner,
@@ -95,6 +101,7 @@ impl RequestBody {
             sleep: None,
             fate,
             done,
+            counter,
         })
     }
 
@@ -127,9 +134,13 @@ impl Body for RequestBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    self.seen += d.len() as u64;
+                    let n = d.len() as u64;
+                    self.seen += n;
                     if self.seen > self.limit {
                         return self.fail(ProxyError::BodyTooLarge);
+                    }
+                    if let Some(c) = &self.counter {
+                        c.increment(n);
                     }
                 }
                 let at = Instant::now() + self.timeout;

@@ -128,9 +128,9 @@ pub struct Completion {
 
 impl Done for Completion {
     fn done(self, sent: u64, _complete: bool) {
-        self.table.pools[self.pool].backends[self.backend]
-            .state
-            .finish(false);
+        let pool = &self.table.pools[self.pool];
+        pool.backends[self.backend].state.finish(false);
+        pool.state.bytes_out.increment(sent);
         if let Some(log) = &self.log {
             log.write(self.status, sent);
         }
@@ -338,6 +338,7 @@ async fn proxy(
         body,
         limits.client_max_body_size,
         limits.client_body_timeout,
+        &pool_entry.state.bytes_in,
     )
     .await
     {

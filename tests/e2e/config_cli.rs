@@ -96,3 +96,98 @@ fn version_prints_version() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("nrdot 0."));
 }
+
+#[test]
+fn lint_warns_and_strict_fails() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/nrdot.toml");
+    let out = Command::new(BIN)
+        .args(["config", "lint", "--file", path])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("has no health check"), "{text}");
+    assert!(text.contains("single server"), "{text}");
+    let strict = Command::new(BIN)
+        .args(["config", "lint", "--strict", "--file", path])
+        .output()
+        .expect("run");
+    assert_eq!(strict.status.code(), Some(1));
+}
+
+#[test]
+fn config_test_runs_cases_and_single_requests() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/nrdot.toml");
+    let dir = temp_dir("cases");
+    let cases = dir.join("cases.toml");
+    std::fs::write(
+        &cases,
+        "[[case]]\nrequest = \"GET http://shop.example.com/api/items\"\nheaders = { x-beta = \"1\" }\nexpect_route = \"shop-api-beta\"\nexpect_pool = \"canary\"\n\n[[case]]\nrequest = \"GET http://www.shop.example.com/\"\nexpect_route = \"shop\"\nexpect_pool = \"stable\"\n\n[[case]]\nrequest = \"GET http://elsewhere.test/\"\nexpect_status = 404\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["config", "test", "--file", path, "--cases"])
+        .arg(&cases)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(
+            "route shop-api-beta, split canary=1, pool canary, candidates 10.0.2.10:8080"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("3 passed, 0 failed"), "{text}");
+    let fail = Command::new(BIN)
+        .args([
+            "config",
+            "test",
+            "--file",
+            path,
+            "--request",
+            "GET http://shop.example.com/",
+            "--header",
+            "x-nrdot-pool: canary",
+            "--expect-pool",
+            "stable",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(fail.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&fail.stdout).contains("FAIL"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn environments_select_an_overlay() {
+    let dir = temp_dir("env");
+    let file = dir.join("nrdot.toml");
+    std::fs::write(
+        &file,
+        "[[listener]]\nname = \"http\"\nbind = \"0.0.0.0:80\"\n[[pool]]\nname = \"web\"\n[[pool.server]]\naddress = \"10.0.0.1:80\"\n[[route]]\nname = \"r\"\npool = \"web\"\n[environment.staging]\n[[environment.staging.pool]]\nname = \"web\"\n[[environment.staging.pool.server]]\naddress = \"127.0.0.1:9000\"\n",
+    )
+    .expect("write");
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().expect("run");
+    let f = file.to_str().expect("path");
+    let prod = run(&["config", "test", "--file", f, "--request", "GET http://x/"]);
+    assert!(String::from_utf8_lossy(&prod.stdout).contains("10.0.0.1:80"));
+    let staging = run(&[
+        "config",
+        "test",
+        "--file",
+        f,
+        "--environment",
+        "staging",
+        "--request",
+        "GET http://x/",
+    ]);
+    assert!(String::from_utf8_lossy(&staging.stdout).contains("127.0.0.1:9000"));
+    assert_eq!(
+        run(&["config", "validate", "--file", f, "--environment", "nope"])
+            .status
+            .code(),
+        Some(1)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

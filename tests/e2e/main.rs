@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `nrdot` binary, real origin servers, loopback sockets on free ports.
 mod bad_input;
+mod cli;
 mod config_cli;
+mod control;
 mod intermediary;
 mod lifecycle;
 mod routing;

@@ -204,6 +204,7 @@ pub struct Nrdot {
     /// The configuration file.
     pub config: PathBuf,
     prelude: String,
+    bin: String,
 }
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
@@ -247,38 +248,113 @@ impl Nrdot {
         } else {
             std::fs::write(&config, &text).expect("write config");
         }
-        let mut child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn nrdot");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut addr, mut admin) = (None, None);
-        while addr.is_none() || admin.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let status = child.wait().expect("wait");
-                panic!("nrdot exited before listening: {status}");
-            };
-            if let Some(rest) = line.strip_prefix("nrdot: listener http on ") {
-                addr = rest.trim().parse().ok();
-            } else if let Some(rest) = line.strip_prefix("nrdot: admin on ") {
-                admin = rest.trim().parse().ok();
-            }
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let (child, addr, admin) = spawn(bin, &config);
         Nrdot {
             child,
-            addr: addr.expect("addr"),
-            admin: admin.expect("admin"),
+            addr,
+            admin,
             dir,
             config,
             prelude,
+            bin: bin.to_string(),
         }
+    }
+
+    /// Kills the process with SIGKILL (no cleanup at all) and waits for it.
+    pub fn kill9(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    /// Starts the binary again on the same config file and state directory (new ports).
+    pub fn restart(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let (child, addr, admin) = spawn(&self.bin, &self.config);
+        self.child = child;
+        self.addr = addr;
+        self.admin = admin;
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The admin token written on first start.
+    pub fn token(&self) -> String {
+        let text = std::fs::read_to_string(self.state_dir().join("admin-credentials"))
+            .expect("admin-credentials");
+        text.lines()
+            .find_map(|l| l.strip_prefix("NRDOT_TOKEN="))
+            .expect("token line")
+            .to_string()
+    }
+
+    /// Calls the admin API with the admin token (or `token` when given).
+    pub async fn api(&self, method: &str, path: &str, body: &str, token: Option<&str>) -> Reply {
+        self.api_with(method, path, body, token, &[]).await
+    }
+
+    /// Like [`Nrdot::api`], with extra headers.
+    pub async fn api_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.api_from(None, method, path, body, token, headers)
+            .await
+    }
+
+    /// Like [`Nrdot::api_with`], from a chosen loopback source address (the admin API slows
+    /// down repeated failures per address).
+    pub async fn api_from(
+        &self,
+        source: Option<std::net::IpAddr>,
+        method: &str,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let token = token.map(str::to_string).unwrap_or_else(|| self.token());
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_local_address(source);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.admin));
+        if !token.is_empty() {
+            b = b.header("authorization", format!("Bearer {token}"));
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        send(
+            &client,
+            b.body(Full::new(Bytes::from(body.to_string())))
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// Runs the binary as a client of this instance (`--state-dir` and `--admin-url` set).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.bin)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--admin-url")
+            .arg(format!("http://{}", self.admin))
+            .args(args)
+            .env_remove("NRDOT_TOKEN")
+            .env_remove("NRDOT_ADMIN_URL")
+            .output()
+            .expect("run cli")
     }
 
     /// PID of the process.
@@ -379,6 +455,34 @@ impl Drop for Nrdot {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn spawn(bin: &str, config: &std::path::Path) -> (Child, SocketAddr, SocketAddr) {
+    let mut child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn nrdot");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || admin.is_none() {
+        let Some(Ok(line)) = lines.next() else {
+            let status = child.wait().expect("wait");
+            panic!("nrdot exited before listening: {status}");
+        };
+        if let Some(rest) = line.strip_prefix("nrdot: listener http on ") {
+            addr = rest.trim().parse().ok();
+        } else if let Some(rest) = line.strip_prefix("nrdot: admin on ") {
+            admin = rest.trim().parse().ok();
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (child, addr.expect("addr"), admin.expect("admin"))
 }
 
 /// An HTTP/1.1 keep-alive client.

@@ -1,0 +1,613 @@
+//! Verbs that talk to a running nrdot through its admin API: `backend`, `health`, `version`,
+//! `audit`, `admin`, and `config apply | rollback | diff`. Address and token come from flags,
+//! then `NRDOT_ADMIN_URL`/`NRDOT_TOKEN`, then the state directory's `admin-credentials`.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::cli::ClientOpts;
+
+/// Why a call did not produce an answer worth printing.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Network or URL trouble.
+    #[error("cannot reach the admin API at {url}: {why}")]
+    Unreachable {
+        /// Base URL.
+        url: String,
+        /// Cause.
+        why: String,
+    },
+    /// 401/403.
+    #[error("the admin API refused the credentials ({0}); pass --token, set NRDOT_TOKEN, or point --state-dir at the directory holding admin-credentials")]
+    Refused(StatusCode),
+    /// The request could not be built.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl ClientError {
+    /// The exit code for this failure.
+    pub fn exit(&self) -> ExitCode {
+        match self {
+            ClientError::Refused(_) => ExitCode::from(3),
+            _ => ExitCode::from(2),
+        }
+    }
+}
+
+/// A connection to one admin API.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    json: bool,
+    http: HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    rt: tokio::runtime::Runtime,
+}
+
+/// The state directory client verbs read credentials from.
+pub fn default_state_dir(opts: &ClientOpts) -> PathBuf {
+    if let Some(d) = &opts.state_dir {
+        return d.clone();
+    }
+    let local = PathBuf::from("./nrdot-state");
+    if local.join("admin-credentials").exists() {
+        local
+    } else {
+        PathBuf::from("/var/lib/nrdot")
+    }
+}
+
+impl Client {
+    /// Resolves address and token.
+    pub fn new(opts: &ClientOpts) -> Result<Client, ClientError> {
+        let creds =
+            crate::auth::read_credentials(&default_state_dir(opts).join("admin-credentials"))
+                .unwrap_or_default();
+        let base = opts
+            .admin_url
+            .clone()
+            .or_else(|| creds.get("NRDOT_ADMIN_URL").cloned())
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into())
+            .trim_end_matches('/')
+            .to_string();
+        let token = opts
+            .token
+            .clone()
+            .or_else(|| creds.get("NRDOT_TOKEN").cloned());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let http = HttpClient::builder(TokioExecutor::new()).build_http();
+        Ok(Client {
+            base,
+            token,
+            json: opts.json,
+            http,
+            rt,
+        })
+    }
+
+    /// Sends one call; returns status and JSON body (`Null` when not JSON).
+    pub fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(&str, String)],
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut b = Request::builder().method(method).uri(&url);
+        if let Some(t) = &self.token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            b = b.header(*k, v.as_str());
+        }
+        let body = match body {
+            Some((ct, bytes)) => {
+                b = b.header(header::CONTENT_TYPE, ct);
+                Full::new(Bytes::from(bytes))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let req = b
+            .body(body)
+            .map_err(|e| ClientError::Usage(format!("bad admin URL {url}: {e}")))?;
+        let unreachable = |why: String| ClientError::Unreachable {
+            url: self.base.clone(),
+            why,
+        };
+        let (status, bytes) = self.rt.block_on(async {
+            let resp = tokio::time::timeout(Duration::from_secs(3600), self.http.request(req))
+                .await
+                .map_err(|_| unreachable("timed out".into()))?
+                .map_err(|e| unreachable(format!("{e}")))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
+            Ok::<_, ClientError>((status, bytes))
+        })?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(ClientError::Refused(status));
+        }
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    fn print_json(&self, v: &Value) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}
+
+/// Encodes a path segment.
+pub fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Prints rows as aligned columns.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    for r in rows {
+        println!("{}", line(r.clone()));
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn fail(status: StatusCode, body: &Value) -> ExitCode {
+    eprintln!(
+        "nrdot: {status}: {}",
+        body["error"].as_str().unwrap_or("request failed")
+    );
+    ExitCode::from(1)
+}
+
+macro_rules! call_or_exit {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("nrdot: {e}");
+                return e.exit();
+            }
+        }
+    };
+}
+
+/// `nrdot backend list`.
+pub fn backend_list(c: &Client) -> ExitCode {
+    let (status, body) = call_or_exit!(c.call(Method::GET, "/api/v2/backends", None, &[]));
+    if !status.is_success() {
+        return fail(status, &body);
+    }
+    if c.json {
+        c.print_json(&body);
+        return ExitCode::SUCCESS;
+    }
+    let rows: Vec<Vec<String>> = body["backends"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .map(|b| {
+            [
+                "id",
+                "pool",
+                "address",
+                "weight",
+                "admin_state",
+                "health",
+                "in_flight",
+                "requests",
+                "failures",
+            ]
+            .iter()
+            .map(|k| s(&b[*k]))
+            .collect()
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "POOL",
+            "ADDRESS",
+            "WEIGHT",
+            "STATE",
+            "HEALTH",
+            "IN-FLIGHT",
+            "REQUESTS",
+            "FAILURES",
+        ],
+        &rows,
+    );
+    ExitCode::SUCCESS
+}
+
+/// `nrdot backend enable|disable --server S [--wait [D]]`.
+pub fn backend_set(c: &Client, server: &str, enable: bool, wait: Option<&str>) -> ExitCode {
+    let mut path = format!(
+        "/api/v2/backends/{}/{}",
+        encode_segment(server),
+        if enable { "enable" } else { "disable" }
+    );
+    if let Some(w) = wait {
+        path.push_str(&format!("?wait={}", encode_segment(w)));
+    }
+    let (status, body) = call_or_exit!(c.call(Method::POST, &path, None, &[]));
+    if !(status.is_success()) {
+        return fail(status, &body);
+    }
+    if c.json {
+        c.print_json(&body);
+    } else {
+        for b in body["backends"]
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or(&[])
+        {
+            println!(
+                "{}: {} (in flight: {})",
+                s(&b["id"]),
+                s(&b["admin_state"]),
+                s(&b["in_flight"])
+            );
+        }
+        if !enable {
+            if body["drained"] == Value::Bool(true) {
+                println!("drained");
+            } else if wait.is_some() {
+                println!("still draining at the deadline");
+            } else {
+                println!(
+                    "draining: in-flight requests are completing (use --wait to wait for them)"
+                );
+            }
+        }
+    }
+    if wait.is_some() && body["drained"] != Value::Bool(true) {
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// `nrdot health check [--server S]`: 0 healthy, 1 unhealthy.
+pub fn health_check(c: &Client, server: Option<&str>) -> ExitCode {
+    let path = match server {
+        Some(sv) => format!("/health?server={}", encode_segment(sv)),
+        None => "/health".to_string(),
+    };
+    let (status, body) = call_or_exit!(c.call(Method::GET, &path, None, &[]));
+    if c.json {
+        c.print_json(&body);
+    } else if let Some(checks) = body["checks"].as_array() {
+        for ch in checks {
+            println!(
+                "{}: {}",
+                s(&ch["id"]),
+                if ch["reachable"] == Value::Bool(true) {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                }
+            );
+        }
+    } else {
+        println!("{}", s(&body["status"]));
+        for p in body["pools"]
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or(&[])
+        {
+            println!(
+                "  pool {}: {}/{} available",
+                s(&p["name"]),
+                s(&p["available"]),
+                s(&p["total"])
+            );
+        }
+    }
+    if status == StatusCode::NOT_FOUND {
+        eprintln!(
+            "nrdot: {}",
+            body["error"].as_str().unwrap_or("no such server")
+        );
+    }
+    if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `nrdot version`: binary version always; running config version when the API answers.
+pub fn version(c: &Client) -> ExitCode {
+    println!("nrdot {}", env!("CARGO_PKG_VERSION"));
+    match c.call(Method::GET, "/api/v2/version", None, &[]) {
+        Ok((status, body)) if status.is_success() => {
+            if c.json {
+                c.print_json(&body);
+            } else {
+                println!(
+                    "running config version {} ({}), table generation {}",
+                    s(&body["config_version"]),
+                    s(&body["config_checksum"])
+                        .chars()
+                        .take(12)
+                        .collect::<String>(),
+                    s(&body["generation"])
+                );
+            }
+        }
+        Ok((status, _)) => eprintln!("nrdot: admin API answered {status}"),
+        Err(e) => eprintln!("nrdot: {e}"),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `nrdot version history`: newest first, one per line, id first.
+pub fn history(c: &Client, quiet: bool) -> ExitCode {
+    let (status, body) = call_or_exit!(c.call(Method::GET, "/api/v2/config/versions", None, &[]));
+    if !status.is_success() {
+        return fail(status, &body);
+    }
+    if c.json {
+        c.print_json(&body);
+        return ExitCode::SUCCESS;
+    }
+    let mut versions: Vec<&Value> = body["versions"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    versions.reverse();
+    for v in versions {
+        if quiet {
+            println!("{}", s(&v["id"]));
+        } else {
+            println!(
+                "{}\t{}\t{}\t{}",
+                s(&v["id"]),
+                s(&v["time"]),
+                s(&v["author"]),
+                s(&v["message"])
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `nrdot config apply --file F -m MSG`.
+pub fn apply(c: &Client, file: &Path, message: &str, if_match: Option<u64>) -> ExitCode {
+    let text = match std::fs::read(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("nrdot: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut headers = vec![("x-nrdot-message", message.to_string())];
+    if let Some(v) = if_match {
+        headers.push(("if-match", format!("\"{v}\"")));
+    }
+    let (status, body) = call_or_exit!(c.call(
+        Method::PUT,
+        "/api/v2/config",
+        Some(("application/toml", text)),
+        &headers
+    ));
+    if c.json {
+        c.print_json(&body);
+    }
+    match status {
+        StatusCode::OK => {
+            if !c.json {
+                println!(
+                    "applied as version {} ({})",
+                    s(&body["version"]["id"]),
+                    s(&body["version"]["checksum"])
+                        .chars()
+                        .take(12)
+                        .collect::<String>()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        StatusCode::UNPROCESSABLE_ENTITY => {
+            if !c.json {
+                for p in body["problems"]
+                    .as_array()
+                    .map(|a| a.as_slice())
+                    .unwrap_or(&[])
+                {
+                    eprintln!(
+                        "{}:{}:{}: {}: {}",
+                        file.display(),
+                        s(&p["line"]),
+                        s(&p["column"]),
+                        s(&p["path"]),
+                        s(&p["message"])
+                    );
+                }
+                eprintln!("nrdot: rejected; the running configuration is unchanged");
+            }
+            ExitCode::from(1)
+        }
+        _ => fail(status, &body),
+    }
+}
+
+/// `nrdot config rollback VERSION`.
+pub fn rollback(c: &Client, version: u64, message: Option<&str>) -> ExitCode {
+    let mut body = serde_json::json!({ "version": version });
+    if let Some(m) = message {
+        body["message"] = Value::String(m.to_string());
+    }
+    let (status, resp) = call_or_exit!(c.call(
+        Method::POST,
+        "/api/v2/config/rollback",
+        Some(("application/json", body.to_string().into_bytes())),
+        &[]
+    ));
+    if !status.is_success() {
+        return fail(status, &resp);
+    }
+    if c.json {
+        c.print_json(&resp);
+    } else {
+        println!(
+            "rolled back to the content of version {version}: now version {}",
+            s(&resp["version"]["id"])
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `nrdot config diff A [B]`.
+pub fn diff(c: &Client, a: u64, b: Option<u64>) -> ExitCode {
+    let mut path = format!("/api/v2/config/diff?from={a}");
+    if let Some(b) = b {
+        path.push_str(&format!("&to={b}"));
+    }
+    let (status, body) = call_or_exit!(c.call(Method::GET, &path, None, &[]));
+    if !status.is_success() {
+        return fail(status, &body);
+    }
+    if c.json {
+        c.print_json(&body);
+    } else {
+        print!("{}", body["diff"].as_str().unwrap_or(""));
+    }
+    ExitCode::SUCCESS
+}
+
+/// `nrdot audit [--limit N]`.
+pub fn audit(c: &Client, limit: usize) -> ExitCode {
+    let (status, body) = call_or_exit!(c.call(
+        Method::GET,
+        &format!("/api/v2/audit?limit={limit}"),
+        None,
+        &[]
+    ));
+    if !status.is_success() {
+        return fail(status, &body);
+    }
+    if c.json {
+        c.print_json(&body);
+        return ExitCode::SUCCESS;
+    }
+    let rows: Vec<Vec<String>> = body["entries"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .map(|e| {
+            let versions = format!("{}->{}", s(&e["version_before"]), s(&e["version_after"]));
+            vec![
+                s(&e["seq"]),
+                s(&e["time"]),
+                s(&e["actor"]),
+                s(&e["action"]),
+                s(&e["target"]),
+                versions,
+                s(&e["outcome"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "VERSION", "OUTCOME",
+        ],
+        &rows,
+    );
+    ExitCode::SUCCESS
+}
+
+/// `nrdot audit verify`: 0 intact, 1 broken.
+pub fn audit_verify(c: &Client) -> ExitCode {
+    let (status, body) = call_or_exit!(c.call(Method::GET, "/api/v2/audit/verify", None, &[]));
+    if c.json {
+        c.print_json(&body);
+    } else if status.is_success() {
+        println!("audit log intact: {} entries", s(&body["entries"]));
+    } else {
+        println!("audit log BROKEN: {}", s(&body["error"]));
+    }
+    if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `nrdot admin rotate-token` / `create-token`.
+pub fn token(c: &Client, name: &str, role: Option<&str>) -> ExitCode {
+    let (path, body) = match role {
+        None => (
+            "/api/v2/admin/rotate-token",
+            serde_json::json!({ "name": name }),
+        ),
+        Some(r) => (
+            "/api/v2/tokens",
+            serde_json::json!({ "name": name, "role": r }),
+        ),
+    };
+    let (status, resp) = call_or_exit!(c.call(
+        Method::POST,
+        path,
+        Some(("application/json", body.to_string().into_bytes())),
+        &[]
+    ));
+    if !status.is_success() {
+        return fail(status, &resp);
+    }
+    if c.json {
+        c.print_json(&resp);
+    } else {
+        println!("{}", s(&resp["token"]));
+        eprintln!("nrdot: token {name:?}: shown once; nrdot keeps only its hash");
+    }
+    ExitCode::SUCCESS
+}
