@@ -106,20 +106,20 @@ pub enum Command {
 /// `nrdot config …`
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Check a file; print every problem as file:line:column.
+    /// Check files; print every problem as file:line:column.
     Validate {
-        /// Configuration file (TOML).
-        #[arg(long, short)]
-        file: PathBuf,
+        /// Configuration files (TOML); `--file a.toml b.toml` checks each.
+        #[arg(long, short, num_args = 1.., required = true)]
+        file: Vec<PathBuf>,
         /// Check only this environment overlay (default: the base and every overlay).
         #[arg(long)]
         environment: Option<String>,
     },
     /// Warn about valid but risky settings; exit 0 unless --strict.
     Lint {
-        /// Configuration file (TOML).
-        #[arg(long, short)]
-        file: PathBuf,
+        /// Configuration files (TOML).
+        #[arg(long, short, num_args = 1.., required = true)]
+        file: Vec<PathBuf>,
         /// Environment overlay.
         #[arg(long)]
         environment: Option<String>,

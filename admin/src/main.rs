@@ -51,14 +51,18 @@ fn main() -> ExitCode {
             exit(demo::run(listen, admin, &dir))
         }
         Command::Config { command } => match command {
-            ConfigCommand::Validate { file, environment } => {
-                offline::validate(&file, environment.as_deref(), json)
-            }
+            ConfigCommand::Validate { file, environment } => worst(
+                file.iter()
+                    .map(|f| offline::validate(f, environment.as_deref(), json)),
+            ),
             ConfigCommand::Lint {
                 file,
                 environment,
                 strict,
-            } => offline::lint(&file, environment.as_deref(), strict, json),
+            } => worst(
+                file.iter()
+                    .map(|f| offline::lint(f, environment.as_deref(), strict, json)),
+            ),
             ConfigCommand::Test {
                 file,
                 environment,
@@ -118,6 +122,17 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// The first failing exit code of several runs, or success.
+fn worst(codes: impl Iterator<Item = ExitCode>) -> ExitCode {
+    let mut out = ExitCode::SUCCESS;
+    for c in codes {
+        if c != ExitCode::SUCCESS && out == ExitCode::SUCCESS {
+            out = c;
+        }
+    }
+    out
 }
 
 fn exit(result: anyhow::Result<()>) -> ExitCode {
