@@ -21,8 +21,8 @@ mod validate;
 
 pub use error::{ConfigError, ValidationError};
 pub use model::{
-    AccessLog, AccessLogFormat, Config, HeaderMatch, Lb, Limits, Listener, Pool, Route, Server,
-    SplitEntry, Sticky,
+    AccessLog, AccessLogFormat, Agent, CheckKind, Config, HashKey, HeaderMatch, HealthCheck, Lb,
+    Limits, Listener, Outlier, Pool, RetryOn, Route, Server, SplitEntry, Sticky, WhenUnavailable,
 };
 pub use split::Split;
 pub use table::{RouteTable, Target};

@@ -137,6 +137,104 @@ pub enum Lb {
     Random,
     /// Fewest in-flight requests of two random choices.
     LeastRequests,
+    /// Consistent hashing (Maglev) on `hash_key`: a key keeps its server while the server set
+    /// changes, and adding a server moves about 1/N of the keys.
+    Hash,
+}
+
+/// What a consistent-hash pool hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header (lower case).
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+    /// The client's address.
+    ClientIp,
+}
+
+/// What a pool does when no server is available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenUnavailable {
+    /// Answer 503 (default).
+    FailClosed,
+    /// Ignore health and ejections and use every enabled server.
+    FailOpen,
+}
+
+/// Which failures a request is retried on (on a different server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The connection could not be established (nothing was sent): always safe.
+    pub connect_failure: bool,
+    /// The connection broke after the request was sent: idempotent requests only.
+    pub reset: bool,
+    /// These response statuses: idempotent requests only.
+    pub statuses: Vec<u16>,
+}
+
+/// Active health check of every server of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// HTTP request or TCP connect.
+    pub kind: CheckKind,
+    /// Time between checks of one server.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Consecutive successes that make a server healthy.
+    pub rise: u32,
+    /// Consecutive failures that make it unhealthy.
+    pub fall: u32,
+    /// Random extra delay of up to this much per check, so checks do not align.
+    pub jitter: Duration,
+    /// Whether a new server takes traffic before its first check result (`unknown`) or only
+    /// after `rise` successes (`unhealthy`).
+    pub initial_unhealthy: bool,
+}
+
+/// The kind of active check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// An HTTP request; healthy when the status is in range and the body contains `body`.
+    Http {
+        /// Method.
+        method: String,
+        /// Path and query.
+        path: String,
+        /// Host header (default: the server's address).
+        host: Option<String>,
+        /// Inclusive range of healthy statuses.
+        status: (u16, u16),
+        /// Text the body must contain.
+        body: Option<String>,
+    },
+    /// A TCP connect.
+    Tcp,
+}
+
+/// Passive health: ejecting servers that fail live traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outlier {
+    /// Consecutive connect failures or 5xx answers that eject a server.
+    pub consecutive_failures: u32,
+    /// First ejection time; the n-th ejection lasts n times as long.
+    pub base_ejection: Duration,
+    /// At most this share of the pool is ejected at once.
+    pub max_ejection_percent: u32,
+}
+
+/// HAProxy-style agent check: the server reports `drain`, `up`, `down` or a weight percentage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Path fetched over HTTP on the server (or on `port`).
+    pub path: String,
+    /// Port of the agent, if not the server's own.
+    pub port: Option<u16>,
+    /// Time between reports.
+    pub interval: Duration,
+    /// Time one report may take.
+    pub timeout: Duration,
 }
 
 /// A named group of upstream servers.
@@ -154,6 +252,27 @@ pub struct Pool {
     pub connect_timeout: Duration,
     /// Time allowed from sending the request until the response head arrives.
     pub response_timeout: Duration,
+    /// Key of `lb = "hash"`.
+    pub hash_key: Option<HashKey>,
+    /// A server that (re)joins ramps up from a trickle to its full share over this time.
+    pub slow_start: Duration,
+    /// Behaviour when no server is available.
+    pub when_unavailable: WhenUnavailable,
+    /// Most requests in flight (= upstream connections in use) per server; beyond, 503 at
+    /// once. 0: unlimited.
+    pub max_connections: u32,
+    /// Retries per request, each on another server.
+    pub retries: u32,
+    /// What is retried.
+    pub retry_on: RetryOn,
+    /// Retries in flight may be at most this percentage of requests in flight (at least 3).
+    pub retry_budget_percent: u32,
+    /// Active health check.
+    pub health_check: Option<HealthCheck>,
+    /// Passive health check.
+    pub outlier: Option<Outlier>,
+    /// Agent check.
+    pub agent: Option<Agent>,
     /// Servers, in file order.
     pub servers: Vec<Server>,
 }
@@ -186,6 +305,9 @@ pub struct Route {
     pub override_header: Option<String>,
     /// Cookie that forces a pool of the split by name, for testers.
     pub override_cookie: Option<String>,
+    /// Also retry non-idempotent methods and requests with bodies (buffered up to 1 MiB so
+    /// they can be sent again).
+    pub retry_unsafe: bool,
 }
 
 /// A header condition on a route.

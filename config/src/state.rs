@@ -5,12 +5,51 @@
 //!
 //! Metric handles are resolved here, once, when the state is created: the request path then only
 //! touches atomics, never a registry lookup.
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use metrics::{Counter, Gauge, Histogram};
 
 /// Status classes counted per route and pool: 1xx..5xx.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Milliseconds since the process started: a cheap monotonic clock for ejection deadlines
+/// and slow start, stored in atomics.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Result of active health checking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No check result yet (or no check configured).
+    Unknown,
+    /// Passing.
+    Healthy,
+    /// Failing: no new requests.
+    Unhealthy,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Health {
+        match v {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// Lower-case name for APIs and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
 
 /// One upstream server, as long as its pool and address stay in the configuration.
 #[derive(Debug)]
@@ -27,6 +66,19 @@ pub struct BackendState {
     pub requests: AtomicU64,
     /// Connect failures, resets and timeouts since start.
     pub failures: AtomicU64,
+    /// Index of this server's per-worker connection pool; unique for the life of the process.
+    pub slot: usize,
+    health: AtomicU8,
+    /// Passive health: deadline (`now_ms`) until which the server is ejected; 0 when not.
+    ejected_until: AtomicU64,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    /// When the server last became available (`now_ms`), for slow start; 0 if never away.
+    ready_since: AtomicU64,
+    /// Agent-reported share of its weight, 0..=100 (0 = drain).
+    agent_percent: AtomicU8,
+    health_gauge: Gauge,
+    ejections_counter: Counter,
     in_flight_gauge: Gauge,
     up_gauge: Gauge,
     requests_counter: Counter,
@@ -44,6 +96,15 @@ impl BackendState {
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            slot: NEXT_SLOT.fetch_add(1, Ordering::Relaxed),
+            health: AtomicU8::new(0),
+            ejected_until: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ready_since: AtomicU64::new(0),
+            agent_percent: AtomicU8::new(100),
+            health_gauge: metrics::gauge!("nrdot_backend_health", &labels),
+            ejections_counter: metrics::counter!("nrdot_backend_ejections_total", &labels),
             in_flight_gauge: metrics::gauge!("nrdot_backend_in_flight_requests", &labels),
             up_gauge: {
                 let g = metrics::gauge!("nrdot_backend_up", &labels);
@@ -55,16 +116,129 @@ impl BackendState {
         }
     }
 
-    /// Whether new requests may go here.
+    /// Whether new requests may go here: enabled by the operator, not failing its health
+    /// check, not ejected, not drained by its agent.
     #[inline]
     pub fn available(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
+            && self.health.load(Ordering::Relaxed) != 2
+            && self.agent_percent.load(Ordering::Relaxed) > 0
+            && !self.ejected()
+    }
+
+    /// Whether passive health checking has ejected the server right now. An expired ejection
+    /// is cleared here, and the server's slow start begins.
+    #[inline]
+    pub fn ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        let now = now_ms();
+        if now < until {
+            return true;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.ready_since.store(now, Ordering::Relaxed);
+        }
+        false
     }
 
     /// Sets the operator's switch; a disabled server gets no new requests.
     pub fn set_enabled(&self, enabled: bool) {
-        self.enabled.store(enabled, Ordering::Relaxed);
+        let was = self.enabled.swap(enabled, Ordering::Relaxed);
+        if enabled && !was {
+            self.ready_since.store(now_ms(), Ordering::Relaxed);
+        }
         self.up_gauge.set(if enabled { 1.0 } else { 0.0 });
+    }
+
+    /// Active health as last set.
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    /// Sets active health; returns the previous value.
+    pub fn set_health(&self, h: Health) -> Health {
+        let code = match h {
+            Health::Unknown => 0,
+            Health::Healthy => 1,
+            Health::Unhealthy => 2,
+        };
+        let prev = Health::from_u8(self.health.swap(code, Ordering::Relaxed));
+        if prev == Health::Unhealthy && h != Health::Unhealthy {
+            self.ready_since.store(now_ms(), Ordering::Relaxed);
+        }
+        self.health_gauge.set(match h {
+            Health::Healthy => 1.0,
+            Health::Unhealthy => 0.0,
+            Health::Unknown => -1.0,
+        });
+        prev
+    }
+
+    /// Agent-reported share of the weight (0..=100).
+    pub fn agent_percent(&self) -> u8 {
+        self.agent_percent.load(Ordering::Relaxed)
+    }
+
+    /// Sets the agent-reported share; returns the previous one.
+    pub fn set_agent_percent(&self, p: u8) -> u8 {
+        let prev = self.agent_percent.swap(p.min(100), Ordering::Relaxed);
+        if prev == 0 && p > 0 {
+            self.ready_since.store(now_ms(), Ordering::Relaxed);
+        }
+        prev
+    }
+
+    /// Share (0..=1000) of its normal traffic the server should take now: the agent's
+    /// percentage, times the slow-start ramp (from 10% up to 100% over `slow_start_ms`).
+    #[inline]
+    pub fn share_permille(&self, slow_start_ms: u64) -> u32 {
+        let agent = self.agent_percent.load(Ordering::Relaxed) as u32 * 10;
+        if slow_start_ms == 0 {
+            return agent;
+        }
+        let since = self.ready_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return agent;
+        }
+        let elapsed = now_ms().saturating_sub(since);
+        if elapsed >= slow_start_ms {
+            return agent;
+        }
+        let ramp = (100 + 900 * elapsed / slow_start_ms) as u32;
+        agent * ramp / 1000
+    }
+
+    /// Passive health: records the outcome of a request. `Some(ms)` when this failure ejected
+    /// the server for that long; `may_eject` says whether the pool's cap allows an ejection.
+    pub fn record_outcome(
+        &self,
+        failed: bool,
+        threshold: u32,
+        base_ms: u64,
+        may_eject: impl FnOnce() -> bool,
+    ) -> Option<u64> {
+        if !failed {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < threshold || self.ejected() || !may_eject() {
+            return None;
+        }
+        let times = self.ejections.fetch_add(1, Ordering::Relaxed) as u64 + 1;
+        let ms = base_ms.saturating_mul(times.min(10));
+        self.ejected_until.store(now_ms() + ms, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejections_counter.increment(1);
+        Some(ms)
     }
 
     /// Marks a request as started; pair with [`BackendState::finish`].
@@ -88,8 +262,8 @@ impl BackendState {
     }
 }
 
-/// Source of per-pool slots, so each worker can keep its upstream connections in a vector indexed
-/// by pool instead of a map keyed by name.
+/// Source of per-server slots, so each worker can keep its upstream connections in a vector
+/// indexed by server instead of a map keyed by address.
 static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
 
 /// One pool, as long as its name stays in the configuration.
@@ -97,8 +271,6 @@ static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
 pub struct PoolState {
     /// Pool name.
     pub name: Box<str>,
-    /// Index of this pool's per-worker connection pool; unique for the life of the process.
-    pub slot: usize,
     /// Position in the pool's round-robin sequence.
     pub cursor: AtomicU64,
     /// Time from sending a request until its response head arrived.
@@ -109,6 +281,18 @@ pub struct PoolState {
     pub timeouts: Counter,
     /// Requests answered 503 because no server of the pool was available.
     pub unavailable: Counter,
+    /// Requests answered 503 because every server was at `max_connections`.
+    pub overflow: Counter,
+    /// Requests sent to unhealthy servers because the pool fails open.
+    pub fail_open: Counter,
+    /// Retries sent.
+    pub retries: Counter,
+    /// Retries not sent because the retry budget was spent.
+    pub retry_budget_exhausted: Counter,
+    /// Requests of this pool in flight (for the retry budget).
+    pub active: AtomicU64,
+    /// Retries of this pool in flight.
+    pub active_retries: AtomicU64,
     /// Request body bytes sent to the pool's servers.
     pub bytes_in: Counter,
     /// Response body bytes received from them and sent to clients.
@@ -121,12 +305,20 @@ impl PoolState {
         let labels = [("pool", name.to_string())];
         PoolState {
             name: name.into(),
-            slot: NEXT_SLOT.fetch_add(1, Ordering::Relaxed),
             cursor: AtomicU64::new(0),
             latency: metrics::histogram!("nrdot_upstream_response_seconds", &labels),
             connect_errors: metrics::counter!("nrdot_upstream_connect_errors_total", &labels),
             timeouts: metrics::counter!("nrdot_upstream_timeouts_total", &labels),
             unavailable: metrics::counter!("nrdot_pool_unavailable_total", &labels),
+            overflow: metrics::counter!("nrdot_pool_overflow_total", &labels),
+            fail_open: metrics::counter!("nrdot_pool_fail_open_total", &labels),
+            retries: metrics::counter!("nrdot_upstream_retries_total", &labels),
+            retry_budget_exhausted: metrics::counter!(
+                "nrdot_upstream_retry_budget_exhausted_total",
+                &labels
+            ),
+            active: AtomicU64::new(0),
+            active_retries: AtomicU64::new(0),
             bytes_in: metrics::counter!("nrdot_pool_request_bytes_total", &labels),
             bytes_out: metrics::counter!("nrdot_pool_response_bytes_total", &labels),
         }

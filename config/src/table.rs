@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use http::uri::Authority;
 
-use crate::model::{Config, HeaderMatch, Lb, Pool, Sticky};
+use std::sync::atomic::Ordering;
+
+use crate::model::{Config, HeaderMatch, Lb, Pool, Sticky, WhenUnavailable};
 use crate::split::Split;
 use crate::state::{BackendState, PoolState, RouteState, StatusCounters};
 
@@ -37,6 +39,8 @@ pub struct PoolEntry {
     pub backends: Vec<BackendEntry>,
     /// Smooth weighted order of the servers.
     pub order: Split,
+    /// Consistent-hash lookup table, for `lb = "hash"`.
+    pub maglev: Option<Box<[u16]>>,
 }
 
 /// One compiled upstream server.
@@ -183,11 +187,20 @@ impl RouteTable {
                     })
                     .collect();
                 let weights: Vec<u32> = p.servers.iter().map(|s| s.weight).collect();
+                let maglev = (p.lb == Lb::Hash && p.servers.len() < u16::MAX as usize).then(|| {
+                    let names: Vec<(&str, u32)> = p
+                        .servers
+                        .iter()
+                        .map(|s| (s.address.as_str(), s.weight))
+                        .collect();
+                    maglev(&names, MAGLEV_SIZE)
+                });
                 PoolEntry {
                     config: p.clone(),
                     state,
                     backends,
                     order: Split::new(&weights),
+                    maglev,
                 }
             })
             .collect();
@@ -304,51 +317,215 @@ impl RouteTable {
         Target { route, entry }
     }
 
-    /// Chooses an available server of pool `pool` by its policy; `roll` is a random number.
-    /// `None` when every server is disabled or has weight 0.
-    pub fn backend(&self, pool: usize, roll: u64) -> Option<&BackendEntry> {
+    /// Chooses a server of pool `pool` by its policy. `roll` is a random number, `key` the
+    /// request's hash key (for `lb = "hash"`), `exclude` servers already tried by this request.
+    /// Servers that are disabled, unhealthy, ejected or drained by their agent are skipped, as
+    /// are servers at `max_connections`; servers in slow start or with a reduced agent weight
+    /// are taken with a probability equal to their share. With `when_unavailable =
+    /// "fail_open"`, a pool with nothing available uses every enabled server.
+    pub fn backend(
+        &self,
+        pool: usize,
+        roll: u64,
+        key: Option<u64>,
+        exclude: &[usize],
+    ) -> Result<Chosen, NoBackend> {
         let p = &self.pools[pool];
         let n = p.backends.len();
-        let usable = |b: &BackendEntry| b.weight > 0 && b.state.available();
-        match p.config.lb {
+        let mut probe = Probe {
+            pool: p,
+            exclude,
+            max: p.config.max_connections as u64,
+            slow_ms: p.config.slow_start.as_millis() as u64,
+            saw_full: false,
+            fallback: None,
+        };
+        let found = match p.config.lb {
             Lb::RoundRobin => {
-                let start = p
-                    .state
-                    .cursor
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let start = p.state.cursor.fetch_add(1, Ordering::Relaxed);
                 let period = p.order.total().max(1);
                 (0..period)
-                    .map(|k| &p.backends[p.order.pick(start.wrapping_add(k))])
-                    .find(|b| usable(b))
+                    .map(|k| p.order.pick(start.wrapping_add(k)))
+                    .find(|&i| probe.take(i, mix(roll, i)))
             }
             Lb::Random => {
-                let first = &p.backends[p.order.bucket(roll)];
-                if usable(first) {
-                    return Some(first);
+                let first = p.order.bucket(roll);
+                if probe.take(first, mix(roll, 1)) {
+                    Some(first)
+                } else {
+                    let start = (roll % n as u64) as usize;
+                    (0..n)
+                        .map(|k| (start + k) % n)
+                        .find(|&i| probe.take(i, mix(roll, i)))
                 }
-                let start = (roll % n as u64) as usize;
-                (0..n)
-                    .map(|k| &p.backends[(start + k) % n])
-                    .find(|b| usable(b))
             }
             Lb::LeastRequests => {
-                let a = &p.backends[p.order.bucket(roll)];
-                let b = &p.backends[p.order.bucket(roll.rotate_left(32))];
-                let load =
-                    |x: &BackendEntry| x.state.in_flight.load(std::sync::atomic::Ordering::Relaxed);
-                match (usable(a), usable(b)) {
-                    (true, true) => Some(if load(b) < load(a) { b } else { a }),
-                    (true, false) => Some(a),
-                    (false, true) => Some(b),
-                    (false, false) => p
-                        .backends
-                        .iter()
-                        .filter(|x| usable(x))
-                        .min_by_key(|x| load(x)),
+                let a = p.order.bucket(roll);
+                let b = p.order.bucket(roll.rotate_left(32));
+                let load = |i: usize| p.backends[i].state.in_flight.load(Ordering::Relaxed);
+                let (first, second) = if load(b) < load(a) { (b, a) } else { (a, b) };
+                if probe.take(first, mix(roll, 1)) {
+                    Some(first)
+                } else if probe.take(second, mix(roll, 2)) {
+                    Some(second)
+                } else {
+                    let mut order: Vec<usize> = (0..n).collect();
+                    order.sort_by_key(|&i| load(i));
+                    order.into_iter().find(|&i| probe.take(i, mix(roll, i)))
+                }
+            }
+            Lb::Hash => {
+                let h = key.unwrap_or(roll);
+                match &p.maglev {
+                    Some(table) => {
+                        let m = table.len() as u64;
+                        // Walk the table from the key's slot: the next distinct servers in the
+                        // key's own order, so a key only moves when its server goes away.
+                        (0..64u64)
+                            .map(|k| {
+                                table[((h.wrapping_add(k.wrapping_mul(0x9E37_79B9))) % m) as usize]
+                                    as usize
+                            })
+                            .find(|&i| probe.take(i, mix(h, i)))
+                            .or_else(|| (0..n).find(|&i| probe.take(i, mix(h, i))))
+                    }
+                    None => (0..n).find(|&i| probe.take(i, mix(h, i))),
+                }
+            }
+        };
+        if let Some(i) = found.or(probe.fallback) {
+            return Ok(Chosen {
+                index: i,
+                fail_open: false,
+            });
+        }
+        if probe.saw_full {
+            return Err(NoBackend::Overloaded);
+        }
+        if p.config.when_unavailable == WhenUnavailable::FailOpen {
+            let start = (roll % n.max(1) as u64) as usize;
+            if let Some(i) = (0..n).map(|k| (start + k) % n).find(|&i| {
+                let b = &p.backends[i];
+                b.weight > 0 && !exclude.contains(&i) && b.state.enabled.load(Ordering::Relaxed)
+            }) {
+                return Ok(Chosen {
+                    index: i,
+                    fail_open: true,
+                });
+            }
+        }
+        Err(NoBackend::Unavailable)
+    }
+}
+
+/// A server chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chosen {
+    /// Index into the pool's backends.
+    pub index: usize,
+    /// Chosen although unhealthy, because the pool fails open.
+    pub fail_open: bool,
+}
+
+/// Why no server was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoBackend {
+    /// Every server is disabled, unhealthy, ejected or drained.
+    Unavailable,
+    /// Available servers exist but all are at `max_connections` (circuit open).
+    Overloaded,
+}
+
+struct Probe<'a> {
+    pool: &'a PoolEntry,
+    exclude: &'a [usize],
+    max: u64,
+    slow_ms: u64,
+    saw_full: bool,
+    fallback: Option<usize>,
+}
+
+impl Probe<'_> {
+    /// Whether server `i` takes this request; `roll` decides for servers with a reduced share.
+    #[inline]
+    fn take(&mut self, i: usize, roll: u64) -> bool {
+        let b = &self.pool.backends[i];
+        if b.weight == 0 || self.exclude.contains(&i) || !b.state.available() {
+            return false;
+        }
+        if self.max > 0 && b.state.in_flight.load(Ordering::Relaxed) >= self.max {
+            self.saw_full = true;
+            return false;
+        }
+        let share = b.state.share_permille(self.slow_ms);
+        if share >= 1000 {
+            return true;
+        }
+        if self.fallback.is_none() {
+            self.fallback = Some(i);
+        }
+        roll % 1000 < share as u64
+    }
+}
+
+/// A per-candidate random number derived from the request's roll.
+#[inline]
+fn mix(roll: u64, i: usize) -> u64 {
+    let mut x = roll ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 29)
+}
+
+/// Size of a Maglev lookup table (prime, much larger than any pool).
+pub const MAGLEV_SIZE: usize = 65_537;
+
+/// Builds a Maglev lookup table (Eisenbud et al., NSDI 2016) for servers named `names` with
+/// weights: each server fills slots in its own pseudo-random order, taking turns in proportion
+/// to its weight. Weight-0 servers get no slots.
+pub fn maglev(names: &[(&str, u32)], size: usize) -> Box<[u16]> {
+    let mut table = vec![u16::MAX; size];
+    let live: Vec<usize> = (0..names.len()).filter(|&i| names[i].1 > 0).collect();
+    if live.is_empty() {
+        return vec![0u16; size].into();
+    }
+    let perm: Vec<(u64, u64)> = live
+        .iter()
+        .map(|&i| {
+            let name = names[i].0.as_bytes();
+            let offset = crate::split::stable_hash(name) % size as u64;
+            let skip =
+                crate::split::stable_hash(&[name, b"#skip"].concat()) % (size as u64 - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let max_w = live.iter().map(|&i| names[i].1).max().unwrap_or(1) as u64;
+    let mut next = vec![0u64; live.len()];
+    let mut credit = vec![0u64; live.len()];
+    let mut filled = 0;
+    'outer: loop {
+        for (k, &i) in live.iter().enumerate() {
+            // Weighted turns: a server gets a turn each time its credit reaches the maximum.
+            credit[k] += names[i].1 as u64;
+            while credit[k] >= max_w {
+                credit[k] -= max_w;
+                let (offset, skip) = perm[k];
+                loop {
+                    let slot = ((offset + next[k] * skip) % size as u64) as usize;
+                    next[k] += 1;
+                    if table[slot] == u16::MAX {
+                        table[slot] = i as u16;
+                        filled += 1;
+                        break;
+                    }
+                }
+                if filled == size {
+                    break 'outer;
                 }
             }
         }
     }
+    table.into()
 }
 
 #[cfg(test)]

@@ -736,6 +736,16 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
                 "connect_timeout",
                 "response_timeout",
                 "server",
+                "hash_key",
+                "slow_start",
+                "when_unavailable",
+                "max_connections",
+                "retries",
+                "retry_on",
+                "retry_budget",
+                "health_check",
+                "outlier",
+                "agent",
             ],
         );
         let name = match v.str(t, "name", &path) {
@@ -762,21 +772,20 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
         };
         let lb = match v.str(t, "lb", &path) {
             None => Lb::RoundRobin,
-            Some((s, span)) => {
-                match s.as_str() {
-                    "round_robin" => Lb::RoundRobin,
-                    "random" => Lb::Random,
-                    "least_requests" => Lb::LeastRequests,
-                    _ => {
-                        v.push(
+            Some((s, span)) => match s.as_str() {
+                "round_robin" => Lb::RoundRobin,
+                "random" => Lb::Random,
+                "least_requests" => Lb::LeastRequests,
+                "hash" => Lb::Hash,
+                _ => {
+                    v.push(
                         &format!("{path}.lb"),
                         &span,
-                        format!("unknown policy {s:?} (expected round_robin, random or least_requests)"),
+                        format!("unknown policy {s:?} (expected round_robin, random, least_requests or hash)"),
                     );
-                        Lb::RoundRobin
-                    }
+                    Lb::RoundRobin
                 }
-            }
+            },
         };
         let keepalive = v
             .int(t, "keepalive", &path, 0..100_001)
@@ -840,6 +849,7 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
                 format!("all servers of pool {name:?} have weight 0: it could never serve"),
             );
         }
+        let r = resilience::pool(v, t, &path, &tspan, lb);
         out.push(Pool {
             name,
             lb,
@@ -847,6 +857,16 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
             keepalive_idle_timeout,
             connect_timeout,
             response_timeout,
+            hash_key: r.hash_key,
+            slow_start: r.slow_start,
+            when_unavailable: r.when_unavailable,
+            max_connections: r.max_connections,
+            retries: r.retries,
+            retry_on: r.retry_on,
+            retry_budget_percent: r.retry_budget_percent,
+            health_check: r.health_check,
+            outlier: r.outlier,
+            agent: r.agent,
             servers,
         });
     }
@@ -886,7 +906,15 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
             t,
             &path,
             &[
-                "name", "host", "path", "header", "pool", "split", "sticky", "override",
+                "name",
+                "host",
+                "path",
+                "header",
+                "pool",
+                "split",
+                "sticky",
+                "override",
+                "retry_unsafe",
             ],
         );
         let name = match v.str(t, "name", &path) {
@@ -1038,6 +1066,7 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
                 );
             }
         }
+        let retry_unsafe = v.bool(t, "retry_unsafe", &path).unwrap_or(false);
         out.push(Route {
             name,
             hosts,
@@ -1047,6 +1076,7 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
             sticky,
             override_header,
             override_cookie,
+            retry_unsafe,
         });
     }
     out
@@ -1129,5 +1159,6 @@ fn route_split(
     split
 }
 
+mod resilience;
 #[cfg(test)]
 mod tests;
