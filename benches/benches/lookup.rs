@@ -36,8 +36,8 @@ fn lookup(c: &mut Criterion) {
                 .route(black_box(host), black_box(path), |_| None)
                 .expect("routed");
             let target = table.pick(r, None, None);
-            black_box(table.backend(table.routes[r].pools[target.entry], i as u64))
-                .map(|b| b.weight)
+            black_box(table.backend(table.routes[r].pools[target.entry], i as u64, None, &[]))
+                .map(|c| c.index)
         })
     });
 }

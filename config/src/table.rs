@@ -75,6 +75,8 @@ pub struct RouteEntry {
     pub override_header: Option<Box<str>>,
     /// Cookie forcing a pool by name.
     pub override_cookie: Option<Box<str>>,
+    /// Retry non-idempotent requests and requests with bodies (buffered).
+    pub retry_unsafe: bool,
 }
 
 /// Where a request goes: indexes into the table that routed it.
@@ -229,6 +231,7 @@ impl RouteTable {
                 sticky: r.sticky.clone(),
                 override_header: r.override_header.as_deref().map(Into::into),
                 override_cookie: r.override_cookie.as_deref().map(Into::into),
+                retry_unsafe: r.retry_unsafe,
             })
             .collect();
 

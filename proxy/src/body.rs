@@ -48,7 +48,7 @@ pub struct ClientBodyError(pub ProxyError);
 /// A client's request body on its way upstream.
 pub struct RequestBody {
     first: Option<Frame<Bytes>>,
-    inner: Incoming,
+    inner: Option<Incoming>,
     seen: u64,
     limit: u64,
     timeout: Duration,
@@ -94,7 +94,7 @@ impl RequestBody {
         }
         Ok(RequestBody {
             first,
-            inner,
+            inner: Some(inner),
             seen,
             limit,
             timeout,
@@ -103,6 +103,42 @@ impl RequestBody {
             done,
             counter,
         })
+    }
+
+    /// A body that is already in memory, so it can be sent again on a retry.
+    pub fn full(bytes: Bytes) -> RequestBody {
+        let empty = bytes.is_empty();
+        RequestBody {
+            first: (!empty).then(|| Frame::data(bytes)),
+            inner: None,
+            seen: 0,
+            limit: u64::MAX,
+            timeout: Duration::from_secs(60),
+            sleep: None,
+            fate: Arc::new(BodyFate::default()),
+            done: true,
+            counter: None,
+        }
+    }
+
+    /// Reads the rest of the body into memory (for bodies that may be sent twice). Fails with
+    /// the client's fault, or `None` when the body is larger than `max`.
+    pub async fn collect(mut self, max: usize) -> Result<Option<Bytes>, ProxyError> {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut self).await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        if buf.len() + d.len() > max {
+                            return Ok(None);
+                        }
+                        buf.extend_from_slice(d);
+                    }
+                }
+                Err(ClientBodyError(e)) => return Err(e),
+            }
+        }
+        Ok(Some(buf.freeze()))
     }
 
     /// Shared record of why the body failed, if it does.
@@ -131,7 +167,10 @@ impl Body for RequestBody {
         if self.done {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let n = d.len() as u64;
@@ -168,11 +207,14 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && (self.done || self.inner.is_end_stream())
+        self.first.is_none() && (self.done || self.inner.as_ref().is_none_or(|i| i.is_end_stream()))
     }
 
     fn size_hint(&self) -> SizeHint {
-        let inner = self.inner.size_hint();
+        let inner = match &self.inner {
+            Some(i) if !self.done => i.size_hint(),
+            _ => SizeHint::with_exact(0),
+        };
         let n = self
             .first
             .as_ref()

@@ -23,9 +23,12 @@ pub enum ProxyError {
     /// No route matches host and path (source: proxy).
     #[error("no route")]
     NoRoute,
-    /// Every server of the chosen pool is disabled (source: proxy).
+    /// Every server of the chosen pool is disabled, unhealthy or ejected (source: proxy).
     #[error("no available backend")]
     NoAvailableBackend,
+    /// Every available server is at `max_connections`: the circuit is open (source: proxy).
+    #[error("all backends at their connection limit")]
+    Overloaded,
     /// Connection to the upstream refused, reset or closed early (source: upstream).
     #[error("upstream connection failed")]
     UpstreamConnect,
@@ -43,7 +46,9 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoAvailableBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoAvailableBackend | ProxyError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamConnect => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -56,7 +61,9 @@ impl ProxyError {
             | ProxyError::UriTooLong
             | ProxyError::BodyTooLarge
             | ProxyError::ClientTimeout => "client",
-            ProxyError::NoRoute | ProxyError::NoAvailableBackend => "proxy",
+            ProxyError::NoRoute | ProxyError::NoAvailableBackend | ProxyError::Overloaded => {
+                "proxy"
+            }
             ProxyError::UpstreamConnect | ProxyError::UpstreamTimeout => "upstream",
         }
     }

@@ -19,7 +19,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use nrdot_config::split::stable_hash;
 use nrdot_config::swap::Reader;
-use nrdot_config::{RouteTable, Sticky};
+use nrdot_config::table::NoBackend;
+use nrdot_config::{HashKey, RouteTable, Sticky};
 
 use crate::accesslog::{AccessLog, Entry};
 use crate::body::{Done, RequestBody, ResponseBody};
@@ -117,20 +118,25 @@ fn version_str(v: Version) -> &'static str {
 }
 
 /// Runs when the response body is done: the request stops counting as in flight on its server,
-/// and its access log line is written.
+/// the upstream connection goes back to the worker's pool if the exchange completed, and the
+/// access log line is written.
 pub struct Completion {
     table: Arc<RouteTable>,
     pool: usize,
     backend: usize,
     status: u16,
+    upstream: Option<upstream::Conn>,
     log: Option<Box<LogFields>>,
 }
 
 impl Done for Completion {
-    fn done(self, sent: u64, _complete: bool) {
+    fn done(self, sent: u64, complete: bool) {
         let pool = &self.table.pools[self.pool];
         pool.backends[self.backend].state.finish(false);
         pool.state.bytes_out.increment(sent);
+        if let (true, Some(c)) = (complete, self.upstream) {
+            c.release(pool.config.keepalive);
+        }
         if let Some(log) = &self.log {
             log.write(self.status, sent);
         }
@@ -195,6 +201,25 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
 
 type Failed = (ProxyError, Option<Box<LogFields>>);
 
+/// Methods that may be sent twice (RFC 9110 9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Largest body kept in memory so a `retry_unsafe` route can send it again.
+const REPLAY_LIMIT: usize = 1024 * 1024;
+
+/// The request body as the retry loop sees it.
+enum Payload {
+    /// Streams once; after the first attempt that sent it, no retry.
+    Stream(Option<RequestBody>),
+    /// In memory (or empty): can be sent any number of times.
+    Replay(Bytes),
+}
+
 async fn proxy(
     conn: &Conn,
     table: &Arc<RouteTable>,
@@ -229,8 +254,8 @@ async fn proxy(
         }
     }
 
-    // Route, split and balance with this one table; only indexes leave this block.
-    let (route, entry, pool, backend, new_sticky) = {
+    // Route and split with this one table; only indexes leave this block.
+    let (route, entry, pool, hash_key, new_sticky) = {
         let headers = req.headers();
         let Some(route) = table.route(&host, req.uri().path(), |name| {
             headers.get(name).map(|v| v.as_bytes())
@@ -265,26 +290,19 @@ async fn proxy(
         };
         let target = table.pick(route, override_pool, sticky_hash);
         let pool = r.pools[target.entry];
-        let Some(backend) = table.backend(pool, fastrand::u64(..)) else {
-            table.pools[pool].state.unavailable.increment(1);
-            if let Some(l) = log.as_mut() {
-                l.route = r.name.clone();
-            }
-            fail!(ProxyError::NoAvailableBackend)
+        let hash_key = match &table.pools[pool].config.hash_key {
+            None => None,
+            Some(HashKey::Header(h)) => headers.get(h.as_str()).map(|v| stable_hash(v.as_bytes())),
+            Some(HashKey::Cookie(c)) => cookie(headers, c).map(stable_hash),
+            Some(HashKey::ClientIp) => Some(stable_hash(conn.peer_value.as_bytes())),
         };
-        let backend = table.pools[pool]
-            .backends
-            .iter()
-            .position(|b| std::ptr::eq(b, backend))
-            .unwrap_or(0);
-        (route, target.entry, pool, backend, new_sticky)
+        if let Some(l) = log.as_mut() {
+            l.route = r.name.clone();
+        }
+        (route, target.entry, pool, hash_key, new_sticky)
     };
     let pool_entry = &table.pools[pool];
-    let backend_entry = &pool_entry.backends[backend];
-    if let Some(l) = log.as_mut() {
-        l.route = table.routes[route].name.clone();
-        l.upstream = backend_entry.authority.as_str().to_string();
-    }
+    let pcfg = &pool_entry.config;
 
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -306,33 +324,28 @@ async fn proxy(
         h.remove(header::HOST);
     }
     if !h.contains_key(header::HOST) {
-        // HTTP/2's :authority, else (HTTP/1.0 without Host) the server's own name, as nginx's
+        // HTTP/2's :authority, else (HTTP/1.0 without Host) the first server's name, as nginx's
         // default `proxy_set_header Host $proxy_host` does.
-        let authority = parts.uri.authority().unwrap_or(&backend_entry.authority);
-        match HeaderValue::from_str(authority.as_str()) {
-            Ok(v) => {
+        let fallback = pool_entry.backends.first().map(|b| &b.authority);
+        match parts
+            .uri
+            .authority()
+            .or(fallback)
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            Some(v) => {
                 h.insert(header::HOST, v);
             }
-            Err(_) => fail!(ProxyError::BadRequest),
+            None => fail!(ProxyError::BadRequest),
         }
     }
     forwarded_headers(h, trusted, &conn.peer_value, &conn.shared.proto);
     h.append(header::VIA, via.clone());
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend_entry.authority.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(_) => fail!(ProxyError::BadRequest),
-    };
-    parts.version = Version::HTTP_11;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     let body = match RequestBody::start(
         body,
@@ -345,48 +358,238 @@ async fn proxy(
         Ok(b) => b,
         Err(e) => fail!(e),
     };
-    let fate = body.fate();
-    let upstream_req = Request::from_parts(parts, body);
+    let retry_unsafe = table.routes[route].retry_unsafe;
+    let safe = idempotent(&parts.method) || retry_unsafe;
+    let mut payload = if body.is_end_stream() {
+        Payload::Replay(Bytes::new())
+    } else if retry_unsafe && pcfg.retries > 0 && !upgrade {
+        match body.collect(REPLAY_LIMIT).await {
+            Ok(Some(bytes)) => Payload::Replay(bytes),
+            Ok(None) => fail!(ProxyError::BodyTooLarge),
+            Err(e) => fail!(e),
+        }
+    } else {
+        Payload::Stream(Some(body))
+    };
 
-    // Forward.
-    let backend_state = &backend_entry.state;
-    backend_state.start();
-    let client = upstream::client(pool_entry);
-    let sent_at = Instant::now();
-    let result = tokio::time::timeout(
-        pool_entry.config.response_timeout,
-        client.request(upstream_req),
-    )
-    .await;
-    let mut resp = match result {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            if let Some(client_fault) = fate.get() {
-                backend_state.finish(false);
-                fail!(client_fault);
+    // Pick, connect, send; retry on another server where that is safe.
+    pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(&pool_entry.state.active);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut retries_left = pcfg.retries;
+    let mut in_retry = false;
+    // What the previous attempt failed with: when a retry finds no other server, the client
+    // hears about the real failure, not about the empty pool.
+    let mut last_error: Option<ProxyError> = None;
+    let outlier = pcfg.outlier.as_ref();
+    let retry_allowed = |retries_left: u32| -> bool {
+        if retries_left == 0 {
+            return false;
+        }
+        let active = pool_entry.state.active.load(Ordering::Relaxed);
+        let retrying = pool_entry.state.active_retries.load(Ordering::Relaxed);
+        let budget = (active * pcfg.retry_budget_percent as u64 / 100).max(3);
+        if retrying >= budget {
+            pool_entry.state.retry_budget_exhausted.increment(1);
+            return false;
+        }
+        true
+    };
+    let (backend, resp, upstream_conn) = loop {
+        if in_retry {
+            pool_entry
+                .state
+                .active_retries
+                .fetch_sub(1, Ordering::Relaxed);
+            in_retry = false;
+        }
+        let chosen = match table.backend(pool, fastrand::u64(..), hash_key, &tried) {
+            Ok(c) => c,
+            Err(_) if last_error.is_some() => {
+                fail!(last_error.unwrap_or(ProxyError::UpstreamConnect))
             }
-            backend_state.finish(true);
-            let timed_out = is_timeout(&e);
-            if e.is_connect() {
+            Err(NoBackend::Unavailable) => {
+                pool_entry.state.unavailable.increment(1);
+                fail!(ProxyError::NoAvailableBackend)
+            }
+            Err(NoBackend::Overloaded) => {
+                pool_entry.state.overflow.increment(1);
+                fail!(ProxyError::Overloaded)
+            }
+        };
+        if chosen.fail_open {
+            pool_entry.state.fail_open.increment(1);
+        }
+        let b = chosen.index;
+        let backend_entry = &pool_entry.backends[b];
+        let state = &backend_entry.state;
+        if let Some(l) = log.as_mut() {
+            l.upstream = backend_entry.authority.as_str().to_string();
+        }
+        let passive = |failed: bool| {
+            let Some(o) = outlier else { return };
+            let may_eject = || {
+                let n = pool_entry.backends.len();
+                let ejected = pool_entry
+                    .backends
+                    .iter()
+                    .filter(|x| x.state.ejected())
+                    .count();
+                (ejected + 1) * 100 <= n * o.max_ejection_percent as usize
+            };
+            if let Some(ms) = state.record_outcome(
+                failed,
+                o.consecutive_failures,
+                o.base_ejection.as_millis() as u64,
+                may_eject,
+            ) {
+                tracing::warn!(pool = %pcfg.name, backend = %backend_entry.authority, ejected_ms = ms, "backend ejected after consecutive failures");
+            }
+        };
+        let start_retry = |retries_left: &mut u32, in_retry: &mut bool| {
+            *retries_left -= 1;
+            *in_retry = true;
+            pool_entry.state.retries.increment(1);
+            pool_entry
+                .state
+                .active_retries
+                .fetch_add(1, Ordering::Relaxed);
+        };
+
+        state.start();
+        let mut upstream = match upstream::acquire(pool_entry, backend_entry).await {
+            Ok(c) => c,
+            Err(e) => {
+                state.finish(true);
                 pool_entry.state.connect_errors.increment(1);
+                passive(true);
+                tracing::debug!(error = %e, "upstream connect failed");
+                let timed_out = matches!(e, upstream::ConnectError::Timeout(_));
+                tried.push(b);
+                last_error = Some(if timed_out {
+                    ProxyError::UpstreamTimeout
+                } else {
+                    ProxyError::UpstreamConnect
+                });
+                // Nothing was sent: any request may go elsewhere.
+                if pcfg.retry_on.connect_failure && retry_allowed(retries_left) {
+                    start_retry(&mut retries_left, &mut in_retry);
+                    continue;
+                }
+                if timed_out {
+                    pool_entry.state.timeouts.increment(1);
+                    fail!(ProxyError::UpstreamTimeout);
+                }
+                fail!(ProxyError::UpstreamConnect);
             }
-            tracing::debug!(upstream = %backend_entry.authority, error = ?e, "upstream request failed");
-            if timed_out {
+        };
+        let (request_body, replayable) = match &mut payload {
+            Payload::Replay(bytes) => (RequestBody::full(bytes.clone()), true),
+            Payload::Stream(b) => match b.take() {
+                Some(b) => (b, false),
+                None => fail!(ProxyError::UpstreamConnect),
+            },
+        };
+        let fate = request_body.fate();
+        let mut p = http::uri::Parts::default();
+        p.scheme = Some(Scheme::HTTP);
+        p.authority = Some(backend_entry.authority.clone());
+        p.path_and_query = Some(path_and_query.clone());
+        let uri = match Uri::from_parts(p) {
+            Ok(u) => u,
+            Err(_) => fail!(ProxyError::BadRequest),
+        };
+        let mut builder = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(Version::HTTP_11);
+        if let Some(h) = builder.headers_mut() {
+            *h = if replayable {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+        }
+        let upstream_req = match builder.body(request_body) {
+            Ok(r) => r,
+            Err(_) => fail!(ProxyError::BadRequest),
+        };
+        let sent_at = Instant::now();
+        let result = tokio::time::timeout(
+            pcfg.response_timeout,
+            upstream.sender.try_send_request(upstream_req),
+        )
+        .await;
+        match result {
+            Ok(Ok(resp)) => {
+                pool_entry
+                    .state
+                    .latency
+                    .record(sent_at.elapsed().as_secs_f64());
+                let status = resp.status().as_u16();
+                passive(status >= 500);
+                // Only when another server could answer: otherwise this answer is the best one.
+                if pcfg.retry_on.statuses.contains(&status)
+                    && safe
+                    && replayable
+                    && tried.len() + 1 < pool_entry.backends.len()
+                    && retry_allowed(retries_left)
+                {
+                    state.finish(true);
+                    tried.push(b);
+                    start_retry(&mut retries_left, &mut in_retry);
+                    continue;
+                }
+                break (b, resp, upstream);
+            }
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message();
+                let client_fault = fate.get();
+                // A reused connection the server had already closed is not the server's fault.
+                let server_fault = client_fault.is_none() && !(unsent.is_some() && upstream.reused);
+                state.finish(server_fault);
+                if let Some(fault) = client_fault {
+                    fail!(fault);
+                }
+                tracing::debug!(upstream = %backend_entry.authority, error = %e.error(), reused = upstream.reused, "upstream request failed");
+                if server_fault {
+                    passive(true);
+                }
+                if let Some(req) = unsent {
+                    // Never sent: send it again, untouched, on a fresh connection.
+                    if let Payload::Stream(slot) = &mut payload {
+                        let (sent_parts, sent_body) = req.into_parts();
+                        parts.headers = sent_parts.headers;
+                        *slot = Some(sent_body);
+                    }
+                    if server_fault {
+                        tried.push(b);
+                    }
+                    continue;
+                }
+                tried.push(b);
+                last_error = Some(ProxyError::UpstreamConnect);
+                if pcfg.retry_on.reset && safe && replayable && retry_allowed(retries_left) {
+                    start_retry(&mut retries_left, &mut in_retry);
+                    continue;
+                }
+                fail!(ProxyError::UpstreamConnect);
+            }
+            Err(_) => {
+                state.finish(true);
+                passive(true);
                 pool_entry.state.timeouts.increment(1);
                 fail!(ProxyError::UpstreamTimeout);
             }
-            fail!(ProxyError::UpstreamConnect);
-        }
-        Err(_) => {
-            backend_state.finish(true);
-            pool_entry.state.timeouts.increment(1);
-            fail!(ProxyError::UpstreamTimeout);
         }
     };
-    pool_entry
-        .state
-        .latency
-        .record(sent_at.elapsed().as_secs_f64());
+    if in_retry {
+        pool_entry
+            .state
+            .active_retries
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+    let mut resp = resp;
     let status = resp.status();
     table.routes[route].counters[entry].count(status.as_u16());
 
@@ -403,6 +606,7 @@ async fn proxy(
         pool,
         backend,
         status: status.as_u16(),
+        upstream: (!switching).then_some(upstream_conn),
         log,
     };
     if switching {
@@ -418,7 +622,7 @@ async fn proxy(
                     let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
                     let r = tokio::io::copy_bidirectional(&mut c, &mut u).await;
                     let bytes = r.map(|(_, down)| down).unwrap_or(0);
-                    completion.done(bytes, true);
+                    completion.done(bytes, false);
                 }
                 (c, u) => {
                     tracing::debug!(client = ?c.err(), upstream = ?u.err(), "upgrade failed");
@@ -435,17 +639,13 @@ async fn proxy(
     Ok(resp.map(|b| Either::Left(ResponseBody::new(b, completion))))
 }
 
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        source = s.source();
+/// Decrements a pool's in-flight count when the request is done with retries.
+struct ActiveGuard<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
-    false
 }
 
 /// The host a request is for: lower case, without port. `None` when missing or malformed

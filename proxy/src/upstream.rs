@@ -1,65 +1,147 @@
-//! Upstream HTTP/1.1 clients with keep-alive pools, one set per worker thread. A worker's
-//! connections are only used by that worker, so the pool's bookkeeping is never contended, and a
-//! pool outlives table swaps: it is found by the pool's long-lived slot, not through the table.
+//! Upstream HTTP/1.1 connections, pooled per worker thread and per server. A worker's idle
+//! connections are only touched by that worker, so the pool needs no lock; it is found by the
+//! server's long-lived slot, so it survives table swaps. Connecting is separate from sending:
+//! a failed connect has sent nothing, so the request can go to another server untouched.
+//! A sweep every second closes idle connections that expired or whose server is no longer
+//! available (drained, disabled, ejected, removed).
 use std::cell::RefCell;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use nrdot_config::table::PoolEntry;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use nrdot_config::state::BackendState;
+use nrdot_config::table::{BackendEntry, PoolEntry};
 
 use crate::body::RequestBody;
 
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
 
-/// The settings a client was built with; a change rebuilds the client.
-#[derive(PartialEq, Eq, Clone, Copy)]
-struct Settings {
-    keepalive: usize,
-    idle: Duration,
-    connect: Duration,
+struct Slot {
+    idle: Vec<Idle>,
+    backend: Weak<BackendState>,
+    idle_timeout: Duration,
 }
 
 thread_local! {
-    static CLIENTS: RefCell<Vec<Option<(Settings, UpstreamClient)>>> = const { RefCell::new(Vec::new()) };
+    static SLOTS: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// This worker's client for `pool`, built on first use.
-pub fn client(pool: &PoolEntry) -> UpstreamClient {
-    let settings = Settings {
-        keepalive: pool.config.keepalive,
-        idle: pool.config.keepalive_idle_timeout,
-        connect: pool.config.connect_timeout,
-    };
-    let slot = pool.state.slot;
-    CLIENTS.with(|c| {
-        let mut clients = c.borrow_mut();
-        if clients.len() <= slot {
-            clients.resize_with(slot + 1, || None);
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Refused, unreachable, reset during the handshake, or the name did not resolve.
+    #[error("connect to {0} failed: {1}")]
+    Failed(String, std::io::Error),
+    /// No answer within `connect_timeout`.
+    #[error("connect to {0} timed out")]
+    Timeout(String),
+}
+
+/// A connection ready for one request.
+pub struct Conn {
+    /// The request sender.
+    pub sender: SendRequest<RequestBody>,
+    slot: usize,
+    /// Whether it came from the idle pool (a reused connection may have been closed by the
+    /// server in the meantime; such a failure is not the server's fault).
+    pub reused: bool,
+}
+
+impl Conn {
+    /// Returns the connection to this worker's pool after a complete exchange.
+    pub fn release(self, keepalive: usize) {
+        if self.sender.is_closed() || keepalive == 0 {
+            return;
         }
-        match &clients[slot] {
-            Some((s, client)) if *s == settings => client.clone(),
-            _ => {
-                let client = build(settings);
-                clients[slot] = Some((settings, client.clone()));
-                client
+        SLOTS.with(|s| {
+            if let Some(Some(slot)) = s.borrow_mut().get_mut(self.slot) {
+                if slot.idle.len() < keepalive {
+                    slot.idle.push(Idle {
+                        sender: self.sender,
+                        since: Instant::now(),
+                    });
+                }
+            }
+        });
+    }
+}
+
+/// An idle connection to `backend` if one is usable, else a new one.
+pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, ConnectError> {
+    let slot = backend.state.slot;
+    let idle_timeout = pool.config.keepalive_idle_timeout;
+    let reused = SLOTS.with(|s| {
+        let mut slots = s.borrow_mut();
+        if slots.len() <= slot {
+            slots.resize_with(slot + 1, || None);
+        }
+        let entry = slots[slot].get_or_insert_with(|| Slot {
+            idle: Vec::new(),
+            backend: Arc::downgrade(&backend.state),
+            idle_timeout,
+        });
+        entry.idle_timeout = idle_timeout;
+        while let Some(c) = entry.idle.pop() {
+            if c.since.elapsed() < idle_timeout && !c.sender.is_closed() && c.sender.is_ready() {
+                return Some(c.sender);
             }
         }
+        None
+    });
+    if let Some(sender) = reused {
+        return Ok(Conn {
+            sender,
+            slot,
+            reused: true,
+        });
+    }
+    let addr = backend.authority.as_str();
+    let stream = match tokio::time::timeout(
+        pool.config.connect_timeout,
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    {
+        Err(_) => return Err(ConnectError::Timeout(addr.to_string())),
+        Ok(Err(e)) => return Err(ConnectError::Failed(addr.to_string(), e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Failed(addr.to_string(), std::io::Error::other(e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(Conn {
+        sender,
+        slot,
+        reused: false,
     })
 }
 
-fn build(s: Settings) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(s.connect));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(s.idle)
-        .pool_max_idle_per_host(s.keepalive)
-        .set_host(false)
-        .http1_preserve_header_case(false)
-        .build(connector)
+/// Closes this worker's idle connections that expired or whose server no longer takes
+/// requests. Runs every second on each worker.
+pub fn sweep() {
+    SLOTS.with(|s| {
+        for entry in s.borrow_mut().iter_mut() {
+            let Some(slot) = entry else { continue };
+            match slot.backend.upgrade() {
+                None => *entry = None, // removed from the configuration
+                Some(b) if !b.available() => slot.idle.clear(),
+                Some(_) => {
+                    let timeout = slot.idle_timeout;
+                    slot.idle
+                        .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+                }
+            }
+        }
+    });
 }

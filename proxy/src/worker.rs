@@ -112,6 +112,13 @@ fn worker(
         }
     };
     rt.block_on(async move {
+        let sweeper = tokio::spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                crate::upstream::sweep();
+            }
+        });
         let graceful = Arc::new(GracefulShutdown::new());
         let mut accept_loops = Vec::new();
         for (shared, socket) in sockets {
@@ -153,6 +160,7 @@ fn worker(
             let _ = l.await; // drops the listening sockets
         }
         let Ok(graceful) = Arc::try_unwrap(graceful) else {
+            sweeper.abort();
             return;
         };
         if tokio::time::timeout(grace, graceful.shutdown())

@@ -147,7 +147,7 @@ fn health_check(v: &mut V<'_>, t: &dyn TableLike, path: &str) -> Option<HealthCh
             "initial",
         ],
     );
-    let kind = match v.str(h, "type", &hp).map(|(s, span)| (s, span)) {
+    let kind = match v.str(h, "type", &hp) {
         Some((k, span)) if k != "http" && k != "tcp" => {
             v.push(
                 &format!("{hp}.type"),
