@@ -111,8 +111,12 @@ pub struct BackendInfo {
     pub weight: u32,
     /// `enabled`, `draining` (disabled with requests in flight) or `disabled`.
     pub admin_state: &'static str,
-    /// `unknown` until health checks run.
+    /// `unknown` (no check, or no result yet), `healthy` or `unhealthy`.
     pub health: &'static str,
+    /// Ejected by passive health checking right now.
+    pub ejected: bool,
+    /// Share of its weight the server's agent reports (100 without an agent).
+    pub agent_percent: u8,
     /// Requests in flight now.
     pub in_flight: u64,
     /// Requests sent since start.
@@ -130,7 +134,11 @@ pub struct Control {
     file: Option<PathBuf>,
     environment: Option<String>,
     state: Mutex<State>,
+    events: Mutex<std::collections::VecDeque<serde_json::Value>>,
 }
+
+/// Events kept for `GET /api/v2/events`.
+const EVENTS_KEPT: usize = 1000;
 
 fn runtime_checksum(disabled: &BTreeSet<String>) -> String {
     durable::sha256_hex(
@@ -241,9 +249,37 @@ impl Control {
                     version: meta,
                     disabled,
                 }),
+                events: Mutex::new(std::collections::VecDeque::new()),
             },
             created,
         ))
+    }
+
+    /// Records a runtime event (health transitions, ejections, agent changes, rollout steps):
+    /// logged, counted, and kept for `GET /api/v2/events`.
+    pub fn event(&self, kind: &str, target: &str, detail: &str) {
+        tracing::info!(event = kind, target, "{detail}");
+        metrics::counter!("nrdot_events_total", "kind" => kind.to_string()).increment(1);
+        let mut events = self.events.lock().expect("events poisoned");
+        if events.len() >= EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(serde_json::json!({
+            "time": crate::store::now_rfc3339(),
+            "kind": kind,
+            "target": target,
+            "detail": detail,
+        }));
+    }
+
+    /// The most recent events, oldest first.
+    pub fn events(&self, limit: usize) -> Vec<serde_json::Value> {
+        let events = self.events.lock().expect("events poisoned");
+        events
+            .iter()
+            .skip(events.len().saturating_sub(limit))
+            .cloned()
+            .collect()
     }
 
     /// A reader for a worker.
@@ -453,12 +489,14 @@ impl Control {
                         pool: p.config.name.clone(),
                         address: s.address.to_string(),
                         weight: b.weight,
-                        admin_state: match (s.available(), in_flight) {
+                        admin_state: match (s.enabled.load(Ordering::Relaxed), in_flight) {
                             (true, _) => "enabled",
                             (false, 0) => "disabled",
                             (false, _) => "draining",
                         },
-                        health: "unknown",
+                        health: s.health().as_str(),
+                        ejected: s.ejected(),
+                        agent_percent: s.agent_percent(),
                         in_flight,
                         requests: s.requests.load(Ordering::Relaxed),
                         failures: s.failures.load(Ordering::Relaxed),

@@ -16,6 +16,7 @@
 //! | GET | `/api/v2/backends` | viewer | every backend with admin state, health, in-flight, totals |
 //! | POST | `/api/v2/backends/{id}/disable?wait=30s` | operator | drain: no new requests; with `wait`, answers when in-flight reaches 0 (or 202 at the deadline) |
 //! | POST | `/api/v2/backends/{id}/enable` | operator | back in rotation |
+//! | GET | `/api/v2/events?limit=N` | viewer | last N runtime events (health, ejections, agents, rollouts) |
 //! | GET | `/api/v2/audit?limit=N` | viewer | last N audit entries |
 //! | GET | `/api/v2/audit/verify` | viewer | 200 chain intact; 409 where it breaks |
 //! | GET | `/api/v2/tokens` | admin | token names and roles |
@@ -402,6 +403,12 @@ async fn api(
             };
             json_response(status, json!({ "backends": backends, "drained": drained }))
         }
+        (Method::GET, ["events"]) => {
+            let limit = query(&req, "limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100usize);
+            json_response(StatusCode::OK, json!({ "events": control.events(limit) }))
+        }
         (Method::GET, ["audit"]) => {
             let limit = query(&req, "limit")
                 .and_then(|l| l.parse().ok())
@@ -465,7 +472,10 @@ async fn api(
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
-        (_, ["openapi.json" | "version" | "config" | "backends" | "audit" | "tokens"])
+        (
+            _,
+            ["openapi.json" | "version" | "config" | "backends" | "audit" | "tokens" | "events"],
+        )
         | (_, ["config", "versions" | "diff" | "rollback", ..])
         | (_, ["backends", ..])
         | (_, ["audit", "verify"])
@@ -572,9 +582,10 @@ async fn put_config(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Res
     }
 }
 
-/// `/health?server=S`: connects to every backend matching S now (1 s timeout). 200 when all
-/// answer, 503 when one does not, 404 when none matches. Until active health checks exist this
-/// is what `nrdot health check --server S` relies on after an upgrade.
+/// `/health?server=S`: checks every backend matching S now — with its pool's health check when
+/// it has one, else a TCP connect (1 s). 200 when all pass, 503 when one fails, 404 when none
+/// matches. A drained server is checked too: this is how a rolling upgrade asks whether an
+/// upgraded server may go back into rotation.
 async fn probe(admin: &Admin, server: &str) -> Response<Full<Bytes>> {
     let matching: Vec<_> = admin
         .control
@@ -632,7 +643,7 @@ fn health(admin: &Admin) -> Response<Full<Bytes>> {
         .control
         .backends()
         .into_iter()
-        .map(|b| json!({ "id": b.id, "address": b.address, "admin_state": b.admin_state, "health": b.health }))
+        .map(|b| json!({ "id": b.id, "address": b.address, "admin_state": b.admin_state, "health": b.health, "ejected": b.ejected }))
         .collect();
     let v = admin.control.version();
     json_response(

@@ -14,6 +14,7 @@ pub mod client;
 pub mod control;
 pub mod demo;
 pub mod durable;
+pub mod health;
 pub mod http;
 pub mod offline;
 pub mod openapi;

@@ -144,6 +144,7 @@ pub fn document() -> Value {
             "/api/v2/backends/{id}/disable": { "post": disable },
             "/api/v2/backends/{id}/enable": { "post": enable },
             "/api/v2/audit": { "get": audit },
+            "/api/v2/events": { "get": op("Recent runtime events: health transitions, ejections, agent reports, rollout steps", "viewer", &[("200", "events, oldest first")]) },
             "/api/v2/audit/verify": { "get": op("Verify the audit chain", "viewer", &[("200", "intact"), ("409", "broken: where and how")]) },
             "/api/v2/tokens": {
                 "get": op("Token names and roles", "admin", &[("200", "tokens")]),

@@ -98,6 +98,7 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
         println!("nrdot: admin on {admin_addr}");
         let v = control.version();
         println!("nrdot: {workers} worker thread(s), config version {} ({})", v.id, &v.checksum[..12]);
+        let prober = tokio::spawn(crate::health::run(Arc::clone(&control)));
         let upkeep = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
@@ -120,6 +121,7 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
         let _ = stop_tx.send(());
         let _ = admin_task.await;
         upkeep.abort();
+        prober.abort();
         anyhow::Ok(())
     })?;
     data_plane.shutdown(grace);

@@ -377,7 +377,8 @@ async fn proxy(
     let _active = ActiveGuard(&pool_entry.state.active);
     let mut tried: Vec<usize> = Vec::new();
     let mut retries_left = pcfg.retries;
-    let mut in_retry = false;
+    // Counts this request in the pool's retries in flight while a retry attempt runs.
+    let mut retry_slot: Option<ActiveGuard> = None;
     // What the previous attempt failed with: when a retry finds no other server, the client
     // hears about the real failure, not about the empty pool.
     let mut last_error: Option<ProxyError> = None;
@@ -396,13 +397,6 @@ async fn proxy(
         true
     };
     let (backend, resp, upstream_conn) = loop {
-        if in_retry {
-            pool_entry
-                .state
-                .active_retries
-                .fetch_sub(1, Ordering::Relaxed);
-            in_retry = false;
-        }
         let chosen = match table.backend(pool, fastrand::u64(..), hash_key, &tried) {
             Ok(c) => c,
             Err(_) if last_error.is_some() => {
@@ -446,20 +440,12 @@ async fn proxy(
                 tracing::warn!(pool = %pcfg.name, backend = %backend_entry.authority, ejected_ms = ms, "backend ejected after consecutive failures");
             }
         };
-        let start_retry = |retries_left: &mut u32, in_retry: &mut bool| {
-            *retries_left -= 1;
-            *in_retry = true;
-            pool_entry.state.retries.increment(1);
-            pool_entry
-                .state
-                .active_retries
-                .fetch_add(1, Ordering::Relaxed);
-        };
 
         state.start();
         let mut upstream = match upstream::acquire(pool_entry, backend_entry).await {
             Ok(c) => c,
             Err(e) => {
+                drop(retry_slot.take()); // this attempt is over
                 state.finish(true);
                 pool_entry.state.connect_errors.increment(1);
                 passive(true);
@@ -473,7 +459,7 @@ async fn proxy(
                 });
                 // Nothing was sent: any request may go elsewhere.
                 if pcfg.retry_on.connect_failure && retry_allowed(retries_left) {
-                    start_retry(&mut retries_left, &mut in_retry);
+                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
                     continue;
                 }
                 if timed_out {
@@ -520,6 +506,7 @@ async fn proxy(
             upstream.sender.try_send_request(upstream_req),
         )
         .await;
+        drop(retry_slot.take()); // this attempt is over
         match result {
             Ok(Ok(resp)) => {
                 pool_entry
@@ -537,7 +524,7 @@ async fn proxy(
                 {
                     state.finish(true);
                     tried.push(b);
-                    start_retry(&mut retries_left, &mut in_retry);
+                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
                     continue;
                 }
                 break (b, resp, upstream);
@@ -570,7 +557,7 @@ async fn proxy(
                 tried.push(b);
                 last_error = Some(ProxyError::UpstreamConnect);
                 if pcfg.retry_on.reset && safe && replayable && retry_allowed(retries_left) {
-                    start_retry(&mut retries_left, &mut in_retry);
+                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
                     continue;
                 }
                 fail!(ProxyError::UpstreamConnect);
@@ -583,12 +570,7 @@ async fn proxy(
             }
         }
     };
-    if in_retry {
-        pool_entry
-            .state
-            .active_retries
-            .fetch_sub(1, Ordering::Relaxed);
-    }
+    drop(retry_slot);
     let mut resp = resp;
     let status = resp.status();
     table.routes[route].counters[entry].count(status.as_u16());
@@ -639,7 +621,15 @@ async fn proxy(
     Ok(resp.map(|b| Either::Left(ResponseBody::new(b, completion))))
 }
 
-/// Decrements a pool's in-flight count when the request is done with retries.
+/// Counts a retry: one fewer left, one more in flight until the guard drops.
+fn begin_retry<'a>(pool: &'a nrdot_config::state::PoolState, left: &mut u32) -> ActiveGuard<'a> {
+    *left -= 1;
+    pool.retries.increment(1);
+    pool.active_retries.fetch_add(1, Ordering::Relaxed);
+    ActiveGuard(&pool.active_retries)
+}
+
+/// Decrements one of a pool's in-flight counts when dropped.
 struct ActiveGuard<'a>(&'a std::sync::atomic::AtomicU64);
 
 impl Drop for ActiveGuard<'_> {

@@ -21,11 +21,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A test origin. Paths choose behaviour:
 /// - `/status/N` answers status N;
 /// - `/sleep/MS` waits MS milliseconds, then answers;
-/// - `/reset` closes the connection without answering;
+/// - `/reset` closes the connection without answering; `/slowreset/MS` waits first;
 /// - `/big/N` answers N bytes;
 /// - `/hop` answers with hop-by-hop headers that nrdot must remove;
+/// - `/agent` answers the agent text set with [`Origin::set_agent`];
 /// - a request with `Upgrade` is answered 101 and its bytes are echoed back;
-/// - anything else answers 200 with a JSON echo of the request (method, path, headers, body length).
+/// - anything else answers 200 with a JSON echo of the request (method, path, headers, body
+///   length), or the status set with [`Origin::set_status`].
 ///
 /// Every response carries `x-origin: <name>`.
 pub struct Origin {
@@ -33,9 +35,17 @@ pub struct Origin {
     pub addr: SocketAddr,
     /// Name it answers with.
     pub name: String,
-    hits: Arc<AtomicU64>,
-    connections: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
+    shared: Arc<OriginShared>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+struct OriginShared {
+    name: String,
+    hits: AtomicU64,
+    connections: AtomicU64,
+    open: AtomicU64,
+    status: AtomicU64,
+    agent: std::sync::Mutex<String>,
 }
 
 impl Origin {
@@ -47,64 +57,108 @@ impl Origin {
         Origin::serve(name, listener)
     }
 
-    /// Starts an origin on an already bound listener (to restart on the same port).
+    /// Starts an origin on `addr` again (after [`Origin::stop`]), retrying while the port is busy.
+    pub async fn restart_on(name: &str, addr: SocketAddr) -> Origin {
+        for _ in 0..100 {
+            if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+                return Origin::serve(name, l);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("cannot bind {addr} again");
+    }
+
+    /// Starts an origin on an already bound listener.
     pub fn serve(name: &str, listener: tokio::net::TcpListener) -> Origin {
         let addr = listener.local_addr().expect("origin addr");
-        let hits = Arc::new(AtomicU64::new(0));
-        let connections = Arc::new(AtomicU64::new(0));
-        let (n, h, c) = (
-            name.to_string(),
-            Arc::clone(&hits),
-            Arc::clone(&connections),
-        );
-        let task = tokio::spawn(async move {
+        let shared = Arc::new(OriginShared {
+            name: name.to_string(),
+            hits: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            status: AtomicU64::new(0),
+            agent: std::sync::Mutex::new("up".into()),
+        });
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let sh = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut stop_accept = stop_rx.clone();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let accepted = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = stop_accept.changed() => return,
                 };
-                c.fetch_add(1, Ordering::SeqCst);
-                let (n, h) = (n.clone(), Arc::clone(&h));
+                let Ok((stream, _)) = accepted else { continue };
+                sh.connections.fetch_add(1, Ordering::SeqCst);
+                sh.open.fetch_add(1, Ordering::SeqCst);
+                let (sh, mut stop_conn) = (Arc::clone(&sh), stop_rx.clone());
                 tokio::spawn(async move {
+                    let svc_shared = Arc::clone(&sh);
                     let svc = hyper::service::service_fn(move |req| {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        origin_handle(n.clone(), req)
+                        svc_shared.hits.fetch_add(1, Ordering::SeqCst);
+                        origin_handle(Arc::clone(&svc_shared), req)
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                        .with_upgrades();
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop_conn.changed() => {}
+                    }
+                    sh.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
         Origin {
             addr,
             name: name.to_string(),
-            hits,
-            connections,
-            task,
+            shared,
+            stop,
         }
     }
 
     /// Requests received so far.
     pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::SeqCst)
+        self.shared.hits.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::SeqCst)
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting and closes the port.
-    pub fn stop(self) {
-        self.task.abort();
+    /// Connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// Makes every ordinary request answer `status` (0: back to normal).
+    pub fn set_status(&self, status: u16) {
+        self.shared.status.store(status as u64, Ordering::SeqCst);
+    }
+
+    /// What `/agent` answers.
+    pub fn set_agent(&self, text: &str) {
+        *self.shared.agent.lock().expect("agent") = text.to_string();
+    }
+
+    /// Stops accepting and closes every connection, like a crashed server.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
 
 async fn origin_handle(
-    name: String,
+    shared: Arc<OriginShared>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let name = shared.name.clone();
     let path = req.uri().path().to_string();
     let mut resp = Response::new(Full::new(Bytes::new()));
     resp.headers_mut()
@@ -143,6 +197,21 @@ async fn origin_handle(
     }
     if path == "/reset" {
         return Err(std::io::Error::other("reset on purpose"));
+    }
+    if let Some(ms) = path.strip_prefix("/slowreset/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        return Err(std::io::Error::other("reset on purpose"));
+    }
+    if path == "/agent" {
+        let text = shared.agent.lock().expect("agent").clone();
+        *resp.body_mut() = Full::new(Bytes::from(text));
+        return Ok(resp);
+    }
+    let forced = shared.status.load(Ordering::SeqCst) as u16;
+    if forced != 0 {
+        *resp.status_mut() =
+            StatusCode::from_u16(forced).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(resp);
     }
     if let Some(n) = path.strip_prefix("/big/") {
         *resp.body_mut() = Full::new(Bytes::from(vec![b'x'; n.parse().unwrap_or(0)]));
