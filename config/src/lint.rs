@@ -59,10 +59,12 @@ pub fn lint(config: &Config) -> Vec<Warning> {
     }
     for (i, p) in config.pools.iter().enumerate() {
         let path = format!("pool[{i}]");
-        warn(
-            path.clone(),
-            format!("pool {:?} has no health check: a dead server is only noticed by the requests that fail on it", p.name),
-        );
+        if p.health_check.is_none() {
+            warn(
+                path.clone(),
+                format!("pool {:?} has no health check: a dead server is only noticed by the requests that fail on it", p.name),
+            );
+        }
         let serving = p.servers.iter().filter(|s| s.weight > 0).count();
         if serving == 1 {
             warn(
