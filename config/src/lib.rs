@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod document;
+pub mod edit;
 pub mod error;
 pub mod lint;
 pub mod model;

@@ -293,6 +293,8 @@ pub struct PoolState {
     pub active: AtomicU64,
     /// Retries of this pool in flight.
     pub active_retries: AtomicU64,
+    /// Monotonic outcome totals, sampled by the rollout analysis.
+    pub outcomes: Outcomes,
     /// Request body bytes sent to the pool's servers.
     pub bytes_in: Counter,
     /// Response body bytes received from them and sent to clients.
@@ -319,9 +321,56 @@ impl PoolState {
             ),
             active: AtomicU64::new(0),
             active_retries: AtomicU64::new(0),
+            outcomes: Outcomes::default(),
             bytes_in: metrics::counter!("nrdot_pool_request_bytes_total", &labels),
             bytes_out: metrics::counter!("nrdot_pool_response_bytes_total", &labels),
         }
+    }
+}
+
+/// Upper bounds (ms) of the latency buckets the analysis computes percentiles from.
+pub const LATENCY_BOUNDS_MS: [u64; 16] = [
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, u64::MAX,
+];
+
+/// Totals of upstream attempts of one pool: every attempt counts, and an error is a 5xx
+/// answer, a connect failure, a reset or a timeout. Only ever increases; readers diff two
+/// samples to get a window.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    /// Attempts.
+    pub requests: AtomicU64,
+    /// Failed attempts.
+    pub errors: AtomicU64,
+    /// Answered attempts by latency bucket (see [`LATENCY_BOUNDS_MS`]).
+    pub latency: [AtomicU64; 16],
+}
+
+impl Outcomes {
+    /// Counts one attempt.
+    #[inline]
+    pub fn record(&self, error: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the time an answered attempt took to its response head.
+    #[inline]
+    pub fn record_latency(&self, took: std::time::Duration) {
+        let ms = took.as_millis() as u64;
+        let i = LATENCY_BOUNDS_MS.iter().position(|&b| ms <= b).unwrap_or(15);
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A snapshot: (requests, errors, latency buckets).
+    pub fn sample(&self) -> (u64, u64, [u64; 16]) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+            std::array::from_fn(|i| self.latency[i].load(Ordering::Relaxed)),
+        )
     }
 }
 

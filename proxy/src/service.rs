@@ -421,6 +421,7 @@ async fn proxy(
             l.upstream = backend_entry.authority.as_str().to_string();
         }
         let passive = |failed: bool| {
+            pool_entry.state.outcomes.record(failed);
             let Some(o) = outlier else { return };
             let may_eject = || {
                 let n = pool_entry.backends.len();
@@ -509,10 +510,9 @@ async fn proxy(
         drop(retry_slot.take()); // this attempt is over
         match result {
             Ok(Ok(resp)) => {
-                pool_entry
-                    .state
-                    .latency
-                    .record(sent_at.elapsed().as_secs_f64());
+                let took = sent_at.elapsed();
+                pool_entry.state.latency.record(took.as_secs_f64());
+                pool_entry.state.outcomes.record_latency(took);
                 let status = resp.status().as_u16();
                 passive(status >= 500);
                 // Only when another server could answer: otherwise this answer is the best one.
