@@ -95,6 +95,12 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Progressive delivery: canary, blue-green, rolling.
+    Rollout {
+        /// Rollout verb.
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Credentials.
     Admin {
         /// Admin verb.
@@ -249,4 +255,127 @@ pub enum AdminCommand {
         #[arg(long)]
         role: String,
     },
+}
+
+/// `nrdot rollout …`
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Raise a pool's share of a route step by step, rolling back automatically on bad numbers.
+    Canary {
+        /// Route whose split changes.
+        #[arg(long)]
+        route: String,
+        /// The new version's pool.
+        #[arg(long)]
+        to: String,
+        /// The stable pool (default: the route's other pool with the most weight).
+        #[arg(long)]
+        from: Option<String>,
+        /// Canary weights per step, percent.
+        #[arg(long, default_value = "10,50,100")]
+        steps: String,
+        /// Observation time per step.
+        #[arg(long, default_value = "30m")]
+        interval: String,
+        /// Roll back above this error rate…
+        #[arg(long, default_value = "5%")]
+        max_error_rate: String,
+        /// …measured over this window.
+        #[arg(long, default_value = "5m")]
+        error_for: String,
+        /// Roll back above this p99 latency (same window).
+        #[arg(long)]
+        max_p99: Option<String>,
+        /// Roll back below this share of healthy canary servers…
+        #[arg(long, default_value = "50%")]
+        min_healthy: String,
+        /// …held this long.
+        #[arg(long, default_value = "2m")]
+        healthy_for: String,
+        /// Pause for approval above this memory use…
+        #[arg(long, default_value = "90%")]
+        memory_threshold: String,
+        /// …held this long.
+        #[arg(long, default_value = "10m")]
+        memory_for: String,
+        /// Requests a window needs before its error rate counts.
+        #[arg(long, default_value_t = 20)]
+        min_requests: u64,
+        /// Wait until the rollout ends; exit 0 only when it completed.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Switch a route to a new pool once it is healthy; keep the old pool for a while.
+    BlueGreen {
+        /// Route to switch.
+        #[arg(long)]
+        route: String,
+        /// The new pool.
+        #[arg(long)]
+        to: String,
+        /// The old pool (default: the route's other pool with the most weight).
+        #[arg(long)]
+        from: Option<String>,
+        /// How long the old pool stays configured (and `rollback` stays instant).
+        #[arg(long, default_value = "24h")]
+        keep_old: String,
+        /// Wait until the rollout ends.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Upgrade a pool's servers a batch at a time: drain, run the hook, wait for health, enable.
+    Rolling {
+        /// Pool to upgrade.
+        #[arg(long)]
+        pool: String,
+        /// Servers per batch.
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
+        /// Shell command run per server; `{server}` is its address.
+        #[arg(long)]
+        hook: String,
+        /// Longest wait for a drain, a hook, or a health check.
+        #[arg(long, default_value = "300s")]
+        wait: String,
+        /// Wait until the rollout ends.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Pass the current step now.
+    Promote {
+        /// Rollout id.
+        id: u64,
+    },
+    /// Stop progressing (traffic stays as it is).
+    Pause {
+        /// Rollout id.
+        id: u64,
+    },
+    /// Continue after `pause`.
+    Resume {
+        /// Rollout id.
+        id: u64,
+    },
+    /// Stop and send everyone to the old side at once.
+    Abort {
+        /// Rollout id.
+        id: u64,
+    },
+    /// Continue after a trigger that asked for approval.
+    Approve {
+        /// Rollout id.
+        id: u64,
+    },
+    /// Send everyone back to the old side (also inside a blue-green keep window).
+    Rollback {
+        /// Rollout id.
+        id: u64,
+    },
+    /// One rollout: phase, step, weight, analysis, events.
+    Status {
+        /// Rollout id.
+        id: u64,
+    },
+    /// Every rollout.
+    List,
 }

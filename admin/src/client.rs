@@ -611,3 +611,123 @@ pub fn token(c: &Client, name: &str, role: Option<&str>) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+fn print_rollout(r: &Value) {
+    println!(
+        "rollout {} ({}): {} step {} weight {}%{}",
+        s(&r["id"]),
+        s(&r["plan"]["kind"]),
+        s(&r["phase"]),
+        r["step"].as_u64().map(|n| n + 1).unwrap_or(0),
+        s(&r["weight"]),
+        match r["reason"].as_str() {
+            Some(reason) if !reason.is_empty() => format!(" - {reason}"),
+            _ => String::new(),
+        }
+    );
+}
+
+fn terminal(phase: &str) -> bool {
+    matches!(phase, "completed" | "rolled_back" | "aborted" | "failed" | "awaiting_approval")
+}
+
+/// `nrdot rollout canary | blue-green | rolling`.
+pub fn rollout_create(c: &Client, body: Value, follow: bool) -> ExitCode {
+    let (status, r) = call_or_exit!(c.call(Method::POST, "/api/v2/rollouts", Some(("application/json", body.to_string().into_bytes())), &[]));
+    if status != StatusCode::CREATED {
+        return fail(status, &r);
+    }
+    if c.json && !follow {
+        c.print_json(&r);
+        return ExitCode::SUCCESS;
+    }
+    print_rollout(&r);
+    if !follow {
+        return ExitCode::SUCCESS;
+    }
+    let id = r["id"].as_u64().unwrap_or(0);
+    let mut shown = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let (status, r) = call_or_exit!(c.call(Method::GET, &format!("/api/v2/rollouts/{id}"), None, &[]));
+        if !status.is_success() {
+            return fail(status, &r);
+        }
+        let events = r["events"].as_array().map(|a| a.as_slice()).unwrap_or(&[]);
+        for e in events.iter().skip(shown) {
+            println!("  {} {}: {}", s(&e["time"]), s(&e["kind"]), s(&e["detail"]));
+        }
+        shown = events.len();
+        let phase = r["phase"].as_str().unwrap_or("");
+        if terminal(phase) {
+            print_rollout(&r);
+            return if phase == "completed" { ExitCode::SUCCESS } else { ExitCode::from(1) };
+        }
+    }
+}
+
+/// `nrdot rollout promote|pause|resume|abort|approve|rollback ID`.
+pub fn rollout_command(c: &Client, id: u64, verb: &str) -> ExitCode {
+    let (status, r) = call_or_exit!(c.call(Method::POST, &format!("/api/v2/rollouts/{id}/{verb}"), None, &[]));
+    if !status.is_success() {
+        return fail(status, &r);
+    }
+    if c.json {
+        c.print_json(&r);
+    } else {
+        print_rollout(&r);
+    }
+    ExitCode::SUCCESS
+}
+
+/// `nrdot rollout status ID`.
+pub fn rollout_status(c: &Client, id: u64) -> ExitCode {
+    let (status, r) = call_or_exit!(c.call(Method::GET, &format!("/api/v2/rollouts/{id}"), None, &[]));
+    if !status.is_success() {
+        return fail(status, &r);
+    }
+    if c.json {
+        c.print_json(&r);
+        return ExitCode::SUCCESS;
+    }
+    print_rollout(&r);
+    if let Some(m) = r["measured"].as_object() {
+        println!(
+            "  analysis: error rate {:.2}% ({} of {} requests), p99 {} ms, healthy {:.0}%, memory {:.1}%",
+            m.get("error_rate").and_then(|v| v.as_f64()).unwrap_or(0.0) * 100.0,
+            s(&m["window_errors"]),
+            s(&m["window_requests"]),
+            s(&m["p99_ms"]),
+            m.get("healthy_fraction").and_then(|v| v.as_f64()).unwrap_or(0.0) * 100.0,
+            m.get("memory_fraction").and_then(|v| v.as_f64()).unwrap_or(0.0) * 100.0,
+        );
+    }
+    for e in r["events"].as_array().map(|a| a.as_slice()).unwrap_or(&[]) {
+        println!("  {} {}: {}", s(&e["time"]), s(&e["kind"]), s(&e["detail"]));
+    }
+    ExitCode::SUCCESS
+}
+
+/// `nrdot rollout list`.
+pub fn rollout_list(c: &Client) -> ExitCode {
+    let (status, body) = call_or_exit!(c.call(Method::GET, "/api/v2/rollouts", None, &[]));
+    if !status.is_success() {
+        return fail(status, &body);
+    }
+    if c.json {
+        c.print_json(&body);
+        return ExitCode::SUCCESS;
+    }
+    let rows: Vec<Vec<String>> = body["rollouts"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .map(|r| {
+            let target = r["plan"]["route"].as_str().or(r["plan"]["pool"].as_str()).unwrap_or("-").to_string();
+            vec![s(&r["id"]), s(&r["plan"]["kind"]), target, s(&r["phase"]), (r["step"].as_u64().unwrap_or(0) + 1).to_string(), format!("{}%", s(&r["weight"])), s(&r["created"])]
+        })
+        .collect();
+    table(&["ID", "KIND", "TARGET", "PHASE", "STEP", "WEIGHT", "CREATED"], &rows);
+    ExitCode::SUCCESS
+}

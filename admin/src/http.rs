@@ -16,6 +16,10 @@
 //! | GET | `/api/v2/backends` | viewer | every backend with admin state, health, in-flight, totals |
 //! | POST | `/api/v2/backends/{id}/disable?wait=30s` | operator | drain: no new requests; with `wait`, answers when in-flight reaches 0 (or 202 at the deadline) |
 //! | POST | `/api/v2/backends/{id}/enable` | operator | back in rotation |
+//! | GET | `/api/v2/rollouts` | viewer | every rollout |
+//! | GET | `/api/v2/rollouts/{id}` | viewer | one rollout with its events and latest analysis; 404 |
+//! | POST | `/api/v2/rollouts` | operator | body `{"kind": "canary", "route", "to", "steps", "interval", "max_error_rate", "max_p99", "error_for", "min_healthy", "healthy_for", "memory_threshold", "memory_for", "min_requests"}`, `{"kind": "blue-green", "route", "to", "keep_old"}` or `{"kind": "rolling", "pool", "batch", "hook", "wait"}`: 201; 400 invalid; 409 another rollout holds the route/pool |
+//! | POST | `/api/v2/rollouts/{id}/{promote,pause,resume,abort,approve,rollback}` | operator | the rollout after the command; 409 when its phase does not allow it |
 //! | GET | `/api/v2/events?limit=N` | viewer | last N runtime events (health, ejections, agents, rollouts) |
 //! | GET | `/api/v2/audit?limit=N` | viewer | last N audit entries |
 //! | GET | `/api/v2/audit/verify` | viewer | 200 chain intact; 409 where it breaks |
@@ -54,6 +58,8 @@ pub struct Admin {
     pub prometheus: Option<PrometheusHandle>,
     /// Base URL clients reach this API at (for the credentials file).
     pub url: String,
+    /// The rollout controller.
+    pub rollouts: Arc<crate::rollout::Rollouts>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves.
@@ -252,7 +258,7 @@ fn required_role(method: &Method, segments: &[&str]) -> Role {
     match (method, segments) {
         (&Method::GET, ["tokens"]) => Role::Admin,
         (&Method::GET, _) => Role::Viewer,
-        (_, ["backends", ..]) => Role::Operator,
+        (_, ["backends", ..]) | (_, ["rollouts", ..]) => Role::Operator,
         _ => Role::Admin,
     }
 }
@@ -403,6 +409,31 @@ async fn api(
             };
             json_response(status, json!({ "backends": backends, "drained": drained }))
         }
+        (Method::GET, ["rollouts"]) => json_response(StatusCode::OK, json!({ "rollouts": admin.rollouts.list() })),
+        (Method::GET, ["rollouts", id]) => match id.parse::<u64>().ok().and_then(|id| admin.rollouts.get(id)) {
+            Some(r) => json_response(StatusCode::OK, json!(r)),
+            None => error(StatusCode::NOT_FOUND, format!("no rollout {id}")),
+        },
+        (Method::POST, ["rollouts"]) => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return error(StatusCode::BAD_REQUEST, "body must be JSON");
+            };
+            match admin.rollouts.create(&v, &actor.name) {
+                Ok(r) => json_response(StatusCode::CREATED, json!(r)),
+                Err(e) => rollout_error(&e),
+            }
+        }
+        (Method::POST, ["rollouts", id, verb]) => match id.parse::<u64>() {
+            Ok(id) => match admin.rollouts.command(id, verb, &actor.name) {
+                Ok(r) => json_response(StatusCode::OK, json!(r)),
+                Err(e) => rollout_error(&e),
+            },
+            Err(_) => error(StatusCode::BAD_REQUEST, "rollout ids are numbers"),
+        },
         (Method::GET, ["events"]) => {
             let limit = query(&req, "limit")
                 .and_then(|l| l.parse().ok())
@@ -483,6 +514,16 @@ async fn api(
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn rollout_error(e: &crate::rollout::RolloutError) -> Response<Full<Bytes>> {
+    use crate::rollout::RolloutError;
+    match e {
+        RolloutError::Invalid(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        RolloutError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        RolloutError::Conflict(_) => error(StatusCode::CONFLICT, e.to_string()),
+        RolloutError::Admin(a) => admin_error(a),
     }
 }
 

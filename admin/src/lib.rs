@@ -6,6 +6,8 @@
 //!
 //! `file -> Control::reload -> Config -> RouteTable::compile -> Publisher::publish`
 #![warn(missing_docs)]
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "512"]
 
 pub mod audit;
 pub mod auth;
@@ -18,5 +20,6 @@ pub mod health;
 pub mod http;
 pub mod offline;
 pub mod openapi;
+pub mod rollout;
 pub mod run;
 pub mod store;

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use nrdot_admin::cli::{
     AdminCommand, Args, AuditCommand, BackendCommand, Command, ConfigCommand, HealthCommand,
-    VersionCommand,
+    RolloutCommand, VersionCommand,
 };
+use serde_json::json;
 use nrdot_admin::client::{self, Client};
 use nrdot_admin::{demo, offline, run};
 
@@ -115,12 +116,60 @@ fn main() -> ExitCode {
             None => with_client!(|c| client::audit(&c, limit)),
             Some(AuditCommand::Verify) => with_client!(|c| client::audit_verify(&c)),
         },
+        Command::Rollout { command } => rollout(command, client),
         Command::Admin { command } => match command {
             AdminCommand::RotateToken { name } => with_client!(|c| client::token(&c, &name, None)),
             AdminCommand::CreateToken { name, role } => {
                 with_client!(|c| client::token(&c, &name, Some(&role)))
             }
         },
+    }
+}
+
+fn rollout(
+    command: RolloutCommand,
+    client: impl Fn() -> Result<Client, client::ClientError>,
+) -> ExitCode {
+    let c = match client() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nrdot: {e}");
+            return e.exit();
+        }
+    };
+    match command {
+        RolloutCommand::Canary {
+            route, to, from, steps, interval, max_error_rate, error_for, max_p99, min_healthy,
+            healthy_for, memory_threshold, memory_for, min_requests, follow,
+        } => client::rollout_create(
+            &c,
+            json!({
+                "kind": "canary", "route": route, "to": to, "from": from, "steps": steps,
+                "interval": interval, "max_error_rate": max_error_rate, "error_for": error_for,
+                "max_p99": max_p99, "min_healthy": min_healthy, "healthy_for": healthy_for,
+                "memory_threshold": memory_threshold, "memory_for": memory_for,
+                "min_requests": min_requests,
+            }),
+            follow,
+        ),
+        RolloutCommand::BlueGreen { route, to, from, keep_old, follow } => client::rollout_create(
+            &c,
+            json!({ "kind": "blue-green", "route": route, "to": to, "from": from, "keep_old": keep_old }),
+            follow,
+        ),
+        RolloutCommand::Rolling { pool, batch, hook, wait, follow } => client::rollout_create(
+            &c,
+            json!({ "kind": "rolling", "pool": pool, "batch": batch, "hook": hook, "wait": wait }),
+            follow,
+        ),
+        RolloutCommand::Promote { id } => client::rollout_command(&c, id, "promote"),
+        RolloutCommand::Pause { id } => client::rollout_command(&c, id, "pause"),
+        RolloutCommand::Resume { id } => client::rollout_command(&c, id, "resume"),
+        RolloutCommand::Abort { id } => client::rollout_command(&c, id, "abort"),
+        RolloutCommand::Approve { id } => client::rollout_command(&c, id, "approve"),
+        RolloutCommand::Rollback { id } => client::rollout_command(&c, id, "rollback"),
+        RolloutCommand::Status { id } => client::rollout_status(&c, id),
+        RolloutCommand::List => client::rollout_list(&c),
     }
 }
 

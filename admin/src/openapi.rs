@@ -144,6 +144,29 @@ pub fn document() -> Value {
             "/api/v2/backends/{id}/disable": { "post": disable },
             "/api/v2/backends/{id}/enable": { "post": enable },
             "/api/v2/audit": { "get": audit },
+            "/api/v2/rollouts": {
+                "get": op("Every rollout", "viewer", &[("200", "rollouts")]),
+                "post": { "summary": "Start a canary, blue-green or rolling rollout", "x-nrdot-role": "operator",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["kind"], "properties": {
+                        "kind": { "type": "string", "enum": ["canary", "blue-green", "rolling"] },
+                        "route": { "type": "string" }, "to": { "type": "string" }, "from": { "type": "string" }, "pool": { "type": "string" },
+                        "steps": { "type": "array", "items": { "type": "integer" } }, "interval": { "type": "string" },
+                        "max_error_rate": { "type": "string" }, "max_p99": { "type": "string" }, "error_for": { "type": "string" },
+                        "min_healthy": { "type": "string" }, "healthy_for": { "type": "string" },
+                        "memory_threshold": { "type": "string" }, "memory_for": { "type": "string" }, "min_requests": { "type": "integer" },
+                        "keep_old": { "type": "string" }, "batch": { "type": "integer" }, "hook": { "type": "string" }, "wait": { "type": "string" }
+                    } } } } },
+                    "responses": { "201": { "description": "started" }, "400": { "description": "invalid" }, "409": { "description": "another rollout holds the route or pool" }, "401": { "description": "unauthorized" }, "403": { "description": "forbidden" } } }
+            },
+            "/api/v2/rollouts/{id}": { "get": {
+                "summary": "One rollout with events and analysis", "x-nrdot-role": "viewer",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }],
+                "responses": { "200": { "description": "the rollout" }, "404": { "description": "no such rollout" }, "401": { "description": "unauthorized" } } } },
+            "/api/v2/rollouts/{id}/{command}": { "post": {
+                "summary": "promote, pause, resume, abort, approve or rollback", "x-nrdot-role": "operator",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } },
+                               { "name": "command", "in": "path", "required": true, "schema": { "type": "string", "enum": ["promote", "pause", "resume", "abort", "approve", "rollback"] } }],
+                "responses": { "200": { "description": "the rollout" }, "404": { "description": "no such rollout" }, "409": { "description": "not possible in this phase" }, "401": { "description": "unauthorized" }, "403": { "description": "forbidden" } } } },
             "/api/v2/events": { "get": op("Recent runtime events: health transitions, ejections, agent reports, rollout steps", "viewer", &[("200", "events, oldest first")]) },
             "/api/v2/audit/verify": { "get": op("Verify the audit chain", "viewer", &[("200", "intact"), ("409", "broken: where and how")]) },
             "/api/v2/tokens": {

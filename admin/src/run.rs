@@ -80,11 +80,14 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let rollouts = Arc::new(crate::rollout::Rollouts::open(Arc::clone(&control), &state_dir)?);
+        let controller = tokio::spawn(Arc::clone(&rollouts).run());
         let admin = Arc::new(Admin {
             control: Arc::clone(&control),
             auth,
             prometheus: Some(prom_handle.clone()),
             url: admin_url,
+            rollouts,
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = tokio::net::TcpListener::from_std(admin_std)?;
@@ -122,6 +125,7 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
         let _ = admin_task.await;
         upkeep.abort();
         prober.abort();
+        controller.abort();
         anyhow::Ok(())
     })?;
     data_plane.shutdown(grace);

@@ -1,0 +1,860 @@
+//! Progressive delivery run by nrdot itself: canary with automatic analysis and rollback,
+//! blue-green with a keep window, rolling upgrades with drain. The controller owns every
+//! rollout's state machine and runs on the admin thread; every weight change is a config version
+//! made through [`Control::apply`], every decision goes to the audit log and the rollout's event
+//! list with the numbers it was based on, and every state change is persisted, so a restart
+//! resumes a rollout at the same step with the same time left.
+//!
+//! Analysis reads the proxy's own per-pool totals ([`nrdot_config::state::Outcomes`]) sampled
+//! once a second: no external metrics server.
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::audit::Event;
+use crate::control::{AdminError, Control};
+use crate::durable;
+
+mod analysis;
+pub use analysis::{Analysis, Measured};
+use analysis::Sampler;
+
+/// What a rollout does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Plan {
+    /// Raise `to`'s share of `route` step by step, observing each step for `interval_ms`.
+    Canary {
+        /// Route whose split changes.
+        route: String,
+        /// The new version's pool.
+        to: String,
+        /// The stable pool (gets the rest).
+        from: String,
+        /// Canary weights in percent, e.g. 10, 50, 100.
+        steps: Vec<u32>,
+        /// Observation time per step.
+        interval_ms: u64,
+        /// Triggers.
+        analysis: Analysis,
+    },
+    /// Switch `route` from `from` to `to` at once when `to` is healthy; keep `from` for
+    /// `keep_old_ms`, then remove it.
+    BlueGreen {
+        /// Route to switch.
+        route: String,
+        /// The new pool.
+        to: String,
+        /// The old pool.
+        from: String,
+        /// Keep window.
+        keep_old_ms: u64,
+    },
+    /// Upgrade the servers of `pool` `batch` at a time: drain, run `hook`, wait for health,
+    /// enable.
+    Rolling {
+        /// Pool to upgrade.
+        pool: String,
+        /// Servers per batch.
+        batch: usize,
+        /// Shell command; `{server}` is replaced by the server's address.
+        hook: String,
+        /// Longest wait for a drain, a hook, or a health check.
+        wait_ms: u64,
+    },
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Running.
+    Progressing,
+    /// Stopped by an operator; `resume` continues.
+    Paused,
+    /// Stopped by a trigger that needs a human; `approve` continues, `abort` ends it.
+    AwaitingApproval,
+    /// Done.
+    Completed,
+    /// Ended by analysis or `rollback`: traffic is back on the old side.
+    RolledBack,
+    /// Ended by `abort`: traffic is back on the old side (canary, blue-green).
+    Aborted,
+    /// A rolling step failed; the rollout stopped there.
+    Failed,
+}
+
+impl Phase {
+    fn active(self) -> bool {
+        matches!(self, Phase::Progressing | Phase::Paused | Phase::AwaitingApproval)
+    }
+
+    fn code(self) -> f64 {
+        match self {
+            Phase::Progressing => 1.0,
+            Phase::Paused => 2.0,
+            Phase::AwaitingApproval => 3.0,
+            Phase::Completed => 4.0,
+            Phase::RolledBack => 5.0,
+            Phase::Aborted => 6.0,
+            Phase::Failed => 7.0,
+        }
+    }
+}
+
+/// Stage of the current batch of a rolling rollout.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Disabled; waiting for in-flight requests to finish.
+    Drain,
+    /// Running the hook.
+    Hook,
+    /// Waiting for the health check to pass.
+    Health,
+}
+
+/// One thing that happened to a rollout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    /// RFC 3339.
+    pub time: String,
+    /// `started`, `step`, `step_passed`, `rollback`, `paused`, …
+    pub kind: String,
+    /// Words.
+    pub detail: String,
+    /// The measurements behind the decision.
+    pub numbers: Value,
+}
+
+/// A rollout and its progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rollout {
+    /// Sequential id.
+    pub id: u64,
+    /// What it does.
+    pub plan: Plan,
+    /// Where it is.
+    pub phase: Phase,
+    /// Canary: index into steps; blue-green: 0 waiting, 1 switched; rolling: batch index.
+    pub step: usize,
+    /// Time spent in the current step (or stage), persisted so a restart keeps the time left.
+    pub step_elapsed_ms: u64,
+    /// Whether the current step's weights are in effect.
+    pub applied: bool,
+    /// Rolling: stage of the current batch.
+    pub stage: Option<Stage>,
+    /// Canary weight now (percent).
+    pub weight: u32,
+    /// Why it stopped or paused.
+    pub reason: String,
+    /// Who started it.
+    pub author: String,
+    /// When.
+    pub created: String,
+    /// Memory trigger acknowledged by `approve`: not raised again.
+    pub memory_approved: bool,
+    /// Latest analysis.
+    pub measured: Option<Measured>,
+    /// History.
+    pub events: Vec<RolloutEvent>,
+}
+
+/// Why a rollout command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// Bad parameters.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such rollout.
+    #[error("no rollout {0}")]
+    NotFound(u64),
+    /// Not possible in the rollout's phase, or another rollout holds the route or pool.
+    #[error("{0}")]
+    Conflict(String),
+    /// The config change behind the command failed.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+}
+
+struct Inner {
+    rollouts: BTreeMap<u64, Rollout>,
+    /// Since when each trigger's condition has held, per rollout (not persisted: a restart
+    /// starts the "for" clocks again, which errs on the side of not acting on old data).
+    since: HashMap<(u64, &'static str), Instant>,
+    last_save: HashMap<u64, Instant>,
+}
+
+/// The controller.
+pub struct Rollouts {
+    control: Arc<Control>,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    sampler: Mutex<Sampler>,
+    /// Results of rolling hooks, filled by their tasks: (rollout, batch) -> result.
+    hooks: HookResults,
+}
+
+type HookResults = Arc<Mutex<HashMap<(u64, usize), Option<Result<(), String>>>>>;
+
+fn parse_percent(v: &Value, default: f64) -> Result<f64, RolloutError> {
+    match v {
+        Value::Null => Ok(default),
+        Value::Number(n) => n
+            .as_f64()
+            .map(|f| if f > 1.0 { f / 100.0 } else { f })
+            .ok_or_else(|| RolloutError::Invalid("bad percentage".into())),
+        Value::String(s) => {
+            let t = s.trim().trim_end_matches('%');
+            let f: f64 = t.parse().map_err(|_| RolloutError::Invalid(format!("bad percentage {s:?}")))?;
+            Ok(f / 100.0)
+        }
+        _ => Err(RolloutError::Invalid("bad percentage".into())),
+    }
+}
+
+fn parse_ms(v: &Value, default: u64) -> Result<u64, RolloutError> {
+    match v {
+        Value::Null => Ok(default),
+        Value::Number(n) => n.as_u64().map(|s| s * 1000).ok_or_else(|| RolloutError::Invalid("bad duration".into())),
+        Value::String(s) => nrdot_config::units::parse_duration(s)
+            .map(|d| d.as_millis() as u64)
+            .map_err(RolloutError::Invalid),
+        _ => Err(RolloutError::Invalid("bad duration".into())),
+    }
+}
+
+impl Rollouts {
+    /// Loads persisted rollouts from `state_dir/rollouts`.
+    pub fn open(control: Arc<Control>, state_dir: &std::path::Path) -> std::io::Result<Rollouts> {
+        let dir = state_dir.join("rollouts");
+        durable::ensure_dir(&dir)?;
+        let mut rollouts = BTreeMap::new();
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let path = e.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Rollout>(&b).ok()) {
+                Some(r) => {
+                    rollouts.insert(r.id, r);
+                }
+                None => tracing::error!(path = %path.display(), "damaged rollout file ignored"),
+            }
+        }
+        for r in rollouts.values() {
+            if r.phase.active() {
+                tracing::info!(rollout = r.id, step = r.step, elapsed_ms = r.step_elapsed_ms, "resuming rollout");
+            }
+        }
+        Ok(Rollouts {
+            control,
+            dir,
+            inner: Mutex::new(Inner {
+                rollouts,
+                since: HashMap::new(),
+                last_save: HashMap::new(),
+            }),
+            sampler: Mutex::new(Sampler::default()),
+            hooks: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    fn save(&self, r: &Rollout) {
+        let path = self.dir.join(format!("{:08}.json", r.id));
+        match serde_json::to_vec_pretty(r) {
+            Ok(bytes) => {
+                if let Err(e) = durable::write(&path, &bytes, 0o600) {
+                    tracing::error!(error = %e, "cannot persist rollout {}", r.id);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode rollout {}", r.id),
+        }
+    }
+
+    /// Every rollout, newest last.
+    pub fn list(&self) -> Vec<Rollout> {
+        self.inner.lock().expect("rollouts poisoned").rollouts.values().cloned().collect()
+    }
+
+    /// One rollout.
+    pub fn get(&self, id: u64) -> Option<Rollout> {
+        self.inner.lock().expect("rollouts poisoned").rollouts.get(&id).cloned()
+    }
+
+    /// Starts a rollout from an API request body.
+    pub fn create(&self, body: &Value, author: &str) -> Result<Rollout, RolloutError> {
+        let s = |k: &str| body[k].as_str().map(str::to_string);
+        let table = self.control.current();
+        let kind = s("kind").unwrap_or_default();
+        let plan = match kind.as_str() {
+            "canary" | "blue-green" => {
+                let route = s("route").ok_or_else(|| RolloutError::Invalid("route is required".into()))?;
+                let to = s("to").ok_or_else(|| RolloutError::Invalid("to (the new pool) is required".into()))?;
+                let Some(r) = table.config.routes.iter().find(|r| r.name == route) else {
+                    return Err(RolloutError::Invalid(format!("no route {route:?}")));
+                };
+                if !table.config.pools.iter().any(|p| p.name == to) {
+                    return Err(RolloutError::Invalid(format!("no pool {to:?}")));
+                }
+                let from = match s("from") {
+                    Some(f) => f,
+                    None => r
+                        .split
+                        .iter()
+                        .filter(|e| e.pool != to)
+                        .max_by_key(|e| e.weight)
+                        .map(|e| e.pool.clone())
+                        .ok_or_else(|| RolloutError::Invalid(format!("route {route:?} has no pool besides {to:?}; give from")))?,
+                };
+                if from == to {
+                    return Err(RolloutError::Invalid("from and to are the same pool".into()));
+                }
+                if kind == "canary" {
+                    let steps: Vec<u32> = match &body["steps"] {
+                        Value::Array(a) => a.iter().filter_map(|v| v.as_u64().map(|n| n as u32)).collect(),
+                        Value::String(t) => t.split(',').filter_map(|x| x.trim().trim_end_matches('%').parse().ok()).collect(),
+                        Value::Null => vec![10, 50, 100],
+                        _ => Vec::new(),
+                    };
+                    if steps.is_empty() || steps.iter().any(|&w| w > 100) || steps.windows(2).any(|w| w[0] >= w[1]) {
+                        return Err(RolloutError::Invalid("steps must be increasing percentages, like 10,50,100".into()));
+                    }
+                    Plan::Canary {
+                        route,
+                        to,
+                        from,
+                        steps,
+                        interval_ms: parse_ms(&body["interval"], 30 * 60_000)?,
+                        analysis: Analysis {
+                            max_error_rate: parse_percent(&body["max_error_rate"], 0.05)?,
+                            error_for_ms: parse_ms(&body["error_for"], 5 * 60_000)?,
+                            min_healthy: parse_percent(&body["min_healthy"], 0.5)?,
+                            healthy_for_ms: parse_ms(&body["healthy_for"], 2 * 60_000)?,
+                            max_memory: parse_percent(&body["memory_threshold"], 0.9)?,
+                            memory_for_ms: parse_ms(&body["memory_for"], 10 * 60_000)?,
+                            max_p99_ms: match &body["max_p99"] {
+                                Value::Null => None,
+                                v => Some(parse_ms(v, 0)?),
+                            },
+                            min_requests: body["min_requests"].as_u64().unwrap_or(20),
+                        },
+                    }
+                } else {
+                    Plan::BlueGreen {
+                        route,
+                        to,
+                        from,
+                        keep_old_ms: parse_ms(&body["keep_old"], 24 * 3_600_000)?,
+                    }
+                }
+            }
+            "rolling" => {
+                let pool = s("pool").ok_or_else(|| RolloutError::Invalid("pool is required".into()))?;
+                if !table.config.pools.iter().any(|p| p.name == pool) {
+                    return Err(RolloutError::Invalid(format!("no pool {pool:?}")));
+                }
+                let hook = s("hook").ok_or_else(|| RolloutError::Invalid("hook is required".into()))?;
+                Plan::Rolling {
+                    pool,
+                    batch: body["batch"].as_u64().unwrap_or(1).max(1) as usize,
+                    hook,
+                    wait_ms: parse_ms(&body["wait"], 300_000)?,
+                }
+            }
+            other => return Err(RolloutError::Invalid(format!("unknown kind {other:?} (canary, blue-green, rolling)"))),
+        };
+        let mut inner = self.inner.lock().expect("rollouts poisoned");
+        let target = plan_target(&plan);
+        if let Some(busy) = inner.rollouts.values().find(|r| r.phase.active() && plan_target(&r.plan) == target) {
+            return Err(RolloutError::Conflict(format!("rollout {} is already running on {target}", busy.id)));
+        }
+        let id = inner.rollouts.keys().last().copied().unwrap_or(0) + 1;
+        let mut r = Rollout {
+            id,
+            plan,
+            phase: Phase::Progressing,
+            step: 0,
+            step_elapsed_ms: 0,
+            applied: false,
+            stage: None,
+            weight: 0,
+            reason: String::new(),
+            author: author.to_string(),
+            created: crate::store::now_rfc3339(),
+            memory_approved: false,
+            measured: None,
+            events: Vec::new(),
+        };
+        let what = format!("{} by {author}", describe(&r.plan));
+        self.record(&mut r, "started", &what, json!({}));
+        self.save(&r);
+        inner.rollouts.insert(id, r.clone());
+        Ok(r)
+    }
+
+    /// Appends an event, and audits and logs it.
+    fn record(&self, r: &mut Rollout, kind: &str, detail: &str, numbers: Value) {
+        r.events.push(RolloutEvent {
+            time: crate::store::now_rfc3339(),
+            kind: kind.to_string(),
+            detail: detail.to_string(),
+            numbers: numbers.clone(),
+        });
+        let v = self.control.version().id;
+        let _ = self.control.audit().record(Event {
+            actor: format!("rollout {}", r.id),
+            action: format!("rollout.{kind}"),
+            target: plan_target(&r.plan),
+            version_before: Some(v),
+            version_after: Some(v),
+            outcome: "ok".into(),
+            detail: if numbers == json!({}) { detail.to_string() } else { format!("{detail} {numbers}") },
+        });
+        self.control.event(&format!("rollout.{kind}"), &format!("rollout {}", r.id), detail);
+    }
+
+    /// An operator command: promote, pause, resume, abort, approve, rollback.
+    pub fn command(&self, id: u64, verb: &str, actor: &str) -> Result<Rollout, RolloutError> {
+        let mut inner = self.inner.lock().expect("rollouts poisoned");
+        let mut r = inner.rollouts.get(&id).cloned().ok_or(RolloutError::NotFound(id))?;
+        let conflict = |what: &str| RolloutError::Conflict(format!("rollout {id} is {:?}: cannot {what}", r.phase));
+        match verb {
+            "pause" if r.phase == Phase::Progressing => {
+                r.phase = Phase::Paused;
+                r.reason = format!("paused by {actor}");
+                let why = r.reason.clone();
+                self.record(&mut r, "paused", &why, json!({}));
+            }
+            "resume" if r.phase == Phase::Paused => {
+                r.phase = Phase::Progressing;
+                self.record(&mut r, "resumed", &format!("resumed by {actor}"), json!({}));
+            }
+            "approve" if r.phase == Phase::AwaitingApproval => {
+                r.phase = Phase::Progressing;
+                r.memory_approved = true;
+                self.record(&mut r, "approved", &format!("approved by {actor}; continuing"), json!({}));
+            }
+            "promote" if r.phase.active() => {
+                match &r.plan {
+                    Plan::Canary { .. } => {
+                        // The step counts as passed now.
+                        r.step_elapsed_ms = u64::MAX / 2;
+                        r.phase = Phase::Progressing;
+                        let what = format!("step {} promoted by {actor}", r.step + 1);
+                        self.record(&mut r, "promoted", &what, json!({}));
+                    }
+                    Plan::BlueGreen { .. } => {
+                        r.step_elapsed_ms = u64::MAX / 2;
+                        r.phase = Phase::Progressing;
+                        self.record(&mut r, "promoted", &format!("promoted by {actor}"), json!({}));
+                    }
+                    Plan::Rolling { .. } => return Err(RolloutError::Conflict("rolling rollouts have no steps to promote".into())),
+                }
+            }
+            "abort" | "rollback" if r.phase.active() || (verb == "rollback" && r.phase == Phase::Completed) => {
+                let phase = if verb == "abort" { Phase::Aborted } else { Phase::RolledBack };
+                let reason = format!("{verb} by {actor}");
+                self.revert(&mut r, phase, &reason, json!({}))?;
+            }
+            other => return Err(match other {
+                "pause" | "resume" | "approve" | "promote" | "abort" | "rollback" => conflict(other),
+                _ => RolloutError::Invalid(format!("unknown command {other:?}")),
+            }),
+        }
+        self.save(&r);
+        inner.rollouts.insert(id, r.clone());
+        Ok(r)
+    }
+
+    /// Sends all traffic back to the old side and ends the rollout.
+    fn revert(&self, r: &mut Rollout, phase: Phase, reason: &str, numbers: Value) -> Result<(), RolloutError> {
+        match &r.plan {
+            Plan::Canary { route, to, from, .. } | Plan::BlueGreen { route, to, from, .. } => {
+                if let Plan::BlueGreen { .. } = &r.plan {
+                    if r.step >= 2 {
+                        return Err(RolloutError::Conflict(format!("rollout {}: the old pool was already removed after the keep window", r.id)));
+                    }
+                }
+                let msg = format!("rollout {} {}: {reason}", r.id, if phase == Phase::RolledBack { "rolled back" } else { "aborted" });
+                self.set_split(route, &[(from.clone(), 100), (to.clone(), 0)], &msg)?;
+                r.weight = 0;
+            }
+            Plan::Rolling { .. } => {}
+        }
+        r.phase = phase;
+        r.reason = reason.to_string();
+        self.record(r, if phase == Phase::RolledBack { "rollback" } else { "aborted" }, reason, numbers);
+        Ok(())
+    }
+
+    fn set_split(&self, route: &str, entries: &[(String, u32)], message: &str) -> Result<(), RolloutError> {
+        let current = self.control.version();
+        let text = self.control.store().get(current.id).map_err(AdminError::from)?.content;
+        let next = nrdot_config::edit::set_split(&text, route, entries).map_err(|e| RolloutError::Invalid(e.to_string()))?;
+        self.control.apply(&next, "rollout", message, None)?;
+        Ok(())
+    }
+
+    /// Runs the controller until the runtime stops.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = Instant::now();
+        loop {
+            tick.tick().await;
+            let dt = last.elapsed().as_millis() as u64;
+            last = Instant::now();
+            self.sampler.lock().expect("sampler poisoned").sample(&self.control.current());
+            let ids: Vec<u64> = {
+                let inner = self.inner.lock().expect("rollouts poisoned");
+                inner.rollouts.values().filter(|r| r.phase == Phase::Progressing).map(|r| r.id).collect()
+            };
+            for id in ids {
+                self.step(id, dt).await;
+            }
+            self.export_metrics();
+        }
+    }
+
+    fn export_metrics(&self) {
+        let inner = self.inner.lock().expect("rollouts poisoned");
+        for r in inner.rollouts.values().filter(|r| r.phase.active() || r.events.len() < 1000) {
+            let labels = [("rollout", r.id.to_string()), ("target", plan_target(&r.plan))];
+            metrics::gauge!("nrdot_rollout_phase", &labels).set(r.phase.code());
+            metrics::gauge!("nrdot_rollout_step", &labels).set(r.step as f64);
+            metrics::gauge!("nrdot_rollout_weight_percent", &labels).set(r.weight as f64);
+            if let Some(m) = &r.measured {
+                metrics::gauge!("nrdot_rollout_error_rate", &labels).set(m.error_rate);
+                metrics::gauge!("nrdot_rollout_healthy_fraction", &labels).set(m.healthy_fraction);
+                metrics::gauge!("nrdot_rollout_p99_seconds", &labels).set(m.p99_ms as f64 / 1000.0);
+            }
+        }
+    }
+
+    async fn step(&self, id: u64, dt: u64) {
+        let Some(mut r) = self.get(id) else { return };
+        let before = (r.phase, r.step, r.applied, r.stage);
+        let result = match r.plan.clone() {
+            Plan::Canary { route, to, from, steps, interval_ms, analysis } => {
+                self.step_canary(&mut r, dt, &route, &to, &from, &steps, interval_ms, &analysis)
+            }
+            Plan::BlueGreen { route, to, from, keep_old_ms } => self.step_blue_green(&mut r, dt, &route, &to, &from, keep_old_ms).await,
+            Plan::Rolling { pool, batch, hook, wait_ms } => self.step_rolling(&mut r, dt, &pool, batch, &hook, wait_ms).await,
+        };
+        if let Err(e) = result {
+            r.phase = Phase::Failed;
+            r.reason = e.to_string();
+            self.record(&mut r, "failed", &e.to_string(), json!({}));
+        }
+        let mut inner = self.inner.lock().expect("rollouts poisoned");
+        // An operator command may have changed the rollout meanwhile: theirs wins.
+        if inner.rollouts.get(&id).map(|cur| cur.phase) != Some(Phase::Progressing) {
+            return;
+        }
+        let changed = before != (r.phase, r.step, r.applied, r.stage);
+        let due = inner.last_save.get(&id).is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if changed || due {
+            self.save(&r);
+            inner.last_save.insert(id, Instant::now());
+        }
+        inner.rollouts.insert(id, r);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step_canary(
+        &self,
+        r: &mut Rollout,
+        dt: u64,
+        route: &str,
+        to: &str,
+        from: &str,
+        steps: &[u32],
+        interval_ms: u64,
+        analysis: &Analysis,
+    ) -> Result<(), RolloutError> {
+        let weight = steps[r.step.min(steps.len() - 1)];
+        if !r.applied {
+            let msg = format!("rollout {} step {}/{}: {weight}%", r.id, r.step + 1, steps.len());
+            self.set_split(route, &[(from.to_string(), 100 - weight), (to.to_string(), weight)], &msg)?;
+            r.applied = true;
+            r.weight = weight;
+            r.step_elapsed_ms = 0;
+            self.sampler.lock().expect("sampler poisoned").reset(to);
+            self.record(r, "step", &msg, json!({ "weight": weight }));
+            return Ok(());
+        }
+        let table = self.control.current();
+        let measured = self.sampler.lock().expect("sampler poisoned").measure(&table, to, analysis);
+        r.measured = Some(measured.clone());
+        let numbers = serde_json::to_value(&measured).unwrap_or(Value::Null);
+        let mut inner = self.inner.lock().expect("rollouts poisoned");
+        let mut held = |key: &'static str, cond: bool, for_ms: u64| -> bool {
+            if !cond {
+                inner.since.remove(&(r.id, key));
+                return false;
+            }
+            let since = *inner.since.entry((r.id, key)).or_insert_with(Instant::now);
+            since.elapsed() >= Duration::from_millis(for_ms)
+        };
+        let error_bad = measured.window_requests >= analysis.min_requests && measured.error_rate > analysis.max_error_rate;
+        let p99_bad = analysis.max_p99_ms.is_some_and(|max| measured.window_requests >= analysis.min_requests && measured.p99_ms > max);
+        let healthy_bad = held("healthy", measured.healthy_fraction < analysis.min_healthy, analysis.healthy_for_ms);
+        let memory_bad = !r.memory_approved && held("memory", measured.memory_fraction > analysis.max_memory, analysis.memory_for_ms);
+        drop(inner);
+        if error_bad {
+            let why = format!(
+                "error rate {:.1}% > {:.1}% over the last {}s ({} of {} requests)",
+                measured.error_rate * 100.0,
+                analysis.max_error_rate * 100.0,
+                analysis.error_for_ms / 1000,
+                measured.window_errors,
+                measured.window_requests
+            );
+            return self.revert(r, Phase::RolledBack, &why, numbers);
+        }
+        if p99_bad {
+            let why = format!("p99 latency {} ms > {} ms", measured.p99_ms, analysis.max_p99_ms.unwrap_or(0));
+            return self.revert(r, Phase::RolledBack, &why, numbers);
+        }
+        if healthy_bad {
+            let why = format!(
+                "healthy backends {:.0}% < {:.0}% for {}s",
+                measured.healthy_fraction * 100.0,
+                analysis.min_healthy * 100.0,
+                analysis.healthy_for_ms / 1000
+            );
+            return self.revert(r, Phase::RolledBack, &why, numbers);
+        }
+        if memory_bad {
+            r.phase = Phase::AwaitingApproval;
+            r.reason = format!(
+                "memory usage {:.1}% > {:.1}% for {}s: waiting for `nrdot rollout approve {}` or `abort`",
+                measured.memory_fraction * 100.0,
+                analysis.max_memory * 100.0,
+                analysis.memory_for_ms / 1000,
+                r.id
+            );
+            let why = r.reason.clone();
+            self.record(r, "awaiting_approval", &why, numbers);
+            return Ok(());
+        }
+        // A step passes only when the analysis held for the whole interval.
+        if measured.window_requests >= analysis.min_requests && measured.error_rate > analysis.max_error_rate {
+            r.step_elapsed_ms = 0;
+        } else {
+            r.step_elapsed_ms = r.step_elapsed_ms.saturating_add(dt);
+        }
+        if r.step_elapsed_ms >= interval_ms {
+            self.record(r, "step_passed", &format!("step {}/{} ({weight}%) held for {}s", r.step + 1, steps.len(), interval_ms / 1000), numbers);
+            if r.step + 1 >= steps.len() {
+                r.phase = Phase::Completed;
+                r.reason = format!("{to} serves {weight}%");
+                let why = r.reason.clone();
+                self.record(r, "completed", &why, json!({ "weight": weight }));
+            } else {
+                r.step += 1;
+                r.applied = false;
+            }
+        }
+        Ok(())
+    }
+
+    async fn step_blue_green(&self, r: &mut Rollout, dt: u64, route: &str, to: &str, from: &str, keep_old_ms: u64) -> Result<(), RolloutError> {
+        match r.step {
+            0 => {
+                let table = self.control.current();
+                let Some(pool) = table.pools.iter().find(|p| p.config.name == to) else {
+                    return Err(RolloutError::Invalid(format!("pool {to:?} is no longer configured")));
+                };
+                let mut ready = !pool.backends.is_empty();
+                for b in &pool.backends {
+                    let ok = match &pool.config.health_check {
+                        Some(_) => b.state.health() == nrdot_config::state::Health::Healthy,
+                        None => matches!(
+                            tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(b.state.address.as_ref())).await,
+                            Ok(Ok(_))
+                        ),
+                    };
+                    ready &= ok && b.state.enabled.load(std::sync::atomic::Ordering::Relaxed);
+                }
+                let forced = r.step_elapsed_ms >= u64::MAX / 4;
+                if !ready && !forced {
+                    return Ok(());
+                }
+                let msg = format!("rollout {}: blue-green switch of route {route} from {from} to {to}", r.id);
+                self.set_split(route, &[(from.to_string(), 0), (to.to_string(), 100)], &msg)?;
+                r.step = 1;
+                r.weight = 100;
+                r.applied = true;
+                r.step_elapsed_ms = 0;
+                self.record(r, "switched", &format!("{to} is healthy; traffic switched; {from} kept for {}s", keep_old_ms / 1000), json!({ "weight": 100 }));
+            }
+            1 => {
+                r.step_elapsed_ms = r.step_elapsed_ms.saturating_add(dt);
+                if r.step_elapsed_ms >= keep_old_ms {
+                    let current = self.control.version();
+                    let text = self.control.store().get(current.id).map_err(AdminError::from)?.content;
+                    let next = nrdot_config::edit::remove_pool(&text, from).map_err(|e| RolloutError::Invalid(e.to_string()))?;
+                    let msg = format!("rollout {}: removed {from} after the keep window", r.id);
+                    self.control.apply(&next, "rollout", &msg, None)?;
+                    r.step = 2;
+                    r.phase = Phase::Completed;
+                    r.reason = format!("{to} serves 100%; {from} removed");
+                    let why = r.reason.clone();
+                    self.record(r, "completed", &why, json!({}));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn step_rolling(&self, r: &mut Rollout, dt: u64, pool: &str, batch: usize, hook: &str, wait_ms: u64) -> Result<(), RolloutError> {
+        let table = self.control.current();
+        let Some(p) = table.pools.iter().find(|p| p.config.name == pool) else {
+            return Err(RolloutError::Invalid(format!("pool {pool:?} is no longer configured")));
+        };
+        let servers: Vec<String> = p.backends.iter().map(|b| b.state.address.to_string()).collect();
+        let batches: Vec<Vec<String>> = servers.chunks(batch).map(|c| c.to_vec()).collect();
+        let Some(current) = batches.get(r.step).cloned() else {
+            r.phase = Phase::Completed;
+            r.reason = format!("{} server(s) upgraded", servers.len());
+            let why = r.reason.clone();
+            self.record(r, "completed", &why, json!({}));
+            return Ok(());
+        };
+        let ids: Vec<String> = current.iter().map(|a| format!("{pool}/{a}")).collect();
+        let actor = format!("rollout {}", r.id);
+        r.step_elapsed_ms = r.step_elapsed_ms.saturating_add(dt);
+        let fail = |r: &mut Rollout, why: String| -> Result<(), RolloutError> {
+            r.phase = Phase::Failed;
+            r.reason = why.clone();
+            self.record(r, "failed", &why, json!({ "batch": r.step + 1, "servers": current }));
+            Ok(())
+        };
+        match r.stage {
+            None => {
+                for id in &ids {
+                    self.control.set_enabled(id, false, &actor)?;
+                }
+                r.stage = Some(Stage::Drain);
+                r.step_elapsed_ms = 0;
+                self.record(r, "draining", &format!("batch {}/{}: draining {}", r.step + 1, batches.len(), current.join(", ")), json!({}));
+            }
+            Some(Stage::Drain) => {
+                let in_flight: u64 = p
+                    .backends
+                    .iter()
+                    .filter(|b| current.iter().any(|a| a.as_str() == b.state.address.as_ref()))
+                    .map(|b| b.state.in_flight.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum();
+                if in_flight == 0 || r.step_elapsed_ms >= wait_ms {
+                    r.stage = Some(Stage::Hook);
+                    r.step_elapsed_ms = 0;
+                    self.record(r, "drained", &format!("batch {}: {in_flight} request(s) still in flight", r.step + 1), json!({ "in_flight": in_flight }));
+                    let key = (r.id, r.step);
+                    self.hooks.lock().expect("hooks poisoned").insert(key, None);
+                    let servers = current.clone();
+                    let (hook, wait) = (hook.to_string(), Duration::from_millis(wait_ms));
+                    let shared = self.hook_results();
+                    tokio::spawn(async move {
+                        let result = run_hooks(&hook, &servers, wait).await;
+                        shared.lock().expect("hooks poisoned").insert(key, Some(result));
+                    });
+                }
+            }
+            Some(Stage::Hook) => {
+                let key = (r.id, r.step);
+                let done = self.hook_results().lock().expect("hooks poisoned").get(&key).cloned().flatten();
+                match done {
+                    None if r.step_elapsed_ms < wait_ms.saturating_add(1000) => {}
+                    None => return fail(r, format!("hook did not finish within {}s", wait_ms / 1000)),
+                    Some(Err(e)) => return fail(r, format!("hook failed: {e}")),
+                    Some(Ok(())) => {
+                        r.stage = Some(Stage::Health);
+                        r.step_elapsed_ms = 0;
+                        self.record(r, "hook_done", &format!("batch {}: hook succeeded", r.step + 1), json!({}));
+                    }
+                }
+            }
+            Some(Stage::Health) => {
+                let mut all = true;
+                for a in &current {
+                    let ok = match &p.config.health_check {
+                        Some(hc) => crate::health::check(hc, a).await.is_ok(),
+                        None => matches!(
+                            tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(a.as_str())).await,
+                            Ok(Ok(_))
+                        ),
+                    };
+                    all &= ok;
+                }
+                if all {
+                    for id in &ids {
+                        self.control.set_enabled(id, true, &actor)?;
+                    }
+                    self.record(r, "batch_done", &format!("batch {}/{}: {} healthy and enabled", r.step + 1, batches.len(), current.join(", ")), json!({}));
+                    r.step += 1;
+                    r.stage = None;
+                    r.step_elapsed_ms = 0;
+                } else if r.step_elapsed_ms >= wait_ms {
+                    return fail(r, format!("batch {}: health check did not pass within {}s; servers left disabled", r.step + 1, wait_ms / 1000));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn hook_results(&self) -> HookResults {
+        Arc::clone(&self.hooks)
+    }
+}
+
+/// Runs the hook once per server, one after the other; the first failure stops.
+async fn run_hooks(hook: &str, servers: &[String], wait: Duration) -> Result<(), String> {
+    for s in servers {
+        let cmd = hook.replace("{server}", s);
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(wait, child).await {
+            Err(_) => return Err(format!("{cmd:?} did not finish within {}s", wait.as_secs())),
+            Ok(Err(e)) => return Err(format!("{cmd:?}: {e}")),
+            Ok(Ok(out)) if !out.status.success() => {
+                return Err(format!(
+                    "{cmd:?} exited with {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+    Ok(())
+}
+
+fn plan_target(p: &Plan) -> String {
+    match p {
+        Plan::Canary { route, .. } | Plan::BlueGreen { route, .. } => format!("route {route}"),
+        Plan::Rolling { pool, .. } => format!("pool {pool}"),
+    }
+}
+
+fn describe(p: &Plan) -> String {
+    match p {
+        Plan::Canary { route, to, from, steps, interval_ms, .. } => format!(
+            "canary of {to} on route {route} (from {from}), steps {:?}, {}s each",
+            steps,
+            interval_ms / 1000
+        ),
+        Plan::BlueGreen { route, to, from, keep_old_ms } => format!("blue-green of route {route} from {from} to {to}, keeping {from} {}s", keep_old_ms / 1000),
+        Plan::Rolling { pool, batch, hook, .. } => format!("rolling upgrade of pool {pool}, {batch} at a time, hook {hook:?}"),
+    }
+}
