@@ -628,12 +628,20 @@ fn print_rollout(r: &Value) {
 }
 
 fn terminal(phase: &str) -> bool {
-    matches!(phase, "completed" | "rolled_back" | "aborted" | "failed" | "awaiting_approval")
+    matches!(
+        phase,
+        "completed" | "rolled_back" | "aborted" | "failed" | "awaiting_approval"
+    )
 }
 
 /// `nrdot rollout canary | blue-green | rolling`.
 pub fn rollout_create(c: &Client, body: Value, follow: bool) -> ExitCode {
-    let (status, r) = call_or_exit!(c.call(Method::POST, "/api/v2/rollouts", Some(("application/json", body.to_string().into_bytes())), &[]));
+    let (status, r) = call_or_exit!(c.call(
+        Method::POST,
+        "/api/v2/rollouts",
+        Some(("application/json", body.to_string().into_bytes())),
+        &[]
+    ));
     if status != StatusCode::CREATED {
         return fail(status, &r);
     }
@@ -649,7 +657,8 @@ pub fn rollout_create(c: &Client, body: Value, follow: bool) -> ExitCode {
     let mut shown = 0;
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        let (status, r) = call_or_exit!(c.call(Method::GET, &format!("/api/v2/rollouts/{id}"), None, &[]));
+        let (status, r) =
+            call_or_exit!(c.call(Method::GET, &format!("/api/v2/rollouts/{id}"), None, &[]));
         if !status.is_success() {
             return fail(status, &r);
         }
@@ -661,14 +670,23 @@ pub fn rollout_create(c: &Client, body: Value, follow: bool) -> ExitCode {
         let phase = r["phase"].as_str().unwrap_or("");
         if terminal(phase) {
             print_rollout(&r);
-            return if phase == "completed" { ExitCode::SUCCESS } else { ExitCode::from(1) };
+            return if phase == "completed" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
         }
     }
 }
 
 /// `nrdot rollout promote|pause|resume|abort|approve|rollback ID`.
 pub fn rollout_command(c: &Client, id: u64, verb: &str) -> ExitCode {
-    let (status, r) = call_or_exit!(c.call(Method::POST, &format!("/api/v2/rollouts/{id}/{verb}"), None, &[]));
+    let (status, r) = call_or_exit!(c.call(
+        Method::POST,
+        &format!("/api/v2/rollouts/{id}/{verb}"),
+        None,
+        &[]
+    ));
     if !status.is_success() {
         return fail(status, &r);
     }
@@ -682,7 +700,8 @@ pub fn rollout_command(c: &Client, id: u64, verb: &str) -> ExitCode {
 
 /// `nrdot rollout status ID`.
 pub fn rollout_status(c: &Client, id: u64) -> ExitCode {
-    let (status, r) = call_or_exit!(c.call(Method::GET, &format!("/api/v2/rollouts/{id}"), None, &[]));
+    let (status, r) =
+        call_or_exit!(c.call(Method::GET, &format!("/api/v2/rollouts/{id}"), None, &[]));
     if !status.is_success() {
         return fail(status, &r);
     }
@@ -724,10 +743,25 @@ pub fn rollout_list(c: &Client) -> ExitCode {
         .unwrap_or(&[])
         .iter()
         .map(|r| {
-            let target = r["plan"]["route"].as_str().or(r["plan"]["pool"].as_str()).unwrap_or("-").to_string();
-            vec![s(&r["id"]), s(&r["plan"]["kind"]), target, s(&r["phase"]), (r["step"].as_u64().unwrap_or(0) + 1).to_string(), format!("{}%", s(&r["weight"])), s(&r["created"])]
+            let target = r["plan"]["route"]
+                .as_str()
+                .or(r["plan"]["pool"].as_str())
+                .unwrap_or("-")
+                .to_string();
+            vec![
+                s(&r["id"]),
+                s(&r["plan"]["kind"]),
+                target,
+                s(&r["phase"]),
+                (r["step"].as_u64().unwrap_or(0) + 1).to_string(),
+                format!("{}%", s(&r["weight"])),
+                s(&r["created"]),
+            ]
         })
         .collect();
-    table(&["ID", "KIND", "TARGET", "PHASE", "STEP", "WEIGHT", "CREATED"], &rows);
+    table(
+        &["ID", "KIND", "TARGET", "PHASE", "STEP", "WEIGHT", "CREATED"],
+        &rows,
+    );
     ExitCode::SUCCESS
 }

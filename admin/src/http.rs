@@ -409,11 +409,15 @@ async fn api(
             };
             json_response(status, json!({ "backends": backends, "drained": drained }))
         }
-        (Method::GET, ["rollouts"]) => json_response(StatusCode::OK, json!({ "rollouts": admin.rollouts.list() })),
-        (Method::GET, ["rollouts", id]) => match id.parse::<u64>().ok().and_then(|id| admin.rollouts.get(id)) {
-            Some(r) => json_response(StatusCode::OK, json!(r)),
-            None => error(StatusCode::NOT_FOUND, format!("no rollout {id}")),
-        },
+        (Method::GET, ["rollouts"]) => {
+            json_response(StatusCode::OK, json!({ "rollouts": admin.rollouts.list() }))
+        }
+        (Method::GET, ["rollouts", id]) => {
+            match id.parse::<u64>().ok().and_then(|id| admin.rollouts.get(id)) {
+                Some(r) => json_response(StatusCode::OK, json!(r)),
+                None => error(StatusCode::NOT_FOUND, format!("no rollout {id}")),
+            }
+        }
         (Method::POST, ["rollouts"]) => {
             let body = match read_body(req).await {
                 Ok(b) => b,

@@ -6,9 +6,9 @@ use nrdot_admin::cli::{
     AdminCommand, Args, AuditCommand, BackendCommand, Command, ConfigCommand, HealthCommand,
     RolloutCommand, VersionCommand,
 };
-use serde_json::json;
 use nrdot_admin::client::{self, Client};
 use nrdot_admin::{demo, offline, run};
+use serde_json::json;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -139,8 +139,20 @@ fn rollout(
     };
     match command {
         RolloutCommand::Canary {
-            route, to, from, steps, interval, max_error_rate, error_for, max_p99, min_healthy,
-            healthy_for, memory_threshold, memory_for, min_requests, follow,
+            route,
+            to,
+            from,
+            steps,
+            interval,
+            max_error_rate,
+            error_for,
+            max_p99,
+            min_healthy,
+            healthy_for,
+            memory_threshold,
+            memory_for,
+            min_requests,
+            follow,
         } => client::rollout_create(
             &c,
             json!({
@@ -152,12 +164,24 @@ fn rollout(
             }),
             follow,
         ),
-        RolloutCommand::BlueGreen { route, to, from, keep_old, follow } => client::rollout_create(
+        RolloutCommand::BlueGreen {
+            route,
+            to,
+            from,
+            keep_old,
+            follow,
+        } => client::rollout_create(
             &c,
             json!({ "kind": "blue-green", "route": route, "to": to, "from": from, "keep_old": keep_old }),
             follow,
         ),
-        RolloutCommand::Rolling { pool, batch, hook, wait, follow } => client::rollout_create(
+        RolloutCommand::Rolling {
+            pool,
+            batch,
+            hook,
+            wait,
+            follow,
+        } => client::rollout_create(
             &c,
             json!({ "kind": "rolling", "pool": pool, "batch": batch, "hook": hook, "wait": wait }),
             follow,

@@ -20,8 +20,8 @@ use crate::control::{AdminError, Control};
 use crate::durable;
 
 mod analysis;
-pub use analysis::{Analysis, Measured};
 use analysis::Sampler;
+pub use analysis::{Analysis, Measured};
 
 /// What a rollout does.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,7 +90,10 @@ pub enum Phase {
 
 impl Phase {
     fn active(self) -> bool {
-        matches!(self, Phase::Progressing | Phase::Paused | Phase::AwaitingApproval)
+        matches!(
+            self,
+            Phase::Progressing | Phase::Paused | Phase::AwaitingApproval
+        )
     }
 
     fn code(self) -> f64 {
@@ -210,7 +213,9 @@ fn parse_percent(v: &Value, default: f64) -> Result<f64, RolloutError> {
             .ok_or_else(|| RolloutError::Invalid("bad percentage".into())),
         Value::String(s) => {
             let t = s.trim().trim_end_matches('%');
-            let f: f64 = t.parse().map_err(|_| RolloutError::Invalid(format!("bad percentage {s:?}")))?;
+            let f: f64 = t
+                .parse()
+                .map_err(|_| RolloutError::Invalid(format!("bad percentage {s:?}")))?;
             Ok(f / 100.0)
         }
         _ => Err(RolloutError::Invalid("bad percentage".into())),
@@ -220,7 +225,10 @@ fn parse_percent(v: &Value, default: f64) -> Result<f64, RolloutError> {
 fn parse_ms(v: &Value, default: u64) -> Result<u64, RolloutError> {
     match v {
         Value::Null => Ok(default),
-        Value::Number(n) => n.as_u64().map(|s| s * 1000).ok_or_else(|| RolloutError::Invalid("bad duration".into())),
+        Value::Number(n) => n
+            .as_u64()
+            .map(|s| s * 1000)
+            .ok_or_else(|| RolloutError::Invalid("bad duration".into())),
         Value::String(s) => nrdot_config::units::parse_duration(s)
             .map(|d| d.as_millis() as u64)
             .map_err(RolloutError::Invalid),
@@ -239,7 +247,10 @@ impl Rollouts {
             if path.extension().and_then(|x| x.to_str()) != Some("json") {
                 continue;
             }
-            match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Rollout>(&b).ok()) {
+            match std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Rollout>(&b).ok())
+            {
                 Some(r) => {
                     rollouts.insert(r.id, r);
                 }
@@ -248,7 +259,12 @@ impl Rollouts {
         }
         for r in rollouts.values() {
             if r.phase.active() {
-                tracing::info!(rollout = r.id, step = r.step, elapsed_ms = r.step_elapsed_ms, "resuming rollout");
+                tracing::info!(
+                    rollout = r.id,
+                    step = r.step,
+                    elapsed_ms = r.step_elapsed_ms,
+                    "resuming rollout"
+                );
             }
         }
         Ok(Rollouts {
@@ -278,12 +294,23 @@ impl Rollouts {
 
     /// Every rollout, newest last.
     pub fn list(&self) -> Vec<Rollout> {
-        self.inner.lock().expect("rollouts poisoned").rollouts.values().cloned().collect()
+        self.inner
+            .lock()
+            .expect("rollouts poisoned")
+            .rollouts
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// One rollout.
     pub fn get(&self, id: u64) -> Option<Rollout> {
-        self.inner.lock().expect("rollouts poisoned").rollouts.get(&id).cloned()
+        self.inner
+            .lock()
+            .expect("rollouts poisoned")
+            .rollouts
+            .get(&id)
+            .cloned()
     }
 
     /// Starts a rollout from an API request body.
@@ -293,8 +320,10 @@ impl Rollouts {
         let kind = s("kind").unwrap_or_default();
         let plan = match kind.as_str() {
             "canary" | "blue-green" => {
-                let route = s("route").ok_or_else(|| RolloutError::Invalid("route is required".into()))?;
-                let to = s("to").ok_or_else(|| RolloutError::Invalid("to (the new pool) is required".into()))?;
+                let route =
+                    s("route").ok_or_else(|| RolloutError::Invalid("route is required".into()))?;
+                let to = s("to")
+                    .ok_or_else(|| RolloutError::Invalid("to (the new pool) is required".into()))?;
                 let Some(r) = table.config.routes.iter().find(|r| r.name == route) else {
                     return Err(RolloutError::Invalid(format!("no route {route:?}")));
                 };
@@ -309,20 +338,37 @@ impl Rollouts {
                         .filter(|e| e.pool != to)
                         .max_by_key(|e| e.weight)
                         .map(|e| e.pool.clone())
-                        .ok_or_else(|| RolloutError::Invalid(format!("route {route:?} has no pool besides {to:?}; give from")))?,
+                        .ok_or_else(|| {
+                            RolloutError::Invalid(format!(
+                                "route {route:?} has no pool besides {to:?}; give from"
+                            ))
+                        })?,
                 };
                 if from == to {
-                    return Err(RolloutError::Invalid("from and to are the same pool".into()));
+                    return Err(RolloutError::Invalid(
+                        "from and to are the same pool".into(),
+                    ));
                 }
                 if kind == "canary" {
                     let steps: Vec<u32> = match &body["steps"] {
-                        Value::Array(a) => a.iter().filter_map(|v| v.as_u64().map(|n| n as u32)).collect(),
-                        Value::String(t) => t.split(',').filter_map(|x| x.trim().trim_end_matches('%').parse().ok()).collect(),
+                        Value::Array(a) => a
+                            .iter()
+                            .filter_map(|v| v.as_u64().map(|n| n as u32))
+                            .collect(),
+                        Value::String(t) => t
+                            .split(',')
+                            .filter_map(|x| x.trim().trim_end_matches('%').parse().ok())
+                            .collect(),
                         Value::Null => vec![10, 50, 100],
                         _ => Vec::new(),
                     };
-                    if steps.is_empty() || steps.iter().any(|&w| w > 100) || steps.windows(2).any(|w| w[0] >= w[1]) {
-                        return Err(RolloutError::Invalid("steps must be increasing percentages, like 10,50,100".into()));
+                    if steps.is_empty()
+                        || steps.iter().any(|&w| w > 100)
+                        || steps.windows(2).any(|w| w[0] >= w[1])
+                    {
+                        return Err(RolloutError::Invalid(
+                            "steps must be increasing percentages, like 10,50,100".into(),
+                        ));
                     }
                     Plan::Canary {
                         route,
@@ -354,11 +400,13 @@ impl Rollouts {
                 }
             }
             "rolling" => {
-                let pool = s("pool").ok_or_else(|| RolloutError::Invalid("pool is required".into()))?;
+                let pool =
+                    s("pool").ok_or_else(|| RolloutError::Invalid("pool is required".into()))?;
                 if !table.config.pools.iter().any(|p| p.name == pool) {
                     return Err(RolloutError::Invalid(format!("no pool {pool:?}")));
                 }
-                let hook = s("hook").ok_or_else(|| RolloutError::Invalid("hook is required".into()))?;
+                let hook =
+                    s("hook").ok_or_else(|| RolloutError::Invalid("hook is required".into()))?;
                 Plan::Rolling {
                     pool,
                     batch: body["batch"].as_u64().unwrap_or(1).max(1) as usize,
@@ -366,12 +414,23 @@ impl Rollouts {
                     wait_ms: parse_ms(&body["wait"], 300_000)?,
                 }
             }
-            other => return Err(RolloutError::Invalid(format!("unknown kind {other:?} (canary, blue-green, rolling)"))),
+            other => {
+                return Err(RolloutError::Invalid(format!(
+                    "unknown kind {other:?} (canary, blue-green, rolling)"
+                )))
+            }
         };
         let mut inner = self.inner.lock().expect("rollouts poisoned");
         let target = plan_target(&plan);
-        if let Some(busy) = inner.rollouts.values().find(|r| r.phase.active() && plan_target(&r.plan) == target) {
-            return Err(RolloutError::Conflict(format!("rollout {} is already running on {target}", busy.id)));
+        if let Some(busy) = inner
+            .rollouts
+            .values()
+            .find(|r| r.phase.active() && plan_target(&r.plan) == target)
+        {
+            return Err(RolloutError::Conflict(format!(
+                "rollout {} is already running on {target}",
+                busy.id
+            )));
         }
         let id = inner.rollouts.keys().last().copied().unwrap_or(0) + 1;
         let mut r = Rollout {
@@ -413,16 +472,30 @@ impl Rollouts {
             version_before: Some(v),
             version_after: Some(v),
             outcome: "ok".into(),
-            detail: if numbers == json!({}) { detail.to_string() } else { format!("{detail} {numbers}") },
+            detail: if numbers == json!({}) {
+                detail.to_string()
+            } else {
+                format!("{detail} {numbers}")
+            },
         });
-        self.control.event(&format!("rollout.{kind}"), &format!("rollout {}", r.id), detail);
+        self.control.event(
+            &format!("rollout.{kind}"),
+            &format!("rollout {}", r.id),
+            detail,
+        );
     }
 
     /// An operator command: promote, pause, resume, abort, approve, rollback.
     pub fn command(&self, id: u64, verb: &str, actor: &str) -> Result<Rollout, RolloutError> {
         let mut inner = self.inner.lock().expect("rollouts poisoned");
-        let mut r = inner.rollouts.get(&id).cloned().ok_or(RolloutError::NotFound(id))?;
-        let conflict = |what: &str| RolloutError::Conflict(format!("rollout {id} is {:?}: cannot {what}", r.phase));
+        let mut r = inner
+            .rollouts
+            .get(&id)
+            .cloned()
+            .ok_or(RolloutError::NotFound(id))?;
+        let conflict = |what: &str| {
+            RolloutError::Conflict(format!("rollout {id} is {:?}: cannot {what}", r.phase))
+        };
         match verb {
             "pause" if r.phase == Phase::Progressing => {
                 r.phase = Phase::Paused;
@@ -437,7 +510,12 @@ impl Rollouts {
             "approve" if r.phase == Phase::AwaitingApproval => {
                 r.phase = Phase::Progressing;
                 r.memory_approved = true;
-                self.record(&mut r, "approved", &format!("approved by {actor}; continuing"), json!({}));
+                self.record(
+                    &mut r,
+                    "approved",
+                    &format!("approved by {actor}; continuing"),
+                    json!({}),
+                );
             }
             "promote" if r.phase.active() => {
                 match &r.plan {
@@ -451,20 +529,39 @@ impl Rollouts {
                     Plan::BlueGreen { .. } => {
                         r.step_elapsed_ms = u64::MAX / 2;
                         r.phase = Phase::Progressing;
-                        self.record(&mut r, "promoted", &format!("promoted by {actor}"), json!({}));
+                        self.record(
+                            &mut r,
+                            "promoted",
+                            &format!("promoted by {actor}"),
+                            json!({}),
+                        );
                     }
-                    Plan::Rolling { .. } => return Err(RolloutError::Conflict("rolling rollouts have no steps to promote".into())),
+                    Plan::Rolling { .. } => {
+                        return Err(RolloutError::Conflict(
+                            "rolling rollouts have no steps to promote".into(),
+                        ))
+                    }
                 }
             }
-            "abort" | "rollback" if r.phase.active() || (verb == "rollback" && r.phase == Phase::Completed) => {
-                let phase = if verb == "abort" { Phase::Aborted } else { Phase::RolledBack };
+            "abort" | "rollback"
+                if r.phase.active() || (verb == "rollback" && r.phase == Phase::Completed) =>
+            {
+                let phase = if verb == "abort" {
+                    Phase::Aborted
+                } else {
+                    Phase::RolledBack
+                };
                 let reason = format!("{verb} by {actor}");
                 self.revert(&mut r, phase, &reason, json!({}))?;
             }
-            other => return Err(match other {
-                "pause" | "resume" | "approve" | "promote" | "abort" | "rollback" => conflict(other),
-                _ => RolloutError::Invalid(format!("unknown command {other:?}")),
-            }),
+            other => {
+                return Err(match other {
+                    "pause" | "resume" | "approve" | "promote" | "abort" | "rollback" => {
+                        conflict(other)
+                    }
+                    _ => RolloutError::Invalid(format!("unknown command {other:?}")),
+                })
+            }
         }
         self.save(&r);
         inner.rollouts.insert(id, r.clone());
@@ -472,15 +569,37 @@ impl Rollouts {
     }
 
     /// Sends all traffic back to the old side and ends the rollout.
-    fn revert(&self, r: &mut Rollout, phase: Phase, reason: &str, numbers: Value) -> Result<(), RolloutError> {
+    fn revert(
+        &self,
+        r: &mut Rollout,
+        phase: Phase,
+        reason: &str,
+        numbers: Value,
+    ) -> Result<(), RolloutError> {
         match &r.plan {
-            Plan::Canary { route, to, from, .. } | Plan::BlueGreen { route, to, from, .. } => {
+            Plan::Canary {
+                route, to, from, ..
+            }
+            | Plan::BlueGreen {
+                route, to, from, ..
+            } => {
                 if let Plan::BlueGreen { .. } = &r.plan {
                     if r.step >= 2 {
-                        return Err(RolloutError::Conflict(format!("rollout {}: the old pool was already removed after the keep window", r.id)));
+                        return Err(RolloutError::Conflict(format!(
+                            "rollout {}: the old pool was already removed after the keep window",
+                            r.id
+                        )));
                     }
                 }
-                let msg = format!("rollout {} {}: {reason}", r.id, if phase == Phase::RolledBack { "rolled back" } else { "aborted" });
+                let msg = format!(
+                    "rollout {} {}: {reason}",
+                    r.id,
+                    if phase == Phase::RolledBack {
+                        "rolled back"
+                    } else {
+                        "aborted"
+                    }
+                );
                 self.set_split(route, &[(from.clone(), 100), (to.clone(), 0)], &msg)?;
                 r.weight = 0;
             }
@@ -488,14 +607,34 @@ impl Rollouts {
         }
         r.phase = phase;
         r.reason = reason.to_string();
-        self.record(r, if phase == Phase::RolledBack { "rollback" } else { "aborted" }, reason, numbers);
+        self.record(
+            r,
+            if phase == Phase::RolledBack {
+                "rollback"
+            } else {
+                "aborted"
+            },
+            reason,
+            numbers,
+        );
         Ok(())
     }
 
-    fn set_split(&self, route: &str, entries: &[(String, u32)], message: &str) -> Result<(), RolloutError> {
+    fn set_split(
+        &self,
+        route: &str,
+        entries: &[(String, u32)],
+        message: &str,
+    ) -> Result<(), RolloutError> {
         let current = self.control.version();
-        let text = self.control.store().get(current.id).map_err(AdminError::from)?.content;
-        let next = nrdot_config::edit::set_split(&text, route, entries).map_err(|e| RolloutError::Invalid(e.to_string()))?;
+        let text = self
+            .control
+            .store()
+            .get(current.id)
+            .map_err(AdminError::from)?
+            .content;
+        let next = nrdot_config::edit::set_split(&text, route, entries)
+            .map_err(|e| RolloutError::Invalid(e.to_string()))?;
         self.control.apply(&next, "rollout", message, None)?;
         Ok(())
     }
@@ -509,10 +648,18 @@ impl Rollouts {
             tick.tick().await;
             let dt = last.elapsed().as_millis() as u64;
             last = Instant::now();
-            self.sampler.lock().expect("sampler poisoned").sample(&self.control.current());
+            self.sampler
+                .lock()
+                .expect("sampler poisoned")
+                .sample(&self.control.current());
             let ids: Vec<u64> = {
                 let inner = self.inner.lock().expect("rollouts poisoned");
-                inner.rollouts.values().filter(|r| r.phase == Phase::Progressing).map(|r| r.id).collect()
+                inner
+                    .rollouts
+                    .values()
+                    .filter(|r| r.phase == Phase::Progressing)
+                    .map(|r| r.id)
+                    .collect()
             };
             for id in ids {
                 self.step(id, dt).await;
@@ -523,8 +670,15 @@ impl Rollouts {
 
     fn export_metrics(&self) {
         let inner = self.inner.lock().expect("rollouts poisoned");
-        for r in inner.rollouts.values().filter(|r| r.phase.active() || r.events.len() < 1000) {
-            let labels = [("rollout", r.id.to_string()), ("target", plan_target(&r.plan))];
+        for r in inner
+            .rollouts
+            .values()
+            .filter(|r| r.phase.active() || r.events.len() < 1000)
+        {
+            let labels = [
+                ("rollout", r.id.to_string()),
+                ("target", plan_target(&r.plan)),
+            ];
             metrics::gauge!("nrdot_rollout_phase", &labels).set(r.phase.code());
             metrics::gauge!("nrdot_rollout_step", &labels).set(r.step as f64);
             metrics::gauge!("nrdot_rollout_weight_percent", &labels).set(r.weight as f64);
@@ -540,11 +694,41 @@ impl Rollouts {
         let Some(mut r) = self.get(id) else { return };
         let before = (r.phase, r.step, r.applied, r.stage);
         let result = match r.plan.clone() {
-            Plan::Canary { route, to, from, steps, interval_ms, analysis } => {
-                self.step_canary(&mut r, dt, &route, &to, &from, &steps, interval_ms, &analysis)
+            Plan::Canary {
+                route,
+                to,
+                from,
+                steps,
+                interval_ms,
+                analysis,
+            } => self.step_canary(
+                &mut r,
+                dt,
+                &route,
+                &to,
+                &from,
+                &steps,
+                interval_ms,
+                &analysis,
+            ),
+            Plan::BlueGreen {
+                route,
+                to,
+                from,
+                keep_old_ms,
+            } => {
+                self.step_blue_green(&mut r, dt, &route, &to, &from, keep_old_ms)
+                    .await
             }
-            Plan::BlueGreen { route, to, from, keep_old_ms } => self.step_blue_green(&mut r, dt, &route, &to, &from, keep_old_ms).await,
-            Plan::Rolling { pool, batch, hook, wait_ms } => self.step_rolling(&mut r, dt, &pool, batch, &hook, wait_ms).await,
+            Plan::Rolling {
+                pool,
+                batch,
+                hook,
+                wait_ms,
+            } => {
+                self.step_rolling(&mut r, dt, &pool, batch, &hook, wait_ms)
+                    .await
+            }
         };
         if let Err(e) = result {
             r.phase = Phase::Failed;
@@ -557,7 +741,10 @@ impl Rollouts {
             return;
         }
         let changed = before != (r.phase, r.step, r.applied, r.stage);
-        let due = inner.last_save.get(&id).is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        let due = inner
+            .last_save
+            .get(&id)
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         if changed || due {
             self.save(&r);
             inner.last_save.insert(id, Instant::now());
@@ -579,8 +766,17 @@ impl Rollouts {
     ) -> Result<(), RolloutError> {
         let weight = steps[r.step.min(steps.len() - 1)];
         if !r.applied {
-            let msg = format!("rollout {} step {}/{}: {weight}%", r.id, r.step + 1, steps.len());
-            self.set_split(route, &[(from.to_string(), 100 - weight), (to.to_string(), weight)], &msg)?;
+            let msg = format!(
+                "rollout {} step {}/{}: {weight}%",
+                r.id,
+                r.step + 1,
+                steps.len()
+            );
+            self.set_split(
+                route,
+                &[(from.to_string(), 100 - weight), (to.to_string(), weight)],
+                &msg,
+            )?;
             r.applied = true;
             r.weight = weight;
             r.step_elapsed_ms = 0;
@@ -589,7 +785,11 @@ impl Rollouts {
             return Ok(());
         }
         let table = self.control.current();
-        let measured = self.sampler.lock().expect("sampler poisoned").measure(&table, to, analysis);
+        let measured = self
+            .sampler
+            .lock()
+            .expect("sampler poisoned")
+            .measure(&table, to, analysis);
         r.measured = Some(measured.clone());
         let numbers = serde_json::to_value(&measured).unwrap_or(Value::Null);
         let mut inner = self.inner.lock().expect("rollouts poisoned");
@@ -601,10 +801,22 @@ impl Rollouts {
             let since = *inner.since.entry((r.id, key)).or_insert_with(Instant::now);
             since.elapsed() >= Duration::from_millis(for_ms)
         };
-        let error_bad = measured.window_requests >= analysis.min_requests && measured.error_rate > analysis.max_error_rate;
-        let p99_bad = analysis.max_p99_ms.is_some_and(|max| measured.window_requests >= analysis.min_requests && measured.p99_ms > max);
-        let healthy_bad = held("healthy", measured.healthy_fraction < analysis.min_healthy, analysis.healthy_for_ms);
-        let memory_bad = !r.memory_approved && held("memory", measured.memory_fraction > analysis.max_memory, analysis.memory_for_ms);
+        let error_bad = measured.window_requests >= analysis.min_requests
+            && measured.error_rate > analysis.max_error_rate;
+        let p99_bad = analysis.max_p99_ms.is_some_and(|max| {
+            measured.window_requests >= analysis.min_requests && measured.p99_ms > max
+        });
+        let healthy_bad = held(
+            "healthy",
+            measured.healthy_fraction < analysis.min_healthy,
+            analysis.healthy_for_ms,
+        );
+        let memory_bad = !r.memory_approved
+            && held(
+                "memory",
+                measured.memory_fraction > analysis.max_memory,
+                analysis.memory_for_ms,
+            );
         drop(inner);
         if error_bad {
             let why = format!(
@@ -618,7 +830,11 @@ impl Rollouts {
             return self.revert(r, Phase::RolledBack, &why, numbers);
         }
         if p99_bad {
-            let why = format!("p99 latency {} ms > {} ms", measured.p99_ms, analysis.max_p99_ms.unwrap_or(0));
+            let why = format!(
+                "p99 latency {} ms > {} ms",
+                measured.p99_ms,
+                analysis.max_p99_ms.unwrap_or(0)
+            );
             return self.revert(r, Phase::RolledBack, &why, numbers);
         }
         if healthy_bad {
@@ -644,13 +860,25 @@ impl Rollouts {
             return Ok(());
         }
         // A step passes only when the analysis held for the whole interval.
-        if measured.window_requests >= analysis.min_requests && measured.error_rate > analysis.max_error_rate {
+        if measured.window_requests >= analysis.min_requests
+            && measured.error_rate > analysis.max_error_rate
+        {
             r.step_elapsed_ms = 0;
         } else {
             r.step_elapsed_ms = r.step_elapsed_ms.saturating_add(dt);
         }
         if r.step_elapsed_ms >= interval_ms {
-            self.record(r, "step_passed", &format!("step {}/{} ({weight}%) held for {}s", r.step + 1, steps.len(), interval_ms / 1000), numbers);
+            self.record(
+                r,
+                "step_passed",
+                &format!(
+                    "step {}/{} ({weight}%) held for {}s",
+                    r.step + 1,
+                    steps.len(),
+                    interval_ms / 1000
+                ),
+                numbers,
+            );
             if r.step + 1 >= steps.len() {
                 r.phase = Phase::Completed;
                 r.reason = format!("{to} serves {weight}%");
@@ -664,19 +892,33 @@ impl Rollouts {
         Ok(())
     }
 
-    async fn step_blue_green(&self, r: &mut Rollout, dt: u64, route: &str, to: &str, from: &str, keep_old_ms: u64) -> Result<(), RolloutError> {
+    async fn step_blue_green(
+        &self,
+        r: &mut Rollout,
+        dt: u64,
+        route: &str,
+        to: &str,
+        from: &str,
+        keep_old_ms: u64,
+    ) -> Result<(), RolloutError> {
         match r.step {
             0 => {
                 let table = self.control.current();
                 let Some(pool) = table.pools.iter().find(|p| p.config.name == to) else {
-                    return Err(RolloutError::Invalid(format!("pool {to:?} is no longer configured")));
+                    return Err(RolloutError::Invalid(format!(
+                        "pool {to:?} is no longer configured"
+                    )));
                 };
                 let mut ready = !pool.backends.is_empty();
                 for b in &pool.backends {
                     let ok = match &pool.config.health_check {
                         Some(_) => b.state.health() == nrdot_config::state::Health::Healthy,
                         None => matches!(
-                            tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(b.state.address.as_ref())).await,
+                            tokio::time::timeout(
+                                Duration::from_millis(500),
+                                tokio::net::TcpStream::connect(b.state.address.as_ref())
+                            )
+                            .await,
                             Ok(Ok(_))
                         ),
                     };
@@ -686,20 +928,37 @@ impl Rollouts {
                 if !ready && !forced {
                     return Ok(());
                 }
-                let msg = format!("rollout {}: blue-green switch of route {route} from {from} to {to}", r.id);
+                let msg = format!(
+                    "rollout {}: blue-green switch of route {route} from {from} to {to}",
+                    r.id
+                );
                 self.set_split(route, &[(from.to_string(), 0), (to.to_string(), 100)], &msg)?;
                 r.step = 1;
                 r.weight = 100;
                 r.applied = true;
                 r.step_elapsed_ms = 0;
-                self.record(r, "switched", &format!("{to} is healthy; traffic switched; {from} kept for {}s", keep_old_ms / 1000), json!({ "weight": 100 }));
+                self.record(
+                    r,
+                    "switched",
+                    &format!(
+                        "{to} is healthy; traffic switched; {from} kept for {}s",
+                        keep_old_ms / 1000
+                    ),
+                    json!({ "weight": 100 }),
+                );
             }
             1 => {
                 r.step_elapsed_ms = r.step_elapsed_ms.saturating_add(dt);
                 if r.step_elapsed_ms >= keep_old_ms {
                     let current = self.control.version();
-                    let text = self.control.store().get(current.id).map_err(AdminError::from)?.content;
-                    let next = nrdot_config::edit::remove_pool(&text, from).map_err(|e| RolloutError::Invalid(e.to_string()))?;
+                    let text = self
+                        .control
+                        .store()
+                        .get(current.id)
+                        .map_err(AdminError::from)?
+                        .content;
+                    let next = nrdot_config::edit::remove_pool(&text, from)
+                        .map_err(|e| RolloutError::Invalid(e.to_string()))?;
                     let msg = format!("rollout {}: removed {from} after the keep window", r.id);
                     self.control.apply(&next, "rollout", &msg, None)?;
                     r.step = 2;
@@ -714,12 +973,26 @@ impl Rollouts {
         Ok(())
     }
 
-    async fn step_rolling(&self, r: &mut Rollout, dt: u64, pool: &str, batch: usize, hook: &str, wait_ms: u64) -> Result<(), RolloutError> {
+    async fn step_rolling(
+        &self,
+        r: &mut Rollout,
+        dt: u64,
+        pool: &str,
+        batch: usize,
+        hook: &str,
+        wait_ms: u64,
+    ) -> Result<(), RolloutError> {
         let table = self.control.current();
         let Some(p) = table.pools.iter().find(|p| p.config.name == pool) else {
-            return Err(RolloutError::Invalid(format!("pool {pool:?} is no longer configured")));
+            return Err(RolloutError::Invalid(format!(
+                "pool {pool:?} is no longer configured"
+            )));
         };
-        let servers: Vec<String> = p.backends.iter().map(|b| b.state.address.to_string()).collect();
+        let servers: Vec<String> = p
+            .backends
+            .iter()
+            .map(|b| b.state.address.to_string())
+            .collect();
         let batches: Vec<Vec<String>> = servers.chunks(batch).map(|c| c.to_vec()).collect();
         let Some(current) = batches.get(r.step).cloned() else {
             r.phase = Phase::Completed;
@@ -734,7 +1007,12 @@ impl Rollouts {
         let fail = |r: &mut Rollout, why: String| -> Result<(), RolloutError> {
             r.phase = Phase::Failed;
             r.reason = why.clone();
-            self.record(r, "failed", &why, json!({ "batch": r.step + 1, "servers": current }));
+            self.record(
+                r,
+                "failed",
+                &why,
+                json!({ "batch": r.step + 1, "servers": current }),
+            );
             Ok(())
         };
         match r.stage {
@@ -744,19 +1022,41 @@ impl Rollouts {
                 }
                 r.stage = Some(Stage::Drain);
                 r.step_elapsed_ms = 0;
-                self.record(r, "draining", &format!("batch {}/{}: draining {}", r.step + 1, batches.len(), current.join(", ")), json!({}));
+                self.record(
+                    r,
+                    "draining",
+                    &format!(
+                        "batch {}/{}: draining {}",
+                        r.step + 1,
+                        batches.len(),
+                        current.join(", ")
+                    ),
+                    json!({}),
+                );
             }
             Some(Stage::Drain) => {
                 let in_flight: u64 = p
                     .backends
                     .iter()
-                    .filter(|b| current.iter().any(|a| a.as_str() == b.state.address.as_ref()))
+                    .filter(|b| {
+                        current
+                            .iter()
+                            .any(|a| a.as_str() == b.state.address.as_ref())
+                    })
                     .map(|b| b.state.in_flight.load(std::sync::atomic::Ordering::Relaxed))
                     .sum();
                 if in_flight == 0 || r.step_elapsed_ms >= wait_ms {
                     r.stage = Some(Stage::Hook);
                     r.step_elapsed_ms = 0;
-                    self.record(r, "drained", &format!("batch {}: {in_flight} request(s) still in flight", r.step + 1), json!({ "in_flight": in_flight }));
+                    self.record(
+                        r,
+                        "drained",
+                        &format!(
+                            "batch {}: {in_flight} request(s) still in flight",
+                            r.step + 1
+                        ),
+                        json!({ "in_flight": in_flight }),
+                    );
                     let key = (r.id, r.step);
                     self.hooks.lock().expect("hooks poisoned").insert(key, None);
                     let servers = current.clone();
@@ -764,21 +1064,37 @@ impl Rollouts {
                     let shared = self.hook_results();
                     tokio::spawn(async move {
                         let result = run_hooks(&hook, &servers, wait).await;
-                        shared.lock().expect("hooks poisoned").insert(key, Some(result));
+                        shared
+                            .lock()
+                            .expect("hooks poisoned")
+                            .insert(key, Some(result));
                     });
                 }
             }
             Some(Stage::Hook) => {
                 let key = (r.id, r.step);
-                let done = self.hook_results().lock().expect("hooks poisoned").get(&key).cloned().flatten();
+                let done = self
+                    .hook_results()
+                    .lock()
+                    .expect("hooks poisoned")
+                    .get(&key)
+                    .cloned()
+                    .flatten();
                 match done {
                     None if r.step_elapsed_ms < wait_ms.saturating_add(1000) => {}
-                    None => return fail(r, format!("hook did not finish within {}s", wait_ms / 1000)),
+                    None => {
+                        return fail(r, format!("hook did not finish within {}s", wait_ms / 1000))
+                    }
                     Some(Err(e)) => return fail(r, format!("hook failed: {e}")),
                     Some(Ok(())) => {
                         r.stage = Some(Stage::Health);
                         r.step_elapsed_ms = 0;
-                        self.record(r, "hook_done", &format!("batch {}: hook succeeded", r.step + 1), json!({}));
+                        self.record(
+                            r,
+                            "hook_done",
+                            &format!("batch {}: hook succeeded", r.step + 1),
+                            json!({}),
+                        );
                     }
                 }
             }
@@ -788,7 +1104,11 @@ impl Rollouts {
                     let ok = match &p.config.health_check {
                         Some(hc) => crate::health::check(hc, a).await.is_ok(),
                         None => matches!(
-                            tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(a.as_str())).await,
+                            tokio::time::timeout(
+                                Duration::from_millis(500),
+                                tokio::net::TcpStream::connect(a.as_str())
+                            )
+                            .await,
                             Ok(Ok(_))
                         ),
                     };
@@ -798,12 +1118,29 @@ impl Rollouts {
                     for id in &ids {
                         self.control.set_enabled(id, true, &actor)?;
                     }
-                    self.record(r, "batch_done", &format!("batch {}/{}: {} healthy and enabled", r.step + 1, batches.len(), current.join(", ")), json!({}));
+                    self.record(
+                        r,
+                        "batch_done",
+                        &format!(
+                            "batch {}/{}: {} healthy and enabled",
+                            r.step + 1,
+                            batches.len(),
+                            current.join(", ")
+                        ),
+                        json!({}),
+                    );
                     r.step += 1;
                     r.stage = None;
                     r.step_elapsed_ms = 0;
                 } else if r.step_elapsed_ms >= wait_ms {
-                    return fail(r, format!("batch {}: health check did not pass within {}s; servers left disabled", r.step + 1, wait_ms / 1000));
+                    return fail(
+                        r,
+                        format!(
+                            "batch {}: health check did not pass within {}s; servers left disabled",
+                            r.step + 1,
+                            wait_ms / 1000
+                        ),
+                    );
                 }
             }
         }
@@ -849,12 +1186,29 @@ fn plan_target(p: &Plan) -> String {
 
 fn describe(p: &Plan) -> String {
     match p {
-        Plan::Canary { route, to, from, steps, interval_ms, .. } => format!(
+        Plan::Canary {
+            route,
+            to,
+            from,
+            steps,
+            interval_ms,
+            ..
+        } => format!(
             "canary of {to} on route {route} (from {from}), steps {:?}, {}s each",
             steps,
             interval_ms / 1000
         ),
-        Plan::BlueGreen { route, to, from, keep_old_ms } => format!("blue-green of route {route} from {from} to {to}, keeping {from} {}s", keep_old_ms / 1000),
-        Plan::Rolling { pool, batch, hook, .. } => format!("rolling upgrade of pool {pool}, {batch} at a time, hook {hook:?}"),
+        Plan::BlueGreen {
+            route,
+            to,
+            from,
+            keep_old_ms,
+        } => format!(
+            "blue-green of route {route} from {from} to {to}, keeping {from} {}s",
+            keep_old_ms / 1000
+        ),
+        Plan::Rolling {
+            pool, batch, hook, ..
+        } => format!("rolling upgrade of pool {pool}, {batch} at a time, hook {hook:?}"),
     }
 }

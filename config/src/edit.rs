@@ -92,7 +92,13 @@ mod tests {
         let c = Config::from_toml(&t).expect("valid");
         assert_eq!(c.pools.len(), 1);
         assert_eq!(c.routes[0].split.len(), 1);
-        assert_eq!(set_split(TEXT, "nope", &[]), Err(EditError::NoRoute("nope".into())));
-        assert_eq!(remove_pool(TEXT, "red"), Err(EditError::NoPool("red".into())));
+        assert_eq!(
+            set_split(TEXT, "nope", &[]),
+            Err(EditError::NoRoute("nope".into()))
+        );
+        assert_eq!(
+            remove_pool(TEXT, "red"),
+            Err(EditError::NoPool("red".into()))
+        );
     }
 }

@@ -330,7 +330,22 @@ impl PoolState {
 
 /// Upper bounds (ms) of the latency buckets the analysis computes percentiles from.
 pub const LATENCY_BOUNDS_MS: [u64; 16] = [
-    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, u64::MAX,
+    1,
+    2,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    30_000,
+    60_000,
+    u64::MAX,
 ];
 
 /// Totals of upstream attempts of one pool: every attempt counts, and an error is a 5xx
@@ -360,7 +375,10 @@ impl Outcomes {
     #[inline]
     pub fn record_latency(&self, took: std::time::Duration) {
         let ms = took.as_millis() as u64;
-        let i = LATENCY_BOUNDS_MS.iter().position(|&b| ms <= b).unwrap_or(15);
+        let i = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(15);
         self.latency[i].fetch_add(1, Ordering::Relaxed);
     }
 

@@ -6,6 +6,7 @@ mod control;
 mod intermediary;
 mod lifecycle;
 mod resilience;
+mod rollout;
 mod routing;
 mod swap;
 

@@ -45,6 +45,7 @@ struct OriginShared {
     connections: AtomicU64,
     open: AtomicU64,
     status: AtomicU64,
+    fail_every: AtomicU64,
     agent: std::sync::Mutex<String>,
 }
 
@@ -77,6 +78,7 @@ impl Origin {
             connections: AtomicU64::new(0),
             open: AtomicU64::new(0),
             status: AtomicU64::new(0),
+            fail_every: AtomicU64::new(0),
             agent: std::sync::Mutex::new("up".into()),
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -135,6 +137,11 @@ impl Origin {
     /// Makes every ordinary request answer `status` (0: back to normal).
     pub fn set_status(&self, status: u16) {
         self.shared.status.store(status as u64, Ordering::SeqCst);
+    }
+
+    /// Makes every n-th ordinary request answer 500 (0: never).
+    pub fn set_fail_every(&self, n: u64) {
+        self.shared.fail_every.store(n, Ordering::SeqCst);
     }
 
     /// What `/agent` answers.
@@ -205,6 +212,11 @@ async fn origin_handle(
     if path == "/agent" {
         let text = shared.agent.lock().expect("agent").clone();
         *resp.body_mut() = Full::new(Bytes::from(text));
+        return Ok(resp);
+    }
+    let every = shared.fail_every.load(Ordering::SeqCst);
+    if every > 0 && shared.hits.load(Ordering::SeqCst).is_multiple_of(every) {
+        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         return Ok(resp);
     }
     let forced = shared.status.load(Ordering::SeqCst) as u16;

@@ -64,7 +64,10 @@ impl Sampler {
         for p in &table.pools {
             let (req, err, lat) = p.state.outcomes.sample();
             let ring = self.rings.entry(p.config.name.clone()).or_default();
-            if ring.back().is_some_and(|(t, ..)| now.duration_since(*t) < Duration::from_millis(200)) {
+            if ring
+                .back()
+                .is_some_and(|(t, ..)| now.duration_since(*t) < Duration::from_millis(200))
+            {
                 continue;
             }
             ring.push_back((now, req, err, lat));
@@ -87,10 +90,16 @@ impl Sampler {
         };
         if let Some(p) = table.pools.iter().find(|p| p.config.name == pool) {
             let total = p.backends.len().max(1);
-            let up = p.backends.iter().filter(|b| b.weight > 0 && b.state.available()).count();
+            let up = p
+                .backends
+                .iter()
+                .filter(|b| b.weight > 0 && b.state.available())
+                .count();
             m.healthy_fraction = up as f64 / total as f64;
         }
-        let Some(ring) = self.rings.get(pool) else { return m };
+        let Some(ring) = self.rings.get(pool) else {
+            return m;
+        };
         let Some(newest) = ring.back() else { return m };
         let window = Duration::from_millis(a.error_for_ms.max(250));
         let floor = self.since.get(pool).copied();
@@ -127,7 +136,11 @@ impl Sampler {
 pub fn memory_fraction() -> f64 {
     let rss = std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map(|pages| pages * 4096)
         .unwrap_or(0);
     let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")

@@ -1,0 +1,524 @@
+//! Progressive delivery end to end, with windows of seconds: canary steps and automatic
+//! rollbacks, the memory approval gate, blue-green, rolling upgrades, restarts, stickiness.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use nrdot_tests::{get, http_client, pool, send, Nrdot, Origin};
+use serde_json::{json, Value};
+
+use crate::BIN;
+
+fn app(stable: &Origin, canary: &Origin, sticky: &str) -> String {
+    format!(
+        "{}{}[[route]]\nname = \"app\"\nsplit = [{{ pool = \"stable\", weight = 100 }}, {{ pool = \"canary\", weight = 0 }}]\n{sticky}\n",
+        pool("stable", &[stable.addr]),
+        pool("canary", &[canary.addr])
+    )
+}
+
+/// Steady traffic until stopped; counts answers by origin and status.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    seen: Arc<Mutex<HashMap<(String, u16), u64>>>,
+}
+
+impl Load {
+    fn start(url: String, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (url, stop, seen) = (url.clone(), Arc::clone(&stop), Arc::clone(&seen));
+                tokio::spawn(async move {
+                    let client = http_client();
+                    while !stop.load(Ordering::SeqCst) {
+                        let r = send(
+                            &client,
+                            Request::get(&url)
+                                .body(Full::new(Bytes::new()))
+                                .expect("req"),
+                        )
+                        .await;
+                        *seen
+                            .lock()
+                            .expect("seen")
+                            .entry((r.header("x-origin").to_string(), r.status.as_u16()))
+                            .or_default() += 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            })
+            .collect();
+        Load { stop, tasks, seen }
+    }
+
+    async fn finish(self) -> HashMap<(String, u16), u64> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.expect("load task");
+        }
+        let seen = self.seen.lock().expect("seen").clone();
+        seen
+    }
+}
+
+async fn wait_phase(n: &Nrdot, id: u64, want: &str, within: Duration) -> Value {
+    let t = Instant::now();
+    loop {
+        let r = n
+            .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+            .await
+            .json();
+        if r["phase"] == want {
+            return r;
+        }
+        assert!(
+            t.elapsed() < within,
+            "rollout {id} not {want} within {within:?}: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start(n: &Nrdot, body: Value) -> u64 {
+    let r = n
+        .api("POST", "/api/v2/rollouts", &body.to_string(), None)
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.json()["id"].as_u64().expect("id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_canary_goes_10_50_100_and_completes() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let n = Nrdot::start(BIN, "", &app(&stable, &canary, ""));
+    let load = Load::start(n.url("/"), 2);
+    let out = n.cli(&[
+        "rollout",
+        "canary",
+        "--route",
+        "app",
+        "--to",
+        "canary",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "1s",
+        "--error-for",
+        "1s",
+        "--follow",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = load.finish().await;
+    assert!(
+        text.contains("step 2/3: 50%") && text.contains("completed"),
+        "{text}"
+    );
+    assert!(seen.keys().all(|(_, status)| *status == 200), "{seen:?}");
+    // Each step is a config version with a message; the canary now takes everything.
+    let versions = n.cli(&["version", "history"]);
+    let history = String::from_utf8_lossy(&versions.stdout);
+    for m in [
+        "rollout 1 step 1/3: 10%",
+        "rollout 1 step 2/3: 50%",
+        "rollout 1 step 3/3: 100%",
+    ] {
+        assert!(history.contains(m), "{m} missing from\n{history}");
+    }
+    for _ in 0..10 {
+        assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "canary");
+    }
+    let audit = String::from_utf8_lossy(&n.cli(&["audit", "--limit", "100"]).stdout).to_string();
+    assert!(
+        audit.contains("rollout.step_passed") && audit.contains("rollout.completed"),
+        "{audit}"
+    );
+    let m = String::from_utf8(
+        get(&format!("http://{}/metrics", n.admin), &[])
+            .await
+            .body
+            .to_vec(),
+    )
+    .expect("utf8");
+    assert!(
+        m.contains("nrdot_rollout_weight_percent{rollout=\"1\",target=\"route app\"} 100"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_failing_20_percent_is_rolled_back_within_one_window() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    canary.set_fail_every(5);
+    let n = Nrdot::start(BIN, "", &app(&stable, &canary, ""));
+    let load = Load::start(n.url("/"), 3);
+    let id = start(&n, json!({"kind": "canary", "route": "app", "to": "canary", "steps": [50, 100], "interval": "30s", "error_for": "2s", "max_error_rate": "5%", "min_requests": 10})).await;
+    let started = Instant::now();
+    let r = wait_phase(&n, id, "rolled_back", Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = load.finish().await;
+    assert!(took < Duration::from_secs(5), "rolled back after {took:?}");
+    assert!(
+        r["reason"].as_str().expect("reason").contains("error rate"),
+        "{r}"
+    );
+    let rollback = r["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["kind"] == "rollback")
+        .expect("rollback event")
+        .clone();
+    assert!(
+        rollback["numbers"]["error_rate"].as_f64().expect("rate") > 0.1,
+        "{rollback}"
+    );
+    // The stable side served no errors at any time; everyone is back on stable.
+    let stable_errors: u64 = seen
+        .iter()
+        .filter(|((o, s), _)| o == "stable" && *s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(stable_errors, 0, "{seen:?}");
+    for _ in 0..20 {
+        assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "stable");
+    }
+    assert_eq!(
+        n.cli(&["rollout", "status", &id.to_string()]).status.code(),
+        Some(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_with_failing_health_checks_is_rolled_back() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let body = format!(
+        "{}[[pool]]\nname = \"canary\"\n[pool.health_check]\npath = \"/status/200\"\ninterval = \"100ms\"\nfall = 1\n[[pool.server]]\naddress = \"{}\"\n[[route]]\nname = \"app\"\nsplit = [{{ pool = \"stable\", weight = 100 }}, {{ pool = \"canary\", weight = 0 }}]\n",
+        pool("stable", &[stable.addr]),
+        canary.addr
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let id = start(&n, json!({"kind": "canary", "route": "app", "to": "canary", "steps": [10, 100], "interval": "30s", "healthy_for": "1s", "min_requests": 100000})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    canary.stop();
+    let r = wait_phase(&n, id, "rolled_back", Duration::from_secs(8)).await;
+    assert!(
+        r["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("healthy backends 0% < 50%"),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_trigger_pauses_for_approval_and_approve_continues() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let n = Nrdot::start(BIN, "", &app(&stable, &canary, ""));
+    let id = start(&n, json!({"kind": "canary", "route": "app", "to": "canary", "steps": [20, 100], "interval": "1s", "memory_threshold": "0.0001%", "memory_for": "500ms"})).await;
+    let r = wait_phase(&n, id, "awaiting_approval", Duration::from_secs(8)).await;
+    assert!(
+        r["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("memory usage"),
+        "{r}"
+    );
+    // Paused where it was: no further step until approved.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let still = n
+        .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+        .await
+        .json();
+    assert_eq!(still["phase"], "awaiting_approval");
+    assert_eq!(still["weight"], 20);
+    let out = n.cli(&["rollout", "approve", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_phase(&n, id, "completed", Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switches_then_rolls_back_at_once_inside_the_keep_window() {
+    let (blue, green) = (Origin::start("blue").await, Origin::start("green").await);
+    let body = format!(
+        "{}{}[[route]]\nname = \"app\"\npool = \"blue\"\n",
+        pool("blue", &[blue.addr]),
+        pool("green", &[green.addr])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let out = n.cli(&[
+        "rollout",
+        "blue-green",
+        "--route",
+        "app",
+        "--to",
+        "green",
+        "--keep-old",
+        "1h",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Instant::now();
+    while get(&n.url("/"), &[]).await.header("x-origin") != "green" {
+        assert!(t.elapsed() < Duration::from_secs(5), "never switched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            get(&n.url("/"), &[]).await.header("x-origin"),
+            "green",
+            "the switch is not atomic"
+        );
+    }
+    let r = n.api("POST", "/api/v2/rollouts/1/rollback", "", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["phase"], "rolled_back");
+    // Instant: the very next request is on blue.
+    for _ in 0..10 {
+        assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "blue");
+    }
+    // A short keep window removes the old pool in a new version.
+    let id = start(
+        &n,
+        json!({"kind": "blue-green", "route": "app", "to": "green", "keep_old": "500ms"}),
+    )
+    .await;
+    wait_phase(&n, id, "completed", Duration::from_secs(8)).await;
+    let cfg = n.api("GET", "/api/v2/config", "", None).await.json();
+    assert!(
+        !cfg["toml"]
+            .as_str()
+            .expect("toml")
+            .contains("name = \"blue\""),
+        "blue still configured"
+    );
+    assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_upgrade_of_four_backends_serves_zero_errors() {
+    let origins: Arc<Mutex<HashMap<String, Origin>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut addrs = Vec::new();
+    for i in 0..4 {
+        let o = Origin::start(&format!("v1-{i}")).await;
+        addrs.push(o.addr);
+        origins
+            .lock()
+            .expect("origins")
+            .insert(o.addr.to_string(), o);
+    }
+    // The hook calls this control server, which restarts the server on a new version.
+    let control = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let control_addr = control.local_addr().expect("addr");
+    let restarted = Arc::new(AtomicU64::new(0));
+    {
+        let (origins, restarted) = (Arc::clone(&origins), Arc::clone(&restarted));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = control.accept().await else {
+                    continue;
+                };
+                let (origins, restarted) = (Arc::clone(&origins), Arc::clone(&restarted));
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let (origins, restarted) =
+                                (Arc::clone(&origins), Arc::clone(&restarted));
+                            async move {
+                                let server = req
+                                    .uri()
+                                    .query()
+                                    .and_then(|q| q.strip_prefix("server="))
+                                    .unwrap_or("")
+                                    .to_string();
+                                let addr: std::net::SocketAddr =
+                                    server.parse().expect("server address");
+                                if let Some(old) = origins.lock().expect("origins").remove(&server)
+                                {
+                                    old.stop();
+                                }
+                                let fresh =
+                                    Origin::restart_on(&format!("v2-{}", addr.port()), addr).await;
+                                origins.lock().expect("origins").insert(server, fresh);
+                                restarted.fetch_add(1, Ordering::SeqCst);
+                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                    Bytes::from("restarted\n"),
+                                )))
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    }
+    let servers: String = addrs
+        .iter()
+        .map(|a| format!("[[pool.server]]\naddress = \"{a}\"\n"))
+        .collect();
+    let body = format!("[[pool]]\nname = \"web\"\n[pool.health_check]\npath = \"/\"\ninterval = \"200ms\"\n{servers}[[route]]\nname = \"r\"\npool = \"web\"\n");
+    let n = Nrdot::start(BIN, "", &body);
+    let load = Load::start(n.url("/"), 2);
+    let hook = format!("curl -fsS 'http://{control_addr}/restart?server={{server}}'");
+    let out = n.cli(&[
+        "rollout", "rolling", "--pool", "web", "--batch", "2", "--hook", &hook, "--wait", "10s",
+        "--follow",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = load.finish().await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(restarted.load(Ordering::SeqCst), 4);
+    let errors: u64 = seen
+        .iter()
+        .filter(|((_, s), _)| *s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(errors, 0, "errors during the rolling upgrade: {seen:?}");
+    assert!(
+        text.contains("batch 1/2") && text.contains("batch 2/2"),
+        "{text}"
+    );
+    let mut now_serving = std::collections::HashSet::new();
+    for _ in 0..20 {
+        now_serving.insert(get(&n.url("/"), &[]).await.header("x-origin").to_string());
+    }
+    assert!(
+        now_serving.iter().all(|o| o.starts_with("v2-")),
+        "{now_serving:?}"
+    );
+    // A failing hook stops the rollout and reports it.
+    let id = start(
+        &n,
+        json!({"kind": "rolling", "pool": "web", "batch": 2, "hook": "false", "wait": "5s"}),
+    )
+    .await;
+    let r = wait_phase(&n, id, "failed", Duration::from_secs(10)).await;
+    assert!(
+        r["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("hook failed"),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_rollout_resumes_at_the_same_step() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let mut n = Nrdot::start(BIN, "", &app(&stable, &canary, ""));
+    let id = start(&n, json!({"kind": "canary", "route": "app", "to": "canary", "steps": [10, 50, 100], "interval": "60s"})).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = n
+        .api("POST", &format!("/api/v2/rollouts/{id}/promote"), "", None)
+        .await;
+    assert_eq!(r.status, 200);
+    let t = Instant::now();
+    loop {
+        let r = n
+            .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+            .await
+            .json();
+        if r["step"] == 1 && r["weight"] == 50 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before = n
+        .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+        .await
+        .json();
+    n.restart();
+    let after = n
+        .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+        .await
+        .json();
+    assert_eq!(after["phase"], "progressing");
+    assert_eq!(after["step"], 1);
+    assert_eq!(after["weight"], 50);
+    let (b, a) = (
+        before["step_elapsed_ms"].as_u64().expect("ms"),
+        after["step_elapsed_ms"].as_u64().expect("ms"),
+    );
+    assert!(
+        a >= b.saturating_sub(1500) && a < 10_000,
+        "time left not kept: {b} ms before, {a} ms after"
+    );
+    // The traffic split survived with the config version.
+    let mut canary_seen = 0;
+    for _ in 0..100 {
+        if get(&n.url("/"), &[]).await.header("x-origin") == "canary" {
+            canary_seen += 1;
+        }
+    }
+    assert!(
+        (40..=60).contains(&canary_seen),
+        "{canary_seen}% on canary after restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_clients_never_flip_back_while_the_canary_grows() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &app(&stable, &canary, "sticky = { header = \"x-user\" }"),
+    );
+    let id = start(&n, json!({"kind": "canary", "route": "app", "to": "canary", "steps": [10, 30, 60, 100], "interval": "700ms", "error_for": "1s"})).await;
+    let mut on_canary: HashMap<String, bool> = HashMap::new();
+    let t = Instant::now();
+    loop {
+        for u in 0..60 {
+            let user = format!("user-{u}");
+            let side = get(&n.url("/"), &[("x-user", &user)])
+                .await
+                .header("x-origin")
+                .to_string();
+            let was = on_canary.entry(user.clone()).or_insert(false);
+            if *was {
+                assert_eq!(side, "canary", "{user} flipped back to stable");
+            }
+            *was = side == "canary";
+        }
+        let r = n
+            .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+            .await
+            .json();
+        if r["phase"] == "completed" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{r}");
+    }
+    assert!(on_canary.values().all(|c| *c));
+}
