@@ -192,7 +192,9 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
         (&Method::GET, "/metrics") => {
             return match &admin.prometheus {
                 Some(p) => {
-                    let mut r = Response::new(Full::new(Bytes::from(p.render())));
+                    let mut text = p.render();
+                    crate::scrape::render_atomics(&admin.control.current(), &mut text);
+                    let mut r = Response::new(Full::new(Bytes::from(text)));
                     r.headers_mut().insert(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -22,4 +22,5 @@ pub mod offline;
 pub mod openapi;
 pub mod rollout;
 pub mod run;
+pub mod scrape;
 pub mod store;

@@ -511,7 +511,6 @@ async fn proxy(
         match result {
             Ok(Ok(resp)) => {
                 let took = sent_at.elapsed();
-                pool_entry.state.latency.record(took.as_secs_f64());
                 pool_entry.state.outcomes.record_latency(took);
                 let status = resp.status().as_u16();
                 passive(status >= 500);
