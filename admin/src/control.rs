@@ -35,6 +35,9 @@ pub enum AdminError {
     /// The request itself is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// A certificate, key or CA file named by the configuration is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The version store failed or is damaged.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -59,6 +62,7 @@ impl AdminError {
             AdminError::Conflict { .. } => "conflict",
             AdminError::NoBackend(_) => "not_found",
             AdminError::BadRequest(_) => "bad_request",
+            AdminError::Tls(_) => "invalid",
             _ => "error",
         }
     }
@@ -135,6 +139,7 @@ pub struct Control {
     environment: Option<String>,
     state: Mutex<State>,
     events: Mutex<std::collections::VecDeque<serde_json::Value>>,
+    certs: std::sync::OnceLock<Arc<crate::certs::Certs>>,
 }
 
 /// Events kept for `GET /api/v2/events`.
@@ -250,6 +255,7 @@ impl Control {
                     disabled,
                 }),
                 events: Mutex::new(std::collections::VecDeque::new()),
+                certs: std::sync::OnceLock::new(),
             },
             created,
         ))
@@ -280,6 +286,16 @@ impl Control {
             .skip(events.len().saturating_sub(limit))
             .cloned()
             .collect()
+    }
+
+    /// Hands over the TLS material loaded at start; later changes reload it.
+    pub fn attach_certs(&self, certs: Arc<crate::certs::Certs>) {
+        let _ = self.certs.set(certs);
+    }
+
+    /// The TLS material, once attached.
+    pub fn certs(&self) -> Option<&Arc<crate::certs::Certs>> {
+        self.certs.get()
     }
 
     /// A reader for a worker.
@@ -360,14 +376,23 @@ impl Control {
         }
         let config = Config::from_toml_env(text, self.environment.as_deref())
             .map_err(|e| AdminError::Invalid(e.problems().to_vec()))?;
+        // Certificates are loaded before anything changes: a bad file refuses the version.
+        let tls = match self.certs.get() {
+            Some(_) => Some(crate::certs::prepare(&config).map_err(AdminError::Tls)?),
+            None => None,
+        };
         let meta = self.store.create(actor, message, text)?;
+        if let (Some(certs), Some(prepared)) = (self.certs.get(), tls) {
+            certs.commit(prepared, &config);
+        }
         self.publish_locked(state, config, meta.clone());
         Ok(meta)
     }
 
     fn publish_locked(&self, state: &mut State, config: Config, meta: VersionMeta) {
         let previous = self.publisher.current();
-        if previous.config.listeners != config.listeners
+        let sockets = |c: &Config| c.listeners.iter().map(|l| (l.name.clone(), l.bind, l.tls.is_some())).collect::<Vec<_>>();
+        if sockets(&previous.config) != sockets(&config)
             || previous.config.worker_threads != config.worker_threads
             || previous.config.admin_bind != config.admin_bind
         {

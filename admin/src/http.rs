@@ -20,6 +20,8 @@
 //! | GET | `/api/v2/rollouts/{id}` | viewer | one rollout with its events and latest analysis; 404 |
 //! | POST | `/api/v2/rollouts` | operator | body `{"kind": "canary", "route", "to", "steps", "interval", "max_error_rate", "max_p99", "error_for", "min_healthy", "healthy_for", "memory_threshold", "memory_for", "min_requests"}`, `{"kind": "blue-green", "route", "to", "keep_old"}` or `{"kind": "rolling", "pool", "batch", "hook", "wait"}`: 201; 400 invalid; 409 another rollout holds the route/pool |
 //! | POST | `/api/v2/rollouts/{id}/{promote,pause,resume,abort,approve,rollback}` | operator | the rollout after the command; 409 when its phase does not allow it |
+//! | GET | `/api/v2/tls` | viewer | certificates served per listener: names, file, days to expiry |
+//! | POST | `/api/v2/tls/reload` | admin | reload every certificate, key and CA file now; 422 names the bad file and the old ones keep serving |
 //! | GET | `/api/v2/events?limit=N` | viewer | last N runtime events (health, ejections, agents, rollouts) |
 //! | GET | `/api/v2/audit?limit=N` | viewer | last N audit entries |
 //! | GET | `/api/v2/audit/verify` | viewer | 200 chain intact; 409 where it breaks |
@@ -126,6 +128,7 @@ fn admin_error(e: &AdminError) -> Response<Full<Bytes>> {
         ),
         AdminError::NoBackend(_) => error(StatusCode::NOT_FOUND, e.to_string()),
         AdminError::BadRequest(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        AdminError::Tls(_) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; nothing changed")),
         AdminError::Store(crate::store::StoreError::NotFound(_)) => {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
@@ -440,6 +443,28 @@ async fn api(
             },
             Err(_) => error(StatusCode::BAD_REQUEST, "rollout ids are numbers"),
         },
+        (Method::GET, ["tls"]) => json_response(StatusCode::OK, tls_info(admin)),
+        (Method::POST, ["tls", "reload"]) => {
+            let config = control.current().config.clone();
+            let result = match control.certs() {
+                Some(c) => c.reload(&config),
+                None => Ok(()),
+            };
+            let v = control.version().id;
+            let _ = control.audit().record(Event {
+                actor: actor.name.clone(),
+                action: "tls.reload".into(),
+                target: "certificates".into(),
+                version_before: Some(v),
+                version_after: Some(v),
+                outcome: if result.is_ok() { "ok" } else { "invalid" }.into(),
+                detail: result.as_ref().err().cloned().unwrap_or_default(),
+            });
+            match result {
+                Ok(()) => json_response(StatusCode::OK, tls_info(admin)),
+                Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; the old certificates keep serving")),
+            }
+        }
         (Method::GET, ["events"]) => {
             let limit = query(&req, "limit")
                 .and_then(|l| l.parse().ok())
@@ -521,6 +546,18 @@ async fn api(
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+fn tls_info(admin: &Admin) -> Value {
+    let certs: Vec<Value> = admin
+        .control
+        .certs()
+        .map(|c| c.info())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(listener, i)| json!({ "listener": listener, "names": i.names, "file": i.file, "expires_in_days": i.expires_in_days, "default": i.default }))
+        .collect();
+    json!({ "certificates": certs })
 }
 
 fn rollout_error(e: &crate::rollout::RolloutError) -> Response<Full<Bytes>> {

@@ -10,6 +10,7 @@
 #![recursion_limit = "512"]
 
 pub mod audit;
+pub mod certs;
 pub mod auth;
 pub mod cli;
 pub mod client;

@@ -167,6 +167,8 @@ pub fn document() -> Value {
                 "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } },
                                { "name": "command", "in": "path", "required": true, "schema": { "type": "string", "enum": ["promote", "pause", "resume", "abort", "approve", "rollback"] } }],
                 "responses": { "200": { "description": "the rollout" }, "404": { "description": "no such rollout" }, "409": { "description": "not possible in this phase" }, "401": { "description": "unauthorized" }, "403": { "description": "forbidden" } } } },
+            "/api/v2/tls": { "get": op("Certificates per listener with days to expiry", "viewer", &[("200", "certificates")]) },
+            "/api/v2/tls/reload": { "post": op("Reload certificates, keys and CA files now", "admin", &[("200", "reloaded"), ("422", "a file is unusable; the old material keeps serving")]) },
             "/api/v2/events": { "get": op("Recent runtime events: health transitions, ejections, agent reports, rollout steps", "viewer", &[("200", "events, oldest first")]) },
             "/api/v2/audit/verify": { "get": op("Verify the audit chain", "viewer", &[("200", "intact"), ("409", "broken: where and how")]) },
             "/api/v2/tokens": {

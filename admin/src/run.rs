@@ -55,7 +55,11 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
     let admin_bind = config.admin_bind;
     let log = AccessLog::start(&config.access_log)
         .with_context(|| format!("cannot open access log {}", config.access_log.path))?;
-    let listeners = Listeners::bind(&config.listeners, workers)?;
+    let (certs, tls_servers) =
+        crate::certs::Certs::start(config).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    let certs = Arc::new(certs);
+    control.attach_certs(Arc::clone(&certs));
+    let listeners = Listeners::bind(&config.listeners, workers, &tls_servers)?;
     let admin_std = std::net::TcpListener::bind(admin_bind)
         .with_context(|| format!("cannot bind admin address {admin_bind}"))?;
     admin_std.set_nonblocking(true)?;
@@ -102,6 +106,22 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
         let v = control.version();
         println!("nrdot: {workers} worker thread(s), config version {} ({})", v.id, &v.checksum[..12]);
         let prober = tokio::spawn(crate::health::run(Arc::clone(&control)));
+        let watcher = tokio::spawn({
+            let (control, certs) = (Arc::clone(&control), Arc::clone(&certs));
+            async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+                loop {
+                    tick.tick().await;
+                    let config = control.current().config.clone();
+                    if certs.changed(&config) {
+                        match certs.reload(&config) {
+                            Ok(()) => control.event("tls.reloaded", "certificates", "a certificate file changed on disk"),
+                            Err(e) => control.event("tls.reload_failed", "certificates", &format!("{e}; the old certificates keep serving")),
+                        }
+                    }
+                }
+            }
+        });
         let upkeep = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
@@ -111,11 +131,20 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
         });
         loop {
             tokio::select! {
-                _ = hup.recv() => match control.reload() {
-                    Ok(Some(v)) => tracing::info!(version = v.id, "configuration reloaded"),
-                    Ok(None) => tracing::info!("configuration file unchanged since it was last loaded; nothing to do"),
-                    Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
-                },
+                _ = hup.recv() => {
+                    match control.reload() {
+                        Ok(Some(v)) => tracing::info!(version = v.id, "configuration reloaded"),
+                        Ok(None) => {
+                            // The file is unchanged; certificates may not be.
+                            let config = control.current().config.clone();
+                            match certs.reload(&config) {
+                                Ok(()) => tracing::info!("configuration unchanged; certificates reloaded"),
+                                Err(e) => tracing::error!("certificate reload failed, keeping the old ones: {e}"),
+                            }
+                        }
+                        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+                    }
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
@@ -126,6 +155,7 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
         upkeep.abort();
         prober.abort();
         controller.abort();
+        watcher.abort();
         anyhow::Ok(())
     })?;
     data_plane.shutdown(grace);

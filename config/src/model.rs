@@ -39,6 +39,46 @@ pub struct Listener {
     pub name: String,
     /// Socket address to bind.
     pub bind: SocketAddr,
+    /// TLS (HTTPS) settings; plaintext when absent.
+    pub tls: Option<ListenerTls>,
+}
+
+/// Certificates of a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Served when no SNI certificate matches (or the client sends no SNI).
+    pub default: CertFiles,
+    /// Certificates chosen by SNI.
+    pub sni: Vec<SniCert>,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (RSA, ECDSA or Ed25519; PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// A certificate served for some names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniCert {
+    /// Names (exact or `*.suffix`); empty means the certificate's own DNS names.
+    pub names: Vec<String>,
+    /// The files.
+    pub files: CertFiles,
+}
+
+/// TLS towards a pool's servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// CA bundle to verify servers with; the system's roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// SNI and verified name; the server's host when absent.
+    pub server_name: Option<String>,
+    /// Client certificate for mutual TLS.
+    pub client_cert: Option<CertFiles>,
 }
 
 /// Client-side limits and timeouts; the defaults are nginx's.
@@ -273,6 +313,8 @@ pub struct Pool {
     pub outlier: Option<Outlier>,
     /// Agent check.
     pub agent: Option<Agent>,
+    /// TLS to the servers (`https` upstreams).
+    pub tls: Option<UpstreamTls>,
     /// Servers, in file order.
     pub servers: Vec<Server>,
 }
@@ -308,6 +350,10 @@ pub struct Route {
     /// Also retry non-idempotent methods and requests with bodies (buffered up to 1 MiB so
     /// they can be sent again).
     pub retry_unsafe: bool,
+    /// On plaintext listeners, answer 308 to the same URL over HTTPS.
+    pub https_redirect: bool,
+    /// `Strict-Transport-Security` value added to responses over HTTPS.
+    pub hsts: Option<String>,
 }
 
 /// A header condition on a route.

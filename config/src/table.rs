@@ -23,6 +23,8 @@ pub struct RouteTable {
     pub pools: Vec<PoolEntry>,
     /// Routes, in configuration order.
     pub routes: Vec<RouteEntry>,
+    /// Port of the first TLS listener, for HTTPS redirects.
+    pub https_port: Option<u16>,
     exact: HashMap<Box<str>, HostIndex>,
     wildcard: HashMap<Box<str>, HostIndex>,
     any: HostIndex,
@@ -77,6 +79,10 @@ pub struct RouteEntry {
     pub override_cookie: Option<Box<str>>,
     /// Retry non-idempotent requests and requests with bodies (buffered).
     pub retry_unsafe: bool,
+    /// Redirect plaintext requests to HTTPS.
+    pub https_redirect: bool,
+    /// `Strict-Transport-Security` for HTTPS responses.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// Where a request goes: indexes into the table that routed it.
@@ -232,6 +238,8 @@ impl RouteTable {
                 override_header: r.override_header.as_deref().map(Into::into),
                 override_cookie: r.override_cookie.as_deref().map(Into::into),
                 retry_unsafe: r.retry_unsafe,
+                https_redirect: r.https_redirect,
+                hsts: r.hsts.as_deref().and_then(|h| http::HeaderValue::from_str(h).ok()),
             })
             .collect();
 
@@ -254,8 +262,14 @@ impl RouteTable {
         }
         any.finish(&routes);
 
+        let https_port = config
+            .listeners
+            .iter()
+            .find(|l| l.tls.is_some())
+            .map(|l| l.bind.port());
         RouteTable {
             generation,
+            https_port,
             config,
             pools,
             routes,

@@ -527,7 +527,7 @@ fn listeners(v: &mut V<'_>, root: &dyn TableLike, admin: SocketAddr) -> Vec<List
     }
     for (i, (t, tspan)) in tables.into_iter().enumerate() {
         let path = format!("listener[{i}]");
-        v.keys(t, &path, &["name", "bind"]);
+        v.keys(t, &path, &["name", "bind", "tls"]);
         let name = match v.str(t, "name", &path) {
             Some((n, span)) => {
                 if n.is_empty() {
@@ -576,7 +576,12 @@ fn listeners(v: &mut V<'_>, root: &dyn TableLike, admin: SocketAddr) -> Vec<List
                 format!("address {addr} is also the admin address"),
             );
         }
-        out.push(Listener { name, bind: addr });
+        let tls = tls::listener(v, t, &path);
+        out.push(Listener {
+            name,
+            bind: addr,
+            tls,
+        });
     }
     out
 }
@@ -746,6 +751,7 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
                 "health_check",
                 "outlier",
                 "agent",
+                "tls",
             ],
         );
         let name = match v.str(t, "name", &path) {
@@ -867,6 +873,7 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
             health_check: r.health_check,
             outlier: r.outlier,
             agent: r.agent,
+            tls: tls::upstream(v, t, &path),
             servers,
         });
     }
@@ -915,6 +922,8 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
                 "sticky",
                 "override",
                 "retry_unsafe",
+                "https_redirect",
+                "hsts",
             ],
         );
         let name = match v.str(t, "name", &path) {
@@ -1067,6 +1076,16 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
             }
         }
         let retry_unsafe = v.bool(t, "retry_unsafe", &path).unwrap_or(false);
+        let https_redirect = v.bool(t, "https_redirect", &path).unwrap_or(false);
+        let hsts = match v.str(t, "hsts", &path) {
+            Some((h, span)) => {
+                if !h.starts_with("max-age=") {
+                    v.push(&format!("{path}.hsts"), &span, "expected a Strict-Transport-Security value like \"max-age=31536000; includeSubDomains\"");
+                }
+                Some(h)
+            }
+            None => None,
+        };
         out.push(Route {
             name,
             hosts,
@@ -1077,6 +1096,8 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
             override_header,
             override_cookie,
             retry_unsafe,
+            https_redirect,
+            hsts,
         });
     }
     out
@@ -1160,5 +1181,6 @@ fn route_split(
 }
 
 mod resilience;
+mod tls;
 #[cfg(test)]
 mod tests;

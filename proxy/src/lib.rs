@@ -14,6 +14,7 @@ mod inspect;
 pub mod listener;
 pub mod metrics;
 mod service;
+pub mod tls;
 mod upstream;
 pub mod worker;
 

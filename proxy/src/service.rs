@@ -33,6 +33,9 @@ pub struct Shared {
     pub reader: Reader,
     pub log: AccessLog,
     pub proto: HeaderValue,
+    /// Present on HTTPS listeners.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub handshake_errors: metrics::Counter,
 }
 
 /// The service of one client connection.
@@ -298,6 +301,9 @@ async fn proxy(
         };
         if let Some(l) = log.as_mut() {
             l.route = r.name.clone();
+        }
+        if r.https_redirect && conn.shared.tls.is_none() {
+            return Ok(https_redirect(&host, table.https_port, req.uri()));
         }
         (route, target.entry, pool, hash_key, new_sticky)
     };
@@ -578,6 +584,9 @@ async fn proxy(
     let h = resp.headers_mut();
     strip_hop_by_hop(h, switching && upgrade);
     h.append(header::VIA, via);
+    if let (Some(hsts), Some(_)) = (&table.routes[route].hsts, &conn.shared.tls) {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     if let Some(cookie) = new_sticky.and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.append(header::SET_COOKIE, cookie);
     }
@@ -626,6 +635,23 @@ fn begin_retry<'a>(pool: &'a nrdot_config::state::PoolState, left: &mut u32) -> 
     pool.retries.increment(1);
     pool.active_retries.fetch_add(1, Ordering::Relaxed);
     ActiveGuard(&pool.active_retries)
+}
+
+/// 308 to the same host, path and query over HTTPS (the TLS listener's port unless 443).
+fn https_redirect(host: &str, port: Option<u16>, uri: &Uri) -> Response<ProxyBody> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let location = match port {
+        Some(p) if p != 443 => format!("https://{host}:{p}{pq}"),
+        _ => format!("https://{host}{pq}"),
+    };
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    let h = resp.headers_mut();
+    h.insert(header::SERVER, HeaderValue::from_static("nrdot"));
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// Decrements one of a pool's in-flight counts when dropped.

@@ -111,8 +111,38 @@ pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, C
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
+    let sender = match &pool.config.tls {
+        None => handshake(stream, addr).await?,
+        Some(tls) => {
+            let cfg = crate::tls::upstream_configs().load().get(&pool.config.name).cloned();
+            let (Some(cfg), Some(name)) = (cfg, crate::tls::server_name(tls, addr)) else {
+                return Err(ConnectError::Failed(
+                    addr.to_string(),
+                    std::io::Error::other("no TLS configuration for this pool"),
+                ));
+            };
+            let connector = tokio_rustls::TlsConnector::from(cfg);
+            let tls_stream = match tokio::time::timeout(pool.config.connect_timeout, connector.connect(name, stream)).await {
+                Err(_) => return Err(ConnectError::Timeout(addr.to_string())),
+                Ok(Err(e)) => return Err(ConnectError::Failed(addr.to_string(), e)),
+                Ok(Ok(s)) => s,
+            };
+            handshake(tls_stream, addr).await?
+        }
+    };
+    Ok(Conn {
+        sender,
+        slot,
+        reused: false,
+    })
+}
+
+async fn handshake<IO>(io: IO, addr: &str) -> Result<SendRequest<RequestBody>, ConnectError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|e| ConnectError::Failed(addr.to_string(), std::io::Error::other(e)))?;
     tokio::spawn(async move {
@@ -120,11 +150,7 @@ pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, C
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(Conn {
-        sender,
-        slot,
-        reused: false,
-    })
+    Ok(sender)
 }
 
 /// Closes this worker's idle connections that expired or whose server no longer takes

@@ -19,23 +19,26 @@ use crate::accesslog::AccessLog;
 use crate::inspect::{Inspected, Verdict};
 use crate::service::{ConnService, Shared};
 
-/// Bound client-facing sockets: per listener, one socket per worker.
+/// Bound client-facing sockets: per listener, one socket per worker, and the TLS
+/// configuration of HTTPS listeners.
 pub struct Listeners {
-    sockets: Vec<(String, Vec<std::net::TcpListener>)>,
+    sockets: Vec<(String, Option<Arc<rustls::ServerConfig>>, Vec<std::net::TcpListener>)>,
 }
 
 impl Listeners {
-    /// Binds every configured listener once per worker.
-    pub fn bind(listeners: &[nrdot_config::Listener], workers: usize) -> io::Result<Listeners> {
+    /// Binds every configured listener once per worker. `tls` gives the server configuration
+    /// of each HTTPS listener by name.
+    pub fn bind(
+        listeners: &[nrdot_config::Listener],
+        workers: usize,
+        tls: &std::collections::HashMap<String, Arc<rustls::ServerConfig>>,
+    ) -> io::Result<Listeners> {
         let mut sockets = Vec::new();
         for l in listeners {
             let s = crate::listener::bind(l.bind, workers).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("listener {:?} on {}: {e}", l.name, l.bind),
-                )
+                io::Error::new(e.kind(), format!("listener {:?} on {}: {e}", l.name, l.bind))
             })?;
-            sockets.push((l.name.clone(), s));
+            sockets.push((l.name.clone(), tls.get(&l.name).cloned(), s));
         }
         Ok(Listeners { sockets })
     }
@@ -44,7 +47,7 @@ impl Listeners {
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.sockets
             .iter()
-            .filter_map(|(name, s)| Some((name.clone(), s.first()?.local_addr().ok()?)))
+            .filter_map(|(name, _, s)| Some((name.clone(), s.first()?.local_addr().ok()?)))
             .collect()
     }
 }
@@ -67,11 +70,13 @@ impl DataPlane {
         let workers = workers.max(1);
         let mut per_worker: Vec<Vec<(Arc<Shared>, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
-        for (_name, sockets) in listeners.sockets {
+        for (name, tls, sockets) in listeners.sockets {
             let shared = Arc::new(Shared {
                 reader: reader.clone(),
                 log: log.clone(),
-                proto: HeaderValue::from_static("http"),
+                proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
+                tls: tls.map(tokio_rustls::TlsAcceptor::from),
+                handshake_errors: metrics::counter!("nrdot_tls_handshake_errors_total", "listener" => name.clone()),
             });
             for (i, s) in sockets.into_iter().enumerate() {
                 per_worker[i % workers].push((Arc::clone(&shared), s));
@@ -176,11 +181,37 @@ fn serve(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-    watcher: &GracefulShutdown,
+    watcher: &Arc<GracefulShutdown>,
 ) {
     let _ = stream.set_nodelay(true);
+    crate::metrics::get().connections.increment(1);
+    match &shared.tls {
+        None => serve_io(stream, peer, shared, watcher),
+        Some(acceptor) => {
+            let (acceptor, shared, watcher) = (acceptor.clone(), Arc::clone(shared), Arc::clone(watcher));
+            tokio::spawn(async move {
+                // A handshake that fails or stalls costs this task only, never the worker.
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_io(tls, peer, &shared, &watcher),
+                    Ok(Err(e)) => {
+                        shared.handshake_errors.increment(1);
+                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        shared.handshake_errors.increment(1);
+                        tracing::debug!(peer = %peer, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn serve_io<IO>(stream: IO, peer: SocketAddr, shared: &Arc<Shared>, watcher: &GracefulShutdown)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let m = crate::metrics::get();
-    m.connections.increment(1);
     let table = shared.reader.load();
     let limits = &table.config.limits;
     let verdict = Verdict::new();
@@ -203,9 +234,7 @@ fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(limits.max_header_size as u32);
-    let conn = builder
-        .serve_connection_with_upgrades(io, service)
-        .into_owned();
+    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
     let conn = watcher.watch(conn);
     drop(table);
     tokio::spawn(async move {
