@@ -88,7 +88,10 @@ impl Certs {
         for (name, set) in prepared.sets {
             export(&name, &set.info);
             let store = CertStore::new(set);
-            servers.insert(name.clone(), tls::server_config(Arc::clone(&store)).map_err(|e| e.to_string())?);
+            servers.insert(
+                name.clone(),
+                tls::server_config(Arc::clone(&store)).map_err(|e| e.to_string())?,
+            );
             stores.insert(name, store);
         }
         tls::upstream_configs().store(Arc::new(prepared.upstream));

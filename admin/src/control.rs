@@ -391,7 +391,12 @@ impl Control {
 
     fn publish_locked(&self, state: &mut State, config: Config, meta: VersionMeta) {
         let previous = self.publisher.current();
-        let sockets = |c: &Config| c.listeners.iter().map(|l| (l.name.clone(), l.bind, l.tls.is_some())).collect::<Vec<_>>();
+        let sockets = |c: &Config| {
+            c.listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.bind, l.tls.is_some()))
+                .collect::<Vec<_>>()
+        };
         if sockets(&previous.config) != sockets(&config)
             || previous.config.worker_threads != config.worker_threads
             || previous.config.admin_bind != config.admin_bind

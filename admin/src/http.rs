@@ -128,7 +128,10 @@ fn admin_error(e: &AdminError) -> Response<Full<Bytes>> {
         ),
         AdminError::NoBackend(_) => error(StatusCode::NOT_FOUND, e.to_string()),
         AdminError::BadRequest(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        AdminError::Tls(_) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; nothing changed")),
+        AdminError::Tls(_) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{e}; nothing changed"),
+        ),
         AdminError::Store(crate::store::StoreError::NotFound(_)) => {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
@@ -462,7 +465,10 @@ async fn api(
             });
             match result {
                 Ok(()) => json_response(StatusCode::OK, tls_info(admin)),
-                Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; the old certificates keep serving")),
+                Err(e) => error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{e}; the old certificates keep serving"),
+                ),
             }
         }
         (Method::GET, ["events"]) => {

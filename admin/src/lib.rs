@@ -10,8 +10,8 @@
 #![recursion_limit = "512"]
 
 pub mod audit;
-pub mod certs;
 pub mod auth;
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod control;

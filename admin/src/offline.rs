@@ -54,7 +54,8 @@ pub fn lint(file: &Path, environment: Option<&str>, strict: bool, json_out: bool
         Ok(c) => c,
         Err(code) => return code,
     };
-    let warnings = nrdot_config::lint::lint(&config);
+    let mut warnings = nrdot_config::lint::lint(&config);
+    warnings.extend(certificate_warnings(&config));
     if json_out {
         let list: Vec<_> = warnings
             .iter()
@@ -72,6 +73,37 @@ pub fn lint(file: &Path, environment: Option<&str>, strict: bool, json_out: bool
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Certificates that expire within two weeks, or cannot be loaded at all.
+fn certificate_warnings(config: &Config) -> Vec<nrdot_config::lint::Warning> {
+    let mut out = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        let path = format!("listener[{i}].tls");
+        match nrdot_proxy::tls::CertSet::load(tls) {
+            Ok(set) => {
+                for c in &set.info {
+                    if c.expires_in_days < 14 {
+                        out.push(nrdot_config::lint::Warning {
+                            path: path.clone(),
+                            message: format!(
+                                "certificate {} ({}) expires in {} days",
+                                c.names.first().map(String::as_str).unwrap_or("?"),
+                                c.file,
+                                c.expires_in_days
+                            ),
+                        });
+                    }
+                }
+            }
+            Err(e) => out.push(nrdot_config::lint::Warning {
+                path,
+                message: format!("cannot load certificates: {e}"),
+            }),
+        }
+    }
+    out
 }
 
 /// One request to try against the table, with what it should hit.

@@ -239,7 +239,10 @@ impl RouteTable {
                 override_cookie: r.override_cookie.as_deref().map(Into::into),
                 retry_unsafe: r.retry_unsafe,
                 https_redirect: r.https_redirect,
-                hsts: r.hsts.as_deref().and_then(|h| http::HeaderValue::from_str(h).ok()),
+                hsts: r
+                    .hsts
+                    .as_deref()
+                    .and_then(|h| http::HeaderValue::from_str(h).ok()),
             })
             .collect();
 

@@ -1181,6 +1181,6 @@ fn route_split(
 }
 
 mod resilience;
-mod tls;
 #[cfg(test)]
 mod tests;
+mod tls;

@@ -303,7 +303,13 @@ async fn proxy(
             l.route = r.name.clone();
         }
         if r.https_redirect && conn.shared.tls.is_none() {
-            return Ok(https_redirect(&host, table.https_port, req.uri()));
+            let port = match table.https_port {
+                Some(0) | None => {
+                    Some(crate::worker::HTTPS_PORT.load(Ordering::Relaxed)).filter(|p| *p != 0)
+                }
+                p => p,
+            };
+            return Ok(https_redirect(&host, port, req.uri()));
         }
         (route, target.entry, pool, hash_key, new_sticky)
     };

@@ -108,7 +108,12 @@ fn describe(cert: &CertificateDer<'_>) -> (Vec<String>, i64) {
         }
     }
     if names.is_empty() {
-        if let Some(cn) = parsed.subject().iter_common_name().next().and_then(|c| c.as_str().ok()) {
+        if let Some(cn) = parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+        {
             names.push(cn.to_ascii_lowercase());
         }
     }
@@ -157,7 +162,11 @@ impl CertSet {
         for s in &tls.sni {
             let ck = Arc::new(certified_key(&s.files)?);
             let (own, days) = describe(&ck.cert[0]);
-            let names = if s.names.is_empty() { own } else { s.names.clone() };
+            let names = if s.names.is_empty() {
+                own
+            } else {
+                s.names.clone()
+            };
             for n in &names {
                 match n.strip_prefix('*') {
                     Some(suffix) => wildcard.insert(suffix.to_string(), Arc::clone(&ck)),

@@ -114,7 +114,10 @@ pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, C
     let sender = match &pool.config.tls {
         None => handshake(stream, addr).await?,
         Some(tls) => {
-            let cfg = crate::tls::upstream_configs().load().get(&pool.config.name).cloned();
+            let cfg = crate::tls::upstream_configs()
+                .load()
+                .get(&pool.config.name)
+                .cloned();
             let (Some(cfg), Some(name)) = (cfg, crate::tls::server_name(tls, addr)) else {
                 return Err(ConnectError::Failed(
                     addr.to_string(),
@@ -122,7 +125,12 @@ pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, C
                 ));
             };
             let connector = tokio_rustls::TlsConnector::from(cfg);
-            let tls_stream = match tokio::time::timeout(pool.config.connect_timeout, connector.connect(name, stream)).await {
+            let tls_stream = match tokio::time::timeout(
+                pool.config.connect_timeout,
+                connector.connect(name, stream),
+            )
+            .await
+            {
                 Err(_) => return Err(ConnectError::Timeout(addr.to_string())),
                 Ok(Err(e)) => return Err(ConnectError::Failed(addr.to_string(), e)),
                 Ok(Ok(s)) => s,

@@ -22,7 +22,11 @@ use crate::service::{ConnService, Shared};
 /// Bound client-facing sockets: per listener, one socket per worker, and the TLS
 /// configuration of HTTPS listeners.
 pub struct Listeners {
-    sockets: Vec<(String, Option<Arc<rustls::ServerConfig>>, Vec<std::net::TcpListener>)>,
+    sockets: Vec<(
+        String,
+        Option<Arc<rustls::ServerConfig>>,
+        Vec<std::net::TcpListener>,
+    )>,
 }
 
 impl Listeners {
@@ -36,7 +40,10 @@ impl Listeners {
         let mut sockets = Vec::new();
         for l in listeners {
             let s = crate::listener::bind(l.bind, workers).map_err(|e| {
-                io::Error::new(e.kind(), format!("listener {:?} on {}: {e}", l.name, l.bind))
+                io::Error::new(
+                    e.kind(),
+                    format!("listener {:?} on {}: {e}", l.name, l.bind),
+                )
             })?;
             sockets.push((l.name.clone(), tls.get(&l.name).cloned(), s));
         }
@@ -51,6 +58,10 @@ impl Listeners {
             .collect()
     }
 }
+
+/// The port the first HTTPS listener actually bound (its configured port may be 0), for
+/// redirects to HTTPS.
+pub static HTTPS_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
 /// The running data plane.
 pub struct DataPlane {
@@ -70,6 +81,15 @@ impl DataPlane {
         let workers = workers.max(1);
         let mut per_worker: Vec<Vec<(Arc<Shared>, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
+        if let Some(port) = listeners
+            .sockets
+            .iter()
+            .find(|(_, tls, _)| tls.is_some())
+            .and_then(|(_, _, s)| s.first()?.local_addr().ok())
+            .map(|a| a.port())
+        {
+            HTTPS_PORT.store(port, std::sync::atomic::Ordering::Relaxed);
+        }
         for (name, tls, sockets) in listeners.sockets {
             let shared = Arc::new(Shared {
                 reader: reader.clone(),
@@ -188,7 +208,8 @@ fn serve(
     match &shared.tls {
         None => serve_io(stream, peer, shared, watcher),
         Some(acceptor) => {
-            let (acceptor, shared, watcher) = (acceptor.clone(), Arc::clone(shared), Arc::clone(watcher));
+            let (acceptor, shared, watcher) =
+                (acceptor.clone(), Arc::clone(shared), Arc::clone(watcher));
             tokio::spawn(async move {
                 // A handshake that fails or stalls costs this task only, never the worker.
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
@@ -234,7 +255,9 @@ where
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(limits.max_header_size as u32);
-    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+    let conn = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
     let conn = watcher.watch(conn);
     drop(table);
     tokio::spawn(async move {

@@ -9,6 +9,7 @@ mod resilience;
 mod rollout;
 mod routing;
 mod swap;
+mod tls;
 
 /// Path of the binary under test, built by Cargo for this test target.
 pub const BIN: &str = env!("CARGO_BIN_EXE_nrdot");

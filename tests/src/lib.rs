@@ -280,6 +280,8 @@ pub struct Nrdot {
     pub addr: SocketAddr,
     /// The admin API.
     pub admin: SocketAddr,
+    /// Every listener by name.
+    pub listeners: std::collections::HashMap<String, SocketAddr>,
     /// Working directory: config file, state directory, access log.
     pub dir: PathBuf,
     /// The configuration file.
@@ -329,11 +331,12 @@ impl Nrdot {
         } else {
             std::fs::write(&config, &text).expect("write config");
         }
-        let (child, addr, admin) = spawn(bin, &config);
+        let (child, addr, admin, listeners) = spawn(bin, &config);
         Nrdot {
             child,
             addr,
             admin,
+            listeners,
             dir,
             config,
             prelude,
@@ -353,10 +356,11 @@ impl Nrdot {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let (child, addr, admin) = spawn(&self.bin, &self.config);
+        let (child, addr, admin, listeners) = spawn(&self.bin, &self.config);
         self.child = child;
         self.addr = addr;
         self.admin = admin;
+        self.listeners = listeners;
     }
 
     /// The state directory.
@@ -538,7 +542,14 @@ impl Drop for Nrdot {
     }
 }
 
-fn spawn(bin: &str, config: &std::path::Path) -> (Child, SocketAddr, SocketAddr) {
+type Spawned = (
+    Child,
+    SocketAddr,
+    SocketAddr,
+    std::collections::HashMap<String, SocketAddr>,
+);
+
+fn spawn(bin: &str, config: &std::path::Path) -> Spawned {
     let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
@@ -549,21 +560,26 @@ fn spawn(bin: &str, config: &std::path::Path) -> (Child, SocketAddr, SocketAddr)
         .expect("spawn nrdot");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (mut addr, mut admin) = (None, None);
-    while addr.is_none() || admin.is_none() {
+    let (mut admin, mut listeners) = (None, std::collections::HashMap::new());
+    while admin.is_none() {
         let Some(Ok(line)) = lines.next() else {
             let status = child.wait().expect("wait");
             panic!("nrdot exited before listening: {status}");
         };
-        if let Some(rest) = line.strip_prefix("nrdot: listener http on ") {
-            addr = rest.trim().parse().ok();
+        if let Some(rest) = line.strip_prefix("nrdot: listener ") {
+            if let Some((name, a)) = rest.split_once(" on ") {
+                if let Ok(a) = a.trim().parse() {
+                    listeners.insert(name.to_string(), a);
+                }
+            }
         } else if let Some(rest) = line.strip_prefix("nrdot: admin on ") {
             admin = rest.trim().parse().ok();
         }
     }
+    let addr = listeners.get("http").copied();
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines.by_ref() {});
-    (child, addr.expect("addr"), admin.expect("admin"))
+    (child, addr.expect("addr"), admin.expect("admin"), listeners)
 }
 
 /// An HTTP/1.1 keep-alive client.

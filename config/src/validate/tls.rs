@@ -17,7 +17,10 @@ fn files(v: &mut V<'_>, t: &dyn TableLike, path: &str) -> Option<CertFiles> {
             key: PathBuf::from(k),
         }),
         (c, k) => {
-            let span = v.get(t, "cert").or_else(|| v.get(t, "key")).and_then(|(_, s)| s);
+            let span = v
+                .get(t, "cert")
+                .or_else(|| v.get(t, "key"))
+                .and_then(|(_, s)| s);
             if c.is_none() {
                 v.push(path, &span, "missing key \"cert\" (PEM certificate chain)");
             }
@@ -42,7 +45,11 @@ pub(super) fn listener(v: &mut V<'_>, t: &dyn TableLike, path: &str) -> Option<L
         for (j, (n, span)) in v.strings(s, "names", &sp).into_iter().enumerate() {
             let n = n.to_ascii_lowercase();
             if !valid_host(&n) {
-                v.push(&format!("{sp}.names[{j}]"), &span, format!("invalid name {n:?}"));
+                v.push(
+                    &format!("{sp}.names[{j}]"),
+                    &span,
+                    format!("invalid name {n:?}"),
+                );
             }
             names.push(n);
         }
@@ -56,15 +63,25 @@ pub(super) fn listener(v: &mut V<'_>, t: &dyn TableLike, path: &str) -> Option<L
 pub(super) fn upstream(v: &mut V<'_>, t: &dyn TableLike, path: &str) -> Option<UpstreamTls> {
     let (tls, _) = v.table(t, "tls", path)?;
     let tp = format!("{path}.tls");
-    v.keys(tls, &tp, &["ca_file", "server_name", "client_cert", "client_key"]);
-    let client_cert = match (v.str(tls, "client_cert", &tp), v.str(tls, "client_key", &tp)) {
+    v.keys(
+        tls,
+        &tp,
+        &["ca_file", "server_name", "client_cert", "client_key"],
+    );
+    let client_cert = match (
+        v.str(tls, "client_cert", &tp),
+        v.str(tls, "client_key", &tp),
+    ) {
         (Some((c, _)), Some((k, _))) => Some(CertFiles {
             cert: PathBuf::from(c),
             key: PathBuf::from(k),
         }),
         (None, None) => None,
         (_, _) => {
-            let span = v.get(tls, "client_cert").or_else(|| v.get(tls, "client_key")).and_then(|(_, s)| s);
+            let span = v
+                .get(tls, "client_cert")
+                .or_else(|| v.get(tls, "client_key"))
+                .and_then(|(_, s)| s);
             v.push(&tp, &span, "client_cert and client_key go together");
             None
         }
