@@ -127,10 +127,17 @@ impl Client {
             why,
         };
         let (status, bytes) = self.rt.block_on(async {
-            let resp = tokio::time::timeout(Duration::from_secs(3600), self.http.request(req))
-                .await
-                .map_err(|_| unreachable("timed out".into()))?
-                .map_err(|e| unreachable(format!("{e}")))?;
+            let resp = if self.base.starts_with("https://") {
+                tokio::time::timeout(Duration::from_secs(3600), https_request(req))
+                    .await
+                    .map_err(|_| unreachable("timed out".into()))?
+                    .map_err(unreachable)?
+            } else {
+                tokio::time::timeout(Duration::from_secs(3600), self.http.request(req))
+                    .await
+                    .map_err(|_| unreachable("timed out".into()))?
+                    .map_err(|e| unreachable(format!("{e}")))?
+            };
             let status = resp.status();
             let bytes = resp
                 .into_body()
@@ -152,6 +159,60 @@ impl Client {
     fn print_json(&self, v: &Value) {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     }
+}
+
+/// One request to an admin API over TLS, verified against the system roots plus the CA file
+/// in `NRDOT_ADMIN_CA`, if set.
+async fn https_request(
+    req: Request<Full<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let host = req.uri().host().unwrap_or("").to_string();
+    let port = req.uri().port_u16().unwrap_or(443);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    if let Ok(ca) = std::env::var("NRDOT_ADMIN_CA") {
+        let pem = std::fs::read(&ca).map_err(|e| format!("NRDOT_ADMIN_CA {ca}: {e}"))?;
+        for c in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+            let _ = roots.add(c);
+        }
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let (mut parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.headers.insert(
+        http::header::HOST,
+        http::HeaderValue::from_str(&host).map_err(|e| e.to_string())?,
+    );
+    parts.uri = pq
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    send.send_request(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Encodes a path segment.

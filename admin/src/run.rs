@@ -53,6 +53,7 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
     });
     let grace = config.shutdown_grace;
     let admin_bind = config.admin_bind;
+    let admin_tls = config.admin_tls.clone();
     let log = AccessLog::start(&config.access_log)
         .with_context(|| format!("cannot open access log {}", config.access_log.path))?;
     let (certs, tls_servers) =
@@ -63,7 +64,12 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
     let admin_std = std::net::TcpListener::bind(admin_bind)
         .with_context(|| format!("cannot bind admin address {admin_bind}"))?;
     admin_std.set_nonblocking(true)?;
-    let admin_url = format!("http://{}", admin_std.local_addr()?);
+    let scheme = if config.admin_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let admin_url = format!("{scheme}://{}", admin_std.local_addr()?);
     let (auth, written) = Auth::open(&state_dir, &admin_url)?;
     if let Some(p) = written {
         println!(
@@ -96,7 +102,17 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = tokio::net::TcpListener::from_std(admin_std)?;
         let admin_addr = listener.local_addr()?;
-        let admin_task = tokio::spawn(crate::http::serve(listener, admin, async {
+        let admin_tls = match &admin_tls {
+            Some(files) => {
+                let set = nrdot_proxy::tls::CertSet::load(&nrdot_config::ListenerTls { default: files.clone(), sni: Vec::new() })
+                    .map_err(|e| anyhow::anyhow!("admin TLS: {e}"))?;
+                let cfg = nrdot_proxy::tls::server_config(nrdot_proxy::tls::CertStore::new(set))
+                    .map_err(|e| anyhow::anyhow!("admin TLS: {e}"))?;
+                Some(tokio_rustls::TlsAcceptor::from(cfg))
+            }
+            None => None,
+        };
+        let admin_task = tokio::spawn(crate::http::serve(listener, admin_tls, admin, async {
             let _ = stop_rx.await;
         }));
         for (name, addr) in &addrs {

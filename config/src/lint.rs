@@ -23,7 +23,7 @@ pub fn lint(config: &Config) -> Vec<Warning> {
     let mut out = Vec::new();
     let mut warn = |path: String, message: String| out.push(Warning { path, message });
 
-    if !config.admin_bind.ip().is_loopback() {
+    if !config.admin_bind.ip().is_loopback() && config.admin_tls.is_none() {
         warn(
             "admin.bind".into(),
             format!(

@@ -18,6 +18,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Admin API bind address.
     pub admin_bind: SocketAddr,
+    /// TLS for the admin API (optional).
+    pub admin_tls: Option<CertFiles>,
     /// Client-facing listeners.
     pub listeners: Vec<Listener>,
     /// Limits and timeouts towards clients.

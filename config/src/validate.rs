@@ -474,8 +474,27 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
     let shutdown_grace = v.duration(root, "shutdown_grace", "", Duration::from_secs(30));
 
     let mut admin_bind: SocketAddr = ([127, 0, 0, 1], 8080).into();
+    let mut admin_tls = None;
     if let Some((t, _)) = v.table(root, "admin", "") {
-        v.keys(t, "admin", &["bind"]);
+        v.keys(t, "admin", &["bind", "tls"]);
+        if let Some((tt, _)) = v.table(t, "tls", "admin") {
+            v.keys(tt, "admin.tls", &["cert", "key"]);
+            match (
+                v.str(tt, "cert", "admin.tls"),
+                v.str(tt, "key", "admin.tls"),
+            ) {
+                (Some((c, _)), Some((k, _))) => {
+                    admin_tls = Some(CertFiles {
+                        cert: PathBuf::from(c),
+                        key: PathBuf::from(k),
+                    })
+                }
+                _ => {
+                    let span = v.get(t, "tls").and_then(|(_, s)| s);
+                    v.push("admin.tls", &span, "needs cert and key");
+                }
+            }
+        }
         if let Some((s, span)) = v.str(t, "bind", "admin") {
             match s.parse() {
                 Ok(a) => admin_bind = a,
@@ -504,6 +523,7 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
         state_dir,
         shutdown_grace,
         admin_bind,
+        admin_tls,
         listeners,
         limits,
         access_log,
