@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Load comparison of nrdot against nginx and HAProxy on this machine.
+
+One shared backend (nginx, one worker, 13-byte and 64 KiB bodies); three proxies (nginx with
+upstream keep-alive, HAProxy with http-reuse always, nrdot), each with one worker pinned to
+CPU 0; wrk and the backend on CPU 1. Scenarios run interleaved in rounds (A B C A B C ...) so
+drift hits everyone alike; medians and ranges are reported with ratios to nginx of the same
+round. Bounded: about 8 minutes by default, under 3 with --quick.
+
+    python3 benches/compare/run.py [--quick] [--nrdot target/release/nrdot] [--out results.md]
+"""
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_port(port, timeout=10):
+    t = time.time()
+    while time.time() - t < timeout:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def parse_latency(text, label):
+    m = re.search(rf"^\s*{label}%?\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not m:
+        return None
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v if unit == "ms" else v * 1000
+
+
+def wrk(url, seconds, conns, extra=()):
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", *extra, url]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    reqs = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    err = (sum(int(x) for x in errors.groups()) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0)
+    return {
+        "requests": int(reqs.group(1)) if reqs else 0,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) if "Requests/sec" in out else 0.0,
+        "p50": parse_latency(out, "50"),
+        "p99": parse_latency(out, "99"),
+        "errors": err,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--nrdot", default=os.path.join(ROOT, "target/release/nrdot"))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    for tool in ["nginx", "haproxy", "wrk", "openssl", "taskset"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install nginx-light haproxy wrk openssl util-linux")
+    if not os.path.exists(args.nrdot):
+        raise SystemExit(f"{args.nrdot} is missing: cargo build --release --bin nrdot")
+    seconds, rounds, idle = (3, 3, 1000) if args.quick else (5, 5, 4000)
+    work = tempfile.mkdtemp(prefix="nrdot-compare-")
+    procs = []
+
+    def start(cmd, **kw):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        procs.append(p)
+        return p
+
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-days", "2", "-subj", "/CN=bench.test", "-addext", "subjectAltName=DNS:bench.test",
+                        "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem"], check=True, capture_output=True)
+        with open(f"{work}/both.pem", "w") as f:
+            f.write(open(f"{work}/cert.pem").read() + open(f"{work}/key.pem").read())
+        with open(f"{work}/big.bin", "wb") as f:
+            f.write(b"x" * 65536)
+        # nginx workers run as nobody: let them read the body file.
+        os.chmod(work, 0o755)
+        os.chmod(f"{work}/big.bin", 0o644)
+        ports = {k: free_port() for k in ["backend", "nginx", "nginx_tls", "haproxy", "haproxy_tls", "nrdot", "nrdot_tls", "nrdot_admin"]}
+        common = f"pid {work}/%s.pid; error_log {work}/%s.err; worker_processes 1; events {{ worker_connections 20000; }}"
+        open(f"{work}/backend.conf", "w").write(common % ("backend", "backend") + f"""
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{ports['backend']} reuseport backlog=4096;
+    location = /small {{ return 200 "hello world!\\n"; }}
+    location = /big {{ alias {work}/big.bin; }} }} }}""")
+        open(f"{work}/nginx.conf", "w").write(common % ("nginx", "nginx") + f"""
+http {{ access_log off; keepalive_requests 1000000;
+  upstream b {{ server 127.0.0.1:{ports['backend']}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{ports['nginx']} backlog=4096; listen 127.0.0.1:{ports['nginx_tls']} ssl backlog=4096;
+    ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem; ssl_session_cache shared:S:10m;
+    location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}""")
+        open(f"{work}/haproxy.cfg", "w").write(f"""
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:{ports['haproxy']}
+  bind 127.0.0.1:{ports['haproxy_tls']} ssl crt {work}/both.pem
+  default_backend b
+backend b
+  server s1 127.0.0.1:{ports['backend']}
+""")
+        open(f"{work}/nrdot.toml", "w").write(f"""
+worker_threads = 1
+state_dir = "{work}/nrdot-state"
+[admin]
+bind = "127.0.0.1:{ports['nrdot_admin']}"
+[[listener]]
+name = "http"
+bind = "127.0.0.1:{ports['nrdot']}"
+[[listener]]
+name = "https"
+bind = "127.0.0.1:{ports['nrdot_tls']}"
+tls = {{ cert = "{work}/cert.pem", key = "{work}/key.pem" }}
+[limits]
+keepalive_requests = 1000000
+[access_log]
+enabled = false
+[[pool]]
+name = "b"
+keepalive = 64
+[[pool.server]]
+address = "127.0.0.1:{ports['backend']}"
+[[route]]
+name = "r"
+pool = "b"
+""")
+        start(["taskset", "-c", "1", "nginx", "-c", f"{work}/backend.conf", "-g", "daemon off;"])
+        start(["taskset", "-c", "0", "nginx", "-c", f"{work}/nginx.conf", "-g", "daemon off;"])
+        start(["taskset", "-c", "0", "haproxy", "-f", f"{work}/haproxy.cfg"])
+        nrdot = start(["taskset", "-c", "0", args.nrdot, "serve", "--config", f"{work}/nrdot.toml"], env={**os.environ, "RUST_LOG": "error"})
+        for k in ports:
+            wait_port(ports[k])
+        time.sleep(0.5)
+        nginx_worker = int(subprocess.run(["pgrep", "-P", str(procs[1].pid)], capture_output=True, text=True).stdout.split()[0])
+        pids = {"nginx": nginx_worker, "haproxy": procs[2].pid, "nrdot": nrdot.pid}
+        targets = ["nginx", "haproxy", "nrdot"]
+        scenarios = [
+            ("keep-alive 13 B", "http", "/small", 50, ()),
+            ("keep-alive 64 KiB", "http", "/big", 50, ()),
+            ("new connection per request", "http", "/small", 20, ("-H", "Connection: close")),
+            ("TLS keep-alive 13 B", "https", "/small", 50, ()),
+            ("TLS keep-alive 64 KiB", "https", "/big", 50, ()),
+            ("TLS new connection per request", "https", "/small", 20, ("-H", "Connection: close")),
+        ]
+        results = {}
+        for name, scheme, path, conns, extra in scenarios:
+            for r in range(rounds):
+                for t in targets:
+                    port = ports[t if scheme == "http" else f"{t}_tls"]
+                    before = cpu_ticks(pids[t])
+                    res = wrk(f"{scheme}://127.0.0.1:{port}{path}", seconds, conns, extra)
+                    ticks = cpu_ticks(pids[t]) - before
+                    res["cpu_us"] = ticks * (1_000_000 / os.sysconf("SC_CLK_TCK")) / max(res["requests"], 1)
+                    results.setdefault(name, {}).setdefault(t, []).append(res)
+                    print(f"{name:32} round {r + 1} {t:8} {res['rps']:>10.0f} req/s  {res['cpu_us']:6.1f} us/req  p99 {res['p99']} ms  errors {res['errors']}", file=sys.stderr)
+        # Idle keep-alive memory.
+        memory = {}
+        for t in targets:
+            for scheme in ["http", "https"]:
+                port = ports[t if scheme == "http" else f"{t}_tls"]
+                before = rss_kib(pids[t])
+                socks = []
+                ctx = None
+                if scheme == "https":
+                    import ssl
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                for _ in range(idle):
+                    s = socket.create_connection(("127.0.0.1", port))
+                    if ctx:
+                        s = ctx.wrap_socket(s, server_hostname="bench.test")
+                    s.sendall(b"GET /small HTTP/1.1\r\nHost: bench.test\r\n\r\n")
+                    socks.append(s)
+                for s in socks:
+                    s.recv(4096)
+                time.sleep(0.5)
+                after = rss_kib(pids[t])
+                memory[(t, scheme)] = (after - before) * 1024 / idle
+                for s in socks:
+                    s.close()
+                time.sleep(0.5)
+        report = render(results, memory, targets, args, seconds, rounds, idle)
+        print(report)
+        if args.out:
+            open(args.out, "w").write(report)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def render(results, memory, targets, args, seconds, rounds, idle):
+    def versions():
+        v = {}
+        v["nginx"] = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+        v["haproxy"] = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+        v["nrdot"] = subprocess.run([args.nrdot, "version"], capture_output=True, text=True).stdout.splitlines()[0]
+        return v
+    lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {rounds} interleaved rounds of {seconds}s per scenario"
+             f"{' (--quick)' if args.quick else ''}; proxies on CPU 0, wrk and backend on CPU 1.", ""]
+    lines += [f"- {k}: {v}" for k, v in versions().items()]
+    lines += ["", "| scenario | target | req/s median (range) | × nginx | CPU µs/req median | × nginx | p50 ms | p99 ms | errors |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for scenario, per in results.items():
+        base = per["nginx"]
+        for t in targets:
+            runs = per[t]
+            ratios_rps = [r["rps"] / b["rps"] for r, b in zip(runs, base) if b["rps"]]
+            ratios_cpu = [r["cpu_us"] / b["cpu_us"] for r, b in zip(runs, base) if b["cpu_us"]]
+            rps = [r["rps"] for r in runs]
+            med = lambda xs: statistics.median(xs) if xs else 0
+            lines.append(
+                f"| {scenario} | {t} | {med(rps):,.0f} ({min(rps):,.0f}–{max(rps):,.0f}) | {med(ratios_rps):.2f} "
+                f"| {med([r['cpu_us'] for r in runs]):.1f} | {med(ratios_cpu):.2f} "
+                f"| {med([r['p50'] or 0 for r in runs]):.2f} | {med([r['p99'] or 0 for r in runs]):.2f} | {sum(r['errors'] for r in runs)} |")
+    lines += ["", f"Idle keep-alive memory ({idle} connections, RSS growth per connection):", "",
+              "| target | plaintext | TLS |", "|---|---|---|"]
+    for t in targets:
+        lines.append(f"| {t} | {memory[(t, 'http')] / 1024:.1f} KiB | {memory[(t, 'https')] / 1024:.1f} KiB |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
