@@ -340,23 +340,47 @@ impl Control {
         let mut state = self.state.lock().expect("control poisoned");
         let before = state.version.id;
         let result = self.apply_locked(&mut state, text, actor, message, if_match);
+        let after = state.version.id;
+        self.audit_result(
+            actor,
+            "config.apply",
+            "config",
+            before,
+            after,
+            &result,
+            message,
+        )?;
+        result
+    }
+
+    /// Audits a configuration change, successful or refused.
+    #[allow(clippy::too_many_arguments)]
+    fn audit_result<T>(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        before: u64,
+        after: u64,
+        result: &Result<T, AdminError>,
+        message: &str,
+    ) -> Result<(), AuditError> {
         self.audit.record(Event {
             actor: actor.to_string(),
-            action: "config.apply".into(),
-            target: "config".into(),
+            action: action.into(),
+            target: target.into(),
             version_before: Some(before),
-            version_after: Some(state.version.id),
+            version_after: Some(after),
             outcome: result
                 .as_ref()
                 .map(|_| "ok")
                 .unwrap_or_else(|e| e.outcome())
                 .into(),
-            detail: match &result {
+            detail: match result {
                 Ok(_) => message.to_string(),
                 Err(e) => e.to_string(),
             },
-        })?;
-        result
+        })
     }
 
     fn apply_locked(
@@ -433,22 +457,16 @@ impl Control {
             .get(id)
             .map_err(AdminError::from)
             .and_then(|v| self.apply_locked(&mut state, &v.content, actor, &message, None));
-        self.audit.record(Event {
-            actor: actor.to_string(),
-            action: "config.rollback".into(),
-            target: format!("version {id}"),
-            version_before: Some(before),
-            version_after: Some(state.version.id),
-            outcome: result
-                .as_ref()
-                .map(|_| "ok")
-                .unwrap_or_else(|e| e.outcome())
-                .into(),
-            detail: match &result {
-                Ok(_) => message,
-                Err(e) => e.to_string(),
-            },
-        })?;
+        let after = state.version.id;
+        self.audit_result(
+            actor,
+            "config.rollback",
+            &format!("version {id}"),
+            before,
+            after,
+            &result,
+            &message,
+        )?;
         result
     }
 

@@ -207,6 +207,20 @@ fn fastrand_ms(max: u64) -> u64 {
     u64::from_le_bytes(b) % max.max(1)
 }
 
+/// Whether `addr` passes its pool's health check right now, or, for a pool without one, accepts
+/// a TCP connection within a second. Used where a decision cannot wait for the next scheduled
+/// check: `/health?server=`, blue-green switches, rolling upgrades.
+pub async fn ready(hc: Option<&HealthCheck>, addr: &str) -> bool {
+    match hc {
+        Some(hc) => check(hc, addr).await.is_ok(),
+        None => matches!(
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                .await,
+            Ok(Ok(_))
+        ),
+    }
+}
+
 /// Runs one check of `addr` now; `Err` says why it failed.
 pub async fn check(hc: &HealthCheck, addr: &str) -> Result<(), String> {
     match tokio::time::timeout(hc.timeout, check_inner(&hc.kind, addr)).await {

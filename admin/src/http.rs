@@ -708,15 +708,14 @@ async fn probe(admin: &Admin, server: &str) -> Response<Full<Bytes>> {
     }
     let mut checks = Vec::new();
     let mut all = true;
+    let table = admin.control.current();
     for b in matching {
-        let reachable = matches!(
-            tokio::time::timeout(
-                Duration::from_secs(1),
-                tokio::net::TcpStream::connect(b.address.as_str())
-            )
-            .await,
-            Ok(Ok(_))
-        );
+        let check = table
+            .pools
+            .iter()
+            .find(|p| p.config.name == b.pool)
+            .and_then(|p| p.config.health_check.clone());
+        let reachable = crate::health::ready(check.as_ref(), &b.address).await;
         all &= reachable;
         checks.push(json!({ "id": b.id, "address": b.address, "admin_state": b.admin_state, "reachable": reachable }));
     }

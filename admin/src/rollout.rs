@@ -911,16 +911,10 @@ impl Rollouts {
                 };
                 let mut ready = !pool.backends.is_empty();
                 for b in &pool.backends {
+                    // With a health check, its scheduled verdict; without, a connect now.
                     let ok = match &pool.config.health_check {
                         Some(_) => b.state.health() == nrdot_config::state::Health::Healthy,
-                        None => matches!(
-                            tokio::time::timeout(
-                                Duration::from_millis(500),
-                                tokio::net::TcpStream::connect(b.state.address.as_ref())
-                            )
-                            .await,
-                            Ok(Ok(_))
-                        ),
+                        None => crate::health::ready(None, &b.state.address).await,
                     };
                     ready &= ok && b.state.enabled.load(std::sync::atomic::Ordering::Relaxed);
                 }
@@ -1101,17 +1095,7 @@ impl Rollouts {
             Some(Stage::Health) => {
                 let mut all = true;
                 for a in &current {
-                    let ok = match &p.config.health_check {
-                        Some(hc) => crate::health::check(hc, a).await.is_ok(),
-                        None => matches!(
-                            tokio::time::timeout(
-                                Duration::from_millis(500),
-                                tokio::net::TcpStream::connect(a.as_str())
-                            )
-                            .await,
-                            Ok(Ok(_))
-                        ),
-                    };
+                    let ok = crate::health::ready(p.config.health_check.as_ref(), a).await;
                     all &= ok;
                 }
                 if all {

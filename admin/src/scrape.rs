@@ -4,36 +4,33 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use nrdot_config::state::LATENCY_BOUNDS_MS;
+use nrdot_config::state::{BackendState, LATENCY_BOUNDS_MS};
 use nrdot_config::RouteTable;
 
 /// Appends `nrdot_backend_in_flight_requests`, `nrdot_backend_requests_total` and the
 /// `nrdot_upstream_response_seconds` histograms of `table`'s pools and servers to `out`.
 pub fn render_atomics(table: &RouteTable, out: &mut String) {
-    let _ = writeln!(out, "# TYPE nrdot_backend_in_flight_requests gauge");
-    for p in &table.pools {
-        for b in &p.backends {
-            let _ = writeln!(
-                out,
-                "nrdot_backend_in_flight_requests{{pool=\"{}\",backend=\"{}\"}} {}",
-                p.config.name,
-                b.state.address,
-                b.state.in_flight.load(Ordering::Relaxed)
-            );
-        }
-    }
-    let _ = writeln!(out, "# TYPE nrdot_backend_requests_total counter");
-    for p in &table.pools {
-        for b in &p.backends {
-            let _ = writeln!(
-                out,
-                "nrdot_backend_requests_total{{pool=\"{}\",backend=\"{}\"}} {}",
-                p.config.name,
-                b.state.address,
-                b.state.requests.load(Ordering::Relaxed)
-            );
-        }
-    }
+    let per_backend =
+        |out: &mut String, name: &str, kind: &str, value: &dyn Fn(&BackendState) -> u64| {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for p in &table.pools {
+                for b in &p.backends {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{pool=\"{}\",backend=\"{}\"}} {}",
+                        p.config.name,
+                        b.state.address,
+                        value(&b.state)
+                    );
+                }
+            }
+        };
+    per_backend(out, "nrdot_backend_in_flight_requests", "gauge", &|s| {
+        s.in_flight.load(Ordering::Relaxed)
+    });
+    per_backend(out, "nrdot_backend_requests_total", "counter", &|s| {
+        s.requests.load(Ordering::Relaxed)
+    });
     let _ = writeln!(out, "# TYPE nrdot_upstream_response_seconds histogram");
     for p in &table.pools {
         let o = &p.state.outcomes;

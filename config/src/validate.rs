@@ -774,28 +774,7 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
                 "tls",
             ],
         );
-        let name = match v.str(t, "name", &path) {
-            Some((n, span)) => {
-                if !valid_name(&n) {
-                    v.push(
-                        &format!("{path}.name"),
-                        &span,
-                        format!("invalid pool name {n:?}: use letters, digits, '-', '_' and '.'"),
-                    );
-                } else if !names.insert(n.clone()) {
-                    v.push(
-                        &format!("{path}.name"),
-                        &span,
-                        format!("duplicate pool name {n:?}"),
-                    );
-                }
-                n
-            }
-            None => {
-                v.push(&path, &tspan, "missing key \"name\"");
-                String::new()
-            }
-        };
+        let name = unique_name(v, t, &path, &tspan, "pool", &mut names);
         let lb = match v.str(t, "lb", &path) {
             None => Lb::RoundRobin,
             Some((s, span)) => match s.as_str() {
@@ -900,6 +879,39 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
     out
 }
 
+/// Reads `name`: present, well-formed and unique among `names` (`kind` words the errors).
+fn unique_name(
+    v: &mut V<'_>,
+    t: &dyn TableLike,
+    path: &str,
+    tspan: &Span,
+    kind: &str,
+    names: &mut HashSet<String>,
+) -> String {
+    match v.str(t, "name", path) {
+        Some((n, span)) => {
+            if !valid_name(&n) {
+                v.push(
+                    &format!("{path}.name"),
+                    &span,
+                    format!("invalid {kind} name {n:?}: use letters, digits, '-', '_' and '.'"),
+                );
+            } else if !names.insert(n.clone()) {
+                v.push(
+                    &format!("{path}.name"),
+                    &span,
+                    format!("duplicate {kind} name {n:?}"),
+                );
+            }
+            n
+        }
+        None => {
+            v.push(path, tspan, "missing key \"name\"");
+            String::new()
+        }
+    }
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
@@ -946,28 +958,7 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
                 "hsts",
             ],
         );
-        let name = match v.str(t, "name", &path) {
-            Some((n, span)) => {
-                if !valid_name(&n) {
-                    v.push(
-                        &format!("{path}.name"),
-                        &span,
-                        format!("invalid route name {n:?}: use letters, digits, '-', '_' and '.'"),
-                    );
-                } else if !names.insert(n.clone()) {
-                    v.push(
-                        &format!("{path}.name"),
-                        &span,
-                        format!("duplicate route name {n:?}"),
-                    );
-                }
-                n
-            }
-            None => {
-                v.push(&path, &tspan, "missing key \"name\"");
-                String::new()
-            }
-        };
+        let name = unique_name(v, t, &path, &tspan, "route", &mut names);
         let mut hosts = Vec::new();
         for (j, (h, span)) in v.strings(t, "host", &path).into_iter().enumerate() {
             let h = h.to_ascii_lowercase();
