@@ -626,6 +626,17 @@ impl Rollouts {
         entries: &[(String, u32)],
         message: &str,
     ) -> Result<(), RolloutError> {
+        self.edit_config(message, |text| {
+            nrdot_config::edit::set_split(text, route, entries)
+        })
+    }
+
+    /// Applies an edit of the current configuration's text as a new version.
+    fn edit_config(
+        &self,
+        message: &str,
+        edit: impl FnOnce(&str) -> Result<String, nrdot_config::edit::EditError>,
+    ) -> Result<(), RolloutError> {
         let current = self.control.version();
         let text = self
             .control
@@ -633,8 +644,7 @@ impl Rollouts {
             .get(current.id)
             .map_err(AdminError::from)?
             .content;
-        let next = nrdot_config::edit::set_split(&text, route, entries)
-            .map_err(|e| RolloutError::Invalid(e.to_string()))?;
+        let next = edit(&text).map_err(|e| RolloutError::Invalid(e.to_string()))?;
         self.control.apply(&next, "rollout", message, None)?;
         Ok(())
     }
@@ -944,17 +954,8 @@ impl Rollouts {
             1 => {
                 r.step_elapsed_ms = r.step_elapsed_ms.saturating_add(dt);
                 if r.step_elapsed_ms >= keep_old_ms {
-                    let current = self.control.version();
-                    let text = self
-                        .control
-                        .store()
-                        .get(current.id)
-                        .map_err(AdminError::from)?
-                        .content;
-                    let next = nrdot_config::edit::remove_pool(&text, from)
-                        .map_err(|e| RolloutError::Invalid(e.to_string()))?;
                     let msg = format!("rollout {}: removed {from} after the keep window", r.id);
-                    self.control.apply(&next, "rollout", &msg, None)?;
+                    self.edit_config(&msg, |text| nrdot_config::edit::remove_pool(text, from))?;
                     r.step = 2;
                     r.phase = Phase::Completed;
                     r.reason = format!("{to} serves 100%; {from} removed");
