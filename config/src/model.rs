@@ -307,7 +307,7 @@ pub struct Pool {
     pub retries: u32,
     /// What is retried.
     pub retry_on: RetryOn,
-    /// Retries in flight may be at most this percentage of requests in flight (at least 3).
+    /// Retries in flight may be at most this percentage of requests in flight (at least 10).
     pub retry_budget_percent: u32,
     /// Active health check.
     pub health_check: Option<HealthCheck>,

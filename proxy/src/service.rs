@@ -212,6 +212,10 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
+/// Retries in flight a pool always allows, whatever its budget percentage: enough that one
+/// server dying under moderate load (every connection to it reset at once) is absorbed.
+const MIN_RETRY_CONCURRENCY: u64 = 10;
+
 /// Largest body kept in memory so a `retry_unsafe` route can send it again.
 const REPLAY_LIMIT: usize = 1024 * 1024;
 
@@ -401,7 +405,7 @@ async fn proxy(
         }
         let active = pool_entry.state.active.load(Ordering::Relaxed);
         let retrying = pool_entry.state.active_retries.load(Ordering::Relaxed);
-        let budget = (active * pcfg.retry_budget_percent as u64 / 100).max(3);
+        let budget = (active * pcfg.retry_budget_percent as u64 / 100).max(MIN_RETRY_CONCURRENCY);
         if retrying >= budget {
             pool_entry.state.retry_budget_exhausted.increment(1);
             return false;
@@ -470,8 +474,10 @@ async fn proxy(
                 } else {
                     ProxyError::UpstreamConnect
                 });
-                // Nothing was sent: any request may go elsewhere.
-                if pcfg.retry_on.connect_failure && retry_allowed(retries_left) {
+                // Nothing was sent: any request may go elsewhere, and the retry costs the failing
+                // server nothing, so the retry budget (which protects servers from retry storms)
+                // does not apply.
+                if pcfg.retry_on.connect_failure && retries_left > 0 {
                     retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
                     continue;
                 }

@@ -249,7 +249,7 @@ async fn circuit_breaker_answers_503_at_once_and_retry_budget_caps_retries() {
     drop(n);
 
     // Two servers that fail every request after 300 ms; 40 at once. Budget 20%: at most
-    // max(3, 20% of 40) = 8 retries in flight.
+    // max(10, 20% of 40) = 10 retries in flight.
     let (f1, f2) = (Origin::start("f1").await, Origin::start("f2").await);
     let body = format!("[[pool]]\nname = \"p\"\nretries = 1\nretry_budget = 20\n{}[[route]]\nname = \"r\"\npool = \"p\"\n", servers(&[&f1, &f2]));
     let n = Nrdot::start(BIN, "", &body);
