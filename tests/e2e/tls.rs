@@ -632,3 +632,97 @@ async fn expiring_certificates_show_in_metrics_and_lint() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_certificates_and_the_admin_api_can_use_tls() {
+    let dir = temp_dir("tls-hup");
+    let ca = Ca::new("hup ca");
+    let first = ca.leaf(
+        &dir,
+        "site",
+        &["site.test"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        90,
+    );
+    let admin_cert = ca.leaf(
+        &dir,
+        "admin",
+        &["127.0.0.1", "localhost"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        90,
+    );
+    let o = Origin::start("o").await;
+    let body = format!(
+        "{}{}[[route]]\nname = \"r\"\npool = \"o\"\n",
+        tls_listener(&first, &[]),
+        pool("o", &[o.addr])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let https = n.listeners["https"];
+    let cfg = client_config(&ca, &[b"http/1.1"]);
+    // Swap the files and signal at once, before the file watcher's next look.
+    let second_dir = temp_dir("tls-hup-2");
+    let second = ca.leaf(
+        &second_dir,
+        "site",
+        &["site.test"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        90,
+    );
+    std::fs::copy(&second.0, &first.0).expect("copy cert");
+    std::fs::copy(&second.1, &first.1).expect("copy key");
+    n.signal("HUP");
+    let t = Instant::now();
+    while served(&connect(https, "site.test", cfg.clone()).await) != second.2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "SIGHUP did not reload the certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(n);
+
+    // The admin API over TLS, and the CLI verifying it with NRDOT_ADMIN_CA.
+    let prelude = format!(
+        "[admin.tls]\ncert = {:?}\nkey = {:?}\n",
+        admin_cert.0.display().to_string(),
+        admin_cert.1.display().to_string()
+    );
+    let body = format!(
+        "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
+        pool("o", &[o.addr])
+    );
+    // The harness writes `[admin] bind`; the TLS table goes into the body as [admin.tls].
+    let n = Nrdot::start(BIN, "", &format!("{prelude}{body}"));
+    let ca_file = ca.write(&dir);
+    let out = Command::new(BIN)
+        .args(["--state-dir"])
+        .arg(n.state_dir())
+        .args([
+            "--admin-url",
+            &format!("https://127.0.0.1:{}", n.admin.port()),
+            "backend",
+            "list",
+        ])
+        .env("NRDOT_ADMIN_CA", &ca_file)
+        .env_remove("NRDOT_TOKEN")
+        .output()
+        .expect("cli");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&o.addr.to_string()));
+    // Plain HTTP to a TLS admin port is not answered as HTTP.
+    let plain = nrdot_tests::raw(
+        n.admin,
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(!plain.starts_with("HTTP/1.1 200"), "{plain}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&second_dir);
+}
