@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--nrdot", default=os.path.join(ROOT, "target/release/nrdot"))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default=None, help="run only scenarios whose name contains this")
+    ap.add_argument("--no-memory", action="store_true", help="skip the idle-connection memory measurement")
     args = ap.parse_args()
     for tool in ["nginx", "haproxy", "wrk", "openssl", "taskset"]:
         if not shutil.which(tool):
@@ -176,6 +178,8 @@ pool = "b"
             ("TLS keep-alive 64 KiB", "https", "/big", 50, ()),
             ("TLS new connection per request", "https", "/small", 20, ("-H", "Connection: close")),
         ]
+        if args.only:
+            scenarios = [sc for sc in scenarios if args.only in sc[0]]
         results = {}
         for name, scheme, path, conns, extra in scenarios:
             for r in range(rounds):
@@ -189,7 +193,7 @@ pool = "b"
                     print(f"{name:32} round {r + 1} {t:8} {res['rps']:>10.0f} req/s  {res['cpu_us']:6.1f} us/req  p99 {res['p99']} ms  errors {res['errors']}", file=sys.stderr)
         # Idle keep-alive memory.
         memory = {}
-        for t in targets:
+        for t in ([] if args.no_memory else targets):
             for scheme in ["http", "https"]:
                 port = ports[t if scheme == "http" else f"{t}_tls"]
                 before = rss_kib(pids[t])
@@ -256,7 +260,8 @@ def render(results, memory, targets, args, seconds, rounds, idle):
     lines += ["", f"Idle keep-alive memory ({idle} connections, RSS growth per connection):", "",
               "| target | plaintext | TLS |", "|---|---|---|"]
     for t in targets:
-        lines.append(f"| {t} | {memory[(t, 'http')] / 1024:.1f} KiB | {memory[(t, 'https')] / 1024:.1f} KiB |")
+        if (t, "http") in memory:
+            lines.append(f"| {t} | {memory[(t, 'http')] / 1024:.1f} KiB | {memory[(t, 'https')] / 1024:.1f} KiB |")
     return "\n".join(lines) + "\n"
 
 

@@ -72,6 +72,7 @@ pin_project_lite::pin_project! {
         index: u64,
         first_read: bool,
         header_timeout: Duration,
+        head_deadline: Option<Instant>,
         deadline: Option<Pin<Box<Sleep>>>,
         verdict: Arc<Verdict>,
         rewrite: Option<(Vec<u8>, usize)>,
@@ -89,6 +90,7 @@ impl<IO> Inspected<IO> {
             index: 0,
             first_read: true,
             header_timeout,
+            head_deadline: None,
             deadline: None,
             verdict,
             rewrite: None,
@@ -264,34 +266,33 @@ impl<IO: AsyncRead> AsyncRead for Inspected<IO> {
                 if !matches!(this.state, State::Off) {
                     let f = follow(this.state, this.line, this.index, this.verdict, new);
                     match this.state {
-                        // A head started in this read: its clock starts now.
+                        // A head started in this read: its clock starts now. Only the deadline
+                        // is noted; a timer is armed only if the head is still incomplete when
+                        // the socket runs dry, which a well-behaved client almost never causes.
                         State::Head { started: true } if f.head_started => {
-                            let at = Instant::now() + *this.header_timeout;
-                            match this.deadline {
-                                Some(d) => d.as_mut().reset(at),
-                                None => {
-                                    *this.deadline = Some(Box::pin(tokio::time::sleep_until(at)))
-                                }
-                            }
+                            *this.head_deadline = Some(Instant::now() + *this.header_timeout);
                         }
                         // Still collecting the same head: keep its clock.
                         State::Head { started: true } => {}
-                        _ => {
-                            if let Some(d) = this.deadline {
-                                // Park the timer instead of dropping its allocation.
-                                d.as_mut()
-                                    .reset(Instant::now() + Duration::from_secs(86400 * 365));
-                            }
-                        }
+                        _ => *this.head_deadline = None,
                     }
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if let (State::Head { started: true }, Some(d)) =
-                    (&*this.state, this.deadline.as_mut())
+                if let (State::Head { started: true }, Some(at)) =
+                    (&*this.state, *this.head_deadline)
                 {
-                    if d.as_mut().poll(cx).is_ready() {
+                    let sleep = match this.deadline {
+                        Some(d) => {
+                            if d.deadline() != at {
+                                d.as_mut().reset(at);
+                            }
+                            d
+                        }
+                        None => this.deadline.insert(Box::pin(tokio::time::sleep_until(at))),
+                    };
+                    if sleep.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "client_header_timeout",
