@@ -267,6 +267,28 @@ fn fail(status: StatusCode, body: &Value) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// GETs `path` for a listing verb: `Ok(body)` to render as a table, or `Err(exit code)` when
+/// the call failed or `--json` already printed the body.
+fn list(c: &Client, path: &str) -> Result<Value, ExitCode> {
+    let (status, body) = c.call(Method::GET, path, None, &[]).map_err(|e| {
+        eprintln!("nrdot: {e}");
+        e.exit()
+    })?;
+    if !status.is_success() {
+        return Err(fail(status, &body));
+    }
+    if c.json {
+        c.print_json(&body);
+        return Err(ExitCode::SUCCESS);
+    }
+    Ok(body)
+}
+
+/// The array under `key`, empty when absent.
+fn items<'a>(body: &'a Value, key: &str) -> &'a [Value] {
+    body[key].as_array().map(|a| a.as_slice()).unwrap_or(&[])
+}
+
 macro_rules! call_or_exit {
     ($e:expr) => {
         match $e {
@@ -281,18 +303,11 @@ macro_rules! call_or_exit {
 
 /// `nrdot backend list`.
 pub fn backend_list(c: &Client) -> ExitCode {
-    let (status, body) = call_or_exit!(c.call(Method::GET, "/api/v2/backends", None, &[]));
-    if !status.is_success() {
-        return fail(status, &body);
-    }
-    if c.json {
-        c.print_json(&body);
-        return ExitCode::SUCCESS;
-    }
-    let rows: Vec<Vec<String>> = body["backends"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or(&[])
+    let body = match list(c, "/api/v2/backends") {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let rows: Vec<Vec<String>> = items(&body, "backends")
         .iter()
         .map(|b| {
             [
@@ -586,23 +601,11 @@ pub fn diff(c: &Client, a: u64, b: Option<u64>) -> ExitCode {
 
 /// `nrdot audit [--limit N]`.
 pub fn audit(c: &Client, limit: usize) -> ExitCode {
-    let (status, body) = call_or_exit!(c.call(
-        Method::GET,
-        &format!("/api/v2/audit?limit={limit}"),
-        None,
-        &[]
-    ));
-    if !status.is_success() {
-        return fail(status, &body);
-    }
-    if c.json {
-        c.print_json(&body);
-        return ExitCode::SUCCESS;
-    }
-    let rows: Vec<Vec<String>> = body["entries"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or(&[])
+    let body = match list(c, &format!("/api/v2/audit?limit={limit}")) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let rows: Vec<Vec<String>> = items(&body, "entries")
         .iter()
         .map(|e| {
             let versions = format!("{}->{}", s(&e["version_before"]), s(&e["version_after"]));
@@ -790,18 +793,11 @@ pub fn rollout_status(c: &Client, id: u64) -> ExitCode {
 
 /// `nrdot rollout list`.
 pub fn rollout_list(c: &Client) -> ExitCode {
-    let (status, body) = call_or_exit!(c.call(Method::GET, "/api/v2/rollouts", None, &[]));
-    if !status.is_success() {
-        return fail(status, &body);
-    }
-    if c.json {
-        c.print_json(&body);
-        return ExitCode::SUCCESS;
-    }
-    let rows: Vec<Vec<String>> = body["rollouts"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or(&[])
+    let body = match list(c, "/api/v2/rollouts") {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let rows: Vec<Vec<String>> = items(&body, "rollouts")
         .iter()
         .map(|r| {
             let target = r["plan"]["route"]
