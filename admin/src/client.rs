@@ -360,11 +360,7 @@ pub fn backend_set(c: &Client, server: &str, enable: bool, wait: Option<&str>) -
     if c.json {
         c.print_json(&body);
     } else {
-        for b in body["backends"]
-            .as_array()
-            .map(|a| a.as_slice())
-            .unwrap_or(&[])
-        {
+        for b in items(&body, "backends") {
             println!(
                 "{}: {} (in flight: {})",
                 s(&b["id"]),
@@ -413,11 +409,7 @@ pub fn health_check(c: &Client, server: Option<&str>) -> ExitCode {
         }
     } else {
         println!("{}", s(&body["status"]));
-        for p in body["pools"]
-            .as_array()
-            .map(|a| a.as_slice())
-            .unwrap_or(&[])
-        {
+        for p in items(&body, "pools") {
             println!(
                 "  pool {}: {}/{} available",
                 s(&p["name"]),
@@ -533,11 +525,7 @@ pub fn apply(c: &Client, file: &Path, message: &str, if_match: Option<u64>) -> E
         }
         StatusCode::UNPROCESSABLE_ENTITY => {
             if !c.json {
-                for p in body["problems"]
-                    .as_array()
-                    .map(|a| a.as_slice())
-                    .unwrap_or(&[])
-                {
+                for p in items(&body, "problems") {
                     eprintln!(
                         "{}:{}:{}: {}: {}",
                         file.display(),
@@ -726,7 +714,7 @@ pub fn rollout_create(c: &Client, body: Value, follow: bool) -> ExitCode {
         if !status.is_success() {
             return fail(status, &r);
         }
-        let events = r["events"].as_array().map(|a| a.as_slice()).unwrap_or(&[]);
+        let events = items(&r, "events");
         for e in events.iter().skip(shown) {
             println!("  {} {}: {}", s(&e["time"]), s(&e["kind"]), s(&e["detail"]));
         }
@@ -785,7 +773,7 @@ pub fn rollout_status(c: &Client, id: u64) -> ExitCode {
             m.get("memory_fraction").and_then(|v| v.as_f64()).unwrap_or(0.0) * 100.0,
         );
     }
-    for e in r["events"].as_array().map(|a| a.as_slice()).unwrap_or(&[]) {
+    for e in items(&r, "events") {
         println!("  {} {}: {}", s(&e["time"]), s(&e["kind"]), s(&e["detail"]));
     }
     ExitCode::SUCCESS

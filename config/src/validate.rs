@@ -437,24 +437,11 @@ fn overlay(root: &toml_edit::Table, name: &str) -> toml_edit::Table {
 
 fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, ConfigError> {
     let root: &dyn TableLike = root;
-    v.keys(
-        root,
-        "",
-        &[
-            "version",
-            "worker_threads",
-            "state_dir",
-            "shutdown_grace",
-            "admin",
-            "listener",
-            "limits",
-            "access_log",
-            "trusted_proxies",
-            "pool",
-            "route",
-            "environment",
-        ],
-    );
+    let top: Vec<&str> = ["version", "environment"]
+        .into_iter()
+        .chain(OVERRIDABLE.iter().copied())
+        .collect();
+    v.keys(root, "", &top);
     if let Some((item, span)) = v.get(root, "version") {
         if item.as_integer() != Some(1) {
             v.push(

@@ -204,6 +204,37 @@ fn tls_listener(
     t
 }
 
+/// One HTTPS site: a CA, a P-256 certificate for `name` valid `days`, an origin, and nrdot
+/// serving them on an `https` listener, with `route_extra` added to its one route.
+struct Site {
+    dir: PathBuf,
+    ca: Ca,
+    cert: (PathBuf, PathBuf, Vec<u8>),
+    origin: Origin,
+    n: Nrdot,
+}
+
+async fn site(tag: &str, name: &str, days: i64, route_extra: &str) -> Site {
+    let dir = temp_dir(tag);
+    let ca = Ca::new(&format!("{tag} ca"));
+    let file = name.split('.').next().unwrap_or("site");
+    let cert = ca.leaf(&dir, file, &[name], &rcgen::PKCS_ECDSA_P256_SHA256, days);
+    let origin = Origin::start("o").await;
+    let body = format!(
+        "{}{}[[route]]\nname = \"r\"\npool = \"o\"\n{route_extra}",
+        tls_listener(&cert, &[]),
+        pool("o", &[origin.addr])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    Site {
+        dir,
+        ca,
+        cert,
+        origin,
+        n,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_picks_certificates_alpn_negotiates_h2_and_old_tls_is_refused() {
     let dir = temp_dir("tls-sni");
@@ -343,22 +374,13 @@ async fn sni_picks_certificates_alpn_negotiates_h2_and_old_tls_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_reload_without_disturbing_open_connections_and_bad_files_are_refused() {
-    let dir = temp_dir("tls-reload");
-    let ca = Ca::new("reload ca");
-    let first = ca.leaf(
-        &dir,
-        "site",
-        &["site.test"],
-        &rcgen::PKCS_ECDSA_P256_SHA256,
-        90,
-    );
-    let o = Origin::start("o").await;
-    let body = format!(
-        "{}{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-        tls_listener(&first, &[]),
-        pool("o", &[o.addr])
-    );
-    let n = Nrdot::start(BIN, "", &body);
+    let Site {
+        dir,
+        ca,
+        cert: first,
+        origin: _o,
+        n,
+    } = site("tls-reload", "site.test", 90, "").await;
     let https = n.listeners["https"];
     let cfg = client_config(&ca, &[b"http/1.1"]);
     // An open keep-alive connection from before the reload.
@@ -448,22 +470,19 @@ async fn certificates_reload_without_disturbing_open_connections_and_bad_files_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_redirect_keeps_path_and_query_and_hsts_is_sent_over_tls() {
-    let dir = temp_dir("tls-redirect");
-    let ca = Ca::new("redirect ca");
-    let site = ca.leaf(
-        &dir,
-        "site",
-        &["site.test"],
-        &rcgen::PKCS_ECDSA_P256_SHA256,
+    let Site {
+        dir,
+        ca,
+        cert: _site,
+        origin: o,
+        n,
+    } = site(
+        "tls-redirect",
+        "site.test",
         90,
-    );
-    let o = Origin::start("o").await;
-    let body = format!(
-        "{}{}[[route]]\nname = \"r\"\npool = \"o\"\nhttps_redirect = true\nhsts = \"max-age=31536000; includeSubDomains\"\n",
-        tls_listener(&site, &[]),
-        pool("o", &[o.addr])
-    );
-    let n = Nrdot::start(BIN, "", &body);
+        "https_redirect = true\nhsts = \"max-age=31536000; includeSubDomains\"\n",
+    )
+    .await;
     let https = n.listeners["https"];
     let r = get(
         &n.url("/shop/cart?item=42&x=%20y"),
@@ -587,22 +606,13 @@ async fn upstream_tls_is_verified_and_a_failing_verification_gives_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiring_certificates_show_in_metrics_and_lint() {
-    let dir = temp_dir("tls-expiry");
-    let ca = Ca::new("expiry ca");
-    let soon = ca.leaf(
-        &dir,
-        "soon",
-        &["soon.test"],
-        &rcgen::PKCS_ECDSA_P256_SHA256,
-        10,
-    );
-    let o = Origin::start("o").await;
-    let body = format!(
-        "{}{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-        tls_listener(&soon, &[]),
-        pool("o", &[o.addr])
-    );
-    let n = Nrdot::start(BIN, "", &body);
+    let Site {
+        dir,
+        ca: _,
+        cert: _soon,
+        origin: _o,
+        n,
+    } = site("tls-expiry", "soon.test", 10, "").await;
     let m = String::from_utf8(
         get(&format!("http://{}/metrics", n.admin), &[])
             .await
@@ -635,15 +645,13 @@ async fn expiring_certificates_show_in_metrics_and_lint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_certificates_and_the_admin_api_can_use_tls() {
-    let dir = temp_dir("tls-hup");
-    let ca = Ca::new("hup ca");
-    let first = ca.leaf(
-        &dir,
-        "site",
-        &["site.test"],
-        &rcgen::PKCS_ECDSA_P256_SHA256,
-        90,
-    );
+    let Site {
+        dir,
+        ca,
+        cert: first,
+        origin: o,
+        n,
+    } = site("tls-hup", "site.test", 90, "").await;
     let admin_cert = ca.leaf(
         &dir,
         "admin",
@@ -651,13 +659,6 @@ async fn sighup_reloads_certificates_and_the_admin_api_can_use_tls() {
         &rcgen::PKCS_ECDSA_P256_SHA256,
         90,
     );
-    let o = Origin::start("o").await;
-    let body = format!(
-        "{}{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-        tls_listener(&first, &[]),
-        pool("o", &[o.addr])
-    );
-    let n = Nrdot::start(BIN, "", &body);
     let https = n.listeners["https"];
     let cfg = client_config(&ca, &[b"http/1.1"]);
     // Swap the files and signal at once, before the file watcher's next look.
