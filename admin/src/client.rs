@@ -270,7 +270,14 @@ fn fail(status: StatusCode, body: &Value) -> ExitCode {
 /// GETs `path` for a listing verb: `Ok(body)` to render as a table, or `Err(exit code)` when
 /// the call failed or `--json` already printed the body.
 fn list(c: &Client, path: &str) -> Result<Value, ExitCode> {
-    let (status, body) = c.call(Method::GET, path, None, &[]).map_err(|e| {
+    request(c, Method::GET, path, None)
+}
+
+/// One call for a verb: `Ok(body)` for the verb to print for humans, or `Err(exit code)` when
+/// the call failed or `--json` already printed the body.
+fn request(c: &Client, method: Method, path: &str, body: Option<Value>) -> Result<Value, ExitCode> {
+    let payload = body.map(|b| ("application/json", b.to_string().into_bytes()));
+    let (status, body) = c.call(method, path, payload, &[]).map_err(|e| {
         eprintln!("nrdot: {e}");
         e.exit()
     })?;
@@ -549,23 +556,14 @@ pub fn rollback(c: &Client, version: u64, message: Option<&str>) -> ExitCode {
     if let Some(m) = message {
         body["message"] = Value::String(m.to_string());
     }
-    let (status, resp) = call_or_exit!(c.call(
-        Method::POST,
-        "/api/v2/config/rollback",
-        Some(("application/json", body.to_string().into_bytes())),
-        &[]
-    ));
-    if !status.is_success() {
-        return fail(status, &resp);
-    }
-    if c.json {
-        c.print_json(&resp);
-    } else {
-        println!(
-            "rolled back to the content of version {version}: now version {}",
-            s(&resp["version"]["id"])
-        );
-    }
+    let resp = match request(c, Method::POST, "/api/v2/config/rollback", Some(body)) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    println!(
+        "rolled back to the content of version {version}: now version {}",
+        s(&resp["version"]["id"])
+    );
     ExitCode::SUCCESS
 }
 
@@ -646,21 +644,12 @@ pub fn token(c: &Client, name: &str, role: Option<&str>) -> ExitCode {
             serde_json::json!({ "name": name, "role": r }),
         ),
     };
-    let (status, resp) = call_or_exit!(c.call(
-        Method::POST,
-        path,
-        Some(("application/json", body.to_string().into_bytes())),
-        &[]
-    ));
-    if !status.is_success() {
-        return fail(status, &resp);
-    }
-    if c.json {
-        c.print_json(&resp);
-    } else {
-        println!("{}", s(&resp["token"]));
-        eprintln!("nrdot: token {name:?}: shown once; nrdot keeps only its hash");
-    }
+    let resp = match request(c, Method::POST, path, Some(body)) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    println!("{}", s(&resp["token"]));
+    eprintln!("nrdot: token {name:?}: shown once; nrdot keeps only its hash");
     ExitCode::SUCCESS
 }
 
@@ -733,19 +722,14 @@ pub fn rollout_create(c: &Client, body: Value, follow: bool) -> ExitCode {
 
 /// `nrdot rollout promote|pause|resume|abort|approve|rollback ID`.
 pub fn rollout_command(c: &Client, id: u64, verb: &str) -> ExitCode {
-    let (status, r) = call_or_exit!(c.call(
+    match request(
+        c,
         Method::POST,
         &format!("/api/v2/rollouts/{id}/{verb}"),
         None,
-        &[]
-    ));
-    if !status.is_success() {
-        return fail(status, &r);
-    }
-    if c.json {
-        c.print_json(&r);
-    } else {
-        print_rollout(&r);
+    ) {
+        Ok(r) => print_rollout(&r),
+        Err(code) => return code,
     }
     ExitCode::SUCCESS
 }
