@@ -77,10 +77,16 @@ impl ProxyError {
 
 /// A short plain-text response with `Server: nrdot`, counted in the error metrics.
 pub fn response(status: StatusCode, close: bool) -> Response<Full<Bytes>> {
+    let (head, body) = answer(status, close);
+    Response::from_parts(head, Full::new(body))
+}
+
+/// The head and body of [`response`], for writers that serialise responses themselves.
+pub fn answer(status: StatusCode, close: bool) -> (http::response::Parts, Bytes) {
     crate::metrics::get().error(status.as_u16());
     let reason = status.canonical_reason().unwrap_or("Error");
     let body = Bytes::from(format!("{} {}\n", status.as_u16(), reason));
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static("nrdot"));
@@ -91,5 +97,5 @@ pub fn response(status: StatusCode, close: bool) -> Response<Full<Bytes>> {
     if close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    resp
+    (resp.into_parts().0, body)
 }

@@ -5,11 +5,14 @@
 //! It reads routing tables and never writes them: the control plane publishes tables through
 //! [`nrdot_config::swap`], and this crate never names the control plane.
 //!
-//! `accept -> inspect (HTTP/1 framing) -> hyper -> Service::call -> table.route -> pick -> upstream`
+//! `accept -> h1 (native HTTP/1.1: parse in place -> table.route -> pick -> upstream socket)`,
+//! handing unusual requests to
+//! `inspect (HTTP/1 framing) -> hyper -> Service::call -> table.route -> pick -> upstream`
 
 pub mod accesslog;
 mod body;
 pub mod error;
+mod h1;
 mod inspect;
 pub mod listener;
 pub mod metrics;

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use nrdot_config::split::stable_hash;
 use nrdot_config::swap::Reader;
-use nrdot_config::table::NoBackend;
+use nrdot_config::table::{BackendEntry, NoBackend, PoolEntry};
 use nrdot_config::{HashKey, RouteTable, Sticky};
 
 use crate::accesslog::{AccessLog, Entry};
@@ -52,17 +52,20 @@ struct Conn {
 
 impl ConnService {
     pub fn new(shared: Arc<Shared>, peer: SocketAddr, verdict: Arc<Verdict>) -> ConnService {
-        let ip = peer.ip().to_canonical();
-        let peer_value =
-            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
         ConnService(Arc::new(Conn {
             shared,
             peer,
-            peer_value,
+            peer_value: peer_value(peer),
             verdict,
             requests: AtomicU64::new(0),
         }))
     }
+}
+
+/// The client address as X-Forwarded-For carries it.
+pub(crate) fn peer_value(peer: SocketAddr) -> HeaderValue {
+    let ip = peer.ip().to_canonical();
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
 }
 
 pub type ProxyBody = Either<ResponseBody<Completion>, Full<Bytes>>;
@@ -79,7 +82,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 }
 
 /// Fields of the access log line, copied only when the log is on.
-struct LogFields {
+pub(crate) struct LogFields {
     client: std::net::IpAddr,
     method: Method,
     target: String,
@@ -87,13 +90,36 @@ struct LogFields {
     referer: String,
     user_agent: String,
     start: Instant,
-    route: Box<str>,
-    upstream: String,
+    pub route: Box<str>,
+    pub upstream: String,
     log: AccessLog,
 }
 
 impl LogFields {
-    fn write(&self, status: u16, bytes: u64) {
+    pub fn new(
+        log: &AccessLog,
+        client: std::net::IpAddr,
+        method: Method,
+        target: &str,
+        version: Version,
+        referer: Option<&str>,
+        user_agent: Option<&str>,
+    ) -> Box<LogFields> {
+        Box::new(LogFields {
+            client: client.to_canonical(),
+            method,
+            target: target.to_string(),
+            version,
+            referer: referer.unwrap_or("-").to_string(),
+            user_agent: user_agent.unwrap_or("-").to_string(),
+            start: Instant::now(),
+            route: "-".into(),
+            upstream: "-".to_string(),
+            log: log.clone(),
+        })
+    }
+
+    pub fn write(&self, status: u16, bytes: u64) {
         self.log.log(&Entry {
             client: self.client,
             method: self.method.as_str(),
@@ -151,30 +177,19 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
     let table = conn.shared.reader.load();
     let limits = &table.config.limits;
     let log = conn.shared.log.enabled().then(|| {
-        let h = |name: HeaderName| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string()
-        };
-        Box::new(LogFields {
-            client: conn.peer.ip().to_canonical(),
-            method: req.method().clone(),
-            target: req
-                .uri()
+        let h = |name: HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+        LogFields::new(
+            &conn.shared.log,
+            conn.peer.ip(),
+            req.method().clone(),
+            req.uri()
                 .path_and_query()
                 .map(|p| p.as_str())
-                .unwrap_or("/")
-                .to_string(),
-            version: req.version(),
-            referer: h(header::REFERER),
-            user_agent: h(header::USER_AGENT),
-            start: Instant::now(),
-            route: "-".into(),
-            upstream: "-".to_string(),
-            log: conn.shared.log.clone(),
-        })
+                .unwrap_or("/"),
+            req.version(),
+            h(header::REFERER),
+            h(header::USER_AGENT),
+        )
     });
     let is_h1 = req.version() != Version::HTTP_2;
     // Keep-alive request limit: the last allowed request gets `Connection: close`.
@@ -205,11 +220,8 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
 type Failed = (ProxyError, Option<Box<LogFields>>);
 
 /// Methods that may be sent twice (RFC 9110 9.2.2).
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+pub(crate) fn idempotent(m: &str) -> bool {
+    matches!(m, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
 }
 
 /// Retries in flight a pool always allows, whatever its budget percentage: enough that one
@@ -262,61 +274,30 @@ async fn proxy(
     }
 
     // Route and split with this one table; only indexes leave this block.
-    let (route, entry, pool, hash_key, new_sticky) = {
-        let headers = req.headers();
-        let Some(route) = table.route(&host, req.uri().path(), |name| {
-            headers.get(name).map(|v| v.as_bytes())
-        }) else {
-            fail!(ProxyError::NoRoute)
-        };
-        let r = &table.routes[route];
-        let override_pool = r
-            .override_header
-            .as_deref()
-            .and_then(|h| headers.get(h).map(|v| v.as_bytes()))
-            .or_else(|| {
-                r.override_cookie
-                    .as_deref()
-                    .and_then(|c| cookie(headers, c))
-            });
-        let mut new_sticky = None;
-        let sticky_hash = match &r.sticky {
-            None => None,
-            Some(Sticky::Header(h)) => headers.get(h.as_str()).map(|v| stable_hash(v.as_bytes())),
-            Some(Sticky::Cookie(c)) => match cookie(headers, c) {
-                Some(v) => Some(stable_hash(v)),
-                None => {
-                    let key = format!("{:016x}", fastrand::u64(..));
-                    let h = stable_hash(key.as_bytes());
-                    new_sticky = Some(format!(
-                        "{c}={key}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
-                    ));
-                    Some(h)
-                }
-            },
-        };
-        let target = table.pick(route, override_pool, sticky_hash);
-        let pool = r.pools[target.entry];
-        let hash_key = match &table.pools[pool].config.hash_key {
-            None => None,
-            Some(HashKey::Header(h)) => headers.get(h.as_str()).map(|v| stable_hash(v.as_bytes())),
-            Some(HashKey::Cookie(c)) => cookie(headers, c).map(stable_hash),
-            Some(HashKey::ClientIp) => Some(stable_hash(conn.peer_value.as_bytes())),
-        };
-        if let Some(l) = log.as_mut() {
-            l.route = r.name.clone();
-        }
-        if r.https_redirect && conn.shared.tls.is_none() {
-            let port = match table.https_port {
-                Some(0) | None => {
-                    Some(crate::worker::HTTPS_PORT.load(Ordering::Relaxed)).filter(|p| *p != 0)
-                }
-                p => p,
-            };
-            return Ok(https_redirect(&host, port, req.uri()));
-        }
-        (route, target.entry, pool, hash_key, new_sticky)
+    let headers = req.headers();
+    let Some(route) = table.route(&host, req.uri().path(), |name| headers.header(name)) else {
+        fail!(ProxyError::NoRoute)
     };
+    let d = decide(table, route, headers, &conn.peer_value);
+    if let Some(l) = log.as_mut() {
+        l.route = table.routes[d.route].name.clone();
+    }
+    if table.routes[d.route].https_redirect && conn.shared.tls.is_none() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let resp = https_redirect(&host, redirect_port(table), pq);
+        return Ok(resp.map(|()| Either::Right(Full::new(Bytes::new()))));
+    }
+    let Decision {
+        route,
+        entry,
+        pool,
+        hash_key,
+        new_sticky,
+    } = d;
     let pool_entry = &table.pools[pool];
     let pcfg = &pool_entry.config;
 
@@ -375,7 +356,7 @@ async fn proxy(
         Err(e) => fail!(e),
     };
     let retry_unsafe = table.routes[route].retry_unsafe;
-    let safe = idempotent(&parts.method) || retry_unsafe;
+    let safe = idempotent(parts.method.as_str()) || retry_unsafe;
     let mut payload = if body.is_end_stream() {
         Payload::Replay(Bytes::new())
     } else if retry_unsafe && pcfg.retries > 0 && !upgrade {
@@ -398,34 +379,10 @@ async fn proxy(
     // What the previous attempt failed with: when a retry finds no other server, the client
     // hears about the real failure, not about the empty pool.
     let mut last_error: Option<ProxyError> = None;
-    let outlier = pcfg.outlier.as_ref();
-    let retry_allowed = |retries_left: u32| -> bool {
-        if retries_left == 0 {
-            return false;
-        }
-        let active = pool_entry.state.active.load(Ordering::Relaxed);
-        let retrying = pool_entry.state.active_retries.load(Ordering::Relaxed);
-        let budget = (active * pcfg.retry_budget_percent as u64 / 100).max(MIN_RETRY_CONCURRENCY);
-        if retrying >= budget {
-            pool_entry.state.retry_budget_exhausted.increment(1);
-            return false;
-        }
-        true
-    };
     let (backend, resp, upstream_conn) = loop {
         let chosen = match table.backend(pool, fastrand::u64(..), hash_key, &tried) {
             Ok(c) => c,
-            Err(_) if last_error.is_some() => {
-                fail!(last_error.unwrap_or(ProxyError::UpstreamConnect))
-            }
-            Err(NoBackend::Unavailable) => {
-                pool_entry.state.unavailable.increment(1);
-                fail!(ProxyError::NoAvailableBackend)
-            }
-            Err(NoBackend::Overloaded) => {
-                pool_entry.state.overflow.increment(1);
-                fail!(ProxyError::Overloaded)
-            }
+            Err(e) => fail!(no_backend(pool_entry, e, last_error)),
         };
         if chosen.fail_open {
             pool_entry.state.fail_open.increment(1);
@@ -436,27 +393,7 @@ async fn proxy(
         if let Some(l) = log.as_mut() {
             l.upstream = backend_entry.authority.as_str().to_string();
         }
-        let passive = |failed: bool| {
-            pool_entry.state.outcomes.record(failed);
-            let Some(o) = outlier else { return };
-            let may_eject = || {
-                let n = pool_entry.backends.len();
-                let ejected = pool_entry
-                    .backends
-                    .iter()
-                    .filter(|x| x.state.ejected())
-                    .count();
-                (ejected + 1) * 100 <= n * o.max_ejection_percent as usize
-            };
-            if let Some(ms) = state.record_outcome(
-                failed,
-                o.consecutive_failures,
-                o.base_ejection.as_millis() as u64,
-                may_eject,
-            ) {
-                tracing::warn!(pool = %pcfg.name, backend = %backend_entry.authority, ejected_ms = ms, "backend ejected after consecutive failures");
-            }
-        };
+        let passive = |failed: bool| passive(pool_entry, backend_entry, failed);
 
         state.start();
         let mut upstream = match upstream::acquire(pool_entry, backend_entry).await {
@@ -537,7 +474,7 @@ async fn proxy(
                     && safe
                     && replayable
                     && tried.len() + 1 < pool_entry.backends.len()
-                    && retry_allowed(retries_left)
+                    && retry_allowed(pool_entry, retries_left)
                 {
                     state.finish(true);
                     tried.push(b);
@@ -573,7 +510,11 @@ async fn proxy(
                 }
                 tried.push(b);
                 last_error = Some(ProxyError::UpstreamConnect);
-                if pcfg.retry_on.reset && safe && replayable && retry_allowed(retries_left) {
+                if pcfg.retry_on.reset
+                    && safe
+                    && replayable
+                    && retry_allowed(pool_entry, retries_left)
+                {
                     retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
                     continue;
                 }
@@ -642,21 +583,169 @@ async fn proxy(
 }
 
 /// Counts a retry: one fewer left, one more in flight until the guard drops.
-fn begin_retry<'a>(pool: &'a nrdot_config::state::PoolState, left: &mut u32) -> ActiveGuard<'a> {
+pub(crate) fn begin_retry<'a>(
+    pool: &'a nrdot_config::state::PoolState,
+    left: &mut u32,
+) -> ActiveGuard<'a> {
     *left -= 1;
     pool.retries.increment(1);
     pool.active_retries.fetch_add(1, Ordering::Relaxed);
     ActiveGuard(&pool.active_retries)
 }
 
+/// Where a request goes, decided with one table generation; only indexes leave it.
+pub(crate) struct Decision {
+    pub route: usize,
+    /// Index into the route's split.
+    pub entry: usize,
+    pub pool: usize,
+    /// Hash of the pool's `hash_key`, for consistent server choice.
+    pub hash_key: Option<u64>,
+    /// A `Set-Cookie` value when a sticky cookie was just assigned.
+    pub new_sticky: Option<String>,
+}
+
+/// Request headers as routing reads them, whichever parser produced them.
+pub(crate) trait Lookup {
+    /// The first value of `name` (lower case).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+    /// The value of cookie `name` across all Cookie fields.
+    fn cookie(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl Lookup for HeaderMap {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(|v| v.as_bytes())
+    }
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        cookie_in(
+            self.get_all(header::COOKIE).iter().map(|v| v.as_bytes()),
+            name,
+        )
+    }
+}
+
+/// Splits a routed request (override, sticky key, weighted sequence) and computes the pool's
+/// hash key.
+pub(crate) fn decide(
+    table: &RouteTable,
+    route: usize,
+    headers: &impl Lookup,
+    peer_value: &HeaderValue,
+) -> Decision {
+    let r = &table.routes[route];
+    let override_pool = r
+        .override_header
+        .as_deref()
+        .and_then(|h| headers.header(h))
+        .or_else(|| r.override_cookie.as_deref().and_then(|c| headers.cookie(c)));
+    let mut new_sticky = None;
+    let sticky_hash = match &r.sticky {
+        None => None,
+        Some(Sticky::Header(h)) => headers.header(h.as_str()).map(stable_hash),
+        Some(Sticky::Cookie(c)) => match headers.cookie(c) {
+            Some(v) => Some(stable_hash(v)),
+            None => {
+                let key = format!("{:016x}", fastrand::u64(..));
+                let h = stable_hash(key.as_bytes());
+                new_sticky = Some(format!(
+                    "{c}={key}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
+                ));
+                Some(h)
+            }
+        },
+    };
+    let target = table.pick(route, override_pool, sticky_hash);
+    let pool = r.pools[target.entry];
+    let hash_key = match &table.pools[pool].config.hash_key {
+        None => None,
+        Some(HashKey::Header(h)) => headers.header(h.as_str()).map(stable_hash),
+        Some(HashKey::Cookie(c)) => headers.cookie(c).map(stable_hash),
+        Some(HashKey::ClientIp) => Some(stable_hash(peer_value.as_bytes())),
+    };
+    Decision {
+        route,
+        entry: target.entry,
+        pool,
+        hash_key,
+        new_sticky,
+    }
+}
+
+/// The port HTTPS redirects name: the configured one, else the one the HTTPS listener bound.
+pub(crate) fn redirect_port(table: &RouteTable) -> Option<u16> {
+    match table.https_port {
+        Some(0) | None => {
+            Some(crate::worker::HTTPS_PORT.load(Ordering::Relaxed)).filter(|p| *p != 0)
+        }
+        p => p,
+    }
+}
+
+/// The answer when no server can be chosen (counted): after a failed attempt the client hears
+/// about the real failure, not about the now empty pool.
+pub(crate) fn no_backend(pool: &PoolEntry, e: NoBackend, last: Option<ProxyError>) -> ProxyError {
+    if let Some(last) = last {
+        return last;
+    }
+    match e {
+        NoBackend::Unavailable => {
+            pool.state.unavailable.increment(1);
+            ProxyError::NoAvailableBackend
+        }
+        NoBackend::Overloaded => {
+            pool.state.overflow.increment(1);
+            ProxyError::Overloaded
+        }
+    }
+}
+
+/// Whether one more retry fits the pool's budget (retries in flight as a share of requests in
+/// flight, never below [`MIN_RETRY_CONCURRENCY`]).
+pub(crate) fn retry_allowed(pool: &PoolEntry, retries_left: u32) -> bool {
+    if retries_left == 0 {
+        return false;
+    }
+    let active = pool.state.active.load(Ordering::Relaxed);
+    let retrying = pool.state.active_retries.load(Ordering::Relaxed);
+    let budget =
+        (active * pool.config.retry_budget_percent as u64 / 100).max(MIN_RETRY_CONCURRENCY);
+    if retrying >= budget {
+        pool.state.retry_budget_exhausted.increment(1);
+        return false;
+    }
+    true
+}
+
+/// Records an attempt's outcome for analysis and passive health; ejects the server after
+/// enough consecutive failures while the pool's ejection cap allows.
+pub(crate) fn passive(pool: &PoolEntry, backend: &BackendEntry, failed: bool) {
+    pool.state.outcomes.record(failed);
+    let Some(o) = pool.config.outlier.as_ref() else {
+        return;
+    };
+    let may_eject = || {
+        let n = pool.backends.len();
+        let ejected = pool.backends.iter().filter(|x| x.state.ejected()).count();
+        (ejected + 1) * 100 <= n * o.max_ejection_percent as usize
+    };
+    if let Some(ms) = backend.state.record_outcome(
+        failed,
+        o.consecutive_failures,
+        o.base_ejection.as_millis() as u64,
+        may_eject,
+    ) {
+        tracing::warn!(pool = %pool.config.name, backend = %backend.authority, ejected_ms = ms, "backend ejected after consecutive failures");
+    }
+}
+
 /// 308 to the same host, path and query over HTTPS (the TLS listener's port unless 443).
-fn https_redirect(host: &str, port: Option<u16>, uri: &Uri) -> Response<ProxyBody> {
-    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+pub(crate) fn https_redirect(host: &str, port: Option<u16>, pq: &str) -> Response<()> {
     let location = match port {
         Some(p) if p != 443 => format!("https://{host}:{p}{pq}"),
         _ => format!("https://{host}{pq}"),
     };
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    let mut resp = Response::new(());
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
     let h = resp.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static("nrdot"));
@@ -667,7 +756,7 @@ fn https_redirect(host: &str, port: Option<u16>, uri: &Uri) -> Response<ProxyBod
 }
 
 /// Decrements one of a pool's in-flight counts when dropped.
-struct ActiveGuard<'a>(&'a std::sync::atomic::AtomicU64);
+pub(crate) struct ActiveGuard<'a>(pub &'a std::sync::atomic::AtomicU64);
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
@@ -690,6 +779,12 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
         (None, None) if req.version() == Version::HTTP_10 => return Some(String::new()),
         (None, None) => return None,
     };
+    host_of(raw)
+}
+
+/// A Host value (or authority) as routing wants it: lower case, without port; `None` when
+/// malformed.
+pub(crate) fn host_of(raw: &str) -> Option<String> {
     let host = if let Some(rest) = raw.strip_prefix('[') {
         &raw[..rest.find(']')? + 2]
     } else {
@@ -708,10 +803,13 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
-/// Value of cookie `name` in the request, if any.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    for v in headers.get_all(header::COOKIE) {
-        for pair in v.as_bytes().split(|b| *b == b';') {
+/// Value of cookie `name` in Cookie field values, if any.
+pub(crate) fn cookie_in<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    name: &str,
+) -> Option<&'a [u8]> {
+    for v in values {
+        for pair in v.split(|b| *b == b';') {
             let pair = pair.trim_ascii();
             if let Some(rest) = pair.strip_prefix(name.as_bytes()) {
                 if let Some(value) = rest.strip_prefix(b"=") {
@@ -887,7 +985,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; nrdot_id=abc; b=2"),
         );
-        assert_eq!(cookie(&h, "nrdot_id"), Some(&b"abc"[..]));
-        assert_eq!(cookie(&h, "nrdot"), None);
+        assert_eq!(h.cookie("nrdot_id"), Some(&b"abc"[..]));
+        assert_eq!(h.cookie("nrdot"), None);
     }
 }

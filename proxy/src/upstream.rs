@@ -22,6 +22,8 @@ struct Idle {
 
 struct Slot {
     idle: Vec<Idle>,
+    /// Plain connections of the native HTTP/1 path, with when they went idle.
+    raw: Vec<(tokio::net::TcpStream, Instant)>,
     backend: Weak<BackendState>,
     idle_timeout: Duration,
 }
@@ -81,6 +83,7 @@ pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, C
         }
         let entry = slots[slot].get_or_insert_with(|| Slot {
             idle: Vec::new(),
+            raw: Vec::new(),
             backend: Arc::downgrade(&backend.state),
             idle_timeout,
         });
@@ -100,17 +103,7 @@ pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, C
         });
     }
     let addr = backend.authority.as_str();
-    let stream = match tokio::time::timeout(
-        pool.config.connect_timeout,
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    {
-        Err(_) => return Err(ConnectError::Timeout(addr.to_string())),
-        Ok(Err(e)) => return Err(ConnectError::Failed(addr.to_string(), e)),
-        Ok(Ok(s)) => s,
-    };
-    let _ = stream.set_nodelay(true);
+    let stream = connect(pool, backend).await?;
     let sender = match &pool.config.tls {
         None => handshake(stream, addr).await?,
         Some(tls) => {
@@ -161,6 +154,106 @@ where
     Ok(sender)
 }
 
+/// Opens a TCP connection to `backend` within the pool's `connect_timeout`.
+async fn connect(
+    pool: &PoolEntry,
+    backend: &BackendEntry,
+) -> Result<tokio::net::TcpStream, ConnectError> {
+    let addr = backend.authority.as_str();
+    let stream = match tokio::time::timeout(
+        pool.config.connect_timeout,
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    {
+        Err(_) => return Err(ConnectError::Timeout(addr.to_string())),
+        Ok(Err(e)) => return Err(ConnectError::Failed(addr.to_string(), e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A plain connection for one exchange of the native HTTP/1 path.
+pub struct RawConn {
+    pub stream: tokio::net::TcpStream,
+    slot: usize,
+    /// Whether it came from the idle pool (see [`Conn::reused`]).
+    pub reused: bool,
+}
+
+impl RawConn {
+    /// Returns the connection to this worker's pool after a complete exchange that left
+    /// nothing unread.
+    pub fn release(self, keepalive: usize) {
+        if keepalive == 0 {
+            return;
+        }
+        SLOTS.with(|s| {
+            if let Some(Some(slot)) = s.borrow_mut().get_mut(self.slot) {
+                if slot.raw.len() < keepalive {
+                    slot.raw.push((self.stream, Instant::now()));
+                }
+            }
+        });
+    }
+}
+
+/// Whether an idle connection still looks usable: the server has neither closed it nor sent
+/// anything unasked. Uses the readiness the runtime already knows, so a quiet connection costs
+/// no system call.
+fn quiet(stream: &tokio::net::TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        std::task::Poll::Pending => true,
+        std::task::Poll::Ready(Err(_)) => false,
+        std::task::Poll::Ready(Ok(())) => matches!(
+            stream.try_read(&mut [0u8; 1]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        ),
+    }
+}
+
+/// An idle plain connection to `backend` if one is usable, else a new one.
+pub async fn acquire_raw(
+    pool: &PoolEntry,
+    backend: &BackendEntry,
+) -> Result<RawConn, ConnectError> {
+    let slot = backend.state.slot;
+    let idle_timeout = pool.config.keepalive_idle_timeout;
+    let reused = SLOTS.with(|s| {
+        let mut slots = s.borrow_mut();
+        if slots.len() <= slot {
+            slots.resize_with(slot + 1, || None);
+        }
+        let entry = slots[slot].get_or_insert_with(|| Slot {
+            idle: Vec::new(),
+            raw: Vec::new(),
+            backend: Arc::downgrade(&backend.state),
+            idle_timeout,
+        });
+        entry.idle_timeout = idle_timeout;
+        while let Some((stream, since)) = entry.raw.pop() {
+            if since.elapsed() < idle_timeout && quiet(&stream) {
+                return Some(stream);
+            }
+        }
+        None
+    });
+    if let Some(stream) = reused {
+        return Ok(RawConn {
+            stream,
+            slot,
+            reused: true,
+        });
+    }
+    Ok(RawConn {
+        stream: connect(pool, backend).await?,
+        slot,
+        reused: false,
+    })
+}
+
 /// Closes this worker's idle connections that expired or whose server no longer takes
 /// requests. Runs every second on each worker.
 pub fn sweep() {
@@ -169,11 +262,16 @@ pub fn sweep() {
             let Some(slot) = entry else { continue };
             match slot.backend.upgrade() {
                 None => *entry = None, // removed from the configuration
-                Some(b) if !b.available() => slot.idle.clear(),
+                Some(b) if !b.available() => {
+                    slot.idle.clear();
+                    slot.raw.clear();
+                }
                 Some(_) => {
                     let timeout = slot.idle_timeout;
                     slot.idle
                         .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+                    slot.raw
+                        .retain(|(s, since)| since.elapsed() < timeout && quiet(s));
                 }
             }
         }

@@ -16,6 +16,7 @@ use nrdot_config::swap::Reader;
 use tokio::sync::watch;
 
 use crate::accesslog::AccessLog;
+use crate::h1;
 use crate::inspect::{Inspected, Verdict};
 use crate::service::{ConnService, Shared};
 
@@ -145,6 +146,8 @@ fn worker(
             }
         });
         let graceful = Arc::new(GracefulShutdown::new());
+        // Every native-path connection holds a sender; all dropped means all done.
+        let (live, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
         let mut accept_loops = Vec::new();
         for (shared, socket) in sockets {
             let listener = match tokio::net::TcpListener::from_std(socket) {
@@ -155,12 +158,14 @@ fn worker(
                 }
             };
             let watcher = Arc::clone(&graceful);
+            let conn_stop = stop.clone();
             let mut stop = stop.clone();
+            let live = live.clone();
             accept_loops.push(tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         r = listener.accept() => match r {
-                            Ok((stream, peer)) => serve(stream, peer, &shared, &watcher),
+                            Ok((stream, peer)) => serve(stream, peer, &shared, &watcher, &conn_stop, &live),
                             Err(e) => {
                                 // Out of descriptors or memory: back off instead of spinning.
                                 tracing::warn!(error = %e, "accept failed");
@@ -184,6 +189,14 @@ fn worker(
         for l in accept_loops {
             let _ = l.await; // drops the listening sockets
         }
+        drop(live);
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, all_done.recv()).await.is_err() {
+            tracing::warn!("shutdown grace period ended with requests still in flight");
+            sweeper.abort();
+            return;
+        }
+        let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
         let Ok(graceful) = Arc::try_unwrap(graceful) else {
             sweeper.abort();
             return;
@@ -197,23 +210,48 @@ fn worker(
     });
 }
 
+/// Whether client connections start on the native HTTP/1.1 path (`NRDOT_NATIVE_H1=0` keeps
+/// every connection on the hyper path, for comparisons).
+fn native_h1() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("NRDOT_NATIVE_H1").map_or(true, |v| v != "0"))
+}
+
 fn serve(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     watcher: &Arc<GracefulShutdown>,
+    stop: &watch::Receiver<Option<Duration>>,
+    live: &tokio::sync::mpsc::Sender<()>,
 ) {
     let _ = stream.set_nodelay(true);
     crate::metrics::get().connections.increment(1);
+    let cx = native_h1().then(|| h1::Ctx {
+        shared: Arc::clone(shared),
+        peer,
+        peer_value: crate::service::peer_value(peer),
+        stop: stop.clone(),
+        _live: live.clone(),
+        watcher: Arc::clone(watcher),
+    });
     match &shared.tls {
-        None => serve_io(stream, peer, shared, watcher),
+        None => match cx {
+            Some(cx) => h1::spawn(stream, cx),
+            None => serve_hyper(stream, peer, shared, watcher),
+        },
         Some(acceptor) => {
             let (acceptor, shared, watcher) =
                 (acceptor.clone(), Arc::clone(shared), Arc::clone(watcher));
             tokio::spawn(async move {
                 // A handshake that fails or stalls costs this task only, never the worker.
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_io(tls, peer, &shared, &watcher),
+                    Ok(Ok(tls)) => match cx {
+                        Some(cx) if tls.get_ref().1.alpn_protocol() != Some(b"h2") => {
+                            h1::spawn(tls, cx)
+                        }
+                        _ => serve_hyper(tls, peer, &shared, &watcher),
+                    },
                     Ok(Err(e)) => {
                         shared.handshake_errors.increment(1);
                         tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
@@ -228,8 +266,13 @@ fn serve(
     }
 }
 
-fn serve_io<IO>(stream: IO, peer: SocketAddr, shared: &Arc<Shared>, watcher: &GracefulShutdown)
-where
+/// Serves a connection with hyper: HTTP/2, and HTTP/1 requests the native path hands over.
+pub(crate) fn serve_hyper<IO>(
+    stream: IO,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    watcher: &GracefulShutdown,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let m = crate::metrics::get();

@@ -5,6 +5,7 @@ mod config_cli;
 mod control;
 mod intermediary;
 mod lifecycle;
+mod native;
 mod resilience;
 mod rollout;
 mod routing;

@@ -676,17 +676,33 @@ impl KeepAlive {
     /// Sends a GET and returns (status, head, body); the response must have Content-Length.
     pub async fn get(&mut self, path: &str) -> (u16, String, Vec<u8>) {
         let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
-        self.stream.write_all(req.as_bytes()).await.expect("write");
+        self.send(req.as_bytes()).await;
+        self.response().await
+    }
+
+    /// Writes raw bytes: one request, several pipelined ones, or part of one.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads the next response: (status, lower-cased head, body). Bodies are delimited by
+    /// Content-Length, or read to the end of the connection when there is none.
+    pub async fn response(&mut self) -> (u16, String, Vec<u8>) {
         let mut chunk = [0u8; 16384];
+        let mut eof = false;
         loop {
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&self.buf[..end]).to_lowercase();
-                let len: usize = head
+                let len: Option<usize> = head
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length: "))
-                    .and_then(|v| v.trim().parse().ok())
-                    .expect("content-length");
-                if self.buf.len() >= end + 4 + len {
+                    .and_then(|v| v.trim().parse().ok());
+                let len = match len {
+                    Some(n) => Some(n),
+                    None if eof => Some(self.buf.len() - end - 4),
+                    None => None,
+                };
+                if let Some(len) = len.filter(|n| self.buf.len() >= end + 4 + n) {
                     let body = self.buf[end + 4..end + 4 + len].to_vec();
                     self.buf.drain(..end + 4 + len);
                     let status = head
@@ -697,12 +713,46 @@ impl KeepAlive {
                     return (status, head, body);
                 }
             }
+            assert!(
+                !eof,
+                "connection closed mid-response: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
             let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
                 .await
                 .expect("response timed out")
                 .expect("read");
-            assert!(n > 0, "connection closed mid-response");
+            eof = n == 0;
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// Reads until `marker` has arrived and returns everything up to and including it.
+    pub async fn read_through(&mut self, marker: &[u8]) -> Vec<u8> {
+        let mut chunk = [0u8; 16384];
+        loop {
+            if let Some(at) = self.buf.windows(marker.len()).position(|w| w == marker) {
+                return self.buf.drain(..at + marker.len()).collect();
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                .await
+                .expect("response timed out")
+                .expect("read");
+            assert!(
+                n > 0,
+                "connection closed before {:?}",
+                String::from_utf8_lossy(marker)
+            );
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Whether the server closed the connection (nothing more to read).
+    pub async fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 1024];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
     }
 }

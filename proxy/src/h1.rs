@@ -1,0 +1,989 @@
+//! The native HTTP/1.1 path. It owns client connections from accept (or the TLS handshake)
+//! and serves the common request — HTTP/1.1, origin-form target, no body, no upgrade — inside
+//! the connection's own task: the head is parsed in place, rewritten straight into the bytes
+//! sent upstream, and the response is relayed from the upstream socket with its own framing
+//! (length, chunked, or until close). No request or header map is built, no second task or
+//! channel sits between client and upstream, and an idle connection holds no buffer.
+//!
+//! Anything else (request bodies, `Expect`, upgrades, HTTP/1.0, HTTP/2, a head that did not
+//! arrive in one read, anything malformed, routes to TLS upstreams) is handed, with the bytes
+//! already read, to the hyper-based path in [`crate::service`] for the rest of the connection,
+//! so every rule that path enforces still holds. Routing, splitting, retries and passive health
+//! are the same functions both paths call.
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Method, Version};
+use hyper_util::server::graceful::GracefulShutdown;
+use nrdot_config::RouteTable;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::error::{self, ProxyError};
+use crate::service::{self, begin_retry, idempotent, ActiveGuard, LogFields, Lookup, Shared};
+use crate::upstream;
+
+/// Request heads with more fields than this go to the hyper path.
+const MAX_FIELDS: usize = 64;
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Size of the buffer a response is relayed through.
+const RELAY_BUFFER: usize = 32 * 1024;
+
+/// A client connection this path can serve.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Resolves when a read would find something, so no buffer is held while idle.
+    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl ClientIo for TcpStream {
+    async fn ready(&mut self) -> io::Result<()> {
+        self.readable().await
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn ready(&mut self) -> io::Result<()> {
+        let (tcp, tls) = self.get_mut();
+        // Records already read may hold plaintext the socket will not announce again.
+        match tls.process_new_packets() {
+            Ok(s) if s.plaintext_bytes_to_read() == 0 && !s.peer_has_closed() => {
+                tcp.readable().await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a worker gives each connection of this path.
+pub(crate) struct Ctx {
+    pub shared: Arc<Shared>,
+    pub peer: SocketAddr,
+    pub peer_value: HeaderValue,
+    /// `Some(grace)` once the worker is stopping: idle connections close, busy ones close
+    /// after their response.
+    pub stop: watch::Receiver<Option<Duration>>,
+    /// Held while the connection lives; the worker waits for every clone to drop.
+    pub _live: mpsc::Sender<()>,
+    pub watcher: Arc<GracefulShutdown>,
+}
+
+/// Serves `stream` on this path, handing it to the hyper path when a request needs it.
+pub(crate) fn spawn<S: ClientIo>(stream: S, cx: Ctx) {
+    tokio::spawn(async move {
+        let m = crate::metrics::get();
+        m.open_connections.increment(1.0);
+        let handoff = run(stream, &cx).await;
+        m.open_connections.decrement(1.0);
+        if let Some((stream, buf)) = handoff {
+            let io = Rewind {
+                prefix: buf,
+                pos: 0,
+                inner: stream,
+            };
+            crate::worker::serve_hyper(io, cx.peer, &cx.shared, &cx.watcher);
+        }
+    });
+}
+
+/// How an exchange left the connection.
+enum Next {
+    /// Served; the request head was this long.
+    Served(usize),
+    Close,
+    /// The hyper path takes the connection from the current request on.
+    Handoff,
+}
+
+async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut stop = cx.stop.clone();
+    let mut index = 0u64;
+    loop {
+        if buf.is_empty() {
+            buf = Vec::new(); // nothing held while idle
+            let idle = cx.shared.reader.load().config.limits.keepalive_timeout;
+            let read = async {
+                s.ready().await?;
+                buf.reserve(4096);
+                s.read_buf(&mut buf).await
+            };
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return None,
+                r = tokio::time::timeout(idle, read) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return None,
+                },
+            }
+        }
+        let stopping = stop.borrow().is_some();
+        match Box::pin(exchange(&mut s, &buf, cx, index, stopping)).await {
+            Next::Served(n) => {
+                buf.drain(..n);
+            }
+            Next::Close => return None,
+            Next::Handoff => return Some((s, buf)),
+        }
+        index += 1;
+    }
+}
+
+/// Parsed request fields as routing reads them.
+struct Fields<'a, 'b>(&'a [httparse::Header<'b>]);
+
+/// The first value of field `name`.
+fn field<'b>(headers: &[httparse::Header<'b>], name: &str) -> Option<&'b [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+impl Lookup for Fields<'_, '_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        field(self.0, name)
+    }
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        let values = self
+            .0
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .map(|h| h.value);
+        service::cookie_in(values, name)
+    }
+}
+
+fn is(name: &str, lower: &str) -> bool {
+    name.eq_ignore_ascii_case(lower)
+}
+
+/// Comma-separated tokens of a field value.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Fields an intermediary never forwards (RFC 9110 7.6.1), in either direction.
+fn hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "proxy-authenticate",
+    ]
+    .iter()
+    .any(|h| is(name, h))
+}
+
+/// Whether a Connection field names `name`.
+fn named_by(connection: &[&[u8]], name: &str) -> bool {
+    connection
+        .iter()
+        .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    /// Relay buffers this worker's exchanges reuse.
+    static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A relay buffer from this worker's free list; it goes back there when dropped (unless it
+/// grew, or the list is full).
+struct Buffer(Vec<u8>);
+
+impl Buffer {
+    fn take() -> Buffer {
+        Buffer(
+            FREE.with(|f| f.borrow_mut().pop())
+                .unwrap_or_else(|| Vec::with_capacity(RELAY_BUFFER)),
+        )
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let mut b = std::mem::take(&mut self.0);
+        if b.capacity() != RELAY_BUFFER {
+            return;
+        }
+        b.clear();
+        let _ = FREE.try_with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < 64 {
+                f.push(b);
+            }
+        });
+    }
+}
+
+async fn exchange<S: ClientIo>(
+    s: &mut S,
+    buf: &[u8],
+    cx: &Ctx,
+    index: u64,
+    stopping: bool,
+) -> Next {
+    let table = cx.shared.reader.load();
+    let limits = &table.config.limits;
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Next::Handoff,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Next::Handoff;
+    };
+    if head_len as u64 > limits.max_header_size
+        || req.headers.len() > limits.max_headers
+        || !target.starts_with('/')
+        || target.len() as u64 > limits.max_request_line
+        || method == "CONNECT"
+    {
+        return Next::Handoff;
+    }
+    let headers: &[httparse::Header] = req.headers;
+    let mut host = None;
+    let mut hosts = 0;
+    let mut client_close = false;
+    let mut connection: [&[u8]; 4] = [&[]; 4];
+    let mut connections = 0;
+    for h in headers {
+        if is(h.name, "host") {
+            hosts += 1;
+            host = Some(h.value);
+        } else if is(h.name, "content-length") {
+            if h.value.is_empty() || h.value.iter().any(|b| *b != b'0') {
+                return Next::Handoff; // a body
+            }
+        } else if is(h.name, "transfer-encoding") || is(h.name, "upgrade") || is(h.name, "expect") {
+            return Next::Handoff;
+        } else if is(h.name, "connection") {
+            if connections == connection.len() {
+                return Next::Handoff;
+            }
+            connection[connections] = h.value;
+            connections += 1;
+            client_close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
+        }
+    }
+    let connection = &connection[..connections];
+    let (1, Some(raw_host)) = (hosts, host) else {
+        return Next::Handoff;
+    };
+    let Some(host) = std::str::from_utf8(raw_host)
+        .ok()
+        .and_then(service::host_of)
+    else {
+        return Next::Handoff;
+    };
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let Some(route) = table.route(&host, path, |name| field(headers, name)) else {
+        return answer_error(
+            s,
+            cx,
+            &table,
+            None,
+            ProxyError::NoRoute,
+            index,
+            stopping,
+            client_close,
+            head_len,
+        )
+        .await;
+    };
+    // Decided before the split moves, so the split stays exact.
+    if table.routes[route].tls_upstream {
+        return Next::Handoff;
+    }
+    let d = service::decide(&table, route, &Fields(headers), &cx.peer_value);
+    let mut log = cx.shared.log.enabled().then(|| {
+        let f = |name| field(headers, name).and_then(|v| std::str::from_utf8(v).ok());
+        let mut l = LogFields::new(
+            &cx.shared.log,
+            cx.peer.ip(),
+            Method::from_bytes(method.as_bytes()).unwrap_or_default(),
+            target,
+            Version::HTTP_11,
+            f("referer"),
+            f("user-agent"),
+        );
+        l.route = table.routes[d.route].name.clone();
+        l
+    });
+    let r = &table.routes[d.route];
+    if r.https_redirect && cx.shared.tls.is_none() {
+        let resp = service::https_redirect(&host, service::redirect_port(&table), target);
+        let close = client_close || stopping || index + 1 >= limits.keepalive_requests;
+        let (mut parts, ()) = resp.into_parts();
+        if close {
+            parts
+                .headers
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let out = serialize(&parts, b"");
+        if let Some(l) = &log {
+            l.write(308, 0);
+        }
+        return match s.write_all(&out).await {
+            Ok(()) if !close => Next::Served(head_len),
+            _ => Next::Close,
+        };
+    }
+
+    // The upstream request: the client's head, rewritten as an intermediary must.
+    let pool_entry = &table.pools[d.pool];
+    let pcfg = &pool_entry.config;
+    let trusted = table
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(cx.peer.ip()));
+    let mut out = Vec::with_capacity(head_len + 128);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut chain: Vec<&[u8]> = Vec::new();
+    let (mut has_proto, mut has_fwd_host) = (false, false);
+    for h in headers {
+        if hop_by_hop(h.name) || named_by(connection, h.name) {
+            continue;
+        }
+        if is(h.name, "x-forwarded-for") {
+            if trusted {
+                chain.push(h.value);
+            }
+            continue;
+        }
+        if is(h.name, "x-forwarded-proto") {
+            if !trusted {
+                continue;
+            }
+            has_proto = true;
+        } else if is(h.name, "x-forwarded-host") {
+            if !trusted {
+                continue;
+            }
+            has_fwd_host = true;
+        }
+        put(&mut out, h.name, h.value);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for c in &chain {
+        out.extend_from_slice(c);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(cx.peer_value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !has_proto {
+        put(&mut out, "x-forwarded-proto", cx.shared.proto.as_bytes());
+    }
+    if !has_fwd_host {
+        put(&mut out, "x-forwarded-host", raw_host);
+    }
+    out.extend_from_slice(b"via: 1.1 nrdot\r\n\r\n");
+
+    // Pick, connect, send; retry on another server where that is safe (a bodiless request can
+    // always be sent again).
+    pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(&pool_entry.state.active);
+    let safe = idempotent(method) || r.retry_unsafe;
+    let head_request = method == "HEAD";
+    let mut tried: Vec<usize> = Vec::new();
+    let mut retries_left = pcfg.retries;
+    let mut retry_slot: Option<ActiveGuard> = None;
+    let mut last_error: Option<ProxyError> = None;
+    let mut rbuf = Buffer::take();
+    macro_rules! fail {
+        ($e:expr) => {{
+            let e = $e;
+            drop(retry_slot);
+            return answer_error(
+                s,
+                cx,
+                &table,
+                log,
+                e,
+                index,
+                stopping,
+                client_close,
+                head_len,
+            )
+            .await;
+        }};
+    }
+    let (b, mut up, status) = loop {
+        let chosen = match table.backend(d.pool, fastrand::u64(..), d.hash_key, &tried) {
+            Ok(c) => c,
+            Err(e) => fail!(service::no_backend(pool_entry, e, last_error)),
+        };
+        if chosen.fail_open {
+            pool_entry.state.fail_open.increment(1);
+        }
+        let b = chosen.index;
+        let be = &pool_entry.backends[b];
+        if let Some(l) = log.as_mut() {
+            l.upstream = be.authority.as_str().to_string();
+        }
+        be.state.start();
+        let mut up = match upstream::acquire_raw(pool_entry, be).await {
+            Ok(c) => c,
+            Err(e) => {
+                drop(retry_slot.take());
+                be.state.finish(true);
+                pool_entry.state.connect_errors.increment(1);
+                service::passive(pool_entry, be, true);
+                tracing::debug!(error = %e, "upstream connect failed");
+                let timed_out = matches!(e, upstream::ConnectError::Timeout(_));
+                tried.push(b);
+                last_error = Some(if timed_out {
+                    ProxyError::UpstreamTimeout
+                } else {
+                    ProxyError::UpstreamConnect
+                });
+                if pcfg.retry_on.connect_failure && retries_left > 0 {
+                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
+                    continue;
+                }
+                if timed_out {
+                    pool_entry.state.timeouts.increment(1);
+                }
+                fail!(last_error.unwrap_or(ProxyError::UpstreamConnect));
+            }
+        };
+        let sent_at = Instant::now();
+        rbuf.0.clear();
+        let result = tokio::time::timeout(pcfg.response_timeout, async {
+            up.stream.write_all(&out).await.map_err(HeadError::Io)?;
+            read_head(&mut up.stream, &mut rbuf.0).await
+        })
+        .await;
+        drop(retry_slot.take());
+        match result {
+            Ok(Ok(status)) => {
+                pool_entry.state.outcomes.record_latency(sent_at.elapsed());
+                service::passive(pool_entry, be, status >= 500);
+                if pcfg.retry_on.statuses.contains(&status)
+                    && safe
+                    && tried.len() + 1 < pool_entry.backends.len()
+                    && service::retry_allowed(pool_entry, retries_left)
+                {
+                    be.state.finish(true);
+                    tried.push(b);
+                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
+                    continue;
+                }
+                break (b, up, status);
+            }
+            Ok(Err(HeadError::Closed)) if up.reused && rbuf.0.is_empty() && safe => {
+                // The server closed the idle connection as it was reused: not its fault.
+                be.state.finish(false);
+                continue;
+            }
+            Ok(Err(e)) => {
+                be.state.finish(true);
+                service::passive(pool_entry, be, true);
+                tracing::debug!(upstream = %be.authority, error = %e, reused = up.reused, "upstream request failed");
+                tried.push(b);
+                last_error = Some(ProxyError::UpstreamConnect);
+                if pcfg.retry_on.reset && safe && service::retry_allowed(pool_entry, retries_left) {
+                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
+                    continue;
+                }
+                fail!(ProxyError::UpstreamConnect);
+            }
+            Err(_) => {
+                be.state.finish(true);
+                service::passive(pool_entry, be, true);
+                pool_entry.state.timeouts.increment(1);
+                fail!(ProxyError::UpstreamTimeout);
+            }
+        }
+    };
+    drop(retry_slot);
+    r.counters[d.entry].count(status);
+    let be = &pool_entry.backends[b];
+
+    // The client's response head, from the upstream's.
+    let mut rfields = [httparse::EMPTY_HEADER; 128];
+    let mut resp = httparse::Response::new(&mut rfields);
+    let Ok(httparse::Status::Complete(rhead)) = resp.parse(&rbuf.0) else {
+        be.state.finish(true);
+        return answer_error(
+            s,
+            cx,
+            &table,
+            log,
+            ProxyError::UpstreamConnect,
+            index,
+            stopping,
+            client_close,
+            head_len,
+        )
+        .await;
+    };
+    let rheaders: &[httparse::Header] = resp.headers;
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut upstream_close = resp.version != Some(1);
+    let mut rconnection: [&[u8]; 4] = [&[]; 4];
+    let mut rconnections = 0;
+    for h in rheaders {
+        if is(h.name, "content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(l)) if n == l => {}
+                _ => {
+                    be.state.finish(true);
+                    return answer_error(
+                        s,
+                        cx,
+                        &table,
+                        log,
+                        ProxyError::UpstreamConnect,
+                        index,
+                        stopping,
+                        client_close,
+                        head_len,
+                    )
+                    .await;
+                }
+            }
+        } else if is(h.name, "transfer-encoding") {
+            chunked = Some(
+                tokens(h.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if is(h.name, "connection") {
+            upstream_close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            if rconnections < rconnection.len() {
+                rconnection[rconnections] = h.value;
+                rconnections += 1;
+            }
+        }
+    }
+    let rconnection = &rconnection[..rconnections];
+    let mut framing = if head_request || status == 204 || status == 304 {
+        Framing::Length(0)
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked(Chunks::default()),
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    let last = index + 1 >= limits.keepalive_requests;
+    let close = client_close || stopping || last || matches!(framing, Framing::UntilClose);
+    let mut head = Vec::with_capacity(rhead + 128);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(itoa3(status).as_slice());
+    head.push(b' ');
+    head.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let hsts = match (&r.hsts, &cx.shared.tls) {
+        (Some(v), Some(_)) => Some(v),
+        _ => None,
+    };
+    for h in rheaders {
+        if hop_by_hop(h.name)
+            || named_by(rconnection, h.name)
+            || (hsts.is_some() && is(h.name, "strict-transport-security"))
+            || (chunked.is_some() && is(h.name, "content-length"))
+        {
+            continue;
+        }
+        put(&mut head, h.name, h.value);
+    }
+    head.extend_from_slice(b"via: 1.1 nrdot\r\n");
+    if let Some(v) = hsts {
+        put(&mut head, "strict-transport-security", v.as_bytes());
+    }
+    if let Some(c) = &d.new_sticky {
+        put(&mut head, "set-cookie", c.as_bytes());
+    }
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+
+    // Relay: what came with the head goes out in the same write.
+    let mut sent = 0u64;
+    let mut complete = false;
+    let mut clean = true; // nothing beyond the message came from upstream
+    let mut chunk = &rbuf.0[rhead..];
+    let mut client_ok = true;
+    loop {
+        let (take, ended) = match framing.feed(chunk) {
+            Ok(x) => x,
+            Err(()) => {
+                clean = false;
+                break;
+            }
+        };
+        if take < chunk.len() {
+            clean = false;
+        }
+        let body = &chunk[..take];
+        let w = if head.is_empty() {
+            s.write_all(body).await
+        } else {
+            head.extend_from_slice(body);
+            let w = s.write_all(&head).await;
+            head = Vec::new();
+            w
+        };
+        if w.is_err() {
+            client_ok = false;
+            break;
+        }
+        sent += take as u64;
+        if ended {
+            complete = true;
+            break;
+        }
+        rbuf.0.clear();
+        match up.stream.read_buf(&mut rbuf.0).await {
+            Ok(0) => {
+                complete = matches!(framing, Framing::UntilClose);
+                clean = false;
+                break;
+            }
+            Ok(_) => chunk = &rbuf.0[..],
+            Err(_) => {
+                clean = false;
+                break;
+            }
+        }
+    }
+    be.state.finish(false);
+    pool_entry.state.bytes_out.increment(sent);
+    if complete && clean && !upstream_close {
+        up.release(pcfg.keepalive);
+    }
+    if let Some(l) = &log {
+        l.write(status, sent);
+    }
+    if !client_ok || !complete || close {
+        let _ = s.flush().await;
+        return Next::Close;
+    }
+    Next::Served(head_len)
+}
+
+/// Answers with nrdot's own response for `e`.
+#[allow(clippy::too_many_arguments)]
+async fn answer_error<S: ClientIo>(
+    s: &mut S,
+    cx: &Ctx,
+    table: &RouteTable,
+    log: Option<Box<LogFields>>,
+    e: ProxyError,
+    index: u64,
+    stopping: bool,
+    client_close: bool,
+    head_len: usize,
+) -> Next {
+    tracing::debug!(error = %e, source = e.source_label(), peer = %cx.peer, "request answered by nrdot");
+    let close = client_close || stopping || index + 1 >= table.config.limits.keepalive_requests;
+    let (parts, body) = error::answer(e.status(), close);
+    if let Some(l) = log {
+        l.write(e.status().as_u16(), body.len() as u64);
+    }
+    let out = serialize(&parts, &body);
+    match s.write_all(&out).await {
+        Ok(()) if !close => Next::Served(head_len),
+        _ => Next::Close,
+    }
+}
+
+/// A response head and body as bytes, with Content-Length and Date.
+fn serialize(parts: &http::response::Parts, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(parts.status.as_u16()).as_slice());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        put(&mut out, name.as_str(), value.as_bytes());
+    }
+    put(
+        &mut out,
+        "date",
+        httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
+    );
+    put(
+        &mut out,
+        "content-length",
+        body.len().to_string().as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn itoa3(status: u16) -> [u8; 3] {
+    [
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    #[error("connection closed before a complete response head")]
+    Closed,
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("malformed response head")]
+    Malformed,
+    #[error("response head larger than 64 KiB")]
+    TooLarge,
+}
+
+/// Reads until a final response head is in `buf` (informational 1xx heads are skipped) and
+/// returns its status; the head starts at `buf[0]`.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16, HeadError> {
+    loop {
+        if !buf.is_empty() {
+            let mut fields = [httparse::EMPTY_HEADER; 128];
+            let mut resp = httparse::Response::new(&mut fields);
+            match resp.parse(buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let status = resp.code.unwrap_or(0);
+                    if status == 101 {
+                        return Err(HeadError::Malformed); // never asked for
+                    }
+                    if (100..200).contains(&status) {
+                        buf.drain(..n);
+                        continue;
+                    }
+                    return Ok(status);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Err(HeadError::Malformed),
+            }
+        }
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(RELAY_BUFFER);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(_) => {}
+            Err(e) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+/// How the end of a response body is found (RFC 9112 6.3).
+enum Framing {
+    Length(u64),
+    Chunked(Chunks),
+    UntilClose,
+}
+
+impl Framing {
+    /// How many bytes of `data` belong to the body, and whether the body ends there.
+    fn feed(&mut self, data: &[u8]) -> Result<(usize, bool), ()> {
+        match self {
+            Framing::Length(left) => {
+                let take = (*left).min(data.len() as u64);
+                *left -= take;
+                Ok((take as usize, *left == 0))
+            }
+            Framing::Chunked(c) => match c.feed(data)? {
+                Some(end) => Ok((end, true)),
+                None => Ok((data.len(), false)),
+            },
+            Framing::UntilClose => Ok((data.len(), false)),
+        }
+    }
+}
+
+/// Follows chunked framing (relayed as is) to find where the message ends.
+#[derive(Default)]
+struct Chunks {
+    state: ChunkState,
+    size: u64,
+    digits: bool,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final empty line).
+    TrailerStart,
+    TrailerLine,
+    TrailerLineLf,
+    EndLf,
+}
+
+impl Chunks {
+    /// The offset just past the end of the message if it ends inside `data`.
+    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < data.len() {
+            if self.state == Data {
+                let take = self.size.min((data.len() - i) as u64);
+                self.size -= take;
+                i += take as usize;
+                if self.size == 0 {
+                    self.state = DataCr;
+                }
+                continue;
+            }
+            let b = data[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (Size, b) if b.is_ascii_hexdigit() => {
+                    let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    self.size = self.size.checked_mul(16).ok_or(())? + d;
+                    self.digits = true;
+                    Size
+                }
+                (Size, b';' | b' ' | b'\t') if self.digits => Extension,
+                (Size, b'\r') if self.digits => SizeLf,
+                (Extension, b'\r') => SizeLf,
+                (Extension, _) => Extension,
+                (SizeLf, b'\n') if self.size == 0 => TrailerStart,
+                (SizeLf, b'\n') => Data,
+                (DataCr, b'\r') => DataLf,
+                (DataLf, b'\n') => {
+                    self.digits = false;
+                    Size
+                }
+                (TrailerStart, b'\r') => EndLf,
+                (TrailerStart, _) => TrailerLine,
+                (TrailerLine, b'\r') => TrailerLineLf,
+                (TrailerLine, _) => TrailerLine,
+                (TrailerLineLf, b'\n') => TrailerStart,
+                (EndLf, b'\n') => return Ok(Some(i)),
+                _ => return Err(()),
+            };
+        }
+        Ok(None)
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again first.
+pub(crate) struct Rewind<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(out.remaining());
+            let pos = self.pos;
+            out.put_slice(&self.prefix[pos..pos + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_end_is_found_across_pieces() {
+        let msg = b"5;x=1\r\nhello\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        for split in 0..msg.len() {
+            let mut c = Chunks::default();
+            let (a, b) = msg.split_at(split);
+            let end = match c.feed(a).expect("valid") {
+                Some(e) => e,
+                None => split + c.feed(b).expect("valid").expect("ends"),
+            };
+            assert_eq!(&msg[end..], b"NEXT", "split at {split}");
+        }
+    }
+
+    #[test]
+    fn chunked_garbage_is_an_error() {
+        assert!(Chunks::default().feed(b"zz\r\n").is_err());
+        assert!(Chunks::default().feed(b"\r\n").is_err());
+        assert!(Chunks::default().feed(b"3\r\nabcX").is_err());
+        assert!(Chunks::default().feed(b"ffffffffffffffffff\r\n").is_err());
+    }
+
+    #[test]
+    fn length_framing_stops_at_the_length() {
+        let mut f = Framing::Length(5);
+        assert_eq!(f.feed(b"abc").expect("ok"), (3, false));
+        assert_eq!(f.feed(b"defgh").expect("ok"), (2, true));
+    }
+}

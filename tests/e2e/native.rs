@@ -1,0 +1,180 @@
+//! The native HTTP/1.1 path: pipelining, hand-over to the hyper path in the middle of a
+//! connection, response framings it must follow itself (chunked with trailers, until close,
+//! informational heads), and upstream keep-alive connections the server closed while idle.
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use nrdot_tests::{pool, KeepAlive, Nrdot, Origin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::BIN;
+
+fn one_pool(addr: SocketAddr) -> String {
+    format!(
+        "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
+        pool("o", &[addr])
+    )
+}
+
+/// An origin written against raw sockets, so it can send framings hyper would normalise.
+/// Answers by path; counts connections.
+struct RawOrigin {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+}
+
+impl RawOrigin {
+    async fn start() -> RawOrigin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        let (resp, close): (&[u8], bool) = match path.as_str() {
+                            "/chunked" => (
+                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+                                false,
+                            ),
+                            "/until-close" => (
+                                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close",
+                                true,
+                            ),
+                            "/early-hints" => (
+                                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                                false,
+                            ),
+                            // Keep-alive by the headers, but the server closes right after.
+                            "/then-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbye!", true),
+                            _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", false),
+                        };
+                        if s.write_all(resp).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawOrigin { addr, connections }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_then_a_body_hand_over_to_the_full_path_on_one_connection() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
+    let mut c = KeepAlive::connect(n.addr).await;
+    // Two requests in one write: answered in order.
+    c.send(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    for path in ["/one", "/two"] {
+        let (status, _, body) = c.response().await;
+        assert_eq!(status, 200);
+        let e: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(e["path"], path);
+    }
+    // A body: the connection moves to the hyper path, which keeps serving it.
+    c.send(b"POST /three HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    let (status, _, body) = c.response().await;
+    assert_eq!(status, 200);
+    let e: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        (e["path"].as_str(), e["body_len"].as_u64()),
+        (Some("/three"), Some(5))
+    );
+    let (status, _, body) = c.get("/four").await;
+    assert_eq!(status, 200);
+    let e: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(e["path"], "/four");
+    assert_eq!(o.hits(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_responses_are_relayed_with_trailers_and_the_connection_stays_usable() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
+    let mut c = KeepAlive::connect(n.addr).await;
+    c.send(b"GET /chunked HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
+        .await;
+    let got = c.read_through(b"0\r\nx-t: 1\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+    assert!(
+        text.contains("\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n"),
+        "{text}"
+    );
+    // The end of the chunked body was found: the next request on the connection works, and
+    // the upstream connection was reused for it.
+    let (status, _, body) = c.get("/plain").await;
+    assert_eq!((status, &body[..]), (200, &b"hi"[..]));
+    assert_eq!(o.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_delimited_responses_end_the_client_connection() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
+    let mut c = KeepAlive::connect(n.addr).await;
+    c.send(b"GET /until-close HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    let (status, head, body) = c.response().await;
+    assert_eq!(status, 200);
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(&body[..], b"until close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informational_heads_are_dropped_and_the_final_response_relayed() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
+    let mut c = KeepAlive::connect(n.addr).await;
+    let (status, _, body) = c.get("/early-hints").await;
+    assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
+    let mut c = KeepAlive::connect(n.addr).await;
+    for _ in 0..5 {
+        // The origin closes each connection after answering, without saying so.
+        let (status, _, body) = c.get("/then-close").await;
+        assert_eq!((status, &body[..]), (200, &b"bye!"[..]));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(o.connections.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connection_close_is_honoured() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
+    let mut c = KeepAlive::connect(n.addr).await;
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await;
+    let (status, head, _) = c.response().await;
+    assert_eq!(status, 200);
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(c.closed().await);
+}
