@@ -10,9 +10,9 @@
 //! already read, to the hyper-based path in [`crate::service`] for the rest of the connection,
 //! so every rule that path enforces still holds. Routing, splitting, retries and passive health
 //! are the same functions both paths call.
-use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -35,6 +35,8 @@ use crate::upstream;
 const MAX_FIELDS: usize = 64;
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Upstream response heads with more fields than this are refused (502).
+const MAX_RESPONSE_FIELDS: usize = 128;
 /// Size of the buffer a response is relayed through.
 const RELAY_BUFFER: usize = 32 * 1024;
 
@@ -94,13 +96,10 @@ pub(crate) fn spawn<S: ClientIo>(stream: S, cx: Ctx) {
     });
 }
 
-/// How an exchange left the connection.
+/// How a forwarded exchange left the connection.
 enum Next {
-    /// Served; the request head was this long.
-    Served(usize),
+    KeepAlive,
     Close,
-    /// The hyper path takes the connection from the current request on.
-    Handoff,
 }
 
 async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
@@ -126,15 +125,60 @@ async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
             }
         }
         let stopping = stop.borrow().is_some();
-        match Box::pin(exchange(&mut s, &buf, cx, index, stopping)).await {
-            Next::Served(n) => {
-                buf.drain(..n);
-            }
-            Next::Close => return None,
-            Next::Handoff => return Some((s, buf)),
-        }
+        let table = cx.shared.reader.load();
+        let step = prepare(&buf, cx, &table, index, stopping);
         index += 1;
+        match step {
+            Step::Handoff => return Some((s, buf)),
+            Step::Reply {
+                bytes,
+                close,
+                head_len,
+            } => {
+                if s.write_all(&bytes).await.is_err() || close {
+                    return None;
+                }
+                buf.drain(..head_len);
+            }
+            Step::Forward(p) => {
+                // The request is in `out` now: the client's bytes are not held meanwhile.
+                buf.drain(..p.head_len);
+                if buf.is_empty() {
+                    buf = Vec::new();
+                }
+                match Box::pin(forward(&mut s, cx, &table, p)).await {
+                    Next::KeepAlive => {}
+                    Next::Close => return None,
+                }
+            }
+        }
     }
+}
+
+/// What to do with the request at the start of the buffer.
+enum Step {
+    /// The hyper path takes the connection from this request on.
+    Handoff,
+    /// nrdot answers itself (no route, redirect).
+    Reply {
+        bytes: Vec<u8>,
+        close: bool,
+        head_len: usize,
+    },
+    Forward(Box<Prepared>),
+}
+
+/// A request ready to go upstream; nothing in it borrows the client's buffer.
+struct Prepared {
+    head_len: usize,
+    /// The upstream request head.
+    out: Vec<u8>,
+    d: service::Decision,
+    safe: bool,
+    head_request: bool,
+    /// The response must end the client connection.
+    close: bool,
+    log: Option<Box<LogFields>>,
 }
 
 /// Parsed request fields as routing reads them.
@@ -201,57 +245,18 @@ fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-thread_local! {
-    /// Relay buffers this worker's exchanges reuse.
-    static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A relay buffer from this worker's free list; it goes back there when dropped (unless it
-/// grew, or the list is full).
-struct Buffer(Vec<u8>);
-
-impl Buffer {
-    fn take() -> Buffer {
-        Buffer(
-            FREE.with(|f| f.borrow_mut().pop())
-                .unwrap_or_else(|| Vec::with_capacity(RELAY_BUFFER)),
-        )
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        let mut b = std::mem::take(&mut self.0);
-        if b.capacity() != RELAY_BUFFER {
-            return;
-        }
-        b.clear();
-        let _ = FREE.try_with(|f| {
-            let mut f = f.borrow_mut();
-            if f.len() < 64 {
-                f.push(b);
-            }
-        });
-    }
-}
-
-async fn exchange<S: ClientIo>(
-    s: &mut S,
-    buf: &[u8],
-    cx: &Ctx,
-    index: u64,
-    stopping: bool,
-) -> Next {
-    let table = cx.shared.reader.load();
+/// Parses and routes the request at the start of `buf` and writes its upstream head. Runs
+/// without awaiting, so the header arrays live on the stack, not in the connection's future.
+fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool) -> Step {
     let limits = &table.config.limits;
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut req = httparse::Request::new(&mut fields);
-    let head_len = match req.parse(buf) {
+    let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
-        _ => return Next::Handoff,
+        _ => return Step::Handoff,
     };
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        return Next::Handoff;
+        return Step::Handoff;
     };
     if head_len as u64 > limits.max_header_size
         || req.headers.len() > limits.max_headers
@@ -259,7 +264,7 @@ async fn exchange<S: ClientIo>(
         || target.len() as u64 > limits.max_request_line
         || method == "CONNECT"
     {
-        return Next::Handoff;
+        return Step::Handoff;
     }
     let headers: &[httparse::Header] = req.headers;
     let mut host = None;
@@ -273,13 +278,13 @@ async fn exchange<S: ClientIo>(
             host = Some(h.value);
         } else if is(h.name, "content-length") {
             if h.value.is_empty() || h.value.iter().any(|b| *b != b'0') {
-                return Next::Handoff; // a body
+                return Step::Handoff; // a body
             }
         } else if is(h.name, "transfer-encoding") || is(h.name, "upgrade") || is(h.name, "expect") {
-            return Next::Handoff;
+            return Step::Handoff;
         } else if is(h.name, "connection") {
             if connections == connection.len() {
-                return Next::Handoff;
+                return Step::Handoff;
             }
             connection[connections] = h.value;
             connections += 1;
@@ -288,37 +293,19 @@ async fn exchange<S: ClientIo>(
     }
     let connection = &connection[..connections];
     let (1, Some(raw_host)) = (hosts, host) else {
-        return Next::Handoff;
+        return Step::Handoff;
     };
     let Some(host) = std::str::from_utf8(raw_host)
         .ok()
         .and_then(service::host_of)
     else {
-        return Next::Handoff;
+        return Step::Handoff;
     };
+    let close = client_close || stopping || index + 1 >= limits.keepalive_requests;
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let Some(route) = table.route(&host, path, |name| field(headers, name)) else {
-        return answer_error(
-            s,
-            cx,
-            &table,
-            None,
-            ProxyError::NoRoute,
-            index,
-            stopping,
-            client_close,
-            head_len,
-        )
-        .await;
-    };
-    // Decided before the split moves, so the split stays exact.
-    if table.routes[route].tls_upstream {
-        return Next::Handoff;
-    }
-    let d = service::decide(&table, route, &Fields(headers), &cx.peer_value);
     let mut log = cx.shared.log.enabled().then(|| {
         let f = |name| field(headers, name).and_then(|v| std::str::from_utf8(v).ok());
-        let mut l = LogFields::new(
+        LogFields::new(
             &cx.shared.log,
             cx.peer.ip(),
             Method::from_bytes(method.as_bytes()).unwrap_or_default(),
@@ -326,33 +313,43 @@ async fn exchange<S: ClientIo>(
             Version::HTTP_11,
             f("referer"),
             f("user-agent"),
-        );
-        l.route = table.routes[d.route].name.clone();
-        l
+        )
     });
-    let r = &table.routes[d.route];
+    let Some(route) = table.route(&host, path, |name| field(headers, name)) else {
+        return Step::Reply {
+            bytes: error_reply(cx, log, ProxyError::NoRoute, close),
+            close,
+            head_len,
+        };
+    };
+    let r = &table.routes[route];
+    // Decided before the split moves, so the split stays exact.
+    if r.tls_upstream {
+        return Step::Handoff;
+    }
+    let d = service::decide(table, route, &Fields(headers), &cx.peer_value);
+    if let Some(l) = log.as_mut() {
+        l.route = r.name.clone();
+    }
     if r.https_redirect && cx.shared.tls.is_none() {
-        let resp = service::https_redirect(&host, service::redirect_port(&table), target);
-        let close = client_close || stopping || index + 1 >= limits.keepalive_requests;
+        let resp = service::https_redirect(&host, service::redirect_port(table), target);
         let (mut parts, ()) = resp.into_parts();
         if close {
             parts
                 .headers
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        let out = serialize(&parts, b"");
         if let Some(l) = &log {
             l.write(308, 0);
         }
-        return match s.write_all(&out).await {
-            Ok(()) if !close => Next::Served(head_len),
-            _ => Next::Close,
+        return Step::Reply {
+            bytes: serialize(&parts, b""),
+            close,
+            head_len,
         };
     }
 
     // The upstream request: the client's head, rewritten as an intermediary must.
-    let pool_entry = &table.pools[d.pool];
-    let pcfg = &pool_entry.config;
     let trusted = table
         .config
         .trusted_proxies
@@ -363,7 +360,8 @@ async fn exchange<S: ClientIo>(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut chain: Vec<&[u8]> = Vec::new();
+    let mut chain: [&[u8]; 8] = [&[]; 8];
+    let mut chained = 0;
     let (mut has_proto, mut has_fwd_host) = (false, false);
     for h in headers {
         if hop_by_hop(h.name) || named_by(connection, h.name) {
@@ -371,7 +369,11 @@ async fn exchange<S: ClientIo>(
         }
         if is(h.name, "x-forwarded-for") {
             if trusted {
-                chain.push(h.value);
+                if chained == chain.len() {
+                    return Step::Handoff;
+                }
+                chain[chained] = h.value;
+                chained += 1;
             }
             continue;
         }
@@ -389,7 +391,7 @@ async fn exchange<S: ClientIo>(
         put(&mut out, h.name, h.value);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    for c in &chain {
+    for c in &chain[..chained] {
         out.extend_from_slice(c);
         out.extend_from_slice(b", ");
     }
@@ -402,34 +404,52 @@ async fn exchange<S: ClientIo>(
         put(&mut out, "x-forwarded-host", raw_host);
     }
     out.extend_from_slice(b"via: 1.1 nrdot\r\n\r\n");
+    Step::Forward(Box::new(Prepared {
+        head_len,
+        out,
+        safe: idempotent(method) || r.retry_unsafe,
+        head_request: method == "HEAD",
+        d,
+        close,
+        log,
+    }))
+}
 
-    // Pick, connect, send; retry on another server where that is safe (a bodiless request can
-    // always be sent again).
+/// Sends a prepared request upstream (retrying where safe) and relays the response.
+async fn forward<S: ClientIo>(
+    s: &mut S,
+    cx: &Ctx,
+    table: &Arc<RouteTable>,
+    p: Box<Prepared>,
+) -> Next {
+    let Prepared {
+        out,
+        d,
+        safe,
+        head_request,
+        close,
+        mut log,
+        ..
+    } = *p;
+    let pool_entry = &table.pools[d.pool];
+    let pcfg = &pool_entry.config;
+    let r = &table.routes[d.route];
     pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(&pool_entry.state.active);
-    let safe = idempotent(method) || r.retry_unsafe;
-    let head_request = method == "HEAD";
     let mut tried: Vec<usize> = Vec::new();
     let mut retries_left = pcfg.retries;
     let mut retry_slot: Option<ActiveGuard> = None;
     let mut last_error: Option<ProxyError> = None;
-    let mut rbuf = Buffer::take();
+    let mut rbuf = Vec::new();
     macro_rules! fail {
         ($e:expr) => {{
             let e = $e;
-            drop(retry_slot);
-            return answer_error(
-                s,
-                cx,
-                &table,
-                log,
-                e,
-                index,
-                stopping,
-                client_close,
-                head_len,
-            )
-            .await;
+            drop(retry_slot.take());
+            let bytes = error_reply(cx, log, e, close);
+            return match s.write_all(&bytes).await {
+                Ok(()) if !close => Next::KeepAlive,
+                _ => Next::Close,
+            };
         }};
     }
     let (b, mut up, status) = loop {
@@ -472,10 +492,9 @@ async fn exchange<S: ClientIo>(
             }
         };
         let sent_at = Instant::now();
-        rbuf.0.clear();
         let result = tokio::time::timeout(pcfg.response_timeout, async {
             up.stream.write_all(&out).await.map_err(HeadError::Io)?;
-            read_head(&mut up.stream, &mut rbuf.0).await
+            read_head(&mut up.stream, &mut rbuf).await
         })
         .await;
         drop(retry_slot.take());
@@ -495,7 +514,7 @@ async fn exchange<S: ClientIo>(
                 }
                 break (b, up, status);
             }
-            Ok(Err(HeadError::Closed)) if up.reused && rbuf.0.is_empty() && safe => {
+            Ok(Err(HeadError::Closed(0))) if up.reused && safe => {
                 // The server closed the idle connection as it was reused: not its fault.
                 be.state.finish(false);
                 continue;
@@ -520,124 +539,30 @@ async fn exchange<S: ClientIo>(
             }
         }
     };
-    drop(retry_slot);
+    drop(retry_slot.take());
     r.counters[d.entry].count(status);
     let be = &pool_entry.backends[b];
-
-    // The client's response head, from the upstream's.
-    let mut rfields = [httparse::EMPTY_HEADER; 128];
-    let mut resp = httparse::Response::new(&mut rfields);
-    let Ok(httparse::Status::Complete(rhead)) = resp.parse(&rbuf.0) else {
-        be.state.finish(true);
-        return answer_error(
-            s,
-            cx,
-            &table,
-            log,
-            ProxyError::UpstreamConnect,
-            index,
-            stopping,
-            client_close,
-            head_len,
-        )
-        .await;
-    };
-    let rheaders: &[httparse::Header] = resp.headers;
-    let mut length: Option<u64> = None;
-    let mut chunked = None;
-    let mut upstream_close = resp.version != Some(1);
-    let mut rconnection: [&[u8]; 4] = [&[]; 4];
-    let mut rconnections = 0;
-    for h in rheaders {
-        if is(h.name, "content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            match (n, length) {
-                (Some(n), None) => length = Some(n),
-                (Some(n), Some(l)) if n == l => {}
-                _ => {
-                    be.state.finish(true);
-                    return answer_error(
-                        s,
-                        cx,
-                        &table,
-                        log,
-                        ProxyError::UpstreamConnect,
-                        index,
-                        stopping,
-                        client_close,
-                        head_len,
-                    )
-                    .await;
-                }
-            }
-        } else if is(h.name, "transfer-encoding") {
-            chunked = Some(
-                tokens(h.value)
-                    .last()
-                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
-            );
-        } else if is(h.name, "connection") {
-            upstream_close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
-            if rconnections < rconnection.len() {
-                rconnection[rconnections] = h.value;
-                rconnections += 1;
-            }
-        }
-    }
-    let rconnection = &rconnection[..rconnections];
-    let mut framing = if head_request || status == 204 || status == 304 {
-        Framing::Length(0)
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Framing::Chunked(Chunks::default()),
-            (Some(false), _) | (None, None) => Framing::UntilClose,
-            (None, Some(n)) => Framing::Length(n),
-        }
-    };
-    let last = index + 1 >= limits.keepalive_requests;
-    let close = client_close || stopping || last || matches!(framing, Framing::UntilClose);
-    let mut head = Vec::with_capacity(rhead + 128);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(itoa3(status).as_slice());
-    head.push(b' ');
-    head.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\n");
     let hsts = match (&r.hsts, &cx.shared.tls) {
         (Some(v), Some(_)) => Some(v),
         _ => None,
     };
-    for h in rheaders {
-        if hop_by_hop(h.name)
-            || named_by(rconnection, h.name)
-            || (hsts.is_some() && is(h.name, "strict-transport-security"))
-            || (chunked.is_some() && is(h.name, "content-length"))
-        {
-            continue;
-        }
-        put(&mut head, h.name, h.value);
-    }
-    head.extend_from_slice(b"via: 1.1 nrdot\r\n");
-    if let Some(v) = hsts {
-        put(&mut head, "strict-transport-security", v.as_bytes());
-    }
-    if let Some(c) = &d.new_sticky {
-        put(&mut head, "set-cookie", c.as_bytes());
-    }
-    if close {
-        head.extend_from_slice(b"connection: close\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
+    let Some(mut rh) = response_head(&rbuf, head_request, hsts, d.new_sticky.as_deref(), close)
+    else {
+        be.state.finish(true);
+        fail!(ProxyError::UpstreamConnect);
+    };
+    let close = rh.close;
 
     // Relay: what came with the head goes out in the same write.
+    let mut head = std::mem::take(&mut rh.head);
     let mut sent = 0u64;
     let mut complete = false;
     let mut clean = true; // nothing beyond the message came from upstream
-    let mut chunk = &rbuf.0[rhead..];
     let mut client_ok = true;
+    let mut from = rh.len;
     loop {
-        let (take, ended) = match framing.feed(chunk) {
+        let chunk = &rbuf[from..];
+        let (take, ended) = match rh.framing.feed(chunk) {
             Ok(x) => x,
             Err(()) => {
                 clean = false;
@@ -647,11 +572,10 @@ async fn exchange<S: ClientIo>(
         if take < chunk.len() {
             clean = false;
         }
-        let body = &chunk[..take];
         let w = if head.is_empty() {
-            s.write_all(body).await
+            s.write_all(&chunk[..take]).await
         } else {
-            head.extend_from_slice(body);
+            head.extend_from_slice(&chunk[..take]);
             let w = s.write_all(&head).await;
             head = Vec::new();
             w
@@ -665,23 +589,28 @@ async fn exchange<S: ClientIo>(
             complete = true;
             break;
         }
-        rbuf.0.clear();
-        match up.stream.read_buf(&mut rbuf.0).await {
+        rbuf.clear();
+        from = 0;
+        if rbuf.capacity() < RELAY_BUFFER {
+            rbuf.reserve(RELAY_BUFFER);
+        }
+        match up.stream.read_buf(&mut rbuf).await {
             Ok(0) => {
-                complete = matches!(framing, Framing::UntilClose);
+                complete = matches!(rh.framing, Framing::UntilClose);
                 clean = false;
                 break;
             }
-            Ok(_) => chunk = &rbuf.0[..],
+            Ok(_) => {}
             Err(_) => {
                 clean = false;
                 break;
             }
         }
     }
+    drop(rbuf);
     be.state.finish(false);
     pool_entry.state.bytes_out.increment(sent);
-    if complete && clean && !upstream_close {
+    if complete && clean && !rh.upstream_close {
         up.release(pcfg.keepalive);
     }
     if let Some(l) = &log {
@@ -691,33 +620,125 @@ async fn exchange<S: ClientIo>(
         let _ = s.flush().await;
         return Next::Close;
     }
-    Next::Served(head_len)
+    Next::KeepAlive
 }
 
-/// Answers with nrdot's own response for `e`.
-#[allow(clippy::too_many_arguments)]
-async fn answer_error<S: ClientIo>(
-    s: &mut S,
-    cx: &Ctx,
-    table: &RouteTable,
-    log: Option<Box<LogFields>>,
-    e: ProxyError,
-    index: u64,
-    stopping: bool,
-    client_close: bool,
-    head_len: usize,
-) -> Next {
+/// The client's response head, built from the upstream's, and how its body ends.
+struct ResponseHead {
+    head: Vec<u8>,
+    /// Length of the upstream head in the buffer.
+    len: usize,
+    framing: Framing,
+    upstream_close: bool,
+    close: bool,
+}
+
+/// Rewrites the upstream response head at the start of `buf` for the client. `None` when the
+/// upstream's framing is contradictory.
+fn response_head(
+    buf: &[u8],
+    head_request: bool,
+    hsts: Option<&HeaderValue>,
+    sticky: Option<&str>,
+    close: bool,
+) -> Option<ResponseHead> {
+    let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    let status = resp.code.unwrap_or(0);
+    let headers: &[httparse::Header] = resp.headers;
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut upstream_close = resp.version != Some(1);
+    let mut connection: [&[u8]; 4] = [&[]; 4];
+    let mut connections = 0;
+    for h in headers {
+        if is(h.name, "content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(l)) if n == l => {}
+                _ => return None,
+            }
+        } else if is(h.name, "transfer-encoding") {
+            chunked = Some(
+                tokens(h.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if is(h.name, "connection") {
+            upstream_close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            if connections == connection.len() {
+                return None;
+            }
+            connection[connections] = h.value;
+            connections += 1;
+        }
+    }
+    let connection = &connection[..connections];
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Length(0)
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked(Chunks::default()),
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    let close = close || matches!(framing, Framing::UntilClose);
+    let mut head = Vec::with_capacity(len + 128);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(itoa3(status).as_slice());
+    head.push(b' ');
+    head.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for h in headers {
+        if hop_by_hop(h.name)
+            || named_by(connection, h.name)
+            || (hsts.is_some() && is(h.name, "strict-transport-security"))
+            || (chunked.is_some() && is(h.name, "content-length"))
+        {
+            continue;
+        }
+        put(&mut head, h.name, h.value);
+    }
+    head.extend_from_slice(b"via: 1.1 nrdot\r\n");
+    if let Some(v) = hsts {
+        put(&mut head, "strict-transport-security", v.as_bytes());
+    }
+    if let Some(c) = sticky {
+        put(&mut head, "set-cookie", c.as_bytes());
+    }
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    Some(ResponseHead {
+        head,
+        len,
+        framing,
+        upstream_close,
+        close,
+    })
+}
+
+/// nrdot's own response for `e`, logged.
+fn error_reply(cx: &Ctx, log: Option<Box<LogFields>>, e: ProxyError, close: bool) -> Vec<u8> {
     tracing::debug!(error = %e, source = e.source_label(), peer = %cx.peer, "request answered by nrdot");
-    let close = client_close || stopping || index + 1 >= table.config.limits.keepalive_requests;
     let (parts, body) = error::answer(e.status(), close);
     if let Some(l) = log {
         l.write(e.status().as_u16(), body.len() as u64);
     }
-    let out = serialize(&parts, &body);
-    match s.write_all(&out).await {
-        Ok(()) if !close => Next::Served(head_len),
-        _ => Next::Close,
-    }
+    serialize(&parts, &body)
 }
 
 /// A response head and body as bytes, with Content-Length and Date.
@@ -756,8 +777,9 @@ fn itoa3(status: u16) -> [u8; 3] {
 
 #[derive(Debug, thiserror::Error)]
 enum HeadError {
-    #[error("connection closed before a complete response head")]
-    Closed,
+    /// The connection ended after this many bytes, before a complete head.
+    #[error("connection closed after {0} bytes, before a complete response head")]
+    Closed(usize),
     #[error("{0}")]
     Io(io::Error),
     #[error("malformed response head")]
@@ -769,36 +791,62 @@ enum HeadError {
 /// Reads until a final response head is in `buf` (informational 1xx heads are skipped) and
 /// returns its status; the head starts at `buf[0]`.
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16, HeadError> {
+    let mut received = 0;
     loop {
         if !buf.is_empty() {
-            let mut fields = [httparse::EMPTY_HEADER; 128];
-            let mut resp = httparse::Response::new(&mut fields);
-            match resp.parse(buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let status = resp.code.unwrap_or(0);
-                    if status == 101 {
-                        return Err(HeadError::Malformed); // never asked for
-                    }
-                    if (100..200).contains(&status) {
-                        buf.drain(..n);
-                        continue;
-                    }
-                    return Ok(status);
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(_) => return Err(HeadError::Malformed),
+            match final_head(buf) {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) => {}
+                Err(e) => return Err(e),
             }
         }
         if buf.len() >= MAX_RESPONSE_HEAD {
             return Err(HeadError::TooLarge);
         }
         if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(RELAY_BUFFER);
+            if buf.is_empty() {
+                // No memory is held while the upstream thinks.
+                stream.readable().await.map_err(HeadError::Io)?;
+            }
+            // Sized for the common response: head and body in one read.
+            buf.reserve(if buf.is_empty() { 8192 } else { RELAY_BUFFER });
         }
         match stream.read_buf(buf).await {
-            Ok(0) => return Err(HeadError::Closed),
-            Ok(_) => {}
+            Ok(0) => return Err(HeadError::Closed(received)),
+            Ok(n) => received += n,
             Err(e) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+/// The status of the final response head at the start of `buf`, once complete; informational
+/// heads before it are removed.
+fn final_head(buf: &mut Vec<u8>) -> Result<Option<u16>, HeadError> {
+    loop {
+        let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_FIELDS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut fields,
+        );
+        match parsed {
+            Ok(httparse::Status::Complete(n)) => {
+                let status = resp.code.unwrap_or(0);
+                if status == 101 {
+                    return Err(HeadError::Malformed); // never asked for
+                }
+                if (100..200).contains(&status) {
+                    buf.drain(..n);
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+                return Ok(Some(status));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(HeadError::Malformed),
         }
     }
 }
