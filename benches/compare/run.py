@@ -72,6 +72,34 @@ def wrk(url, seconds, conns, extra=()):
     }
 
 
+def stime(port, seconds, reuse):
+    """TLS connections per request with session resumption: two `openssl s_time -reuse`
+    clients (each sequential, HTTP/1.0 GET) on the load CPU."""
+    cmd = ["taskset", "-c", "1", "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
+           "-reuse" if reuse else "-new", "-time", str(seconds), "-www", "/small"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    total = 0
+    for p in procs:
+        out = p.communicate()[0]
+        m = re.search(r"(\d+) connections in (\d+) real seconds", out)
+        total += int(m.group(1)) if m else 0
+    return {"requests": total, "rps": total / seconds, "p50": None, "p99": None, "errors": 0}
+
+
+def hey(url, seconds, conns, rate):
+    """A fixed request rate (hey -q is per connection), to compare latency at equal load."""
+    cmd = ["taskset", "-c", "1", "hey", "-z", f"{seconds}s", "-c", str(conns), "-q", str(rate // conns), url]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    def pct(label):
+        m = re.search(rf"{label}% in ([\d.]+) secs", out)
+        return float(m.group(1)) * 1000 if m else None
+    ok = re.search(r"\[200\]\s+(\d+) responses", out)
+    done = int(ok.group(1)) if ok else 0
+    codes = sum(int(x) for x in re.findall(r"\[\d+\]\s+(\d+) responses", out))
+    errors = len(re.findall(r"^\s+\[\d+\]\s+Get ", out, re.M)) + (codes - done)
+    return {"requests": done, "rps": done / seconds, "p50": pct(50), "p99": pct(99), "errors": errors}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -80,9 +108,9 @@ def main():
     ap.add_argument("--only", default=None, help="run only scenarios whose name contains this")
     ap.add_argument("--no-memory", action="store_true", help="skip the idle-connection memory measurement")
     args = ap.parse_args()
-    for tool in ["nginx", "haproxy", "wrk", "openssl", "taskset"]:
+    for tool in ["nginx", "haproxy", "wrk", "hey", "openssl", "taskset"]:
         if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: apt-get install nginx-light haproxy wrk openssl util-linux")
+            raise SystemExit(f"{tool} is missing: apt-get install nginx-light haproxy wrk hey openssl util-linux")
     if not os.path.exists(args.nrdot):
         raise SystemExit(f"{args.nrdot} is missing: cargo build --release --bin nrdot")
     seconds, rounds, idle = (3, 3, 1000) if args.quick else (5, 5, 4000)
@@ -116,7 +144,7 @@ http {{ access_log off; keepalive_requests 1000000;
 http {{ access_log off; keepalive_requests 1000000;
   upstream b {{ server 127.0.0.1:{ports['backend']}; keepalive 64; }}
   server {{ listen 127.0.0.1:{ports['nginx']} backlog=4096; listen 127.0.0.1:{ports['nginx_tls']} ssl backlog=4096;
-    ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem; ssl_session_cache shared:S:10m;
+    ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem; ssl_session_cache shared:S:10m; ssl_protocols TLSv1.2 TLSv1.3;
     location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}""")
         open(f"{work}/haproxy.cfg", "w").write(f"""
 global
@@ -177,6 +205,8 @@ pool = "b"
             ("TLS keep-alive 13 B", "https", "/small", 50, ()),
             ("TLS keep-alive 64 KiB", "https", "/big", 50, ()),
             ("TLS new connection per request", "https", "/small", 20, ("-H", "Connection: close")),
+            ("TLS resumed connection per request (s_time)", "https", "/small", 0, "stime"),
+            ("fixed rate 5,000 req/s, keep-alive 13 B (hey)", "http", "/small", 50, "hey"),
         ]
         if args.only:
             scenarios = [sc for sc in scenarios if args.only in sc[0]]
@@ -186,7 +216,13 @@ pool = "b"
                 for t in targets:
                     port = ports[t if scheme == "http" else f"{t}_tls"]
                     before = cpu_ticks(pids[t])
-                    res = wrk(f"{scheme}://127.0.0.1:{port}{path}", seconds, conns, extra)
+                    url = f"{scheme}://127.0.0.1:{port}{path}"
+                    if extra == "stime":
+                        res = stime(port, seconds, reuse=True)
+                    elif extra == "hey":
+                        res = hey(url, seconds, conns, 5000)
+                    else:
+                        res = wrk(url, seconds, conns, extra)
                     ticks = cpu_ticks(pids[t]) - before
                     res["cpu_us"] = ticks * (1_000_000 / os.sysconf("SC_CLK_TCK")) / max(res["requests"], 1)
                     results.setdefault(name, {}).setdefault(t, []).append(res)
