@@ -10,22 +10,19 @@
 //! already read, to the hyper-based path in [`crate::service`] for the rest of the connection,
 //! so every rule that path enforces still holds. Routing, splitting, retries and passive health
 //! are the same functions both paths call.
-use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{HeaderValue, Method, Version};
-use hyper_util::server::graceful::GracefulShutdown;
 use nrdot_config::RouteTable;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
 
 use crate::error::{self, ProxyError};
 use crate::service::{self, begin_retry, idempotent, ActiveGuard, LogFields, Lookup, Shared};
@@ -42,40 +39,79 @@ const RELAY_BUFFER: usize = 32 * 1024;
 
 /// A client connection this path can serve.
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Resolves when a read would find something, so no buffer is held while idle.
-    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ready when a read would find something. Polled, not awaited, so an idle connection
+    /// keeps no future for it (the readiness lives in the runtime's registration).
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl ClientIo for TcpStream {
-    async fn ready(&mut self) -> io::Result<()> {
-        self.readable().await
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
-    async fn ready(&mut self) -> io::Result<()> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (tcp, tls) = self.get_mut();
         // Records already read may hold plaintext the socket will not announce again.
         match tls.process_new_packets() {
             Ok(s) if s.plaintext_bytes_to_read() == 0 && !s.peer_has_closed() => {
-                tcp.readable().await
+                tcp.poll_read_ready(cx)
             }
-            _ => Ok(()),
+            _ => Poll::Ready(Ok(())),
         }
     }
 }
 
-/// What a worker gives each connection of this path.
+/// A worker's count of exchanges in flight on this path, and whether it is stopping.
+#[derive(Default)]
+pub(crate) struct Drain {
+    stopping: AtomicBool,
+    busy: AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl Drain {
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves once no exchange is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.busy.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(Arc::clone(self))
+    }
+}
+
+/// One exchange in flight.
+struct Busy(Arc<Drain>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::Release) == 1
+            && self.0.stopping.load(Ordering::Relaxed)
+        {
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+/// What a worker gives each connection of this path. Kept small: idle connections are
+/// mostly this.
 pub(crate) struct Ctx {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
-    pub peer_value: HeaderValue,
-    /// `Some(grace)` once the worker is stopping: idle connections close, busy ones close
-    /// after their response.
-    pub stop: watch::Receiver<Option<Duration>>,
-    /// Held while the connection lives; the worker waits for every clone to drop.
-    pub _live: mpsc::Sender<()>,
-    pub watcher: Arc<GracefulShutdown>,
+    pub drain: Arc<Drain>,
 }
 
 /// Serves `stream` on this path, handing it to the hyper path when a request needs it.
@@ -91,7 +127,7 @@ pub(crate) fn spawn<S: ClientIo>(stream: S, cx: Ctx) {
                 pos: 0,
                 inner: stream,
             };
-            crate::worker::serve_hyper(io, cx.peer, &cx.shared, &cx.watcher);
+            crate::worker::serve_hyper(io, cx.peer, &cx.shared);
         }
     });
 }
@@ -104,27 +140,23 @@ enum Next {
 
 async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
     let mut buf: Vec<u8> = Vec::new();
-    let mut stop = cx.stop.clone();
     let mut index = 0u64;
     loop {
         if buf.is_empty() {
             buf = Vec::new(); // nothing held while idle
             let idle = cx.shared.reader.load().config.limits.keepalive_timeout;
             let read = async {
-                s.ready().await?;
+                std::future::poll_fn(|c| s.poll_ready(c)).await?;
                 buf.reserve(4096);
                 s.read_buf(&mut buf).await
             };
-            tokio::select! {
-                biased;
-                _ = stop.changed() => return None,
-                r = tokio::time::timeout(idle, read) => match r {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return None,
-                },
+            match tokio::time::timeout(idle, read).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
             }
         }
-        let stopping = stop.borrow().is_some();
+        let _busy = cx.drain.begin();
+        let stopping = cx.drain.stopping.load(Ordering::Relaxed);
         let table = cx.shared.reader.load();
         let step = prepare(&buf, cx, &table, index, stopping);
         index += 1;
@@ -327,7 +359,9 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     if r.tls_upstream {
         return Step::Handoff;
     }
-    let d = service::decide(table, route, &Fields(headers), &cx.peer_value);
+    let mut peer_buf = [0u8; 48];
+    let peer = peer_text(cx.peer, &mut peer_buf);
+    let d = service::decide(table, route, &Fields(headers), peer);
     if let Some(l) = log.as_mut() {
         l.route = r.name.clone();
     }
@@ -395,7 +429,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         out.extend_from_slice(c);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(cx.peer_value.as_bytes());
+    out.extend_from_slice(peer);
     out.extend_from_slice(b"\r\n");
     if !has_proto {
         put(&mut out, "x-forwarded-proto", cx.shared.proto.as_bytes());
@@ -767,6 +801,15 @@ fn serialize(parts: &http::response::Parts, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The client address as X-Forwarded-For carries it (as [`service::peer_value`] writes it).
+fn peer_text(peer: SocketAddr, buf: &mut [u8; 48]) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{}", peer.ip().to_canonical());
+    let n = cursor.position() as usize;
+    &buf[..n]
+}
+
 fn itoa3(status: u16) -> [u8; 3] {
     [
         b'0' + (status / 100 % 10) as u8,
@@ -946,6 +989,25 @@ impl Chunks {
         }
         Ok(None)
     }
+}
+
+/// Runs the response-side parsers over `data` as an upstream's answer, its body arriving in two
+/// reads split at `split`; returns the body bytes that would be relayed. For the fuzzer
+/// (`fuzz/fuzz_targets/upstream_response.rs`): it must never panic or relay more than it got.
+#[doc(hidden)]
+pub fn relay_parse(data: &[u8], split: usize, head_request: bool) -> Option<usize> {
+    let rh = response_head(data, head_request, None, Some("k=v"), false)?;
+    let mut framing = rh.framing;
+    let body = &data[rh.len..];
+    let (a, b) = body.split_at(split.min(body.len()));
+    let (first, ended) = framing.feed(a).ok()?;
+    assert!(first <= a.len());
+    if ended {
+        return Some(first);
+    }
+    let (second, _) = framing.feed(b).ok()?;
+    assert!(second <= b.len());
+    Some(first + second)
 }
 
 /// A connection whose first bytes were already read: they are read again first.

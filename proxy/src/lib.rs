@@ -22,3 +22,6 @@ mod upstream;
 pub mod worker;
 
 pub use worker::{DataPlane, Listeners};
+
+#[doc(hidden)]
+pub use h1::relay_parse;

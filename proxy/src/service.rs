@@ -278,7 +278,7 @@ async fn proxy(
     let Some(route) = table.route(&host, req.uri().path(), |name| headers.header(name)) else {
         fail!(ProxyError::NoRoute)
     };
-    let d = decide(table, route, headers, &conn.peer_value);
+    let d = decide(table, route, headers, conn.peer_value.as_bytes());
     if let Some(l) = log.as_mut() {
         l.route = table.routes[d.route].name.clone();
     }
@@ -631,7 +631,7 @@ pub(crate) fn decide(
     table: &RouteTable,
     route: usize,
     headers: &impl Lookup,
-    peer_value: &HeaderValue,
+    peer: &[u8],
 ) -> Decision {
     let r = &table.routes[route];
     let override_pool = r
@@ -661,7 +661,7 @@ pub(crate) fn decide(
         None => None,
         Some(HashKey::Header(h)) => headers.header(h.as_str()).map(stable_hash),
         Some(HashKey::Cookie(c)) => headers.cookie(c).map(stable_hash),
-        Some(HashKey::ClientIp) => Some(stable_hash(peer_value.as_bytes())),
+        Some(HashKey::ClientIp) => Some(stable_hash(peer)),
     };
     Decision {
         route,

@@ -145,9 +145,8 @@ fn worker(
                 crate::upstream::sweep();
             }
         });
-        let graceful = Arc::new(GracefulShutdown::new());
-        // Every native-path connection holds a sender; all dropped means all done.
-        let (live, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+        GRACEFUL.with(|g| *g.borrow_mut() = Some(GracefulShutdown::new()));
+        let drain = Arc::new(h1::Drain::default());
         let mut accept_loops = Vec::new();
         for (shared, socket) in sockets {
             let listener = match tokio::net::TcpListener::from_std(socket) {
@@ -157,15 +156,13 @@ fn worker(
                     continue;
                 }
             };
-            let watcher = Arc::clone(&graceful);
-            let conn_stop = stop.clone();
             let mut stop = stop.clone();
-            let live = live.clone();
+            let drain = Arc::clone(&drain);
             accept_loops.push(tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         r = listener.accept() => match r {
-                            Ok((stream, peer)) => serve(stream, peer, &shared, &watcher, &conn_stop, &live),
+                            Ok((stream, peer)) => serve(stream, peer, &shared, &drain),
                             Err(e) => {
                                 // Out of descriptors or memory: back off instead of spinning.
                                 tracing::warn!(error = %e, "accept failed");
@@ -186,28 +183,34 @@ fn worker(
                 break Duration::ZERO;
             }
         };
+        drain.stop();
         for l in accept_loops {
             let _ = l.await; // drops the listening sockets
         }
-        drop(live);
+        // In-flight exchanges finish (answered with `Connection: close`); hyper's connections
+        // finish theirs; idle native connections are dropped with the runtime, as nginx closes
+        // idle keep-alive connections. This task runs on the worker's only thread, so once it
+        // sees no exchange in flight none can start before the runtime is gone.
         let deadline = tokio::time::Instant::now() + grace;
-        if tokio::time::timeout_at(deadline, all_done.recv()).await.is_err() {
-            tracing::warn!("shutdown grace period ended with requests still in flight");
-            sweeper.abort();
-            return;
-        }
-        let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Ok(graceful) = Arc::try_unwrap(graceful) else {
-            sweeper.abort();
-            return;
-        };
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        let graceful = GRACEFUL.with(|g| g.borrow_mut().take());
+        let finished = tokio::time::timeout_at(deadline, async {
+            if let Some(g) = graceful {
+                g.shutdown().await;
+            }
+            drain.idle().await;
+        })
+        .await;
+        if finished.is_err() {
             tracing::warn!("shutdown grace period ended with requests still in flight");
         }
+        sweeper.abort();
     });
+}
+
+thread_local! {
+    /// This worker's watcher of hyper connections, taken when the worker stops.
+    static GRACEFUL: std::cell::RefCell<Option<GracefulShutdown>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Whether client connections start on the native HTTP/1.1 path (`NRDOT_NATIVE_H1=0` keeps
@@ -221,28 +224,22 @@ fn serve(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-    watcher: &Arc<GracefulShutdown>,
-    stop: &watch::Receiver<Option<Duration>>,
-    live: &tokio::sync::mpsc::Sender<()>,
+    drain: &Arc<h1::Drain>,
 ) {
     let _ = stream.set_nodelay(true);
     crate::metrics::get().connections.increment(1);
     let cx = native_h1().then(|| h1::Ctx {
         shared: Arc::clone(shared),
         peer,
-        peer_value: crate::service::peer_value(peer),
-        stop: stop.clone(),
-        _live: live.clone(),
-        watcher: Arc::clone(watcher),
+        drain: Arc::clone(drain),
     });
     match &shared.tls {
         None => match cx {
             Some(cx) => h1::spawn(stream, cx),
-            None => serve_hyper(stream, peer, shared, watcher),
+            None => serve_hyper(stream, peer, shared),
         },
         Some(acceptor) => {
-            let (acceptor, shared, watcher) =
-                (acceptor.clone(), Arc::clone(shared), Arc::clone(watcher));
+            let (acceptor, shared) = (acceptor.clone(), Arc::clone(shared));
             tokio::spawn(async move {
                 // A handshake that fails or stalls costs this task only, never the worker.
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
@@ -250,7 +247,7 @@ fn serve(
                         Some(cx) if tls.get_ref().1.alpn_protocol() != Some(b"h2") => {
                             h1::spawn(tls, cx)
                         }
-                        _ => serve_hyper(tls, peer, &shared, &watcher),
+                        _ => serve_hyper(tls, peer, &shared),
                     },
                     Ok(Err(e)) => {
                         shared.handshake_errors.increment(1);
@@ -267,15 +264,10 @@ fn serve(
 }
 
 /// Serves a connection with hyper: HTTP/2, and HTTP/1 requests the native path hands over.
-pub(crate) fn serve_hyper<IO>(
-    stream: IO,
-    peer: SocketAddr,
-    shared: &Arc<Shared>,
-    watcher: &GracefulShutdown,
-) where
+pub(crate) fn serve_hyper<IO>(stream: IO, peer: SocketAddr, shared: &Arc<Shared>)
+where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let m = crate::metrics::get();
     let table = shared.reader.load();
     let limits = &table.config.limits;
     let verdict = Verdict::new();
@@ -301,8 +293,21 @@ pub(crate) fn serve_hyper<IO>(
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
-    let conn = watcher.watch(conn);
     drop(table);
+    // Watched so a stopping worker lets it finish; after the worker stopped watching, the
+    // connection only lives until the runtime is dropped.
+    GRACEFUL.with(|g| match g.borrow().as_ref() {
+        Some(g) => run_connection(g.watch(conn), peer),
+        None => run_connection(conn, peer),
+    });
+}
+
+fn run_connection<F, E>(conn: F, peer: SocketAddr)
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let m = crate::metrics::get();
     tokio::spawn(async move {
         m.open_connections.increment(1.0);
         if let Err(e) = conn.await {

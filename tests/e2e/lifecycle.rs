@@ -1,7 +1,7 @@
 //! Process lifecycle: graceful shutdown on SIGTERM, the admin health summary.
 use std::time::{Duration, Instant};
 
-use nrdot_tests::{get, pool, Nrdot, Origin};
+use nrdot_tests::{get, pool, KeepAlive, Nrdot, Origin};
 
 use crate::BIN;
 
@@ -16,6 +16,9 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
             pool("o", &[o.addr])
         ),
     );
+    // An idle keep-alive connection does not hold the exit back (it is closed, as nginx does).
+    let mut idle = KeepAlive::connect(n.addr).await;
+    assert_eq!(idle.get("/").await.0, 200);
     let url = n.url("/sleep/1000");
     let in_flight = tokio::spawn(async move { get(&url, &[]).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -37,6 +40,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
     let status = n.wait_exit(Duration::from_secs(10)).expect("did not exit");
     assert!(status.success(), "{status}");
     assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(idle.closed().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
