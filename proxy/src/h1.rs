@@ -143,11 +143,13 @@ async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
     let mut index = 0u64;
     loop {
         if buf.is_empty() {
-            buf = Vec::new(); // nothing held while idle
+            give_buffer(std::mem::take(&mut buf)); // nothing held while idle
             let idle = cx.shared.reader.load().config.limits.keepalive_timeout;
             let read = async {
                 std::future::poll_fn(|c| s.poll_ready(c)).await?;
-                buf.reserve(4096);
+                if buf.capacity() == 0 {
+                    buf = take_buffer();
+                }
                 s.read_buf(&mut buf).await
             };
             match tokio::time::timeout(idle, read).await {
@@ -176,7 +178,7 @@ async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
                 // The request is in `out` now: the client's bytes are not held meanwhile.
                 buf.drain(..p.head_len);
                 if buf.is_empty() {
-                    buf = Vec::new();
+                    give_buffer(std::mem::take(&mut buf));
                 }
                 match Box::pin(forward(&mut s, cx, &table, p)).await {
                     Next::KeepAlive => {}
@@ -197,7 +199,7 @@ enum Step {
         close: bool,
         head_len: usize,
     },
-    Forward(Box<Prepared>),
+    Forward(Prepared),
 }
 
 /// A request ready to go upstream; nothing in it borrows the client's buffer.
@@ -251,16 +253,44 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Fields an intermediary never forwards (RFC 9110 7.6.1), in either direction.
 fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "upgrade",
-        "proxy-authenticate",
-    ]
-    .iter()
-    .any(|h| is(name, h))
+    // By length first: this runs for every field of every message.
+    match name.len() {
+        2 => is(name, "te"),
+        7 => is(name, "upgrade"),
+        10 => is(name, "connection") || is(name, "keep-alive"),
+        16 => is(name, "proxy-connection"),
+        18 => is(name, "proxy-authenticate"),
+        _ => false,
+    }
+}
+
+/// Size of the buffers requests and response heads are read into.
+const READ_BUFFER: usize = 8192;
+
+thread_local! {
+    /// Read buffers this worker reuses: large allocations are the slow ones in malloc.
+    static BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty read buffer from this worker's free list.
+fn take_buffer() -> Vec<u8> {
+    BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(READ_BUFFER))
+}
+
+/// Gives a read buffer back (kept only if it did not grow and the list is short).
+fn give_buffer(mut b: Vec<u8>) {
+    if b.capacity() != READ_BUFFER {
+        return;
+    }
+    b.clear();
+    let _ = BUFFERS.try_with(|l| {
+        let mut l = l.borrow_mut();
+        if l.len() < 32 {
+            l.push(b);
+        }
+    });
 }
 
 /// Whether a Connection field names `name`.
@@ -438,7 +468,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         put(&mut out, "x-forwarded-host", raw_host);
     }
     out.extend_from_slice(b"via: 1.1 nrdot\r\n\r\n");
-    Step::Forward(Box::new(Prepared {
+    Step::Forward(Prepared {
         head_len,
         out,
         safe: idempotent(method) || r.retry_unsafe,
@@ -446,16 +476,11 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         d,
         close,
         log,
-    }))
+    })
 }
 
 /// Sends a prepared request upstream (retrying where safe) and relays the response.
-async fn forward<S: ClientIo>(
-    s: &mut S,
-    cx: &Ctx,
-    table: &Arc<RouteTable>,
-    p: Box<Prepared>,
-) -> Next {
+async fn forward<S: ClientIo>(s: &mut S, cx: &Ctx, table: &Arc<RouteTable>, p: Prepared) -> Next {
     let Prepared {
         out,
         d,
@@ -464,7 +489,7 @@ async fn forward<S: ClientIo>(
         close,
         mut log,
         ..
-    } = *p;
+    } = p;
     let pool_entry = &table.pools[d.pool];
     let pcfg = &pool_entry.config;
     let r = &table.routes[d.route];
@@ -526,6 +551,7 @@ async fn forward<S: ClientIo>(
             }
         };
         let sent_at = Instant::now();
+        rbuf.clear(); // a retried attempt starts afresh
         let result = tokio::time::timeout(pcfg.response_timeout, async {
             up.stream.write_all(&out).await.map_err(HeadError::Io)?;
             read_head(&mut up.stream, &mut rbuf).await
@@ -580,8 +606,16 @@ async fn forward<S: ClientIo>(
         (Some(v), Some(_)) => Some(v),
         _ => None,
     };
-    let Some(mut rh) = response_head(&rbuf, head_request, hsts, d.new_sticky.as_deref(), close)
-    else {
+    let mut head = out;
+    head.clear();
+    let Some(mut rh) = response_head(
+        &rbuf,
+        head_request,
+        hsts,
+        d.new_sticky.as_deref(),
+        close,
+        head,
+    ) else {
         be.state.finish(true);
         fail!(ProxyError::UpstreamConnect);
     };
@@ -641,7 +675,7 @@ async fn forward<S: ClientIo>(
             }
         }
     }
-    drop(rbuf);
+    give_buffer(rbuf);
     be.state.finish(false);
     pool_entry.state.bytes_out.increment(sent);
     if complete && clean && !rh.upstream_close {
@@ -675,6 +709,7 @@ fn response_head(
     hsts: Option<&HeaderValue>,
     sticky: Option<&str>,
     close: bool,
+    mut head: Vec<u8>,
 ) -> Option<ResponseHead> {
     let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_FIELDS];
     let mut resp = httparse::Response::new(&mut []);
@@ -729,7 +764,7 @@ fn response_head(
         }
     };
     let close = close || matches!(framing, Framing::UntilClose);
-    let mut head = Vec::with_capacity(len + 128);
+    head.reserve(len + 128);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(itoa3(status).as_slice());
     head.push(b' ');
@@ -846,13 +881,12 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16, Hea
         if buf.len() >= MAX_RESPONSE_HEAD {
             return Err(HeadError::TooLarge);
         }
-        if buf.capacity() - buf.len() < 1024 {
-            if buf.is_empty() {
-                // No memory is held while the upstream thinks.
-                stream.readable().await.map_err(HeadError::Io)?;
-            }
-            // Sized for the common response: head and body in one read.
-            buf.reserve(if buf.is_empty() { 8192 } else { RELAY_BUFFER });
+        if buf.capacity() == 0 {
+            // No memory is held while the upstream thinks.
+            stream.readable().await.map_err(HeadError::Io)?;
+            *buf = take_buffer(); // sized for the common response: head and body in one read
+        } else if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(RELAY_BUFFER);
         }
         match stream.read_buf(buf).await {
             Ok(0) => return Err(HeadError::Closed(received)),
@@ -996,7 +1030,7 @@ impl Chunks {
 /// (`fuzz/fuzz_targets/upstream_response.rs`): it must never panic or relay more than it got.
 #[doc(hidden)]
 pub fn relay_parse(data: &[u8], split: usize, head_request: bool) -> Option<usize> {
-    let rh = response_head(data, head_request, None, Some("k=v"), false)?;
+    let rh = response_head(data, head_request, None, Some("k=v"), false, Vec::new())?;
     let mut framing = rh.framing;
     let body = &data[rh.len..];
     let (a, b) = body.split_at(split.min(body.len()));

@@ -422,3 +422,35 @@ async fn draining_closes_idle_keepalive_connections() {
         "connections to the other backend were closed too"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_status_sends_idempotent_requests_to_another_server_only() {
+    let bad = Origin::start("bad").await;
+    let good = Origin::start("good").await;
+    bad.set_status(503);
+    let body = format!(
+        "[[pool]]\nname = \"p\"\nretries = 1\nretry_on = [\"503\"]\n{}[[route]]\nname = \"r\"\npool = \"p\"\n",
+        servers(&[&bad, &good])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    // Keep-alive on one connection, so the retried attempt's answer is the one relayed.
+    let mut c = nrdot_tests::KeepAlive::connect(n.addr).await;
+    for _ in 0..10 {
+        let (status, _, body) = c.get("/x").await;
+        assert_eq!(status, 200);
+        let e: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(e["origin"], "good");
+    }
+    assert!(bad.hits() >= 1, "the failing server was never tried");
+    // A POST is not idempotent: its 503 is the answer.
+    let hits = good.hits();
+    let mut saw_503 = false;
+    for _ in 0..10 {
+        c.send(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+            .await;
+        let (status, _, _) = c.response().await;
+        saw_503 |= status == 503;
+    }
+    assert!(saw_503, "POSTs were retried");
+    assert!(good.hits() - hits < 10);
+}
