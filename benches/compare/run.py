@@ -5,9 +5,9 @@ One shared backend (nginx, one worker, 13-byte and 64 KiB bodies); three proxies
 upstream keep-alive, HAProxy with http-reuse always, nrdot), each with one worker pinned to
 CPU 0; wrk and the backend on CPU 1. Scenarios run interleaved in rounds (A B C A B C ...) so
 drift hits everyone alike; medians and ranges are reported with ratios to nginx of the same
-round. Bounded: about 8 minutes by default, under 3 with --quick.
+round. Bounded: about 9 minutes by default, under 3 with --quick, under 1 with --smoke (CI).
 
-    python3 benches/compare/run.py [--quick] [--nrdot target/release/nrdot] [--out results.md]
+    python3 benches/compare/run.py [--quick|--smoke] [--nrdot target/release/nrdot] [--out results.md]
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -103,6 +103,8 @@ def hey(url, seconds, conns, rate):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true",
+                    help="one 1-second round per scenario; exit 1 unless every target served every scenario without errors (CI)")
     ap.add_argument("--nrdot", default=os.path.join(ROOT, "target/release/nrdot"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, help="run only scenarios whose name contains this")
@@ -113,7 +115,7 @@ def main():
             raise SystemExit(f"{tool} is missing: apt-get install nginx-light haproxy wrk hey openssl util-linux")
     if not os.path.exists(args.nrdot):
         raise SystemExit(f"{args.nrdot} is missing: cargo build --release --bin nrdot")
-    seconds, rounds, idle = (2, 3, 1000) if args.quick else (4, 5, 4000)
+    seconds, rounds, idle = (1, 1, 200) if args.smoke else (2, 3, 1000) if args.quick else (4, 5, 4000)
     work = tempfile.mkdtemp(prefix="nrdot-compare-")
     procs = []
 
@@ -256,6 +258,11 @@ pool = "b"
                 time.sleep(0.5)
         report = render(results, memory, targets, args, seconds, rounds, idle)
         print(report)
+        if args.smoke:
+            bad = [f"{name} / {t}" for name, per in results.items() for t, runs in per.items()
+                   if any(r["requests"] == 0 or r["errors"] for r in runs)]
+            if bad:
+                raise SystemExit("smoke: no answers or errors in: " + ", ".join(bad))
         if args.out:
             open(args.out, "w").write(report)
     finally:
