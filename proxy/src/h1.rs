@@ -10,13 +10,14 @@
 //! already read, to the hyper-based path in [`crate::service`] for the rest of the connection,
 //! so every rule that path enforces still holds. Routing, splitting, retries and passive health
 //! are the same functions both paths call.
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use http::{HeaderValue, Method, Version};
@@ -144,16 +145,34 @@ async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
     loop {
         if buf.is_empty() {
             give_buffer(std::mem::take(&mut buf)); // nothing held while idle
-            let idle = cx.shared.reader.load().config.limits.keepalive_timeout;
-            let read = async {
-                std::future::poll_fn(|c| s.poll_ready(c)).await?;
-                if buf.capacity() == 0 {
-                    buf = take_buffer();
+            let deadline = Instant::now() + cx.shared.reader.load().config.limits.keepalive_timeout;
+            let mut slot: Option<IdleSlot> = None;
+            let read = std::future::poll_fn(|c| {
+                if let Poll::Ready(r) = s.poll_ready(c) {
+                    r?;
+                    if buf.capacity() == 0 {
+                        buf = take_buffer();
+                    }
+                    // Polled once and dropped: it holds nothing between polls.
+                    let read = s.read_buf(&mut buf);
+                    tokio::pin!(read);
+                    if let Poll::Ready(r) = read.poll(c) {
+                        return Poll::Ready(r);
+                    }
                 }
-                s.read_buf(&mut buf).await
-            };
-            match tokio::time::timeout(idle, read).await {
-                Ok(Ok(n)) if n > 0 => {}
+                match &slot {
+                    None => slot = Some(IdleSlot::new(deadline, c.waker())),
+                    Some(_) if Instant::now() >= deadline => {
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+                    }
+                    Some(s) => s.set_waker(c.waker()),
+                }
+                Poll::Pending
+            });
+            let got = read.await;
+            drop(slot);
+            match got {
+                Ok(n) if n > 0 => {}
                 _ => return None,
             }
         }
@@ -213,6 +232,82 @@ struct Prepared {
     /// The response must end the client connection.
     close: bool,
     log: Option<Box<LogFields>>,
+}
+
+thread_local! {
+    /// Keep-alive deadlines of this worker's idle connections, checked by its one-second sweep
+    /// ([`sweep_idle`]): an idle connection keeps a slot number instead of a timer, and going
+    /// idle costs no timer-wheel work.
+    static IDLE: std::cell::RefCell<IdleSlab> = const {
+        std::cell::RefCell::new(IdleSlab { entries: Vec::new(), free: Vec::new() })
+    };
+}
+
+struct IdleSlab {
+    entries: Vec<Option<(Instant, Waker)>>,
+    free: Vec<usize>,
+}
+
+/// A connection's place in [`IDLE`] while it waits; removed when dropped.
+struct IdleSlot(usize);
+
+impl IdleSlot {
+    fn new(deadline: Instant, waker: &Waker) -> IdleSlot {
+        IDLE.with(|i| {
+            let mut i = i.borrow_mut();
+            let entry = Some((deadline, waker.clone()));
+            match i.free.pop() {
+                Some(n) => {
+                    i.entries[n] = entry;
+                    IdleSlot(n)
+                }
+                None => {
+                    i.entries.push(entry);
+                    IdleSlot(i.entries.len() - 1)
+                }
+            }
+        })
+    }
+
+    fn set_waker(&self, waker: &Waker) {
+        IDLE.with(|i| {
+            if let Some(Some((_, w))) = i.borrow_mut().entries.get_mut(self.0) {
+                if !w.will_wake(waker) {
+                    *w = waker.clone();
+                }
+            }
+        });
+    }
+}
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        let _ = IDLE.try_with(|i| {
+            let mut i = i.borrow_mut();
+            if let Some(e) = i.entries.get_mut(self.0) {
+                *e = None;
+                i.free.push(self.0);
+            }
+        });
+    }
+}
+
+/// Wakes this worker's idle connections whose keep-alive time is up (they close themselves).
+/// Runs every second, so keep-alive timeouts are precise to a second.
+pub(crate) fn sweep_idle() {
+    let now = Instant::now();
+    let due: Vec<Waker> = IDLE.with(|i| {
+        i.borrow()
+            .entries
+            .iter()
+            .flatten()
+            .filter(|(deadline, _)| *deadline <= now)
+            .map(|(_, w)| w.clone())
+            .collect()
+    });
+    for w in due {
+        w.wake();
+    }
 }
 
 /// Parsed request fields as routing reads them.

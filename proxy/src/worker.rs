@@ -143,6 +143,7 @@ fn worker(
             loop {
                 tick.tick().await;
                 crate::upstream::sweep();
+                h1::sweep_idle();
             }
         });
         GRACEFUL.with(|g| *g.borrow_mut() = Some(GracefulShutdown::new()));

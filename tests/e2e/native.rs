@@ -178,3 +178,30 @@ async fn client_connection_close_is_honoured() {
     assert!(head.contains("connection: close"), "{head}");
     assert!(c.closed().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_close_after_keepalive_timeout_busy_ones_stay() {
+    let o = RawOrigin::start().await;
+    let body = format!("[limits]\nkeepalive_timeout = \"1s\"\n{}", one_pool(o.addr));
+    let n = Nrdot::start(BIN, "", &body);
+    let mut busy = KeepAlive::connect(n.addr).await;
+    let mut idle = KeepAlive::connect(n.addr).await;
+    assert_eq!(idle.get("/").await.0, 200);
+    let start = std::time::Instant::now();
+    // Requests every 300 ms keep one connection open past the timeout.
+    while start.elapsed() < std::time::Duration::from_millis(2500) {
+        assert_eq!(busy.get("/").await.0, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    // The idle one was closed (the sweep is precise to a second).
+    assert!(idle.closed().await, "idle connection still open");
+    // A connection that never sends a request is closed too.
+    let mut silent = KeepAlive::connect(n.addr).await;
+    let t = std::time::Instant::now();
+    assert!(silent.closed().await);
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(2900),
+        "{:?}",
+        t.elapsed()
+    );
+}
