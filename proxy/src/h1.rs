@@ -137,6 +137,8 @@ pub(crate) fn spawn<S: ClientIo>(stream: S, cx: Ctx) {
 enum Next {
     KeepAlive,
     Close,
+    /// nrdot's own answer, still to be written; then close if the flag says so.
+    Reply(Vec<u8>, bool),
 }
 
 async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
@@ -199,9 +201,16 @@ async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
                 if buf.is_empty() {
                     give_buffer(std::mem::take(&mut buf));
                 }
+                // Boxed so an idle connection does not carry an exchange's state; kept under
+                // 1 KiB so the allocation comes from malloc's per-thread cache.
                 match Box::pin(forward(&mut s, cx, &table, p)).await {
                     Next::KeepAlive => {}
                     Next::Close => return None,
+                    Next::Reply(bytes, close) => {
+                        if s.write_all(&bytes).await.is_err() || close {
+                            return None;
+                        }
+                    }
                 }
             }
         }
@@ -599,11 +608,8 @@ async fn forward<S: ClientIo>(s: &mut S, cx: &Ctx, table: &Arc<RouteTable>, p: P
         ($e:expr) => {{
             let e = $e;
             drop(retry_slot.take());
-            let bytes = error_reply(cx, log, e, close);
-            return match s.write_all(&bytes).await {
-                Ok(()) if !close => Next::KeepAlive,
-                _ => Next::Close,
-            };
+            // Written by the caller, so this future carries no second write state.
+            return Next::Reply(error_reply(cx, log, e, close), close);
         }};
     }
     let (b, mut up, status) = loop {

@@ -248,7 +248,8 @@ pub async fn acquire_raw(
         });
     }
     Ok(RawConn {
-        stream: connect(pool, backend).await?,
+        // Boxed: rare on a warm pool, and large; kept out of every exchange's future.
+        stream: Box::pin(connect(pool, backend)).await?,
         slot,
         reused: false,
     })
