@@ -630,25 +630,14 @@ async fn forward<S: ClientIo>(s: &mut S, cx: &Ctx, table: &Arc<RouteTable>, p: P
             Ok(c) => c,
             Err(e) => {
                 drop(retry_slot.take());
-                be.state.finish(true);
-                pool_entry.state.connect_errors.increment(1);
-                service::passive(pool_entry, be, true);
-                tracing::debug!(error = %e, "upstream connect failed");
-                let timed_out = matches!(e, upstream::ConnectError::Timeout(_));
+                let err = service::connect_failed(pool_entry, be, &e);
                 tried.push(b);
-                last_error = Some(if timed_out {
-                    ProxyError::UpstreamTimeout
-                } else {
-                    ProxyError::UpstreamConnect
-                });
+                last_error = Some(err);
                 if pcfg.retry_on.connect_failure && retries_left > 0 {
                     retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
                     continue;
                 }
-                if timed_out {
-                    pool_entry.state.timeouts.increment(1);
-                }
-                fail!(last_error.unwrap_or(ProxyError::UpstreamConnect));
+                fail!(err);
             }
         };
         let sent_at = Instant::now();

@@ -400,17 +400,9 @@ async fn proxy(
             Ok(c) => c,
             Err(e) => {
                 drop(retry_slot.take()); // this attempt is over
-                state.finish(true);
-                pool_entry.state.connect_errors.increment(1);
-                passive(true);
-                tracing::debug!(error = %e, "upstream connect failed");
-                let timed_out = matches!(e, upstream::ConnectError::Timeout(_));
+                let err = connect_failed(pool_entry, backend_entry, &e);
                 tried.push(b);
-                last_error = Some(if timed_out {
-                    ProxyError::UpstreamTimeout
-                } else {
-                    ProxyError::UpstreamConnect
-                });
+                last_error = Some(err);
                 // Nothing was sent: any request may go elsewhere, and the retry costs the failing
                 // server nothing, so the retry budget (which protects servers from retry storms)
                 // does not apply.
@@ -418,11 +410,7 @@ async fn proxy(
                     retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
                     continue;
                 }
-                if timed_out {
-                    pool_entry.state.timeouts.increment(1);
-                    fail!(ProxyError::UpstreamTimeout);
-                }
-                fail!(ProxyError::UpstreamConnect);
+                fail!(err);
             }
         };
         let (request_body, replayable) = match &mut payload {
@@ -697,6 +685,25 @@ pub(crate) fn no_backend(pool: &PoolEntry, e: NoBackend, last: Option<ProxyError
             pool.state.overflow.increment(1);
             ProxyError::Overloaded
         }
+    }
+}
+
+/// Accounts a failed connect (nothing was sent: the server is charged, the pool counts it) and
+/// returns what the client hears if no retry follows.
+pub(crate) fn connect_failed(
+    pool: &PoolEntry,
+    backend: &BackendEntry,
+    e: &upstream::ConnectError,
+) -> ProxyError {
+    backend.state.finish(true);
+    pool.state.connect_errors.increment(1);
+    passive(pool, backend, true);
+    tracing::debug!(error = %e, "upstream connect failed");
+    if matches!(e, upstream::ConnectError::Timeout(_)) {
+        pool.state.timeouts.increment(1);
+        ProxyError::UpstreamTimeout
+    } else {
+        ProxyError::UpstreamConnect
     }
 }
 

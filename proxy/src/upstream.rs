@@ -72,11 +72,11 @@ impl Conn {
     }
 }
 
-/// An idle connection to `backend` if one is usable, else a new one.
-pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, ConnectError> {
+/// Runs `f` on this worker's slot for `backend`, creating it on first use.
+fn with_slot<R>(pool: &PoolEntry, backend: &BackendEntry, f: impl FnOnce(&mut Slot) -> R) -> R {
     let slot = backend.state.slot;
     let idle_timeout = pool.config.keepalive_idle_timeout;
-    let reused = SLOTS.with(|s| {
+    SLOTS.with(|s| {
         let mut slots = s.borrow_mut();
         if slots.len() <= slot {
             slots.resize_with(slot + 1, || None);
@@ -88,6 +88,15 @@ pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, C
             idle_timeout,
         });
         entry.idle_timeout = idle_timeout;
+        f(entry)
+    })
+}
+
+/// An idle connection to `backend` if one is usable, else a new one.
+pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, ConnectError> {
+    let slot = backend.state.slot;
+    let idle_timeout = pool.config.keepalive_idle_timeout;
+    let reused = with_slot(pool, backend, |entry| {
         while let Some(c) = entry.idle.pop() {
             if c.since.elapsed() < idle_timeout && !c.sender.is_closed() && c.sender.is_ready() {
                 return Some(c.sender);
@@ -221,18 +230,7 @@ pub async fn acquire_raw(
 ) -> Result<RawConn, ConnectError> {
     let slot = backend.state.slot;
     let idle_timeout = pool.config.keepalive_idle_timeout;
-    let reused = SLOTS.with(|s| {
-        let mut slots = s.borrow_mut();
-        if slots.len() <= slot {
-            slots.resize_with(slot + 1, || None);
-        }
-        let entry = slots[slot].get_or_insert_with(|| Slot {
-            idle: Vec::new(),
-            raw: Vec::new(),
-            backend: Arc::downgrade(&backend.state),
-            idle_timeout,
-        });
-        entry.idle_timeout = idle_timeout;
+    let reused = with_slot(pool, backend, |entry| {
         while let Some((stream, since)) = entry.raw.pop() {
             if since.elapsed() < idle_timeout && quiet(&stream) {
                 return Some(stream);

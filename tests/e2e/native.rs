@@ -77,6 +77,15 @@ impl RawOrigin {
     }
 }
 
+/// A raw origin, nrdot in front of it (with `limits` prepended to the config), and one client
+/// connection to nrdot.
+async fn through_nrdot(limits: &str) -> (RawOrigin, Nrdot, KeepAlive) {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &format!("{limits}{}", one_pool(o.addr)));
+    let c = KeepAlive::connect(n.addr).await;
+    (o, n, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_then_a_body_hand_over_to_the_full_path_on_one_connection() {
     let o = Origin::start("o").await;
@@ -110,9 +119,7 @@ async fn pipelined_requests_then_a_body_hand_over_to_the_full_path_on_one_connec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_responses_are_relayed_with_trailers_and_the_connection_stays_usable() {
-    let o = RawOrigin::start().await;
-    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
-    let mut c = KeepAlive::connect(n.addr).await;
+    let (o, _n, mut c) = through_nrdot("").await;
     c.send(b"GET /chunked HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
         .await;
     let got = c.read_through(b"0\r\nx-t: 1\r\n\r\n").await;
@@ -132,9 +139,7 @@ async fn chunked_responses_are_relayed_with_trailers_and_the_connection_stays_us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_delimited_responses_end_the_client_connection() {
-    let o = RawOrigin::start().await;
-    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
-    let mut c = KeepAlive::connect(n.addr).await;
+    let (_o, _n, mut c) = through_nrdot("").await;
     c.send(b"GET /until-close HTTP/1.1\r\nHost: a\r\n\r\n")
         .await;
     let (status, head, body) = c.response().await;
@@ -145,18 +150,14 @@ async fn close_delimited_responses_end_the_client_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn informational_heads_are_dropped_and_the_final_response_relayed() {
-    let o = RawOrigin::start().await;
-    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
-    let mut c = KeepAlive::connect(n.addr).await;
+    let (_o, _n, mut c) = through_nrdot("").await;
     let (status, _, body) = c.get("/early-hints").await;
     assert_eq!((status, &body[..]), (200, &b"ok"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error() {
-    let o = RawOrigin::start().await;
-    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
-    let mut c = KeepAlive::connect(n.addr).await;
+    let (o, _n, mut c) = through_nrdot("").await;
     for _ in 0..5 {
         // The origin closes each connection after answering, without saying so.
         let (status, _, body) = c.get("/then-close").await;
@@ -168,9 +169,7 @@ async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_connection_close_is_honoured() {
-    let o = RawOrigin::start().await;
-    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
-    let mut c = KeepAlive::connect(n.addr).await;
+    let (_o, _n, mut c) = through_nrdot("").await;
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         .await;
     let (status, head, _) = c.response().await;
@@ -181,10 +180,7 @@ async fn client_connection_close_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connections_close_after_keepalive_timeout_busy_ones_stay() {
-    let o = RawOrigin::start().await;
-    let body = format!("[limits]\nkeepalive_timeout = \"1s\"\n{}", one_pool(o.addr));
-    let n = Nrdot::start(BIN, "", &body);
-    let mut busy = KeepAlive::connect(n.addr).await;
+    let (_o, n, mut busy) = through_nrdot("[limits]\nkeepalive_timeout = \"1s\"\n").await;
     let mut idle = KeepAlive::connect(n.addr).await;
     assert_eq!(idle.get("/").await.0, 200);
     let start = std::time::Instant::now();
