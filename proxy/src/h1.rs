@@ -43,15 +43,24 @@ pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Ready when a read would find something. Polled, not awaited, so an idle connection
     /// keeps no future for it (the readiness lives in the runtime's registration).
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Turns Nagle's algorithm off on the socket.
+    fn set_nodelay(&self);
 }
 
 impl ClientIo for TcpStream {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
     }
+    fn set_nodelay(&self) {
+        let _ = TcpStream::set_nodelay(self, true);
+    }
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    fn set_nodelay(&self) {
+        let _ = self.get_ref().0.set_nodelay(true);
+    }
+
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (tcp, tls) = self.get_mut();
         // Records already read may hold plaintext the socket will not announce again.
@@ -113,6 +122,10 @@ pub(crate) struct Ctx {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
     pub drain: Arc<Drain>,
+    /// TCP_NODELAY is set. Plain connections start without it (nginx's habit): a response
+    /// written in one piece never meets Nagle's algorithm, and the system call is saved for
+    /// the many connections that carry one small response.
+    pub nodelay: AtomicBool,
 }
 
 /// Serves `stream` on this path, handing it to the hyper path when a request needs it.
@@ -123,6 +136,9 @@ pub(crate) fn spawn<S: ClientIo>(stream: S, cx: Ctx) {
         let handoff = run(stream, &cx).await;
         m.open_connections.decrement(1.0);
         if let Some((stream, buf)) = handoff {
+            if !cx.nodelay.load(Ordering::Relaxed) {
+                stream.set_nodelay(); // the hyper path writes heads and bodies separately
+            }
             let io = Rewind {
                 prefix: buf,
                 pos: 0,
@@ -731,6 +747,11 @@ async fn forward<S: ClientIo>(s: &mut S, cx: &Ctx, table: &Arc<RouteTable>, p: P
             clean = false;
         }
         let w = if head.is_empty() {
+            // A response written in several pieces: without TCP_NODELAY the last small piece
+            // could wait for the client's delayed ACK. Set once, on the first such response.
+            if !cx.nodelay.swap(true, Ordering::Relaxed) {
+                s.set_nodelay();
+            }
             s.write_all(&chunk[..take]).await
         } else {
             head.extend_from_slice(&chunk[..take]);

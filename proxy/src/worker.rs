@@ -227,12 +227,19 @@ fn serve(
     shared: &Arc<Shared>,
     drain: &Arc<h1::Drain>,
 ) {
-    let _ = stream.set_nodelay(true);
+    // The native path sets TCP_NODELAY on plain connections only when a response needs more
+    // than one write; TLS and the hyper path write in pieces from the start.
+    let native = native_h1();
+    let nodelay = !native || shared.tls.is_some();
+    if nodelay {
+        let _ = stream.set_nodelay(true);
+    }
     crate::metrics::get().connections.increment(1);
-    let cx = native_h1().then(|| h1::Ctx {
+    let cx = native.then(|| h1::Ctx {
         shared: Arc::clone(shared),
         peer,
         drain: Arc::clone(drain),
+        nodelay: std::sync::atomic::AtomicBool::new(nodelay),
     });
     match &shared.tls {
         None => match cx {
