@@ -26,7 +26,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::{self, ProxyError};
-use crate::service::{self, begin_retry, idempotent, ActiveGuard, LogFields, Lookup, Shared};
+use crate::service::{
+    self, begin_retry, idempotent, tokens, ActiveGuard, LogFields, Lookup, Shared,
+};
 use crate::upstream;
 
 /// Request heads with more fields than this go to the hyper path.
@@ -160,10 +162,12 @@ enum Next {
 async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
     let mut buf: Vec<u8> = Vec::new();
     let mut index = 0u64;
+    // From the table of the last exchange: one table load per request, not two.
+    let mut keepalive = cx.shared.reader.load().config.limits.keepalive_timeout;
     loop {
         if buf.is_empty() {
             give_buffer(std::mem::take(&mut buf)); // nothing held while idle
-            let deadline = Instant::now() + cx.shared.reader.load().config.limits.keepalive_timeout;
+            let deadline = Instant::now() + keepalive;
             let mut slot: Option<IdleSlot> = None;
             let read = std::future::poll_fn(|c| {
                 if let Poll::Ready(r) = s.poll_ready(c) {
@@ -197,6 +201,7 @@ async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
         let _busy = cx.drain.begin();
         let stopping = cx.drain.stopping.load(Ordering::Relaxed);
         let table = cx.shared.reader.load();
+        keepalive = table.config.limits.keepalive_timeout;
         let step = prepare(&buf, cx, &table, index, stopping);
         index += 1;
         match step {
@@ -364,13 +369,6 @@ fn is(name: &str, lower: &str) -> bool {
     name.eq_ignore_ascii_case(lower)
 }
 
-/// Comma-separated tokens of a field value.
-fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|b| *b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
-}
-
 /// Fields an intermediary never forwards (RFC 9110 7.6.1), in either direction.
 fn hop_by_hop(name: &str) -> bool {
     // By length first: this runs for every field of every message.
@@ -413,11 +411,33 @@ fn give_buffer(mut b: Vec<u8>) {
     });
 }
 
-/// Whether a Connection field names `name`.
-fn named_by(connection: &[&[u8]], name: &str) -> bool {
-    connection
-        .iter()
-        .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+/// The Connection fields of a message (up to four; more is refused as unusual).
+#[derive(Default)]
+struct ConnectionFields<'a> {
+    values: [&'a [u8]; 4],
+    n: usize,
+    /// One of them says `close`.
+    close: bool,
+}
+
+impl<'a> ConnectionFields<'a> {
+    /// Adds a field; false when there are too many.
+    fn push(&mut self, v: &'a [u8]) -> bool {
+        if self.n == self.values.len() {
+            return false;
+        }
+        self.values[self.n] = v;
+        self.n += 1;
+        self.close |= tokens(v).any(|t| t.eq_ignore_ascii_case(b"close"));
+        true
+    }
+
+    /// Whether they name field `name` (which then is hop-by-hop).
+    fn names(&self, name: &str) -> bool {
+        self.values[..self.n]
+            .iter()
+            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+    }
 }
 
 fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -451,9 +471,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     let headers: &[httparse::Header] = req.headers;
     let mut host = None;
     let mut hosts = 0;
-    let mut client_close = false;
-    let mut connection: [&[u8]; 4] = [&[]; 4];
-    let mut connections = 0;
+    let mut connection = ConnectionFields::default();
     for h in headers {
         if is(h.name, "host") {
             hosts += 1;
@@ -462,18 +480,16 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
             if h.value.is_empty() || h.value.iter().any(|b| *b != b'0') {
                 return Step::Handoff; // a body
             }
-        } else if is(h.name, "transfer-encoding") || is(h.name, "upgrade") || is(h.name, "expect") {
+        } else if is(h.name, "transfer-encoding")
+            || is(h.name, "upgrade")
+            || is(h.name, "expect")
+            // more Connection fields than kept is unusual enough for the full path
+            || (is(h.name, "connection") && !connection.push(h.value))
+        {
             return Step::Handoff;
-        } else if is(h.name, "connection") {
-            if connections == connection.len() {
-                return Step::Handoff;
-            }
-            connection[connections] = h.value;
-            connections += 1;
-            client_close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
         }
     }
-    let connection = &connection[..connections];
+    let client_close = connection.close;
     let (1, Some(raw_host)) = (hosts, host) else {
         return Step::Handoff;
     };
@@ -510,7 +526,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         return Step::Handoff;
     }
     let mut peer_buf = [0u8; 48];
-    let peer = peer_text(cx.peer, &mut peer_buf);
+    let peer = service::peer_text(cx.peer, &mut peer_buf);
     let d = service::decide(table, route, &Fields(headers), peer);
     if let Some(l) = log.as_mut() {
         l.route = r.name.clone();
@@ -548,7 +564,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     let mut chained = 0;
     let (mut has_proto, mut has_fwd_host) = (false, false);
     for h in headers {
-        if hop_by_hop(h.name) || named_by(connection, h.name) {
+        if hop_by_hop(h.name) || connection.names(h.name) {
             continue;
         }
         if is(h.name, "x-forwarded-for") {
@@ -836,9 +852,7 @@ fn response_head(
     let headers: &[httparse::Header] = resp.headers;
     let mut length: Option<u64> = None;
     let mut chunked = None;
-    let mut upstream_close = resp.version != Some(1);
-    let mut connection: [&[u8]; 4] = [&[]; 4];
-    let mut connections = 0;
+    let mut connection = ConnectionFields::default();
     for h in headers {
         if is(h.name, "content-length") {
             let n = std::str::from_utf8(h.value)
@@ -855,16 +869,11 @@ fn response_head(
                     .last()
                     .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
             );
-        } else if is(h.name, "connection") {
-            upstream_close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
-            if connections == connection.len() {
-                return None;
-            }
-            connection[connections] = h.value;
-            connections += 1;
+        } else if is(h.name, "connection") && !connection.push(h.value) {
+            return None;
         }
     }
-    let connection = &connection[..connections];
+    let upstream_close = connection.close || resp.version != Some(1);
     let framing = if head_request || status == 204 || status == 304 {
         Framing::Length(0)
     } else {
@@ -883,7 +892,7 @@ fn response_head(
     head.extend_from_slice(b"\r\n");
     for h in headers {
         if hop_by_hop(h.name)
-            || named_by(connection, h.name)
+            || connection.names(h.name)
             || (hsts.is_some() && is(h.name, "strict-transport-security"))
             || (chunked.is_some() && is(h.name, "content-length"))
         {
@@ -945,15 +954,6 @@ fn serialize(parts: &http::response::Parts, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
-}
-
-/// The client address as X-Forwarded-For carries it (as [`service::peer_value`] writes it).
-fn peer_text(peer: SocketAddr, buf: &mut [u8; 48]) -> &[u8] {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{}", peer.ip().to_canonical());
-    let n = cursor.position() as usize;
-    &buf[..n]
 }
 
 fn itoa3(status: u16) -> [u8; 3] {

@@ -64,8 +64,18 @@ impl ConnService {
 
 /// The client address as X-Forwarded-For carries it.
 pub(crate) fn peer_value(peer: SocketAddr) -> HeaderValue {
-    let ip = peer.ip().to_canonical();
-    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+    let mut buf = [0u8; 48];
+    HeaderValue::from_bytes(peer_text(peer, &mut buf))
+        .expect("an IP address is a valid header value")
+}
+
+/// The client address as text, written into `buf` (no allocation, for the native path).
+pub(crate) fn peer_text(peer: SocketAddr, buf: &mut [u8; 48]) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{}", peer.ip().to_canonical());
+    let n = cursor.position() as usize;
+    &buf[..n]
 }
 
 pub type ProxyBody = Either<ResponseBody<Completion>, Full<Bytes>>;
@@ -833,12 +843,12 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
         && headers
             .get_all(header::CONNECTION)
             .iter()
-            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(b"upgrade")))
+            .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"upgrade")))
 }
 
-fn tokens(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    v.as_bytes()
-        .split(|b| *b == b',')
+/// Comma-separated tokens of a field value.
+pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',')
         .map(|t| t.trim_ascii())
         .filter(|t| !t.is_empty())
 }
@@ -852,7 +862,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             let named: Vec<HeaderName> = h
                 .get_all(header::CONNECTION)
                 .iter()
-                .flat_map(tokens)
+                .flat_map(|v| tokens(v.as_bytes()))
                 .filter(|t| {
                     let consumed = t.eq_ignore_ascii_case(b"close")
                         || t.eq_ignore_ascii_case(b"keep-alive")
