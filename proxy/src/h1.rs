@@ -418,6 +418,9 @@ struct ConnectionFields<'a> {
     n: usize,
     /// One of them says `close`.
     close: bool,
+    /// One of them names a field other than `close` or `keep-alive` (rare: then every field
+    /// is checked against them).
+    named: bool,
 }
 
 impl<'a> ConnectionFields<'a> {
@@ -428,12 +431,22 @@ impl<'a> ConnectionFields<'a> {
         }
         self.values[self.n] = v;
         self.n += 1;
-        self.close |= tokens(v).any(|t| t.eq_ignore_ascii_case(b"close"));
+        for t in tokens(v) {
+            if t.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                self.named = true;
+            }
+        }
         true
     }
 
-    /// Whether they name field `name` (which then is hop-by-hop).
+    /// Whether they name field `name` (which then is hop-by-hop). `keep-alive` is hop-by-hop
+    /// anyway; a field called `close` is only checked for when that token was seen.
     fn names(&self, name: &str) -> bool {
+        if !self.named {
+            return self.close && is(name, "close");
+        }
         self.values[..self.n]
             .iter()
             .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
@@ -555,7 +568,9 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         .trusted_proxies
         .iter()
         .any(|c| c.contains(cx.peer.ip()));
-    let mut out = Vec::with_capacity(head_len + 128);
+    // Room for the added fields, and later for the common response head (this allocation is
+    // reused for it).
+    let mut out = Vec::with_capacity((head_len + 128).max(512));
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -618,7 +633,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
 /// Sends a prepared request upstream (retrying where safe) and relays the response.
 async fn forward<S: ClientIo>(s: &mut S, cx: &Ctx, table: &Arc<RouteTable>, p: Prepared) -> Next {
     let Prepared {
-        out,
+        mut out,
         d,
         safe,
         head_request,
@@ -644,7 +659,11 @@ async fn forward<S: ClientIo>(s: &mut S, cx: &Ctx, table: &Arc<RouteTable>, p: P
             return Next::Reply(error_reply(cx, log, e, close), close);
         }};
     }
-    let (b, mut up, status) = loop {
+    let hsts = match (&r.hsts, &cx.shared.tls) {
+        (Some(v), Some(_)) => Some(v),
+        _ => None,
+    };
+    let (b, mut up, status, mut rh) = loop {
         let chosen = match table.backend(d.pool, fastrand::u64(..), d.hash_key, &tried) {
             Ok(c) => c,
             Err(e) => fail!(service::no_backend(pool_entry, e, last_error)),
@@ -674,73 +693,66 @@ async fn forward<S: ClientIo>(s: &mut S, cx: &Ctx, table: &Arc<RouteTable>, p: P
         };
         let sent_at = Instant::now();
         rbuf.clear(); // a retried attempt starts afresh
-        let result = tokio::time::timeout(pcfg.response_timeout, async {
+        let deadline = tokio::time::Instant::from_std(sent_at + pcfg.response_timeout);
+        let result = tokio::time::timeout_at(deadline, async {
             up.stream.write_all(&out).await.map_err(HeadError::Io)?;
             read_head(&mut up.stream, &mut rbuf).await
         })
         .await;
         drop(retry_slot.take());
-        match result {
+        let error = match result {
             Ok(Ok(status)) => {
                 pool_entry.state.outcomes.record_latency(sent_at.elapsed());
-                service::passive(pool_entry, be, status >= 500);
                 if pcfg.retry_on.statuses.contains(&status)
                     && safe
                     && tried.len() + 1 < pool_entry.backends.len()
                     && service::retry_allowed(pool_entry, retries_left)
                 {
+                    service::passive(pool_entry, be, status >= 500);
                     be.state.finish(true);
                     tried.push(b);
                     retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
                     continue;
                 }
-                break (b, up, status);
-            }
-            Ok(Err(HeadError::Closed(0))) if up.reused && safe => {
-                // The server closed the idle connection as it was reused: not its fault.
-                be.state.finish(false);
-                continue;
-            }
-            Ok(Err(e)) => {
-                be.state.finish(true);
-                service::passive(pool_entry, be, true);
-                tracing::debug!(upstream = %be.authority, error = %e, reused = up.reused, "upstream request failed");
-                tried.push(b);
-                last_error = Some(ProxyError::UpstreamConnect);
-                if pcfg.retry_on.reset && safe && service::retry_allowed(pool_entry, retries_left) {
-                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
-                    continue;
+                let sticky = d.new_sticky.as_deref();
+                match response_head(&rbuf, head_request, hsts, sticky, close, out) {
+                    Ok(rh) => {
+                        service::passive(pool_entry, be, status >= 500);
+                        break (b, up, status, rh);
+                    }
+                    Err(request) => {
+                        out = request;
+                        HeadError::Malformed
+                    }
                 }
-                fail!(ProxyError::UpstreamConnect);
             }
+            Ok(Err(e)) => e,
             Err(_) => {
                 be.state.finish(true);
                 service::passive(pool_entry, be, true);
                 pool_entry.state.timeouts.increment(1);
                 fail!(ProxyError::UpstreamTimeout);
             }
+        };
+        if matches!(error, HeadError::Closed(0)) && up.reused && safe {
+            // The server closed the idle connection as it was reused: not its fault.
+            be.state.finish(false);
+            continue;
         }
+        be.state.finish(true);
+        service::passive(pool_entry, be, true);
+        tracing::debug!(upstream = %be.authority, error = %error, reused = up.reused, "upstream request failed");
+        tried.push(b);
+        last_error = Some(ProxyError::UpstreamConnect);
+        if pcfg.retry_on.reset && safe && service::retry_allowed(pool_entry, retries_left) {
+            retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
+            continue;
+        }
+        fail!(ProxyError::UpstreamConnect);
     };
     drop(retry_slot.take());
     r.counters[d.entry].count(status);
     let be = &pool_entry.backends[b];
-    let hsts = match (&r.hsts, &cx.shared.tls) {
-        (Some(v), Some(_)) => Some(v),
-        _ => None,
-    };
-    let mut head = out;
-    head.clear();
-    let Some(mut rh) = response_head(
-        &rbuf,
-        head_request,
-        hsts,
-        d.new_sticky.as_deref(),
-        close,
-        head,
-    ) else {
-        be.state.finish(true);
-        fail!(ProxyError::UpstreamConnect);
-    };
     let close = rh.close;
 
     // Relay: what came with the head goes out in the same write.
@@ -828,8 +840,10 @@ struct ResponseHead {
     close: bool,
 }
 
-/// Rewrites the upstream response head at the start of `buf` for the client. `None` when the
-/// upstream's framing is contradictory.
+/// Rewrites the upstream response head at the start of `buf` for the client into `head`
+/// (emptied first; sized for the head and the body bytes already read, so the relay's first
+/// write needs no reallocation). When the head is malformed or its framing contradictory,
+/// `head` comes back untouched: it still holds the request, for a retry.
 fn response_head(
     buf: &[u8],
     head_request: bool,
@@ -837,7 +851,7 @@ fn response_head(
     sticky: Option<&str>,
     close: bool,
     mut head: Vec<u8>,
-) -> Option<ResponseHead> {
+) -> Result<ResponseHead, Vec<u8>> {
     let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_FIELDS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -846,7 +860,7 @@ fn response_head(
         &mut fields,
     ) {
         Ok(httparse::Status::Complete(n)) => n,
-        _ => return None,
+        _ => return Err(head),
     };
     let status = resp.code.unwrap_or(0);
     let headers: &[httparse::Header] = resp.headers;
@@ -861,7 +875,7 @@ fn response_head(
             match (n, length) {
                 (Some(n), None) => length = Some(n),
                 (Some(n), Some(l)) if n == l => {}
-                _ => return None,
+                _ => return Err(head),
             }
         } else if is(h.name, "transfer-encoding") {
             chunked = Some(
@@ -870,7 +884,7 @@ fn response_head(
                     .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
             );
         } else if is(h.name, "connection") && !connection.push(h.value) {
-            return None;
+            return Err(head);
         }
     }
     let upstream_close = connection.close || resp.version != Some(1);
@@ -884,7 +898,10 @@ fn response_head(
         }
     };
     let close = close || matches!(framing, Framing::UntilClose);
-    head.reserve(len + 128);
+    head.clear();
+    if head.capacity() < buf.len() + 160 {
+        head = Vec::with_capacity(buf.len() + 160); // nothing to copy
+    }
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(itoa3(status).as_slice());
     head.push(b' ');
@@ -911,7 +928,7 @@ fn response_head(
         head.extend_from_slice(b"connection: close\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    Some(ResponseHead {
+    Ok(ResponseHead {
         head,
         len,
         framing,
@@ -1010,6 +1027,9 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16, Hea
 /// The status of the final response head at the start of `buf`, once complete; informational
 /// heads before it are removed.
 fn final_head(buf: &mut Vec<u8>) -> Result<Option<u16>, HeadError> {
+    if let Some(status) = plain_final_head(buf) {
+        return Ok(Some(status));
+    }
     loop {
         let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_FIELDS];
         let mut resp = httparse::Response::new(&mut []);
@@ -1037,6 +1057,31 @@ fn final_head(buf: &mut Vec<u8>) -> Result<Option<u16>, HeadError> {
             Err(_) => return Err(HeadError::Malformed),
         }
     }
+}
+
+/// The status of a complete final head recognised without a full parse (which
+/// `response_head` does next, once): the status line starts `HTTP/1.x NNN` with NNN in
+/// 200..=599 and an empty line ends the head. `None` sends the head through httparse.
+fn plain_final_head(buf: &[u8]) -> Option<u16> {
+    let line = buf.get(..13)?;
+    let digits = &line[9..12];
+    if &line[..7] != b"HTTP/1."
+        || !line[7].is_ascii_digit()
+        || line[8] != b' '
+        || !digits.iter().all(u8::is_ascii_digit)
+        || !(b'2'..=b'5').contains(&digits[0])
+        || !matches!(line[12], b' ' | b'\r' | b'\n')
+    {
+        return None;
+    }
+    // The empty line: LF followed by LF or CRLF (httparse takes bare LF line ends too).
+    memchr::memchr_iter(b'\n', buf).find(|&i| match buf.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => buf.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })?;
+    let n = |i: usize| u16::from(digits[i] - b'0');
+    Some(n(0) * 100 + n(1) * 10 + n(2))
 }
 
 /// How the end of a response body is found (RFC 9112 6.3).
@@ -1141,7 +1186,17 @@ impl Chunks {
 /// (`fuzz/fuzz_targets/upstream_response.rs`): it must never panic or relay more than it got.
 #[doc(hidden)]
 pub fn relay_parse(data: &[u8], split: usize, head_request: bool) -> Option<usize> {
-    let rh = response_head(data, head_request, None, Some("k=v"), false, Vec::new())?;
+    if let Some(status) = plain_final_head(data) {
+        // The quick recognition agrees with the full parser whenever that one accepts.
+        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+        let mut resp = httparse::Response::new(&mut fields);
+        match resp.parse(data) {
+            Ok(httparse::Status::Complete(_)) => assert_eq!(resp.code, Some(status)),
+            Ok(httparse::Status::Partial) => panic!("quick head end where httparse sees none"),
+            Err(_) => {}
+        }
+    }
+    let rh = response_head(data, head_request, None, Some("k=v"), false, Vec::new()).ok()?;
     let mut framing = rh.framing;
     let body = &data[rh.len..];
     let (a, b) = body.split_at(split.min(body.len()));
@@ -1212,6 +1267,66 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_final_heads_are_recognised_and_everything_else_is_left_to_httparse() {
+        let ok: &[(&[u8], u16)] = &[
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 200),
+            (b"HTTP/1.0 404 Not Found\r\n\r\nbody", 404),
+            (b"HTTP/1.1 503\r\nA: b\r\n\r\n", 503),
+            (b"HTTP/1.1 302 Found\nLocation: /\n\n", 302),
+        ];
+        for (head, status) in ok {
+            assert_eq!(plain_final_head(head), Some(*status));
+            let mut buf = head.to_vec();
+            assert_eq!(final_head(&mut buf).ok().flatten(), Some(*status));
+        }
+        for head in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"[..], // not complete
+            b"HTTP/1.1 100 Continue\r\n\r\n",                 // informational
+            b"HTTP/1.1 101 Switching\r\n\r\n",
+            b"HTTP/1.1 600 Odd\r\n\r\n",
+            b"HTTP/1.1 20x OK\r\n\r\n",
+            b"HTTP/2.0 200 OK\r\n\r\n",
+            b"HTTP/1.1  200 OK\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+        ] {
+            assert_eq!(
+                plain_final_head(head),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        // An informational head before the final one is still removed by the full parse.
+        let mut buf =
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\r\n".to_vec();
+        assert_eq!(final_head(&mut buf).ok().flatten(), Some(200));
+        assert!(buf.starts_with(b"HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn a_malformed_response_head_gives_the_request_back_for_a_retry() {
+        let request = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        for head in [
+            &b"HTTP/1.1 200 OK\r\nBad Field\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ] {
+            let back = response_head(head, false, None, None, false, request.clone());
+            assert_eq!(back.err().as_deref(), Some(&request[..]));
+        }
+        let Ok(rh) = response_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false,
+            None,
+            None,
+            false,
+            request.clone(),
+        ) else {
+            panic!("a good head is accepted");
+        };
+        assert!(rh.head.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    }
 
     #[test]
     fn chunked_end_is_found_across_pieces() {

@@ -64,6 +64,11 @@ impl RawOrigin {
                             ),
                             // Keep-alive by the headers, but the server closes right after.
                             "/then-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbye!", true),
+                            "/bad-head" => (b"HTTP/1.1 200 OK\r\nBad Field\r\n\r\nhi", true),
+                            "/two-lengths" => (
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nhi",
+                                true,
+                            ),
                             _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", false),
                         };
                         if s.write_all(resp).await.is_err() || close {
@@ -200,4 +205,32 @@ async fn idle_keepalive_connections_close_after_keepalive_timeout_busy_ones_stay
         "{:?}",
         t.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_upstream_head_is_a_502_or_a_retry_on_another_server() {
+    let (_o, _n, mut c) = through_nrdot("").await;
+    for path in ["/bad-head", "/two-lengths"] {
+        let (status, _, _) = c.get(path).await;
+        assert_eq!(status, 502, "{path}");
+    }
+    // With a second server, a GET whose answer was malformed is retried there (round robin
+    // sends every other first attempt to the broken one).
+    let raw = RawOrigin::start().await;
+    let good = Origin::start("good").await;
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &format!(
+            "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
+            pool("o", &[raw.addr, good.addr])
+        ),
+    );
+    let mut c = KeepAlive::connect(n.addr).await;
+    for _ in 0..4 {
+        let (status, _, body) = c.get("/bad-head").await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    assert!(raw.connections.load(Ordering::SeqCst) >= 1);
+    assert_eq!(good.hits(), 4);
 }
