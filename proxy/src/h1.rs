@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Version};
 use nrdot_config::RouteTable;
@@ -105,6 +105,16 @@ impl Drain {
     }
 }
 
+thread_local! {
+    /// This worker's drain: one per thread, so connections need not carry a pointer to it.
+    static DRAIN: Arc<Drain> = Arc::default();
+}
+
+/// The drain of the worker running on this thread.
+pub(crate) fn drain() -> Arc<Drain> {
+    DRAIN.with(Arc::clone)
+}
+
 /// One exchange in flight.
 struct Busy(Arc<Drain>);
 
@@ -123,32 +133,108 @@ impl Drop for Busy {
 pub(crate) struct Ctx {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
-    pub drain: Arc<Drain>,
     /// TCP_NODELAY is set. Plain connections start without it (nginx's habit): a response
     /// written in one piece never meets Nagle's algorithm, and the system call is saved for
     /// the many connections that carry one small response.
     pub nodelay: AtomicBool,
 }
 
-/// Serves `stream` on this path, handing it to the hyper path when a request needs it.
-pub(crate) fn spawn<S: ClientIo>(stream: S, cx: Ctx) {
+/// Serves `s` on this path, handing it to the hyper path when a request needs it.
+pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
+    // One async block using `s` and `cx` in place (an async fn would store its arguments
+    // twice): this future is most of what an idle connection costs, and at up to 152 bytes
+    // the task fits tokio's 256-byte cell.
     tokio::spawn(async move {
-        let m = crate::metrics::get();
-        m.open_connections.increment(1.0);
-        let handoff = run(stream, &cx).await;
-        m.open_connections.decrement(1.0);
-        if let Some((stream, buf)) = handoff {
+        crate::metrics::get().open_connections.increment(1.0);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut index = 0u64;
+        // From the table of the last exchange (one table load per request, not two), in
+        // milliseconds: four bytes instead of a Duration's sixteen keep the task in 256.
+        let mut keepalive = millis(cx.shared.reader.load().config.limits.keepalive_timeout);
+        let handoff = loop {
+            if buf.is_empty() {
+                give_buffer(std::mem::take(&mut buf)); // nothing held while idle
+                let idle = IdleRead {
+                    s: &mut s,
+                    buf: &mut buf,
+                    keepalive,
+                    slot: None,
+                };
+                match idle.await {
+                    Ok(n) if n > 0 => {}
+                    _ => break false,
+                }
+            }
+            // Everything an exchange keeps across its awaits lives in this box: connections
+            // are mostly idle, and idle ones carry only the above. Kept under 1 KiB so the
+            // allocation comes from malloc's per-thread cache.
+            match Box::pin(exchange(&mut s, &cx, &mut buf, index, &mut keepalive)).await {
+                Next::KeepAlive => {}
+                Next::Close => break false,
+                Next::Handoff => break true,
+                Next::Reply(..) => unreachable!("exchange writes its replies"),
+            }
+            index += 1;
+        };
+        crate::metrics::get().open_connections.decrement(1.0);
+        if handoff {
             if !cx.nodelay.load(Ordering::Relaxed) {
-                stream.set_nodelay(); // the hyper path writes heads and bodies separately
+                s.set_nodelay(); // the hyper path writes heads and bodies separately
             }
             let io = Rewind {
                 prefix: buf,
                 pos: 0,
-                inner: stream,
+                inner: s,
             };
             crate::worker::serve_hyper(io, cx.peer, &cx.shared);
         }
     });
+}
+
+fn millis(d: Duration) -> u32 {
+    d.as_millis().try_into().unwrap_or(u32::MAX)
+}
+
+/// Waits for a connection's next request without holding a buffer or a timer: readiness is
+/// polled, then one read into a buffer from the free list. The keep-alive deadline goes into
+/// the worker's [`IDLE`] slab only when the first poll finds nothing to read.
+struct IdleRead<'a, S> {
+    s: &'a mut S,
+    buf: &'a mut Vec<u8>,
+    /// Milliseconds.
+    keepalive: u32,
+    slot: Option<IdleSlot>,
+}
+
+impl<S: ClientIo> Future for IdleRead<'_, S> {
+    type Output = io::Result<usize>;
+
+    fn poll(self: Pin<&mut Self>, c: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Poll::Ready(r) = this.s.poll_ready(c) {
+            r?;
+            if this.buf.capacity() == 0 {
+                *this.buf = take_buffer();
+            }
+            // Polled once and dropped: it holds nothing between polls.
+            let read = this.s.read_buf(this.buf);
+            tokio::pin!(read);
+            if let Poll::Ready(r) = read.poll(c) {
+                return Poll::Ready(r);
+            }
+        }
+        match &this.slot {
+            None => {
+                let deadline = Instant::now() + Duration::from_millis(this.keepalive.into());
+                this.slot = Some(IdleSlot::new(deadline, c.waker()));
+            }
+            Some(slot) if slot.expired() => {
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            }
+            Some(slot) => slot.set_waker(c.waker()),
+        }
+        Poll::Pending
+    }
 }
 
 /// How a forwarded exchange left the connection.
@@ -157,84 +243,32 @@ enum Next {
     Close,
     /// nrdot's own answer, still to be written; then close if the flag says so.
     Reply(Vec<u8>, bool),
+    /// The hyper path takes the connection from this request on.
+    Handoff,
 }
 
-async fn run<S: ClientIo>(mut s: S, cx: &Ctx) -> Option<(S, Vec<u8>)> {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut index = 0u64;
-    // From the table of the last exchange: one table load per request, not two.
-    let mut keepalive = cx.shared.reader.load().config.limits.keepalive_timeout;
-    loop {
-        if buf.is_empty() {
-            give_buffer(std::mem::take(&mut buf)); // nothing held while idle
-            let deadline = Instant::now() + keepalive;
-            let mut slot: Option<IdleSlot> = None;
-            let read = std::future::poll_fn(|c| {
-                if let Poll::Ready(r) = s.poll_ready(c) {
-                    r?;
-                    if buf.capacity() == 0 {
-                        buf = take_buffer();
-                    }
-                    // Polled once and dropped: it holds nothing between polls.
-                    let read = s.read_buf(&mut buf);
-                    tokio::pin!(read);
-                    if let Poll::Ready(r) = read.poll(c) {
-                        return Poll::Ready(r);
-                    }
-                }
-                match &slot {
-                    None => slot = Some(IdleSlot::new(deadline, c.waker())),
-                    Some(_) if Instant::now() >= deadline => {
-                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
-                    }
-                    Some(s) => s.set_waker(c.waker()),
-                }
-                Poll::Pending
-            });
-            let got = read.await;
-            drop(slot);
-            match got {
-                Ok(n) if n > 0 => {}
-                _ => return None,
+/// One request of the connection: routed, forwarded or answered, its response written.
+async fn exchange<S: ClientIo>(
+    s: &mut S,
+    cx: &Ctx,
+    buf: &mut Vec<u8>,
+    index: u64,
+    keepalive: &mut u32,
+) -> Next {
+    let _busy = DRAIN.with(|d| d.begin());
+    let stopping = _busy.0.stopping.load(Ordering::Relaxed);
+    let table = cx.shared.reader.load();
+    *keepalive = millis(table.config.limits.keepalive_timeout);
+    let next = forward(s, cx, &table, buf, index, stopping).await;
+    match next {
+        Next::Reply(bytes, close) => {
+            if s.write_all(&bytes).await.is_err() || close {
+                Next::Close
+            } else {
+                Next::KeepAlive
             }
         }
-        let _busy = cx.drain.begin();
-        let stopping = cx.drain.stopping.load(Ordering::Relaxed);
-        let table = cx.shared.reader.load();
-        keepalive = table.config.limits.keepalive_timeout;
-        let step = prepare(&buf, cx, &table, index, stopping);
-        index += 1;
-        match step {
-            Step::Handoff => return Some((s, buf)),
-            Step::Reply {
-                bytes,
-                close,
-                head_len,
-            } => {
-                if s.write_all(&bytes).await.is_err() || close {
-                    return None;
-                }
-                buf.drain(..head_len);
-            }
-            Step::Forward(p) => {
-                // The request is in `out` now: the client's bytes are not held meanwhile.
-                buf.drain(..p.head_len);
-                if buf.is_empty() {
-                    give_buffer(std::mem::take(&mut buf));
-                }
-                // Boxed so an idle connection does not carry an exchange's state; kept under
-                // 1 KiB so the allocation comes from malloc's per-thread cache.
-                match Box::pin(forward(&mut s, cx, &table, p)).await {
-                    Next::KeepAlive => {}
-                    Next::Close => return None,
-                    Next::Reply(bytes, close) => {
-                        if s.write_all(&bytes).await.is_err() || close {
-                            return None;
-                        }
-                    }
-                }
-            }
-        }
+        n => n,
     }
 }
 
@@ -275,11 +309,11 @@ thread_local! {
 
 struct IdleSlab {
     entries: Vec<Option<(Instant, Waker)>>,
-    free: Vec<usize>,
+    free: Vec<u32>,
 }
 
 /// A connection's place in [`IDLE`] while it waits; removed when dropped.
-struct IdleSlot(usize);
+struct IdleSlot(u32);
 
 impl IdleSlot {
     fn new(deadline: Instant, waker: &Waker) -> IdleSlot {
@@ -288,12 +322,13 @@ impl IdleSlot {
             let entry = Some((deadline, waker.clone()));
             match i.free.pop() {
                 Some(n) => {
-                    i.entries[n] = entry;
+                    i.entries[n as usize] = entry;
                     IdleSlot(n)
                 }
                 None => {
                     i.entries.push(entry);
-                    IdleSlot(i.entries.len() - 1)
+                    // Bounded by the worker's open connections, far below 2^32.
+                    IdleSlot((i.entries.len() - 1) as u32)
                 }
             }
         })
@@ -301,12 +336,20 @@ impl IdleSlot {
 
     fn set_waker(&self, waker: &Waker) {
         IDLE.with(|i| {
-            if let Some(Some((_, w))) = i.borrow_mut().entries.get_mut(self.0) {
+            if let Some(Some((_, w))) = i.borrow_mut().entries.get_mut(self.0 as usize) {
                 if !w.will_wake(waker) {
                     *w = waker.clone();
                 }
             }
         });
+    }
+
+    /// The keep-alive time is up.
+    fn expired(&self) -> bool {
+        IDLE.with(|i| match i.borrow().entries.get(self.0 as usize) {
+            Some(Some((deadline, _))) => Instant::now() >= *deadline,
+            _ => true,
+        })
     }
 }
 
@@ -314,7 +357,7 @@ impl Drop for IdleSlot {
     fn drop(&mut self) {
         let _ = IDLE.try_with(|i| {
             let mut i = i.borrow_mut();
-            if let Some(e) = i.entries.get_mut(self.0) {
+            if let Some(e) = i.entries.get_mut(self.0 as usize) {
                 *e = None;
                 i.free.push(self.0);
             }
@@ -630,17 +673,44 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     })
 }
 
-/// Sends a prepared request upstream (retrying where safe) and relays the response.
-async fn forward<S: ClientIo>(s: &mut S, cx: &Ctx, table: &Arc<RouteTable>, p: Prepared) -> Next {
+/// Routes the request at the start of `buf`, sends it upstream (retrying where safe) and
+/// relays the response. nrdot's own answers are returned for the caller to write, so this
+/// future carries no second write state.
+async fn forward<S: ClientIo>(
+    s: &mut S,
+    cx: &Ctx,
+    table: &Arc<RouteTable>,
+    buf: &mut Vec<u8>,
+    index: u64,
+    stopping: bool,
+) -> Next {
+    // No await inside this match: the step is gone before the first suspension, so the
+    // request's fields are stored once in this future.
     let Prepared {
+        head_len,
         mut out,
         d,
         safe,
         head_request,
         close,
         mut log,
-        ..
-    } = p;
+    } = match prepare(buf, cx, table, index, stopping) {
+        Step::Handoff => return Next::Handoff,
+        Step::Reply {
+            bytes,
+            close,
+            head_len,
+        } => {
+            buf.drain(..head_len);
+            return Next::Reply(bytes, close);
+        }
+        Step::Forward(p) => p,
+    };
+    // The request is in `out` now: the client's bytes are not held meanwhile.
+    buf.drain(..head_len);
+    if buf.is_empty() {
+        give_buffer(std::mem::take(buf));
+    }
     let pool_entry = &table.pools[d.pool];
     let pcfg = &pool_entry.config;
     let r = &table.routes[d.route];

@@ -147,7 +147,7 @@ fn worker(
             }
         });
         GRACEFUL.with(|g| *g.borrow_mut() = Some(GracefulShutdown::new()));
-        let drain = Arc::new(h1::Drain::default());
+        let drain = h1::drain();
         let mut accept_loops = Vec::new();
         for (shared, socket) in sockets {
             let listener = match tokio::net::TcpListener::from_std(socket) {
@@ -158,12 +158,11 @@ fn worker(
                 }
             };
             let mut stop = stop.clone();
-            let drain = Arc::clone(&drain);
             accept_loops.push(tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         r = listener.accept() => match r {
-                            Ok((stream, peer)) => serve(stream, peer, &shared, &drain),
+                            Ok((stream, peer)) => serve(stream, peer, &shared),
                             Err(e) => {
                                 // Out of descriptors or memory: back off instead of spinning.
                                 tracing::warn!(error = %e, "accept failed");
@@ -221,12 +220,7 @@ fn native_h1() -> bool {
     *ON.get_or_init(|| std::env::var("NRDOT_NATIVE_H1").map_or(true, |v| v != "0"))
 }
 
-fn serve(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    shared: &Arc<Shared>,
-    drain: &Arc<h1::Drain>,
-) {
+fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     // The native path sets TCP_NODELAY on plain connections only when a response needs more
     // than one write; TLS and the hyper path write in pieces from the start.
     let native = native_h1();
@@ -238,7 +232,6 @@ fn serve(
     let cx = native.then(|| h1::Ctx {
         shared: Arc::clone(shared),
         peer,
-        drain: Arc::clone(drain),
         nodelay: std::sync::atomic::AtomicBool::new(nodelay),
     });
     match &shared.tls {
