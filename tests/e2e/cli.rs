@@ -1,5 +1,5 @@
 //! The `nrdot` client verbs against a running instance, as the playbook's scripts use them.
-use nrdot_tests::{get, pool, Nrdot, Origin};
+use nrdot_tests::{get, pool, pool_route, Nrdot, Origin};
 
 use crate::BIN;
 
@@ -188,14 +188,7 @@ async fn config_apply_rollback_diff_history_and_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_from_flags_env_and_state_dir_with_exit_codes() {
     let o = Origin::start("o").await;
-    let n = Nrdot::start(
-        BIN,
-        "",
-        &format!(
-            "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-            pool("o", &[o.addr])
-        ),
-    );
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
     // A wrong token: exit 3, and nothing changes.
     let bad = std::process::Command::new(BIN)
         .args([

@@ -5,16 +5,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full, StreamBody};
-use nrdot_tests::{get, http_client, pool, raw, send, Nrdot, Origin};
+use nrdot_tests::{get, http_client, pool_route, raw, send, Nrdot, Origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::BIN;
 
 fn one_pool(o: &Origin) -> String {
-    format!(
-        "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-        pool("o", &[o.addr])
-    )
+    pool_route(&[o.addr])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,21 +1,14 @@
 //! Process lifecycle: graceful shutdown on SIGTERM, the admin health summary.
 use std::time::{Duration, Instant};
 
-use nrdot_tests::{get, pool, KeepAlive, Nrdot, Origin};
+use nrdot_tests::{get, pool_route, KeepAlive, Nrdot, Origin};
 
 use crate::BIN;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_exits_0() {
     let o = Origin::start("o").await;
-    let mut n = Nrdot::start(
-        BIN,
-        "",
-        &format!(
-            "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-            pool("o", &[o.addr])
-        ),
-    );
+    let mut n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
     // An idle keep-alive connection does not hold the exit back (it is closed, as nginx does).
     let mut idle = KeepAlive::connect(n.addr).await;
     assert_eq!(idle.get("/").await.0, 200);
@@ -46,14 +39,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_pools_and_generation() {
     let o = Origin::start("o").await;
-    let n = Nrdot::start(
-        BIN,
-        "",
-        &format!(
-            "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-            pool("o", &[o.addr])
-        ),
-    );
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
     let h = n.health().await;
     assert_eq!(h["status"], "ok");
     assert_eq!(h["generation"], 1);

@@ -5,17 +5,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nrdot_tests::{pool, KeepAlive, Nrdot, Origin};
+use nrdot_tests::{pool_route, KeepAlive, Nrdot, Origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::BIN;
-
-fn one_pool(addr: SocketAddr) -> String {
-    format!(
-        "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-        pool("o", &[addr])
-    )
-}
 
 /// An origin written against raw sockets, so it can send framings hyper would normalise.
 /// Answers by path; counts connections.
@@ -86,7 +79,7 @@ impl RawOrigin {
 /// connection to nrdot.
 async fn through_nrdot(limits: &str) -> (RawOrigin, Nrdot, KeepAlive) {
     let o = RawOrigin::start().await;
-    let n = Nrdot::start(BIN, "", &format!("{limits}{}", one_pool(o.addr)));
+    let n = Nrdot::start(BIN, "", &format!("{limits}{}", pool_route(&[o.addr])));
     let c = KeepAlive::connect(n.addr).await;
     (o, n, c)
 }
@@ -94,7 +87,7 @@ async fn through_nrdot(limits: &str) -> (RawOrigin, Nrdot, KeepAlive) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_then_a_body_hand_over_to_the_full_path_on_one_connection() {
     let o = Origin::start("o").await;
-    let n = Nrdot::start(BIN, "", &one_pool(o.addr));
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
     let mut c = KeepAlive::connect(n.addr).await;
     // Two requests in one write: answered in order.
     c.send(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -218,14 +211,7 @@ async fn a_malformed_upstream_head_is_a_502_or_a_retry_on_another_server() {
     // sends every other first attempt to the broken one).
     let raw = RawOrigin::start().await;
     let good = Origin::start("good").await;
-    let n = Nrdot::start(
-        BIN,
-        "",
-        &format!(
-            "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-            pool("o", &[raw.addr, good.addr])
-        ),
-    );
+    let n = Nrdot::start(BIN, "", &pool_route(&[raw.addr, good.addr]));
     let mut c = KeepAlive::connect(n.addr).await;
     for _ in 0..4 {
         let (status, _, body) = c.get("/bad-head").await;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use nrdot_tests::{get, http_client, pool, send, Nrdot, Origin};
+use nrdot_tests::{get, http_client, pool, pool_route, send, Nrdot, Origin};
 
 use crate::BIN;
 
@@ -210,14 +210,7 @@ async fn pool_round_robin_follows_server_weights() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_is_served() {
     let o = Origin::start("o").await;
-    let n = Nrdot::start(
-        BIN,
-        "",
-        &format!(
-            "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-            pool("o", &[o.addr])
-        ),
-    );
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use nrdot_tests::{get, pool, temp_dir, Nrdot, Origin};
+use nrdot_tests::{get, pool, pool_route, temp_dir, Nrdot, Origin};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -689,10 +689,7 @@ async fn sighup_reloads_certificates_and_the_admin_api_can_use_tls() {
         admin_cert.0.display().to_string(),
         admin_cert.1.display().to_string()
     );
-    let body = format!(
-        "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-        pool("o", &[o.addr])
-    );
+    let body = pool_route(&[o.addr]);
     // The harness writes `[admin] bind`; the TLS table goes into the body as [admin.tls].
     let n = Nrdot::start(BIN, "", &format!("{prelude}{body}"));
     let ca_file = ca.write(&dir);

@@ -314,6 +314,14 @@ pub fn pool(name: &str, servers: &[SocketAddr]) -> String {
     s
 }
 
+/// Pool `o` with `servers` and one route `r` to it: the configuration most tests start from.
+pub fn pool_route(servers: &[SocketAddr]) -> String {
+    format!(
+        "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
+        pool("o", servers)
+    )
+}
+
 impl Nrdot {
     /// Starts the binary at `bin` with `body` (pools, routes, optional [limits]/[access_log]).
     /// `prelude` holds top-level keys, which TOML needs before any table.
