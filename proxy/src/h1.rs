@@ -98,11 +98,6 @@ impl Drain {
             notified.await;
         }
     }
-
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.busy.fetch_add(1, Ordering::Relaxed);
-        Busy(Arc::clone(self))
-    }
 }
 
 thread_local! {
@@ -115,16 +110,27 @@ pub(crate) fn drain() -> Arc<Drain> {
     DRAIN.with(Arc::clone)
 }
 
-/// One exchange in flight.
-struct Busy(Arc<Drain>);
+/// One exchange in flight on this worker; whether the worker is stopping when it began.
+/// Dropped on the thread that made it (the worker's runtime has one thread), so it finds
+/// its drain there instead of holding a reference.
+struct Busy;
+
+impl Busy {
+    fn begin() -> (Busy, bool) {
+        DRAIN.with(|d| {
+            d.busy.fetch_add(1, Ordering::Relaxed);
+            (Busy, d.stopping.load(Ordering::Relaxed))
+        })
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.0.busy.fetch_sub(1, Ordering::Release) == 1
-            && self.0.stopping.load(Ordering::Relaxed)
-        {
-            self.0.done.notify_waiters();
-        }
+        let _ = DRAIN.try_with(|d| {
+            if d.busy.fetch_sub(1, Ordering::Release) == 1 && d.stopping.load(Ordering::Relaxed) {
+                d.done.notify_waiters();
+            }
+        });
     }
 }
 
@@ -255,8 +261,7 @@ async fn exchange<S: ClientIo>(
     index: u64,
     keepalive: &mut u32,
 ) -> Next {
-    let _busy = DRAIN.with(|d| d.begin());
-    let stopping = _busy.0.stopping.load(Ordering::Relaxed);
+    let (_busy, stopping) = Busy::begin();
     let table = cx.shared.reader.load();
     *keepalive = millis(table.config.limits.keepalive_timeout);
     let next = forward(s, cx, &table, buf, index, stopping).await;
@@ -751,14 +756,20 @@ async fn forward<S: ClientIo>(
             Ok(c) => c,
             Err(e) => {
                 drop(retry_slot.take());
-                let err = service::connect_failed(pool_entry, be, &e);
-                tried.push(b);
-                last_error = Some(err);
-                if pcfg.retry_on.connect_failure && retries_left > 0 {
-                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
-                    continue;
+                match service::retry_after_connect_failure(
+                    pool_entry,
+                    b,
+                    &e,
+                    &mut tried,
+                    &mut last_error,
+                    &mut retries_left,
+                ) {
+                    Ok(slot) => {
+                        retry_slot = Some(slot);
+                        continue;
+                    }
+                    Err(err) => fail!(err),
                 }
-                fail!(err);
             }
         };
         let sent_at = Instant::now();

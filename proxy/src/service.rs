@@ -436,17 +436,20 @@ async fn proxy(
             Ok(c) => c,
             Err(e) => {
                 drop(retry_slot.take()); // this attempt is over
-                let err = connect_failed(pool_entry, backend_entry, &e);
-                tried.push(b);
-                last_error = Some(err);
-                // Nothing was sent: any request may go elsewhere, and the retry costs the failing
-                // server nothing, so the retry budget (which protects servers from retry storms)
-                // does not apply.
-                if pcfg.retry_on.connect_failure && retries_left > 0 {
-                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
-                    continue;
+                match retry_after_connect_failure(
+                    pool_entry,
+                    b,
+                    &e,
+                    &mut tried,
+                    &mut last_error,
+                    &mut retries_left,
+                ) {
+                    Ok(slot) => {
+                        retry_slot = Some(slot);
+                        continue;
+                    }
+                    Err(err) => fail!(err),
                 }
-                fail!(err);
             }
         };
         let (request_body, replayable) = match &mut payload {
@@ -722,6 +725,27 @@ pub(crate) fn no_backend(pool: &PoolEntry, e: NoBackend, last: Option<ProxyError
             ProxyError::Overloaded
         }
     }
+}
+
+/// A failed connect to server `b` of `pool`: accounted, and a retry slot when the request may
+/// go to another server; otherwise the error to answer with. Nothing was sent, so any request
+/// may be retried, and the retry costs the failing server nothing: the retry budget (which
+/// protects servers from retry storms) does not apply. Both HTTP/1 paths call this.
+pub(crate) fn retry_after_connect_failure<'a>(
+    pool: &'a PoolEntry,
+    b: usize,
+    e: &upstream::ConnectError,
+    tried: &mut Vec<usize>,
+    last_error: &mut Option<ProxyError>,
+    retries_left: &mut u32,
+) -> Result<ActiveGuard<'a>, ProxyError> {
+    let err = connect_failed(pool, &pool.backends[b], e);
+    tried.push(b);
+    *last_error = Some(err);
+    if pool.config.retry_on.connect_failure && *retries_left > 0 {
+        return Ok(begin_retry(&pool.state, retries_left));
+    }
+    Err(err)
 }
 
 /// Accounts a failed connect (nothing was sent: the server is charged, the pool counts it) and
