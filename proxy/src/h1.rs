@@ -293,6 +293,8 @@ enum Step {
 /// A request ready to go upstream; nothing in it borrows the client's buffer.
 struct Prepared {
     head_len: usize,
+    /// Length of the request body that follows the head.
+    body: usize,
     /// The upstream request head.
     out: Vec<u8>,
     d: service::Decision,
@@ -433,6 +435,39 @@ fn hop_by_hop(name: &str) -> bool {
 /// Size of the buffers requests and response heads are read into.
 const READ_BUFFER: usize = 8192;
 
+/// Largest request body the native path reads into memory before forwarding (nginx's
+/// `client_body_buffer_size` is 16 KiB on 64-bit; API requests are mostly far below it).
+const NATIVE_BODY_MAX: usize = 64 * 1024;
+
+/// A Content-Length value: decimal digits only, no sign, no list, no overflow.
+fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Reads the `missing` last bytes of a request body from the client onto the end of `out`.
+/// The timeout runs between two reads, as nginx's `client_body_timeout` does; a client that
+/// closes early is a `BadRequest` nobody hears.
+async fn read_body<S: ClientIo>(
+    s: &mut S,
+    out: &mut Vec<u8>,
+    mut missing: usize,
+    timeout: Duration,
+) -> Result<(), ProxyError> {
+    out.reserve_exact(missing);
+    while missing > 0 {
+        let mut rest = (&mut *s).take(missing as u64);
+        match tokio::time::timeout(timeout, rest.read_buf(out)).await {
+            Err(_) => return Err(ProxyError::ClientTimeout),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(ProxyError::BadRequest),
+            Ok(Ok(n)) => missing -= n,
+        }
+    }
+    Ok(())
+}
+
 thread_local! {
     /// Read buffers this worker reuses: large allocations are the slow ones in malloc.
     static BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -533,13 +568,17 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     let mut host = None;
     let mut hosts = 0;
     let mut connection = ConnectionFields::default();
+    let mut body: Option<u64> = None;
     for h in headers {
         if is(h.name, "host") {
             hosts += 1;
             host = Some(h.value);
         } else if is(h.name, "content-length") {
-            if h.value.is_empty() || h.value.iter().any(|b| *b != b'0') {
-                return Step::Handoff; // a body
+            // One plain decimal length; a second field, a list or a sign is for the full
+            // path's checks (which refuse what is ambiguous).
+            match (body, content_length(h.value)) {
+                (None, Some(n)) => body = Some(n),
+                _ => return Step::Handoff,
             }
         } else if is(h.name, "transfer-encoding")
             || is(h.name, "upgrade")
@@ -550,6 +589,14 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
             return Step::Handoff;
         }
     }
+    // Small bodies are read whole before an upstream is chosen (nginx's request buffering),
+    // so the request goes out in one write and can be sent again on a retry. Larger ones
+    // stream on the full path, which also answers a length over the limit with 413.
+    let body = match body {
+        None => 0,
+        Some(n) if n <= NATIVE_BODY_MAX as u64 && n <= limits.client_max_body_size => n as usize,
+        Some(_) => return Step::Handoff,
+    };
     let client_close = connection.close;
     let (1, Some(raw_host)) = (hosts, host) else {
         return Step::Handoff;
@@ -669,6 +716,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     out.extend_from_slice(b"via: 1.1 nrdot\r\n\r\n");
     Step::Forward(Prepared {
         head_len,
+        body,
         out,
         safe: idempotent(method) || r.retry_unsafe,
         head_request: method == "HEAD",
@@ -693,6 +741,7 @@ async fn forward<S: ClientIo>(
     // request's fields are stored once in this future.
     let Prepared {
         head_len,
+        body,
         mut out,
         d,
         safe,
@@ -712,11 +761,31 @@ async fn forward<S: ClientIo>(
         Step::Forward(p) => p,
     };
     // The request is in `out` now: the client's bytes are not held meanwhile.
-    buf.drain(..head_len);
+    let end = (head_len + body).min(buf.len());
+    out.extend_from_slice(&buf[head_len..end]);
+    buf.drain(..end);
     if buf.is_empty() {
         give_buffer(std::mem::take(buf));
     }
     let pool_entry = &table.pools[d.pool];
+    if body > 0 {
+        let missing = head_len + body - end;
+        if missing > 0 {
+            let timeout = table.config.limits.client_body_timeout;
+            match read_body(s, &mut out, missing, timeout).await {
+                Ok(()) => {}
+                // Nobody is left to answer.
+                Err(ProxyError::BadRequest) => {
+                    if let Some(l) = log {
+                        l.write(400, 0);
+                    }
+                    return Next::Close;
+                }
+                Err(e) => return Next::Reply(error_reply(cx, log, e, true), true),
+            }
+        }
+        pool_entry.state.bytes_in.increment(body as u64);
+    }
     let pcfg = &pool_entry.config;
     let r = &table.routes[d.route];
     pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
@@ -1348,6 +1417,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_is_plain_decimal_or_left_to_the_full_path() {
+        for (v, n) in [
+            (&b"0"[..], Some(0)),
+            (b"000", Some(0)),
+            (b"65536", Some(65536)),
+            (
+                b"18446744073709551615"[..19].as_ref(),
+                Some(1_844_674_407_370_955_161),
+            ),
+            (b"", None),
+            (b"+5", None),
+            (b"-1", None),
+            (b" 5", None),
+            (b"5,5", None),
+            (b"0x10", None),
+            (b"18446744073709551616", None), // 20 digits: could overflow
+        ] {
+            assert_eq!(content_length(v), n, "{:?}", String::from_utf8_lossy(v));
+        }
+    }
 
     #[test]
     fn plain_final_heads_are_recognised_and_everything_else_is_left_to_httparse() {

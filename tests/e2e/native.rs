@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nrdot_tests::{pool_route, KeepAlive, Nrdot, Origin};
+use std::time::Duration;
+
+use nrdot_tests::{pool_route, Fnv, KeepAlive, Nrdot, Origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::BIN;
@@ -98,8 +100,8 @@ async fn pipelined_requests_then_a_body_hand_over_to_the_full_path_on_one_connec
         let e: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(e["path"], path);
     }
-    // A body: the connection moves to the hyper path, which keeps serving it.
-    c.send(b"POST /three HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+    // A chunked body: the connection moves to the hyper path, which keeps serving it.
+    c.send(b"POST /three HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         .await;
     let (status, _, body) = c.response().await;
     assert_eq!(status, 200);
@@ -219,4 +221,111 @@ async fn a_malformed_upstream_head_is_a_502_or_a_retry_on_another_server() {
     }
     assert!(raw.connections.load(Ordering::SeqCst) >= 1);
     assert_eq!(good.hits(), 4);
+}
+
+/// The origin's echo of one response, checked against what was sent.
+fn echoed(resp: (u16, String, Vec<u8>), method: &str, path: &str, body: &[u8]) {
+    let (status, _, echo) = resp;
+    assert_eq!(status, 200, "{path}");
+    let e: serde_json::Value = serde_json::from_slice(&echo).expect("json");
+    assert_eq!(
+        (
+            e["method"].as_str(),
+            e["path"].as_str(),
+            e["body_len"].as_u64(),
+            e["body_fnv"].as_str()
+        ),
+        (
+            Some(method),
+            Some(path),
+            Some(body.len() as u64),
+            Some(Fnv::of(body).as_str())
+        ),
+        "{path}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_reach_the_origin_whole_however_they_arrive() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let mut c = KeepAlive::connect(n.addr).await;
+    // Head and body in one write, with the next request right behind the body.
+    let json = br#"{"a":1}"#;
+    c.send(
+        &[
+            &b"POST /in-one HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n"[..],
+            json,
+            b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n",
+        ]
+        .concat(),
+    )
+    .await;
+    echoed(c.response().await, "POST", "/in-one", json);
+    echoed(c.response().await, "GET", "/after", b"");
+    // The head first, the body in three pieces with pauses between them.
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    c.send(b"PUT /pieces HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n")
+        .await;
+    for piece in body.chunks(2000) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.send(piece).await;
+    }
+    echoed(c.response().await, "PUT", "/pieces", &body);
+    // The largest body read into memory, and one byte more (streamed by the full path).
+    for len in [64 * 1024, 64 * 1024 + 1] {
+        let body: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        let head = format!("POST /len-{len} HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n");
+        c.send(&[head.as_bytes(), &body].concat()).await;
+        echoed(c.response().await, "POST", &format!("/len-{len}"), &body);
+    }
+    echoed(c.get("/last").await, "GET", "/last", b"");
+    assert_eq!(o.hits(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_is_sent_again_only_where_the_route_allows_it() {
+    let bad = Origin::start("bad").await;
+    let good = Origin::start("good").await;
+    bad.set_status(503);
+    let pool = format!(
+        "[[pool]]\nname = \"p\"\nretries = 1\nretry_on = [\"503\"]\n[[pool.server]]\naddress = \"{}\"\n[[pool.server]]\naddress = \"{}\"\n",
+        bad.addr, good.addr
+    );
+    let routes = "[[route]]\nname = \"replay\"\npool = \"p\"\npath = \"/replay\"\nretry_unsafe = true\n[[route]]\nname = \"once\"\npool = \"p\"\n";
+    let n = Nrdot::start(BIN, "", &format!("{pool}{routes}"));
+    let mut c = KeepAlive::connect(n.addr).await;
+    let body = b"order=42&qty=3";
+    let post = |path: &str| {
+        [
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes(),
+            body.to_vec(),
+        ]
+        .concat()
+    };
+    // On the replay route every POST ends at the good server with its body intact.
+    for _ in 0..8 {
+        c.send(&post("/replay")).await;
+        let (status, _, echo) = c.response().await;
+        assert_eq!(status, 200);
+        let e: serde_json::Value = serde_json::from_slice(&echo).expect("json");
+        assert_eq!(e["origin"], "good");
+        assert_eq!(e["body_fnv"].as_str(), Some(Fnv::of(body).as_str()));
+    }
+    assert!(bad.hits() >= 1, "the failing server was never tried");
+    // Elsewhere a POST is sent once: the 503 is the answer when it lands on the bad server.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        c.send(&post("/other")).await;
+        statuses.push(c.response().await.0);
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 503 || *s == 200),
+        "{statuses:?}"
+    );
 }
