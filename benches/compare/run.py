@@ -200,8 +200,14 @@ pool = "b"
         nginx_worker = int(subprocess.run(["pgrep", "-P", str(procs[1].pid)], capture_output=True, text=True).stdout.split()[0])
         pids = {"nginx": nginx_worker, "haproxy": procs[2].pid, "nrdot": nrdot.pid}
         targets = ["nginx", "haproxy", "nrdot"]
+        post = f"{work}/post.lua"
+        with open(post, "w") as f:
+            # An API call: a 1 KiB JSON body up, the 13-byte answer down.
+            f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 1024)\n'
+                    'wrk.headers["Content-Type"] = "application/json"\n')
         scenarios = [
             ("keep-alive 13 B", "http", "/small", 50, ()),
+            ("keep-alive POST 1 KiB body", "http", "/small", 50, ("-s", post)),
             ("keep-alive 64 KiB", "http", "/big", 50, ()),
             ("new connection per request", "http", "/small", 20, ("-H", "Connection: close")),
             ("TLS keep-alive 13 B", "https", "/small", 50, ()),
