@@ -295,6 +295,8 @@ struct Prepared {
     head_len: usize,
     /// Length of the request body that follows the head.
     body: usize,
+    /// The client waits for `100 Continue` before sending the body.
+    expect: bool,
     /// The upstream request head.
     out: Vec<u8>,
     d: service::Decision,
@@ -569,6 +571,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     let mut hosts = 0;
     let mut connection = ConnectionFields::default();
     let mut body: Option<u64> = None;
+    let mut expect = false;
     for h in headers {
         if is(h.name, "host") {
             hosts += 1;
@@ -580,9 +583,15 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
                 (None, Some(n)) => body = Some(n),
                 _ => return Step::Handoff,
             }
+        } else if is(h.name, "expect") {
+            // `100-continue` is answered here, just before the body is read (nginx's way);
+            // any other expectation is for the full path, which refuses it.
+            if expect || !h.value.eq_ignore_ascii_case(b"100-continue") {
+                return Step::Handoff;
+            }
+            expect = true;
         } else if is(h.name, "transfer-encoding")
             || is(h.name, "upgrade")
-            || is(h.name, "expect")
             // more Connection fields than kept is unusual enough for the full path
             || (is(h.name, "connection") && !connection.push(h.value))
         {
@@ -674,7 +683,8 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     let mut chained = 0;
     let (mut has_proto, mut has_fwd_host) = (false, false);
     for h in headers {
-        if hop_by_hop(h.name) || connection.names(h.name) {
+        // The expectation is met here: the upstream gets the body with the head.
+        if hop_by_hop(h.name) || connection.names(h.name) || (expect && is(h.name, "expect")) {
             continue;
         }
         if is(h.name, "x-forwarded-for") {
@@ -717,6 +727,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     Step::Forward(Prepared {
         head_len,
         body,
+        expect,
         out,
         safe: idempotent(method) || r.retry_unsafe,
         head_request: method == "HEAD",
@@ -742,6 +753,7 @@ async fn forward<S: ClientIo>(
     let Prepared {
         head_len,
         body,
+        expect,
         mut out,
         d,
         safe,
@@ -771,6 +783,9 @@ async fn forward<S: ClientIo>(
     if body > 0 {
         let missing = head_len + body - end;
         if missing > 0 {
+            if expect && s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                return Next::Close;
+            }
             let timeout = table.config.limits.client_body_timeout;
             match read_body(s, &mut out, missing, timeout).await {
                 Ok(()) => {}

@@ -329,3 +329,40 @@ async fn a_body_is_sent_again_only_where_the_route_allows_it() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_before_the_body_and_not_forwarded() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &format!(
+            "[limits]\nclient_max_body_size = \"4k\"\n{}",
+            pool_route(&[o.addr])
+        ),
+    );
+    let mut c = KeepAlive::connect(n.addr).await;
+    let body = vec![b'j'; 2000];
+    c.send(
+        b"POST /expect HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n",
+    )
+    .await;
+    // libcurl's way: nothing more is sent until the interim answer arrives.
+    let interim = c.read_through(b"\r\n\r\n").await;
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    c.send(&body).await;
+    let (status, _, echo) = c.response().await;
+    assert_eq!(status, 200);
+    let e: serde_json::Value = serde_json::from_slice(&echo).expect("json");
+    assert_eq!(e["body_fnv"].as_str(), Some(Fnv::of(&body).as_str()));
+    assert!(e["headers"].get("expect").is_none(), "{e}");
+    // Over the limit: refused without asking for the body, and nothing reaches the origin.
+    c.send(b"POST /too-big HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.0, 413);
+    assert_eq!(o.hits(), 1);
+}
