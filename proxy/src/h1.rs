@@ -178,12 +178,12 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
                 Next::KeepAlive => {}
                 Next::Close => break false,
                 Next::Handoff => break true,
-                Next::Reply(..) => unreachable!("exchange writes its replies"),
             }
             index += 1;
         };
         crate::metrics::get().open_connections.decrement(1.0);
         if handoff {
+            crate::metrics::get().handed_over.increment(1);
             if !cx.nodelay.load(Ordering::Relaxed) {
                 s.set_nodelay(); // the hyper path writes heads and bodies separately
             }
@@ -243,14 +243,22 @@ impl<S: ClientIo> Future for IdleRead<'_, S> {
     }
 }
 
-/// How a forwarded exchange left the connection.
+/// How an exchange left the connection.
 enum Next {
     KeepAlive,
     Close,
-    /// nrdot's own answer, still to be written; then close if the flag says so.
-    Reply(Vec<u8>, bool),
     /// The hyper path takes the connection from this request on.
     Handoff,
+}
+
+/// What [`forward`] did with the buffer's first request.
+enum Forwarded {
+    /// Done: the response was relayed.
+    Done(Next),
+    /// nrdot's own answer, still to be written; then close if the flag says so.
+    Reply(Vec<u8>, bool),
+    /// The head is not complete yet: read on.
+    More,
 }
 
 /// One request of the connection: routed, forwarded or answered, its response written.
@@ -264,16 +272,30 @@ async fn exchange<S: ClientIo>(
     let (_busy, stopping) = Busy::begin();
     let table = cx.shared.reader.load();
     *keepalive = millis(table.config.limits.keepalive_timeout);
-    let next = forward(s, cx, &table, buf, index, stopping).await;
-    match next {
-        Next::Reply(bytes, close) => {
-            if s.write_all(&bytes).await.is_err() || close {
-                Next::Close
-            } else {
-                Next::KeepAlive
+    let mut deadline = None;
+    loop {
+        match forward(s, cx, &table, buf, index, stopping).await {
+            Forwarded::Done(next) => return next,
+            Forwarded::Reply(bytes, close) => {
+                return if s.write_all(&bytes).await.is_err() || close {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                };
+            }
+            // A head cut across reads (a large head, or pipelined requests past the end of a
+            // read): the rest must come within `client_header_timeout` of the first part, or
+            // the connection closes without an answer, as on the hyper path.
+            Forwarded::More => {
+                let at = *deadline.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + table.config.limits.client_header_timeout
+                });
+                match tokio::time::timeout_at(at, s.read_buf(buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return Next::Close,
+                }
             }
         }
-        n => n,
     }
 }
 
@@ -281,6 +303,8 @@ async fn exchange<S: ClientIo>(
 enum Step {
     /// The hyper path takes the connection from this request on.
     Handoff,
+    /// The head is not complete.
+    Partial,
     /// nrdot answers itself (no route, redirect).
     Reply {
         bytes: Vec<u8>,
@@ -553,6 +577,9 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     let mut req = httparse::Request::new(&mut []);
     let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if (buf.len() as u64) < limits.max_header_size => {
+            return Step::Partial
+        }
         _ => return Step::Handoff,
     };
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
@@ -747,7 +774,7 @@ async fn forward<S: ClientIo>(
     buf: &mut Vec<u8>,
     index: u64,
     stopping: bool,
-) -> Next {
+) -> Forwarded {
     // No await inside this match: the step is gone before the first suspension, so the
     // request's fields are stored once in this future.
     let Prepared {
@@ -761,14 +788,15 @@ async fn forward<S: ClientIo>(
         close,
         mut log,
     } = match prepare(buf, cx, table, index, stopping) {
-        Step::Handoff => return Next::Handoff,
+        Step::Handoff => return Forwarded::Done(Next::Handoff),
+        Step::Partial => return Forwarded::More,
         Step::Reply {
             bytes,
             close,
             head_len,
         } => {
             buf.drain(..head_len);
-            return Next::Reply(bytes, close);
+            return Forwarded::Reply(bytes, close);
         }
         Step::Forward(p) => p,
     };
@@ -784,7 +812,7 @@ async fn forward<S: ClientIo>(
         let missing = head_len + body - end;
         if missing > 0 {
             if expect && s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-                return Next::Close;
+                return Forwarded::Done(Next::Close);
             }
             let timeout = table.config.limits.client_body_timeout;
             match read_body(s, &mut out, missing, timeout).await {
@@ -794,9 +822,9 @@ async fn forward<S: ClientIo>(
                     if let Some(l) = log {
                         l.write(400, 0);
                     }
-                    return Next::Close;
+                    return Forwarded::Done(Next::Close);
                 }
-                Err(e) => return Next::Reply(error_reply(cx, log, e, true), true),
+                Err(e) => return Forwarded::Reply(error_reply(cx, log, e, true), true),
             }
         }
         pool_entry.state.bytes_in.increment(body as u64);
@@ -815,7 +843,7 @@ async fn forward<S: ClientIo>(
             let e = $e;
             drop(retry_slot.take());
             // Written by the caller, so this future carries no second write state.
-            return Next::Reply(error_reply(cx, log, e, close), close);
+            return Forwarded::Reply(error_reply(cx, log, e, close), close);
         }};
     }
     let hsts = match (&r.hsts, &cx.shared.tls) {
@@ -990,9 +1018,9 @@ async fn forward<S: ClientIo>(
     }
     if !client_ok || !complete || close {
         let _ = s.flush().await;
-        return Next::Close;
+        return Forwarded::Done(Next::Close);
     }
-    Next::KeepAlive
+    Forwarded::Done(Next::KeepAlive)
 }
 
 /// The client's response head, built from the upstream's, and how its body ends.

@@ -366,3 +366,73 @@ async fn expect_100_continue_is_answered_before_the_body_and_not_forwarded() {
     assert_eq!(c.response().await.0, 413);
     assert_eq!(o.hits(), 1);
 }
+
+/// A reproducible stream of numbers (xorshift), so a failing sequence can be replayed.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_pipeline_of_bodies_cut_at_random_places_arrives_request_by_request() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let mut c = KeepAlive::connect(n.addr).await;
+    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
+    // Edges around the read buffer (8 KiB) and the in-memory limit (64 KiB), then random sizes.
+    let edges = [0usize, 1, 8191, 8192, 8193, 65535, 65536];
+    let mut sent = Vec::new();
+    let mut stream = Vec::new();
+    for i in 0..100 {
+        let len = edges
+            .get(i)
+            .copied()
+            .unwrap_or_else(|| rng.below(20_000) as usize);
+        let body: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+        let method = ["POST", "PUT", "PATCH"][i % 3];
+        let path = format!("/r{i}");
+        stream.extend_from_slice(
+            format!("{method} {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n")
+                .as_bytes(),
+        );
+        stream.extend_from_slice(&body);
+        sent.push((method, path, body));
+    }
+    // Written in slices of 1 byte to 24 KiB, with a pause now and then: heads and bodies are cut
+    // anywhere, and several requests often arrive in one read.
+    let mut at = 0;
+    while at < stream.len() {
+        let take = (1 + rng.below(24 * 1024) as usize).min(stream.len() - at);
+        c.send(&stream[at..at + take]).await;
+        at += take;
+        if rng.below(8) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for (method, path, body) in &sent {
+        echoed(c.response().await, method, path, body);
+    }
+    assert_eq!(o.hits(), 100);
+    // Heads that certainly arrive in two reads: cut in the request line, in a field name, in a
+    // value and between the last field and the empty line.
+    for cut in [3, 20, 33, 47] {
+        let head = b"POST /cut HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
+        c.send(&head[..cut]).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        c.send(&head[cut..]).await;
+        echoed(c.response().await, "POST", "/cut", b"hi");
+    }
+    // All of it on the native path: heads cut across reads are read on, not handed over.
+    assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
+    // A chunked body is what the full path is for.
+    c.send(b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        .await;
+    echoed(c.response().await, "POST", "/chunked", b"ok");
+    assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 1.0);
+}

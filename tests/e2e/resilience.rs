@@ -47,19 +47,6 @@ async fn wait_for(
     panic!("{addr} {field} never became {want} within {within:?}");
 }
 
-async fn metric(n: &Nrdot, series: &str) -> f64 {
-    let text = String::from_utf8(
-        get(&format!("http://{}/metrics", n.admin), &[])
-            .await
-            .body
-            .to_vec(),
-    )
-    .expect("utf8");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_backend_under_load_fails_no_request_and_health_follows() {
     let (a, b, c) = (
@@ -198,13 +185,10 @@ async fn a_backend_answering_500_is_ejected_and_traffic_moves_to_its_peers() {
     }
     assert_eq!(bad.hits(), 3, "an ejected backend got traffic");
     assert!(
-        metric(
-            &n,
-            &format!(
-                "nrdot_backend_ejections_total{{pool=\"p\",backend=\"{}\"}}",
-                bad.addr
-            )
-        )
+        n.metric(&format!(
+            "nrdot_backend_ejections_total{{pool=\"p\",backend=\"{}\"}}",
+            bad.addr
+        ))
         .await
             >= 1.0
     );
@@ -242,10 +226,7 @@ async fn circuit_breaker_answers_503_at_once_and_retry_budget_caps_retries() {
         t.elapsed()
     );
     assert_eq!(busy.await.expect("busy").status, 200);
-    assert_eq!(
-        metric(&n, "nrdot_pool_overflow_total{pool=\"p\"}").await,
-        1.0
-    );
+    assert_eq!(n.metric("nrdot_pool_overflow_total{pool=\"p\"}").await, 1.0);
     drop(n);
 
     // Two servers that fail every request after 300 ms; 40 at once. Budget 20%: at most
@@ -261,12 +242,10 @@ async fn circuit_breaker_answers_503_at_once_and_retry_budget_caps_retries() {
     for t in tasks {
         assert_eq!(t.await.expect("task"), 502);
     }
-    let retries = metric(&n, "nrdot_upstream_retries_total{pool=\"p\"}").await;
-    let exhausted = metric(
-        &n,
-        "nrdot_upstream_retry_budget_exhausted_total{pool=\"p\"}",
-    )
-    .await;
+    let retries = n.metric("nrdot_upstream_retries_total{pool=\"p\"}").await;
+    let exhausted = n
+        .metric("nrdot_upstream_retry_budget_exhausted_total{pool=\"p\"}")
+        .await;
     assert!((1.0..=12.0).contains(&retries), "{retries} retries");
     assert!(exhausted >= 20.0, "budget refused only {exhausted} retries");
     assert_eq!(f1.hits() + f2.hits(), 40 + retries as u64);
@@ -380,7 +359,7 @@ async fn fail_open_serves_when_every_check_fails_and_fail_closed_does_not() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(get(&n.url("/open"), &[]).await.status, 200);
     assert_eq!(get(&n.url("/closed"), &[]).await.status, 503);
-    assert!(metric(&n, "nrdot_pool_fail_open_total{pool=\"open\"}").await >= 1.0);
+    assert!(n.metric("nrdot_pool_fail_open_total{pool=\"open\"}").await >= 1.0);
     assert_eq!(
         get(&format!("http://{}/health", n.admin), &[]).await.status,
         503

@@ -488,6 +488,21 @@ impl Nrdot {
     }
 
     /// PID of the process.
+    /// The value of one series (name with labels, exactly as exported) on `/metrics`; 0 when
+    /// it is absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = String::from_utf8(
+            get(&format!("http://{}/metrics", self.admin), &[])
+                .await
+                .body
+                .to_vec(),
+        )
+        .expect("utf8");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
