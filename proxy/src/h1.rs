@@ -612,7 +612,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
             }
         } else if is(h.name, "expect") {
             // `100-continue` is answered here, just before the body is read (nginx's way);
-            // any other expectation is for the full path, which refuses it.
+            // any other expectation goes to the full path, which ignores it (as nginx does).
             if expect || !h.value.eq_ignore_ascii_case(b"100-continue") {
                 return Step::Handoff;
             }
