@@ -441,6 +441,12 @@ impl Lookup for Fields<'_, '_> {
     }
 }
 
+/// Content-Length or Transfer-Encoding: never dropped, not even when a Connection field names
+/// them, because the other side finds the message's end by them.
+fn framing_field(name: &str) -> bool {
+    is(name, "content-length") || is(name, "transfer-encoding")
+}
+
 fn is(name: &str, lower: &str) -> bool {
     name.eq_ignore_ascii_case(lower)
 }
@@ -710,8 +716,13 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     let mut chained = 0;
     let (mut has_proto, mut has_fwd_host) = (false, false);
     for h in headers {
-        // The expectation is met here: the upstream gets the body with the head.
-        if hop_by_hop(h.name) || connection.names(h.name) || (expect && is(h.name, "expect")) {
+        // The expectation is met here: the upstream gets the body with the head. The body's
+        // length stays whatever Connection names: without it the upstream would read the body
+        // as a request of its own.
+        if hop_by_hop(h.name)
+            || (connection.names(h.name) && !framing_field(h.name))
+            || (expect && is(h.name, "expect"))
+        {
             continue;
         }
         if is(h.name, "x-forwarded-for") {
@@ -1101,8 +1112,10 @@ fn response_head(
     head.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
     for h in headers {
+        // The framing fields stay whatever Connection names: the client delimits the body by
+        // them.
         if hop_by_hop(h.name)
-            || connection.names(h.name)
+            || (connection.names(h.name) && !framing_field(h.name))
             || (hsts.is_some() && is(h.name, "strict-transport-security"))
             || (chunked.is_some() && is(h.name, "content-length"))
         {

@@ -59,6 +59,15 @@ impl RawOrigin {
                             ),
                             // Keep-alive by the headers, but the server closes right after.
                             "/then-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbye!", true),
+                            // An upstream naming its framing field in Connection.
+                            "/named-length" => (
+                                b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nnamed",
+                                false,
+                            ),
+                            "/named-chunked" => (
+                                b"HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nnamed\r\n0\r\n\r\n",
+                                false,
+                            ),
                             "/bad-head" => (b"HTTP/1.1 200 OK\r\nBad Field\r\n\r\nhi", true),
                             "/two-lengths" => (
                                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nhi",
@@ -435,4 +444,48 @@ async fn a_long_pipeline_of_bodies_cut_at_random_places_arrives_request_by_reque
         .await;
     echoed(c.response().await, "POST", "/chunked", b"ok");
     assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_whose_length_field_is_named_hop_by_hop_is_never_a_second_request() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let mut c = KeepAlive::connect(n.addr).await;
+    // Dropping Content-Length because Connection names it would leave the upstream reading the
+    // body as a request of its own.
+    let inner = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let head = format!(
+        "POST /outer HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n",
+        inner.len()
+    );
+    c.send(&[head.as_bytes(), inner].concat()).await;
+    echoed(c.response().await, "POST", "/outer", inner);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(o.hits(), 1, "the body reached the origin as a request");
+    // The same on the full path (a body too large to hold).
+    let big = [&inner[..], &vec![b' '; 70_000][..]].concat();
+    let head = format!(
+        "POST /outer HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    c.send(&[head.as_bytes(), &big].concat()).await;
+    echoed(c.response().await, "POST", "/outer", &big);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(o.hits(), 2, "the body reached the origin as a request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_keeps_its_framing_fields_even_when_connection_names_them() {
+    let (_o, _n, mut c) = through_nrdot("").await;
+    let (status, head, body) = c.get("/named-length").await;
+    assert_eq!((status, body.as_slice()), (200, &b"named"[..]), "{head}");
+    c.send(b"GET /named-chunked HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    let got = c.read_through(b"0\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n5\r\nnamed\r\n0\r\n\r\n"), "{text}");
+    // The connection is still in step: the next answer is the next request's.
+    let (status, _, body) = c.get("/plain").await;
+    assert_eq!((status, body.as_slice()), (200, &b"hi"[..]));
 }
