@@ -255,8 +255,13 @@ enum Next {
 enum Forwarded {
     /// Done: the response was relayed.
     Done(Next),
-    /// nrdot's own answer, still to be written; then close if the flag says so.
-    Reply(Vec<u8>, bool),
+    /// nrdot's own answer, still to be written once the `unread` rest of the request's body
+    /// has been read; then close if the flag says so.
+    Reply {
+        bytes: Vec<u8>,
+        close: bool,
+        unread: usize,
+    },
     /// The head is not complete yet: read on.
     More,
 }
@@ -276,7 +281,22 @@ async fn exchange<S: ClientIo>(
     loop {
         match forward(s, cx, &table, buf, index, stopping).await {
             Forwarded::Done(next) => return next,
-            Forwarded::Reply(bytes, close) => {
+            Forwarded::Reply {
+                bytes,
+                close,
+                unread,
+            } => {
+                // A body comes off the connection with its request even when nobody forwards
+                // it, so the next request starts where the client thinks it does.
+                if unread > 0 {
+                    let timeout = table.config.limits.client_body_timeout;
+                    if read_body(s, &mut Vec::new(), unread, timeout)
+                        .await
+                        .is_err()
+                    {
+                        return Next::Close;
+                    }
+                }
                 return if s.write_all(&bytes).await.is_err() || close {
                     Next::Close
                 } else {
@@ -309,7 +329,8 @@ enum Step {
     Reply {
         bytes: Vec<u8>,
         close: bool,
-        head_len: usize,
+        /// Bytes of the request: head and body.
+        consumed: usize,
     },
     Forward(Prepared),
 }
@@ -667,7 +688,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         return Step::Reply {
             bytes: error_reply(cx, log, ProxyError::NoRoute, close),
             close,
-            head_len,
+            consumed: head_len + body,
         };
     };
     let r = &table.routes[route];
@@ -695,7 +716,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         return Step::Reply {
             bytes: serialize(&parts, b""),
             close,
-            head_len,
+            consumed: head_len + body,
         };
     }
 
@@ -804,10 +825,15 @@ async fn forward<S: ClientIo>(
         Step::Reply {
             bytes,
             close,
-            head_len,
+            consumed,
         } => {
-            buf.drain(..head_len);
-            return Forwarded::Reply(bytes, close);
+            let have = consumed.min(buf.len());
+            buf.drain(..have);
+            return Forwarded::Reply {
+                bytes,
+                close,
+                unread: consumed - have,
+            };
         }
         Step::Forward(p) => p,
     };
@@ -835,7 +861,13 @@ async fn forward<S: ClientIo>(
                     }
                     return Forwarded::Done(Next::Close);
                 }
-                Err(e) => return Forwarded::Reply(error_reply(cx, log, e, true), true),
+                Err(e) => {
+                    return Forwarded::Reply {
+                        bytes: error_reply(cx, log, e, true),
+                        close: true,
+                        unread: 0,
+                    }
+                }
             }
         }
         pool_entry.state.bytes_in.increment(body as u64);
@@ -854,7 +886,11 @@ async fn forward<S: ClientIo>(
             let e = $e;
             drop(retry_slot.take());
             // Written by the caller, so this future carries no second write state.
-            return Forwarded::Reply(error_reply(cx, log, e, close), close);
+            return Forwarded::Reply {
+                bytes: error_reply(cx, log, e, close),
+                close,
+                unread: 0,
+            };
         }};
     }
     let hsts = match (&r.hsts, &cx.shared.tls) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use nrdot_tests::{pool_route, Fnv, KeepAlive, Nrdot, Origin};
+use nrdot_tests::{pool, pool_route, Fnv, KeepAlive, Nrdot, Origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::BIN;
@@ -488,4 +488,34 @@ async fn a_response_keeps_its_framing_fields_even_when_connection_names_them() {
     // The connection is still in step: the next answer is the next request's.
     let (status, _, body) = c.get("/plain").await;
     assert_eq!((status, body.as_slice()), (200, &b"hi"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_of_a_request_nrdot_answers_itself_is_not_read_as_the_next_request() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &format!(
+            "{}[[route]]\nname = \"r\"\nhost = \"test\"\npool = \"o\"\n",
+            pool("o", &[o.addr])
+        ),
+    );
+    let mut c = KeepAlive::connect(n.addr).await;
+    let inner = b"GET /smuggled HTTP/1.1\r\nHost: test\r\n\r\n";
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: nowhere\r\nContent-Length: {}\r\n\r\n",
+        inner.len()
+    );
+    // Whole, then with most of the body arriving after a pause.
+    c.send(&[head.as_bytes(), inner].concat()).await;
+    assert_eq!(c.response().await.0, 404);
+    c.send(&[head.as_bytes(), &inner[..5]].concat()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(&inner[5..]).await;
+    assert_eq!(c.response().await.0, 404);
+    // The connection is in step: the next answer is this request's, and the bodies above never
+    // reached the origin as requests.
+    echoed(c.get("/next").await, "GET", "/next", b"");
+    assert_eq!(o.hits(), 1);
 }
