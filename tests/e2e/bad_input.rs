@@ -161,3 +161,52 @@ async fn upstream_failures_map_to_502_and_504() {
         assert!(!line.ends_with(" 0"), "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_never_lets_a_body_become_a_request() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &one_pool(&o, ""));
+    // Each request carries another one where a server reading the framing differently from
+    // nrdot would find it: whatever the answer, the origin must never see /smuggled.
+    let inner = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let cl = inner.len();
+    // A chunked body that ends at once, the inner request after it, and a length covering both:
+    // a server honouring Transfer-Encoding where nrdot honoured Content-Length (or the other
+    // way round) would disagree about where the inner request is.
+    let chunked = format!("0\r\n\r\n{inner}");
+    let both = chunked.len();
+    let cases: Vec<(&str, String)> = vec![
+        ("xchunked with CL", format!("Transfer-Encoding: xchunked\r\nContent-Length: {cl}\r\n\r\n{inner}")),
+        ("space before colon", format!("Transfer-Encoding : chunked\r\nContent-Length: {both}\r\n\r\n{chunked}")),
+        ("chunked, identity", format!("Transfer-Encoding: chunked, identity\r\nContent-Length: {cl}\r\n\r\n{inner}")),
+        ("tab before chunked", format!("Transfer-Encoding:\tchunked\r\nContent-Length: {both}\r\n\r\n{chunked}")),
+        ("two TE fields", format!("Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\nContent-Length: {both}\r\n\r\n{chunked}")),
+        ("chunked named in Connection", format!("Connection: transfer-encoding\r\nTransfer-Encoding: chunked\r\nContent-Length: {both}\r\n\r\n{chunked}")),
+        ("length named in Connection", format!("Connection: content-length\r\nContent-Length: {cl}\r\n\r\n{inner}")),
+        ("zero then length", format!("Content-Length: 0\r\nContent-Length: {cl}\r\n\r\n{inner}")),
+        ("length list", format!("Content-Length: {cl}, {cl}\r\n\r\n{inner}")),
+        ("signed length", format!("Content-Length: +{cl}\r\n\r\n{inner}")),
+        ("length with a letter", format!("Content-Length: {cl}a\r\n\r\n{inner}")),
+        ("HTTP/1.0 chunked", format!("Transfer-Encoding: chunked\r\nContent-Length: {both}\r\n\r\n{chunked}")),
+    ];
+    for (name, rest) in &cases {
+        let version = if name.starts_with("HTTP/1.0") {
+            "1.0"
+        } else {
+            "1.1"
+        };
+        let req = format!("POST /outer HTTP/{version}\r\nHost: a\r\n{rest}");
+        let resp = raw(n.addr, req.as_bytes(), Duration::from_millis(500)).await;
+        let status = status_of(&resp);
+        assert!(
+            status == 200 || status == 400 || status == 501,
+            "{name}: {resp:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let paths = o.paths();
+        assert!(
+            !paths.iter().any(|p| p == "/smuggled"),
+            "{name}: origin saw {paths:?}"
+        );
+    }
+}

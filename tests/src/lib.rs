@@ -47,6 +47,8 @@ struct OriginShared {
     status: AtomicU64,
     fail_every: AtomicU64,
     agent: std::sync::Mutex<String>,
+    /// Every request's path, in arrival order.
+    paths: std::sync::Mutex<Vec<String>>,
 }
 
 impl Origin {
@@ -80,6 +82,7 @@ impl Origin {
             status: AtomicU64::new(0),
             fail_every: AtomicU64::new(0),
             agent: std::sync::Mutex::new("up".into()),
+            paths: std::sync::Mutex::new(Vec::new()),
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let sh = Arc::clone(&shared);
@@ -96,8 +99,11 @@ impl Origin {
                 let (sh, mut stop_conn) = (Arc::clone(&sh), stop_rx.clone());
                 tokio::spawn(async move {
                     let svc_shared = Arc::clone(&sh);
-                    let svc = hyper::service::service_fn(move |req| {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         svc_shared.hits.fetch_add(1, Ordering::SeqCst);
+                        if let Ok(mut p) = svc_shared.paths.lock() {
+                            p.push(req.uri().path().to_string());
+                        }
                         origin_handle(Arc::clone(&svc_shared), req)
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
@@ -117,6 +123,15 @@ impl Origin {
             shared,
             stop,
         }
+    }
+
+    /// Paths of the requests received so far.
+    pub fn paths(&self) -> Vec<String> {
+        self.shared
+            .paths
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
     }
 
     /// Requests received so far.
