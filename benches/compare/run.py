@@ -86,6 +86,22 @@ def stime(port, seconds, reuse):
     return {"requests": total, "rps": total / seconds, "p50": None, "p99": None, "errors": 0}
 
 
+def h2load(url, seconds, conns, streams):
+    cmd = ["taskset", "-c", "1", "h2load", "-D", str(seconds), "-c", str(conns), "-m", str(streams), url]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    done = int(m.group(1)) if m else 0
+    # h2load reports no percentiles, only min/max/mean per request.
+    return {
+        "requests": done,
+        "rps": done / seconds,
+        "p50": None,
+        "p99": None,
+        "errors": (sum(int(x) for x in m.groups()[2:]) if m else 1) + (int(codes.group(3)) + int(codes.group(4)) if codes else 0),
+    }
+
+
 def hey(url, seconds, conns, rate):
     """A fixed request rate (hey -q is per connection), to compare latency at equal load."""
     cmd = ["taskset", "-c", "1", "hey", "-z", f"{seconds}s", "-c", str(conns), "-q", str(rate // conns), url]
@@ -109,8 +125,10 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, help="run only scenarios whose name contains this")
     ap.add_argument("--no-memory", action="store_true", help="skip the idle-connection memory measurement")
+    ap.add_argument("--h2", action="store_true",
+                    help="also TLS HTTP/2 rows (h2load, from nghttp2-client): about 2 minutes more")
     args = ap.parse_args()
-    for tool in ["nginx", "haproxy", "wrk", "hey", "openssl", "taskset"]:
+    for tool in ["nginx", "haproxy", "wrk", "hey", "openssl", "taskset"] + (["h2load"] if args.h2 else []):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install nginx-light haproxy wrk hey openssl util-linux")
     if not os.path.exists(args.nrdot):
@@ -145,7 +163,7 @@ http {{ access_log off; keepalive_requests 1000000;
         open(f"{work}/nginx.conf", "w").write(common % ("nginx", "nginx") + f"""
 http {{ access_log off; keepalive_requests 1000000;
   upstream b {{ server 127.0.0.1:{ports['backend']}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{ports['nginx']} backlog=4096; listen 127.0.0.1:{ports['nginx_tls']} ssl backlog=4096;
+  server {{ listen 127.0.0.1:{ports['nginx']} backlog=4096; listen 127.0.0.1:{ports['nginx_tls']} ssl{' http2' if args.h2 else ''} backlog=4096;
     ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem; ssl_session_cache shared:S:10m; ssl_protocols TLSv1.2 TLSv1.3;
     location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}""")
         open(f"{work}/haproxy.cfg", "w").write(f"""
@@ -216,6 +234,13 @@ pool = "b"
             ("TLS resumed connection per request (s_time)", "https", "/small", 0, "stime"),
             ("fixed rate 5,000 req/s, keep-alive 13 B (hey)", "http", "/small", 50, "hey"),
         ]
+        if args.h2:
+            # Browsers reach an edge proxy on 443 with HTTP/2: many streams on few connections
+            # (a page load), and one request at a time per connection (an idle tab, an API client).
+            scenarios += [
+                ("TLS HTTP/2, 10 streams per connection (h2load)", "https", "/small", 50, "h2:10"),
+                ("TLS HTTP/2, 1 stream per connection (h2load)", "https", "/small", 50, "h2:1"),
+            ]
         if args.only:
             scenarios = [sc for sc in scenarios if args.only in sc[0]]
         results = {}
@@ -229,6 +254,8 @@ pool = "b"
                         res = stime(port, seconds, reuse=True)
                     elif extra == "hey":
                         res = hey(url, seconds, conns, 5000)
+                    elif isinstance(extra, str) and extra.startswith("h2:"):
+                        res = h2load(url, seconds, conns, int(extra[3:]))
                     else:
                         res = wrk(url, seconds, conns, extra)
                     ticks = cpu_ticks(pids[t]) - before
