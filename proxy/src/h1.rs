@@ -1105,16 +1105,18 @@ fn response_head(
     let status = resp.code.unwrap_or(0);
     let headers: &[httparse::Header] = resp.headers;
     let mut length: Option<u64> = None;
+    // The same length twice is accepted (RFC 9112 6.3) and sent on once.
+    let mut repeated_length = false;
     let mut chunked = None;
     let mut connection = ConnectionFields::default();
     for h in headers {
         if is(h.name, "content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            // Digits only, as for requests: `+5` would pass Rust's parser and go on verbatim
+            // to a client that reads it differently.
+            let n = content_length(h.value);
             match (n, length) {
                 (Some(n), None) => length = Some(n),
-                (Some(n), Some(l)) if n == l => {}
+                (Some(n), Some(l)) if n == l => repeated_length = true,
                 _ => return Err(head),
             }
         } else if is(h.name, "transfer-encoding") {
@@ -1133,7 +1135,10 @@ fn response_head(
     } else {
         match (chunked, length) {
             (Some(true), _) => Framing::Chunked(Chunks::default()),
-            (Some(false), _) | (None, None) => Framing::UntilClose,
+            // A transfer coding other than chunked last (RFC 9112 6.3 allows reading until
+            // close) is refused, as nginx does: a client could read it otherwise.
+            (Some(false), _) => return Err(head),
+            (None, None) => Framing::UntilClose,
             (None, Some(n)) => Framing::Length(n),
         }
     };
@@ -1147,6 +1152,7 @@ fn response_head(
     head.push(b' ');
     head.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
+    let mut length_sent = false;
     for h in headers {
         // The framing fields stay whatever Connection names: the client delimits the body by
         // them.
@@ -1156,6 +1162,12 @@ fn response_head(
             || (chunked.is_some() && is(h.name, "content-length"))
         {
             continue;
+        }
+        if repeated_length && is(h.name, "content-length") {
+            if length_sent {
+                continue;
+            }
+            length_sent = true;
         }
         put(&mut head, h.name, h.value);
     }
@@ -1439,6 +1451,45 @@ pub fn relay_parse(data: &[u8], split: usize, head_request: bool) -> Option<usiz
         }
     }
     let rh = response_head(data, head_request, None, Some("k=v"), false, Vec::new()).ok()?;
+    // A client reading the rewritten head finds the body's end where nrdot does.
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS + 8];
+    let mut out = httparse::Response::new(&mut fields);
+    let Ok(httparse::Status::Complete(_)) = out.parse(&rh.head) else {
+        panic!("nrdot wrote a head it cannot read back");
+    };
+    let named = |name: &'static str| out.headers.iter().filter(move |h| is(h.name, name));
+    let lengths: Vec<_> = named("content-length").map(|h| h.value).collect();
+    // Transfer-Encoding fields form one list (RFC 9110 5.3): whatever reaches the client ends
+    // in chunked.
+    let codings: Vec<_> = named("transfer-encoding").collect();
+    let chunked = !codings.is_empty();
+    let bodiless = head_request || matches!(out.code, Some(204) | Some(304));
+    assert!(
+        bodiless
+            || codings.last().is_none_or(|h| tokens(h.value)
+                .last()
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))),
+        "a transfer coding other than chunked reaches the client"
+    );
+    let says_close =
+        named("connection").any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close")));
+    match &rh.framing {
+        Framing::Length(n) if !bodiless => {
+            assert!(!chunked, "length framing, chunked head");
+            // Leading zeros are fine: the client reads the same number.
+            let read: Vec<_> = lengths.iter().map(|v| content_length(v)).collect();
+            assert_eq!(read, [Some(*n)], "length lost or changed");
+        }
+        Framing::Chunked(_) => assert!(
+            chunked && lengths.is_empty(),
+            "chunked framing, head says otherwise"
+        ),
+        Framing::UntilClose => assert!(
+            rh.close && says_close && lengths.is_empty() && !chunked,
+            "until-close body on a kept connection"
+        ),
+        Framing::Length(_) => {}
+    }
     let mut framing = rh.framing;
     let body = &data[rh.len..];
     let (a, b) = body.split_at(split.min(body.len()));
