@@ -724,3 +724,68 @@ async fn sighup_reloads_certificates_and_the_admin_api_can_use_tls() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&second_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_and_expect_continue_work_over_tls_on_the_native_path() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Site {
+        dir, origin: o, n, ..
+    } = site("tls-body", "body.test", 30, "").await;
+    let mut s = connect(n.listeners["https"], "body.test", any_cert_config()).await;
+    let mut buf = Vec::new();
+    // Reads one response (head + Content-Length body) off the stream.
+    async fn response(s: &mut Tls, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+        let mut chunk = [0u8; 16384];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    let body = buf[end + 4..end + 4 + len].to_vec();
+                    buf.drain(..end + 4 + len);
+                    return (head, body);
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+                .await
+                .expect("response timed out")
+                .expect("read");
+            assert!(n > 0, "closed mid-response");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let body = vec![b'z'; 3000];
+    s.write_all(b"PUT /doc HTTP/1.1\r\nHost: body.test\r\nExpect: 100-continue\r\nContent-Length: 3000\r\n\r\n")
+        .await
+        .expect("write");
+    let (interim, _) = response(&mut s, &mut buf).await;
+    assert!(interim.starts_with("http/1.1 100 continue"), "{interim}");
+    s.write_all(&body).await.expect("write");
+    let (head, echo) = response(&mut s, &mut buf).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let e: serde_json::Value = serde_json::from_slice(&echo).expect("json");
+    assert_eq!(e["body_len"], 3000);
+    assert_eq!(
+        e["body_fnv"].as_str(),
+        Some(nrdot_tests::Fnv::of(&body).as_str())
+    );
+    // A POST and a GET in one write: both answered, in order.
+    s.write_all(b"POST /a HTTP/1.1\r\nHost: body.test\r\nContent-Length: 2\r\n\r\nhiGET /b HTTP/1.1\r\nHost: body.test\r\n\r\n")
+        .await
+        .expect("write");
+    for (path, len) in [("/a", 2), ("/b", 0)] {
+        let (_, echo) = response(&mut s, &mut buf).await;
+        let e: serde_json::Value = serde_json::from_slice(&echo).expect("json");
+        assert_eq!(
+            (e["path"].as_str(), e["body_len"].as_u64()),
+            (Some(path), Some(len))
+        );
+    }
+    assert_eq!(o.hits(), 3);
+    assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
+    let _ = std::fs::remove_dir_all(dir);
+}
