@@ -147,8 +147,7 @@ async fn upstream_failures_map_to_502_and_504() {
         "healthy route still works"
     );
     // Error answers are counted.
-    let m = get(&format!("http://{}/metrics", n.admin), &[]).await;
-    let text = String::from_utf8_lossy(&m.body);
+    let text = n.metrics_text().await;
     for status in ["502", "504"] {
         let line = text
             .lines()

@@ -596,13 +596,7 @@ async fn metrics_parse_and_request_counters_match_requests_sent() {
         );
     }
     get(&n.url("/big/1000"), &[("host", "r.test")]).await;
-    let text = String::from_utf8(
-        get(&format!("http://{}/metrics", n.admin), &[])
-            .await
-            .body
-            .to_vec(),
-    )
-    .expect("utf8");
+    let text = n.metrics_text().await;
     let samples = parse_prometheus(&text);
     let value = |series: &str| {
         samples

@@ -145,13 +145,7 @@ async fn healthy_canary_goes_10_50_100_and_completes() {
         audit.contains("rollout.step_passed") && audit.contains("rollout.completed"),
         "{audit}"
     );
-    let m = String::from_utf8(
-        get(&format!("http://{}/metrics", n.admin), &[])
-            .await
-            .body
-            .to_vec(),
-    )
-    .expect("utf8");
+    let m = n.metrics_text().await;
     assert!(
         m.contains("nrdot_rollout_weight_percent{rollout=\"1\",target=\"route app\"} 100"),
         "{m}"

@@ -42,8 +42,7 @@ async fn sighup_applies_valid_and_rejects_invalid_config() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(n.generation().await, 2);
     assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "b");
-    let m = get(&format!("http://{}/metrics", n.admin), &[]).await;
-    let text = String::from_utf8_lossy(&m.body);
+    let text = n.metrics_text().await;
     assert!(
         text.contains("nrdot_config_reloads_total{result=\"error\"} 1"),
         "{text}"

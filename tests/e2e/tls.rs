@@ -354,13 +354,7 @@ async fn sni_picks_certificates_alpn_negotiates_h2_and_old_tls_is_refused() {
             "{flag} was accepted: {text}"
         );
     }
-    let m = String::from_utf8(
-        get(&format!("http://{}/metrics", n.admin), &[])
-            .await
-            .body
-            .to_vec(),
-    )
-    .expect("utf8");
+    let m = n.metrics_text().await;
     let failures: f64 = m
         .lines()
         .find_map(|l| l.strip_prefix("nrdot_tls_handshake_errors_total{listener=\"https\"} "))
@@ -613,13 +607,7 @@ async fn expiring_certificates_show_in_metrics_and_lint() {
         origin: _o,
         n,
     } = site("tls-expiry", "soon.test", 10, "").await;
-    let m = String::from_utf8(
-        get(&format!("http://{}/metrics", n.admin), &[])
-            .await
-            .body
-            .to_vec(),
-    )
-    .expect("utf8");
+    let m = n.metrics_text().await;
     let days: f64 = m
         .lines()
         .find_map(|l| {

@@ -502,22 +502,28 @@ impl Nrdot {
             .expect("run cli")
     }
 
-    /// PID of the process.
-    /// The value of one series (name with labels, exactly as exported) on `/metrics`; 0 when
-    /// it is absent.
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = String::from_utf8(
+    /// The admin API's `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        String::from_utf8(
             get(&format!("http://{}/metrics", self.admin), &[])
                 .await
                 .body
                 .to_vec(),
         )
-        .expect("utf8");
-        text.lines()
+        .expect("utf8")
+    }
+
+    /// The value of one series (name with labels, exactly as exported) on `/metrics`; 0 when
+    /// it is absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)
     }
 
+    /// PID of the process.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
