@@ -913,23 +913,18 @@ async fn forward<S: ClientIo>(
         be.state.start();
         let mut up = match upstream::acquire_raw(pool_entry, be).await {
             Ok(c) => c,
-            Err(e) => {
-                drop(retry_slot.take());
-                match service::retry_after_connect_failure(
-                    pool_entry,
-                    b,
-                    &e,
-                    &mut tried,
-                    &mut last_error,
-                    &mut retries_left,
-                ) {
-                    Ok(slot) => {
-                        retry_slot = Some(slot);
-                        continue;
-                    }
-                    Err(err) => fail!(err),
-                }
-            }
+            Err(e) => match service::retry_after_connect_failure(
+                pool_entry,
+                b,
+                &e,
+                &mut tried,
+                &mut last_error,
+                &mut retries_left,
+                &mut retry_slot,
+            ) {
+                Ok(()) => continue,
+                Err(err) => fail!(err),
+            },
         };
         let sent_at = Instant::now();
         rbuf.clear(); // a retried attempt starts afresh

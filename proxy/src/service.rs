@@ -434,23 +434,18 @@ async fn proxy(
         state.start();
         let mut upstream = match upstream::acquire(pool_entry, backend_entry).await {
             Ok(c) => c,
-            Err(e) => {
-                drop(retry_slot.take()); // this attempt is over
-                match retry_after_connect_failure(
-                    pool_entry,
-                    b,
-                    &e,
-                    &mut tried,
-                    &mut last_error,
-                    &mut retries_left,
-                ) {
-                    Ok(slot) => {
-                        retry_slot = Some(slot);
-                        continue;
-                    }
-                    Err(err) => fail!(err),
-                }
-            }
+            Err(e) => match retry_after_connect_failure(
+                pool_entry,
+                b,
+                &e,
+                &mut tried,
+                &mut last_error,
+                &mut retries_left,
+                &mut retry_slot,
+            ) {
+                Ok(()) => continue,
+                Err(err) => fail!(err),
+            },
         };
         let (request_body, replayable) = match &mut payload {
             Payload::Replay(bytes) => (RequestBody::full(bytes.clone()), true),
@@ -727,10 +722,11 @@ pub(crate) fn no_backend(pool: &PoolEntry, e: NoBackend, last: Option<ProxyError
     }
 }
 
-/// A failed connect to server `b` of `pool`: accounted, and a retry slot when the request may
-/// go to another server; otherwise the error to answer with. Nothing was sent, so any request
-/// may be retried, and the retry costs the failing server nothing: the retry budget (which
-/// protects servers from retry storms) does not apply. Both HTTP/1 paths call this.
+/// A failed connect to server `b` of `pool`: the attempt's retry slot is released, the failure
+/// accounted, and a new slot taken when the request may go to another server (`Ok`: try
+/// again); otherwise the error to answer with. Nothing was sent, so any request may be retried,
+/// and the retry costs the failing server nothing: the retry budget (which protects servers
+/// from retry storms) does not apply. Both HTTP/1 paths call this.
 pub(crate) fn retry_after_connect_failure<'a>(
     pool: &'a PoolEntry,
     b: usize,
@@ -738,12 +734,15 @@ pub(crate) fn retry_after_connect_failure<'a>(
     tried: &mut Vec<usize>,
     last_error: &mut Option<ProxyError>,
     retries_left: &mut u32,
-) -> Result<ActiveGuard<'a>, ProxyError> {
+    retry_slot: &mut Option<ActiveGuard<'a>>,
+) -> Result<(), ProxyError> {
+    drop(retry_slot.take()); // this attempt is over
     let err = connect_failed(pool, &pool.backends[b], e);
     tried.push(b);
     *last_error = Some(err);
     if pool.config.retry_on.connect_failure && *retries_left > 0 {
-        return Ok(begin_retry(&pool.state, retries_left));
+        *retry_slot = Some(begin_retry(&pool.state, retries_left));
+        return Ok(());
     }
     Err(err)
 }
