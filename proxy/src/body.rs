@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ProxyError;
+use crate::h1::{give_buffer, Framing, RELAY_BUFFER};
+use crate::upstream::RawConn;
 
 /// Why a request body stopped early; read by the service to choose the status.
 #[derive(Debug, Default)]
@@ -296,5 +298,219 @@ impl<D: Done> Body for ResponseBody<D> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Why an upstream response body read by nrdot itself stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error("upstream body: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("upstream closed the connection before the end of the body")]
+    Truncated,
+    #[error("malformed chunked framing from upstream")]
+    Framing,
+}
+
+/// An upstream response body read straight from a pooled plain connection (nrdot's own
+/// HTTP/1.1 client, [`crate::relay`]), decoded by its framing into data frames for the hyper
+/// server (HTTP/2 or HTTP/1.x). Trailers are dropped, as nginx drops them. Once the body
+/// ended exactly where the framing says, the connection goes back to the worker's pool; its
+/// [`Done`] runs then, or when the body is abandoned.
+pub struct RawBody<D: Done> {
+    conn: Option<RawConn>,
+    /// Received and not yet passed on.
+    buf: BytesMut,
+    framing: Framing,
+    /// The server closes after this response: the connection is not reused.
+    upstream_close: bool,
+    keepalive: usize,
+    sent: u64,
+    done: Option<D>,
+}
+
+impl<D: Done> RawBody<D> {
+    /// `buf` holds the response head (its first `head_len` bytes) and whatever of the body
+    /// came with it.
+    pub(crate) fn new(
+        conn: RawConn,
+        buf: Vec<u8>,
+        head_len: usize,
+        framing: Framing,
+        upstream_close: bool,
+        keepalive: usize,
+        done: D,
+    ) -> Self {
+        // The body bytes that came with the head are copied (usually all of a small body) so
+        // the read buffer goes back to the worker's free list.
+        let body = &buf[head_len.min(buf.len())..];
+        let rest = if body.is_empty() {
+            BytesMut::new() // allocated when the body is read, if there is one
+        } else {
+            BytesMut::from(body)
+        };
+        give_buffer(buf);
+        let buf = rest;
+        let mut body = RawBody {
+            conn: Some(conn),
+            buf,
+            framing,
+            upstream_close,
+            keepalive,
+            sent: 0,
+            done: Some(done),
+        };
+        // When all of it came with the head (the common small response), the connection
+        // serves the next request while this body waits for the client.
+        let whole = match &body.framing {
+            Framing::Length(0) => {
+                body.finish(true);
+                None
+            }
+            Framing::Length(n) => (body.buf.len() as u64 >= *n).then_some(*n as usize),
+            Framing::Chunked(c) => c.clone().feed(&body.buf).ok().flatten(),
+            Framing::UntilClose => None,
+        };
+        if let Some(end) = whole {
+            if let Some(conn) = body.conn.take() {
+                if end == body.buf.len() && !body.upstream_close {
+                    conn.release(body.keepalive);
+                } else {
+                    body.buf.truncate(end); // nothing beyond the message is passed on
+                }
+            }
+        }
+        body
+    }
+
+    /// Ends the body once: a complete one returns its connection to the pool when nothing
+    /// beyond the message arrived.
+    fn finish(&mut self, complete: bool) {
+        if let Some(conn) = self.conn.take() {
+            let reusable = complete
+                && self.buf.is_empty()
+                && !self.upstream_close
+                && !matches!(self.framing, Framing::UntilClose);
+            if reusable {
+                conn.release(self.keepalive);
+            }
+        }
+        if let Some(done) = self.done.take() {
+            done.done(self.sent, complete);
+        }
+    }
+
+    /// The next data frame from what is buffered (`None` when more must be read) and whether
+    /// the message ended with it.
+    fn decode(&mut self) -> Result<(Option<Bytes>, bool), UpstreamBodyError> {
+        match &mut self.framing {
+            Framing::Length(left) => {
+                let take = (*left).min(self.buf.len() as u64);
+                *left -= take;
+                let data = (take > 0).then(|| self.buf.split_to(take as usize).freeze());
+                Ok((data, *left == 0))
+            }
+            Framing::Chunked(c) => {
+                let (used, span, ended) = c
+                    .next_data(&self.buf)
+                    .map_err(|()| UpstreamBodyError::Framing)?;
+                let data = span.map(|r| {
+                    self.buf.advance(r.start);
+                    self.buf.split_to(r.end - r.start).freeze()
+                });
+                if data.is_none() {
+                    self.buf.advance(used);
+                }
+                Ok((data, ended))
+            }
+            Framing::UntilClose => Ok((
+                (!self.buf.is_empty()).then(|| self.buf.split().freeze()),
+                false,
+            )),
+        }
+    }
+}
+
+impl<D: Done> Drop for RawBody<D> {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl<D: Done> Body for RawBody<D> {
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done.is_none() {
+                return Poll::Ready(None);
+            }
+            if !this.buf.is_empty() {
+                match this.decode() {
+                    Err(e) => {
+                        this.finish(false);
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Ok((data, ended)) => {
+                        if let Some(d) = &data {
+                            this.sent += d.len() as u64;
+                        }
+                        if ended {
+                            // Before the frame goes out, so the hyper server sees the end with
+                            // it (HTTP/2: END_STREAM on the last DATA frame).
+                            this.finish(true);
+                        }
+                        match data {
+                            Some(d) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                            None if ended => return Poll::Ready(None),
+                            None => continue,
+                        }
+                    }
+                }
+            }
+            let Some(conn) = &this.conn else {
+                return Poll::Ready(None);
+            };
+            if let Err(e) = std::task::ready!(conn.stream.poll_read_ready(cx)) {
+                this.finish(false);
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            if this.buf.capacity() < 1024 {
+                this.buf.reserve(RELAY_BUFFER);
+            }
+            match conn.stream.try_read_buf(&mut this.buf) {
+                Ok(0) => {
+                    if matches!(this.framing, Framing::UntilClose) {
+                        this.finish(true);
+                        return Poll::Ready(None);
+                    }
+                    this.finish(false);
+                    return Poll::Ready(Some(Err(UpstreamBodyError::Truncated)));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    this.finish(false);
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            _ if self.done.is_none() => SizeHint::with_exact(0),
+            Framing::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
     }
 }

@@ -26,19 +26,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::{self, ProxyError};
-use crate::service::{
-    self, begin_retry, idempotent, tokens, ActiveGuard, LogFields, Lookup, Shared,
-};
-use crate::upstream;
+use crate::relay;
+use crate::service::{self, idempotent, tokens, ActiveGuard, LogFields, Lookup, Shared};
 
 /// Request heads with more fields than this go to the hyper path.
 const MAX_FIELDS: usize = 64;
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Upstream response heads with more fields than this are refused (502).
-const MAX_RESPONSE_FIELDS: usize = 128;
+pub(crate) const MAX_RESPONSE_FIELDS: usize = 128;
 /// Size of the buffer a response is relayed through.
-const RELAY_BUFFER: usize = 32 * 1024;
+pub(crate) const RELAY_BUFFER: usize = 32 * 1024;
 
 /// A client connection this path can serve.
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -534,7 +532,7 @@ fn take_buffer() -> Vec<u8> {
 }
 
 /// Gives a read buffer back (kept only if it did not grow and the list is short).
-fn give_buffer(mut b: Vec<u8>) {
+pub(crate) fn give_buffer(mut b: Vec<u8>) {
     if b.capacity() != READ_BUFFER {
         return;
     }
@@ -549,7 +547,7 @@ fn give_buffer(mut b: Vec<u8>) {
 
 /// The Connection fields of a message (up to four; more is refused as unusual).
 #[derive(Default)]
-struct ConnectionFields<'a> {
+pub(crate) struct ConnectionFields<'a> {
     values: [&'a [u8]; 4],
     n: usize,
     /// One of them says `close`.
@@ -589,7 +587,7 @@ impl<'a> ConnectionFields<'a> {
     }
 }
 
-fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+pub(crate) fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -876,116 +874,38 @@ async fn forward<S: ClientIo>(
     let r = &table.routes[d.route];
     pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(&pool_entry.state.active);
-    let mut tried: Vec<usize> = Vec::new();
-    let mut retries_left = pcfg.retries;
-    let mut retry_slot: Option<ActiveGuard> = None;
-    let mut last_error: Option<ProxyError> = None;
-    let mut rbuf = Vec::new();
-    macro_rules! fail {
-        ($e:expr) => {{
-            let e = $e;
-            drop(retry_slot.take());
-            // Written by the caller, so this future carries no second write state.
-            return Forwarded::Reply {
-                bytes: error_reply(cx, log, e, close),
-                close,
-                unread: 0,
-            };
-        }};
-    }
     let hsts = match (&r.hsts, &cx.shared.tls) {
         (Some(v), Some(_)) => Some(v),
         _ => None,
     };
-    let (b, mut up, status, mut rh) = loop {
-        let chosen = match table.backend(d.pool, fastrand::u64(..), d.hash_key, &tried) {
-            Ok(c) => c,
-            Err(e) => fail!(service::no_backend(pool_entry, e, last_error)),
-        };
-        if chosen.fail_open {
-            pool_entry.state.fail_open.increment(1);
-        }
-        let b = chosen.index;
-        let be = &pool_entry.backends[b];
-        if let Some(l) = log.as_mut() {
-            l.upstream = be.authority.as_str().to_string();
-        }
-        be.state.start();
-        let mut up = match upstream::acquire_raw(pool_entry, be).await {
-            Ok(c) => c,
-            Err(e) => match service::retry_after_connect_failure(
-                pool_entry,
-                b,
-                &e,
-                &mut tried,
-                &mut last_error,
-                &mut retries_left,
-                &mut retry_slot,
-            ) {
-                Ok(()) => continue,
-                Err(err) => fail!(err),
-            },
-        };
-        let sent_at = Instant::now();
-        rbuf.clear(); // a retried attempt starts afresh
-        let deadline = tokio::time::Instant::from_std(sent_at + pcfg.response_timeout);
-        let result = tokio::time::timeout_at(deadline, async {
-            up.stream.write_all(&out).await.map_err(HeadError::Io)?;
-            read_head(&mut up.stream, &mut rbuf).await
-        })
-        .await;
-        drop(retry_slot.take());
-        let error = match result {
-            Ok(Ok(status)) => {
-                pool_entry.state.outcomes.record_latency(sent_at.elapsed());
-                if pcfg.retry_on.statuses.contains(&status)
-                    && safe
-                    && tried.len() + 1 < pool_entry.backends.len()
-                    && service::retry_allowed(pool_entry, retries_left)
-                {
-                    service::passive(pool_entry, be, status >= 500);
-                    be.state.finish(true);
-                    tried.push(b);
-                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
-                    continue;
-                }
-                let sticky = d.new_sticky.as_deref();
-                match response_head(&rbuf, head_request, hsts, sticky, close, out) {
-                    Ok(rh) => {
-                        service::passive(pool_entry, be, status >= 500);
-                        break (b, up, status, rh);
-                    }
-                    Err(request) => {
-                        out = request;
-                        HeadError::Malformed
-                    }
-                }
+    let sticky = d.new_sticky.as_deref();
+    let sent = relay::send(
+        table,
+        d.pool,
+        d.hash_key,
+        safe,
+        out,
+        &mut log,
+        |rbuf, out| response_head(rbuf, head_request, hsts, sticky, close, out),
+    )
+    .await;
+    let relay::Sent {
+        backend: b,
+        conn: mut up,
+        status,
+        head: mut rh,
+        buf: mut rbuf,
+    } = match sent {
+        Ok(s) => s,
+        // Written by the caller, so this future carries no second write state.
+        Err(e) => {
+            return Forwarded::Reply {
+                bytes: error_reply(cx, log, e, close),
+                close,
+                unread: 0,
             }
-            Ok(Err(e)) => e,
-            Err(_) => {
-                be.state.finish(true);
-                service::passive(pool_entry, be, true);
-                pool_entry.state.timeouts.increment(1);
-                fail!(ProxyError::UpstreamTimeout);
-            }
-        };
-        if matches!(error, HeadError::Closed(0)) && up.reused && safe {
-            // The server closed the idle connection as it was reused: not its fault.
-            be.state.finish(false);
-            continue;
         }
-        be.state.finish(true);
-        service::passive(pool_entry, be, true);
-        tracing::debug!(upstream = %be.authority, error = %error, reused = up.reused, "upstream request failed");
-        tried.push(b);
-        last_error = Some(ProxyError::UpstreamConnect);
-        if pcfg.retry_on.reset && safe && service::retry_allowed(pool_entry, retries_left) {
-            retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
-            continue;
-        }
-        fail!(ProxyError::UpstreamConnect);
     };
-    drop(retry_slot.take());
     r.counters[d.entry].count(status);
     let be = &pool_entry.backends[b];
     let close = rh.close;
@@ -1075,6 +995,72 @@ struct ResponseHead {
     close: bool,
 }
 
+/// How a response head frames its body, checked as a client would read it.
+pub(crate) struct ResponseFraming<'a> {
+    pub framing: Framing,
+    /// Transfer-Encoding ends in chunked (a Content-Length beside it is dropped).
+    pub chunked: bool,
+    /// The same Content-Length twice (accepted, RFC 9112 6.3, and sent on once).
+    pub repeated_length: bool,
+    pub connection: ConnectionFields<'a>,
+    /// The server closes the connection after this response.
+    pub upstream_close: bool,
+}
+
+/// The framing of a parsed response head; `Err` when a client could read it differently from
+/// nrdot (lengths that are not plain digits or disagree, a last transfer coding other than
+/// chunked, too many Connection fields): such a response is refused, as nginx refuses it.
+pub(crate) fn response_framing<'b>(
+    resp: &httparse::Response<'_, 'b>,
+    head_request: bool,
+) -> Result<ResponseFraming<'b>, ()> {
+    let status = resp.code.unwrap_or(0);
+    let mut length: Option<u64> = None;
+    let mut repeated_length = false;
+    let mut chunked = None;
+    let mut connection = ConnectionFields::default();
+    for h in resp.headers.iter() {
+        if is(h.name, "content-length") {
+            // Digits only, as for requests: `+5` would pass Rust's parser and go on verbatim
+            // to a client that reads it differently.
+            let n = content_length(h.value);
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(l)) if n == l => repeated_length = true,
+                _ => return Err(()),
+            }
+        } else if is(h.name, "transfer-encoding") {
+            chunked = Some(
+                tokens(h.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if is(h.name, "connection") && !connection.push(h.value) {
+            return Err(());
+        }
+    }
+    let upstream_close = connection.close || resp.version != Some(1);
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Length(0)
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked(Chunks::default()),
+            // A transfer coding other than chunked last (RFC 9112 6.3 allows reading until
+            // close) is refused, as nginx does: a client could read it otherwise.
+            (Some(false), _) => return Err(()),
+            (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    Ok(ResponseFraming {
+        framing,
+        chunked: chunked == Some(true),
+        repeated_length,
+        connection,
+        upstream_close,
+    })
+}
+
 /// Rewrites the upstream response head at the start of `buf` for the client into `head`
 /// (emptied first; sized for the head and the body bytes already read, so the relay's first
 /// write needs no reallocation). When the head is malformed or its framing contradictory,
@@ -1099,43 +1085,15 @@ fn response_head(
     };
     let status = resp.code.unwrap_or(0);
     let headers: &[httparse::Header] = resp.headers;
-    let mut length: Option<u64> = None;
-    // The same length twice is accepted (RFC 9112 6.3) and sent on once.
-    let mut repeated_length = false;
-    let mut chunked = None;
-    let mut connection = ConnectionFields::default();
-    for h in headers {
-        if is(h.name, "content-length") {
-            // Digits only, as for requests: `+5` would pass Rust's parser and go on verbatim
-            // to a client that reads it differently.
-            let n = content_length(h.value);
-            match (n, length) {
-                (Some(n), None) => length = Some(n),
-                (Some(n), Some(l)) if n == l => repeated_length = true,
-                _ => return Err(head),
-            }
-        } else if is(h.name, "transfer-encoding") {
-            chunked = Some(
-                tokens(h.value)
-                    .last()
-                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
-            );
-        } else if is(h.name, "connection") && !connection.push(h.value) {
-            return Err(head);
-        }
-    }
-    let upstream_close = connection.close || resp.version != Some(1);
-    let framing = if head_request || status == 204 || status == 304 {
-        Framing::Length(0)
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Framing::Chunked(Chunks::default()),
-            // A transfer coding other than chunked last (RFC 9112 6.3 allows reading until
-            // close) is refused, as nginx does: a client could read it otherwise.
-            (Some(false), _) => return Err(head),
-            (None, None) => Framing::UntilClose,
-            (None, Some(n)) => Framing::Length(n),
-        }
+    let Ok(ResponseFraming {
+        framing,
+        chunked,
+        repeated_length,
+        connection,
+        upstream_close,
+    }) = response_framing(&resp, head_request)
+    else {
+        return Err(head);
     };
     let close = close || matches!(framing, Framing::UntilClose);
     head.clear();
@@ -1154,7 +1112,7 @@ fn response_head(
         if hop_by_hop(h.name)
             || (connection.names(h.name) && !framing_field(h.name))
             || (hsts.is_some() && is(h.name, "strict-transport-security"))
-            || (chunked.is_some() && is(h.name, "content-length"))
+            || (chunked && is(h.name, "content-length"))
         {
             continue;
         }
@@ -1231,7 +1189,7 @@ fn itoa3(status: u16) -> [u8; 3] {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum HeadError {
+pub(crate) enum HeadError {
     /// The connection ended after this many bytes, before a complete head.
     #[error("connection closed after {0} bytes, before a complete response head")]
     Closed(usize),
@@ -1245,7 +1203,7 @@ enum HeadError {
 
 /// Reads until a final response head is in `buf` (informational 1xx heads are skipped) and
 /// returns its status; the head starts at `buf[0]`.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16, HeadError> {
+pub(crate) async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16, HeadError> {
     let mut received = 0;
     loop {
         if !buf.is_empty() {
@@ -1334,7 +1292,7 @@ fn plain_final_head(buf: &[u8]) -> Option<u16> {
 }
 
 /// How the end of a response body is found (RFC 9112 6.3).
-enum Framing {
+pub(crate) enum Framing {
     Length(u64),
     Chunked(Chunks),
     UntilClose,
@@ -1359,8 +1317,8 @@ impl Framing {
 }
 
 /// Follows chunked framing (relayed as is) to find where the message ends.
-#[derive(Default)]
-struct Chunks {
+#[derive(Default, Clone)]
+pub(crate) struct Chunks {
     state: ChunkState,
     size: u64,
     digits: bool,
@@ -1384,18 +1342,39 @@ enum ChunkState {
 
 impl Chunks {
     /// The offset just past the end of the message if it ends inside `data`.
-    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+    pub(crate) fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+        let mut at = 0;
+        loop {
+            let (used, _, ended) = self.next_data(&data[at..])?;
+            at += used;
+            if ended {
+                return Ok(Some(at));
+            }
+            if at == data.len() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Follows the framing in `data` up to the next run of chunk data, the message's end or
+    /// the end of `data`: how many bytes that consumed, the data run's range within them, and
+    /// whether the message ended. The relay and the hyper path's decoder share this one state
+    /// machine (fuzzed through [`relay_parse`]).
+    pub(crate) fn next_data(
+        &mut self,
+        data: &[u8],
+    ) -> Result<(usize, Option<std::ops::Range<usize>>, bool), ()> {
         use ChunkState::*;
         let mut i = 0;
         while i < data.len() {
             if self.state == Data {
                 let take = self.size.min((data.len() - i) as u64);
                 self.size -= take;
-                i += take as usize;
                 if self.size == 0 {
                     self.state = DataCr;
                 }
-                continue;
+                let end = i + take as usize;
+                return Ok((end, Some(i..end), false));
             }
             let b = data[i];
             i += 1;
@@ -1422,11 +1401,11 @@ impl Chunks {
                 (TrailerLine, b'\r') => TrailerLineLf,
                 (TrailerLine, _) => TrailerLine,
                 (TrailerLineLf, b'\n') => TrailerStart,
-                (EndLf, b'\n') => return Ok(Some(i)),
+                (EndLf, b'\n') => return Ok((i, None, true)),
                 _ => return Err(()),
             };
         }
-        Ok(None)
+        Ok((i, None, false))
     }
 }
 
@@ -1649,6 +1628,36 @@ mod tests {
                 None => split + c.feed(b).expect("valid").expect("ends"),
             };
             assert_eq!(&msg[end..], b"NEXT", "split at {split}");
+        }
+    }
+
+    #[test]
+    fn chunked_data_is_decoded_whatever_the_pieces() {
+        let msg = b"5;x=1\r\nhello\r\nA\r\n world!!!!\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        for split in 0..msg.len() {
+            let mut c = Chunks::default();
+            let (mut data, mut end) = (Vec::new(), None);
+            let mut offset = 0;
+            for piece in [&msg[..split], &msg[split..]] {
+                let mut at = 0;
+                while at < piece.len() && end.is_none() {
+                    let (used, span, ended) = c.next_data(&piece[at..]).expect("valid");
+                    if let Some(r) = span {
+                        data.extend_from_slice(&piece[at + r.start..at + r.end]);
+                    }
+                    at += used;
+                    if ended {
+                        end = Some(offset + at);
+                    }
+                }
+                offset += piece.len();
+            }
+            assert_eq!(data, b"hello world!!!!", "split at {split}");
+            assert_eq!(
+                end.map(|e| &msg[e..]),
+                Some(&b"NEXT"[..]),
+                "split at {split}"
+            );
         }
     }
 

@@ -16,6 +16,7 @@ mod h1;
 mod inspect;
 pub mod listener;
 pub mod metrics;
+mod relay;
 mod service;
 pub mod tls;
 mod upstream;

@@ -23,10 +23,10 @@ use nrdot_config::table::{BackendEntry, NoBackend, PoolEntry};
 use nrdot_config::{HashKey, RouteTable, Sticky};
 
 use crate::accesslog::{AccessLog, Entry};
-use crate::body::{Done, RequestBody, ResponseBody};
+use crate::body::{Done, RawBody, RequestBody, ResponseBody};
 use crate::error::{self, ProxyError};
 use crate::inspect::Verdict;
-use crate::upstream;
+use crate::{relay, upstream};
 
 /// What every connection of a listener shares.
 pub struct Shared {
@@ -104,7 +104,8 @@ pub(crate) fn peer_text(peer: SocketAddr, buf: &mut [u8; 48]) -> &[u8] {
     }
 }
 
-pub type ProxyBody = Either<ResponseBody<Completion>, Full<Bytes>>;
+/// The response body: relayed from hyper's client, read by nrdot's own client, or nrdot's own.
+pub type ProxyBody = Either<Either<ResponseBody<Completion>, RawBody<Completion>>, Full<Bytes>>;
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<ProxyBody>;
@@ -405,6 +406,59 @@ async fn proxy(
         Payload::Stream(Some(body))
     };
 
+    let hsts = table.routes[route]
+        .hsts
+        .as_ref()
+        .filter(|_| conn.shared.tls.is_some());
+
+    // A request complete in memory to a plain upstream goes through nrdot's own client, as on
+    // the native path: one write, no connection task or channel, the body read by its framing.
+    if let (None, false, Payload::Replay(bytes)) = (&pcfg.tls, upgrade, &payload) {
+        if crate::worker::native_upstream() {
+            let head_request = parts.method == Method::HEAD;
+            let out = relay::request_bytes(&parts, path_and_query.as_str(), bytes);
+            pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
+            let _active = ActiveGuard(&pool_entry.state.active);
+            let sent = relay::send(table, pool, hash_key, safe, out, &mut log, |buf, out| {
+                relay::raw_head(buf, head_request).ok_or(out)
+            })
+            .await;
+            let relay::Sent {
+                backend,
+                conn: upstream_conn,
+                status,
+                head,
+                buf,
+            } = match sent {
+                Ok(s) => s,
+                Err(e) => fail!(e),
+            };
+            table.routes[route].counters[entry].count(status);
+            let mut resp = Response::new(());
+            *resp.status_mut() = head.status;
+            *resp.headers_mut() = head.headers;
+            response_fields(resp.headers_mut(), false, via, hsts, new_sticky);
+            let completion = Completion {
+                table: Arc::clone(table),
+                pool,
+                backend,
+                status,
+                upstream: None,
+                log,
+            };
+            let body = RawBody::new(
+                upstream_conn,
+                buf,
+                head.len,
+                head.framing,
+                head.upstream_close,
+                pcfg.keepalive,
+                completion,
+            );
+            return Ok(resp.map(|()| Either::Left(Either::Right(body))));
+        }
+    }
+
     // Pick, connect, send; retry on another server where that is safe.
     pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(&pool_entry.state.active);
@@ -556,15 +610,13 @@ async fn proxy(
     table.routes[route].counters[entry].count(status.as_u16());
 
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    strip_hop_by_hop(h, switching && upgrade);
-    h.append(header::VIA, via);
-    if let (Some(hsts), Some(_)) = (&table.routes[route].hsts, &conn.shared.tls) {
-        h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
-    }
-    if let Some(cookie) = new_sticky.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        h.append(header::SET_COOKIE, cookie);
-    }
+    response_fields(
+        resp.headers_mut(),
+        switching && upgrade,
+        via,
+        hsts,
+        new_sticky,
+    );
 
     let completion = Completion {
         table: Arc::clone(table),
@@ -601,7 +653,26 @@ async fn proxy(
             Either::Right(Full::new(Bytes::new())),
         ));
     }
-    Ok(resp.map(|b| Either::Left(ResponseBody::new(b, completion))))
+    Ok(resp.map(|b| Either::Left(Either::Left(ResponseBody::new(b, completion)))))
+}
+
+/// The response fields an intermediary changes: hop-by-hop ones go, `Via` is added, and the
+/// route's HSTS and a newly assigned sticky cookie.
+fn response_fields(
+    h: &mut HeaderMap,
+    keep_upgrade: bool,
+    via: HeaderValue,
+    hsts: Option<&HeaderValue>,
+    new_sticky: Option<String>,
+) {
+    strip_hop_by_hop(h, keep_upgrade);
+    h.append(header::VIA, via);
+    if let Some(hsts) = hsts {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    if let Some(cookie) = new_sticky.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.append(header::SET_COOKIE, cookie);
+    }
 }
 
 /// Counts a retry: one fewer left, one more in flight until the guard drops.

@@ -220,6 +220,14 @@ fn native_h1() -> bool {
     *ON.get_or_init(|| std::env::var("NRDOT_NATIVE_H1").map_or(true, |v| v != "0"))
 }
 
+/// Whether the hyper path sends requests complete in memory to plain upstreams through nrdot's
+/// own HTTP/1.1 client (`NRDOT_NATIVE_UPSTREAM=0` keeps them on hyper's client, for
+/// comparisons).
+pub(crate) fn native_upstream() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("NRDOT_NATIVE_UPSTREAM").map_or(true, |v| v != "0"))
+}
+
 fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     // The native path sets TCP_NODELAY on plain connections only when a response needs more
     // than one write; TLS and the hyper path write in pieces from the start.

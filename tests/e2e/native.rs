@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use nrdot_tests::{pool, pool_route, Fnv, KeepAlive, Nrdot, Origin};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use nrdot_tests::{pool, pool_route, raw, Fnv, KeepAlive, Nrdot, Origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::BIN;
@@ -44,7 +47,21 @@ impl RawOrigin {
                         let head = String::from_utf8_lossy(&buf[..end]).to_string();
                         buf.drain(..end + 4);
                         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        let generated: Vec<u8>;
                         let (resp, close): (&[u8], bool) = match path.as_str() {
+                            "/chunked-big" => {
+                                generated = chunked_big();
+                                (&generated, false)
+                            }
+                            // The server dies 3 bytes into a 10-byte body.
+                            "/truncated" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", true),
+                            // More than the response: the connection cannot be trusted after it.
+                            "/extra" => (
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra",
+                                false,
+                            ),
+                            // For HEAD: a length and no body.
+                            "/head" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
                             "/chunked" => (
                                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
                                 false,
@@ -93,6 +110,59 @@ impl RawOrigin {
         });
         RawOrigin { addr, connections }
     }
+}
+
+/// Bytes of chunk `i` of `/chunked-big` (100 chunks of 1,000 bytes, sizes in mixed case).
+fn big_chunk(i: usize) -> Vec<u8> {
+    vec![b'a' + (i % 26) as u8; 1000]
+}
+
+fn chunked_big() -> Vec<u8> {
+    let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n".to_vec();
+    for i in 0..100 {
+        r.extend_from_slice(if i % 2 == 0 {
+            b"3E8\r\n"
+        } else {
+            b"3e8;x=y\r\n"
+        });
+        r.extend_from_slice(&big_chunk(i));
+        r.extend_from_slice(b"\r\n");
+    }
+    r.extend_from_slice(b"0\r\nx-sum: 1\r\n\r\n");
+    r
+}
+
+/// An HTTP/2 connection (prior knowledge) to nrdot's plaintext listener.
+async fn h2_connect(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// One request on an HTTP/2 connection: status, fields, and the body or the error that cut
+/// it short.
+async fn h2_request(
+    s: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+) -> (u16, http::HeaderMap, Result<Vec<u8>, String>) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://a{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = s.send_request(req).await.expect("response head");
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .map_err(|e| e.to_string());
+    (parts.status.as_u16(), parts.headers, body)
 }
 
 /// A raw origin, nrdot in front of it (with `limits` prepended to the config), and one client
@@ -532,4 +602,92 @@ async fn the_body_of_a_request_nrdot_answers_itself_is_not_read_as_the_next_requ
     // reached the origin as requests.
     echoed(c.get("/next").await, "GET", "/next", b"");
     assert_eq!(o.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_get_every_upstream_framing_decoded_and_the_connection_reused() {
+    let (o, n, _c) = through_nrdot("").await;
+    let mut h2 = h2_connect(n.addr).await;
+    // Each body must end exactly where its framing says, or the next response on the one
+    // upstream connection would be garbage (or a new connection would be opened).
+    for (path, body) in [
+        ("/chunked", &b"hello world"[..]),
+        ("/named-chunked", b"named"),
+        ("/named-length", b"named"),
+        ("/same-length-twice", b"hi"),
+        ("/early-hints", b"ok"),
+        ("/plain", b"hi"),
+    ] {
+        let (status, headers, got) = h2_request(&mut h2, "GET", path).await;
+        assert_eq!((status, got.as_deref()), (200, Ok(body)), "{path}");
+        assert_eq!(headers["via"], "2.0 nrdot", "{path}");
+        // Trailers are not passed on, so neither is their announcement.
+        assert!(!headers.contains_key("trailer"), "{path}: {headers:?}");
+    }
+    let (status, _, got) = h2_request(&mut h2, "GET", "/chunked-big").await;
+    let want: Vec<u8> = (0..100).flat_map(big_chunk).collect();
+    assert_eq!(status, 200);
+    assert!(
+        got.as_ref().is_ok_and(|b| *b == want),
+        "chunked body decoded whole"
+    );
+    let (status, headers, got) = h2_request(&mut h2, "HEAD", "/head").await;
+    assert_eq!((status, got.as_deref()), (200, Ok(&b""[..])));
+    assert_eq!(headers["content-length"], "5");
+    let (status, _, got) = h2_request(&mut h2, "GET", "/plain").await;
+    assert_eq!((status, got.as_deref()), (200, Ok(&b"hi"[..])));
+    assert_eq!(
+        o.connections.load(Ordering::SeqCst),
+        1,
+        "one upstream connection served all"
+    );
+    // A connection that sent more than the response is not reused.
+    let (status, _, got) = h2_request(&mut h2, "GET", "/extra").await;
+    assert_eq!((status, got.as_deref()), (200, Ok(&b"hi"[..])));
+    let (status, _, got) = h2_request(&mut h2, "GET", "/plain").await;
+    assert_eq!((status, got.as_deref()), (200, Ok(&b"hi"[..])));
+    assert_eq!(o.connections.load(Ordering::SeqCst), 2);
+
+    let (status, _, got) = h2_request(&mut h2, "GET", "/until-close").await;
+    assert_eq!((status, got.as_deref()), (200, Ok(&b"until close"[..])));
+    // Framings a client could read otherwise are refused.
+    for path in ["/gzip-coded", "/signed-length", "/bad-head", "/two-lengths"] {
+        let (status, _, _) = h2_request(&mut h2, "GET", path).await;
+        assert_eq!(status, 502, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_body_cut_short_resets_only_that_http2_stream() {
+    let (_o, n, _c) = through_nrdot("").await;
+    let mut h2 = h2_connect(n.addr).await;
+    let req = http::Request::get("http://a/truncated")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    // The head goes out before the body breaks, but the reset can overtake it at the client.
+    match h2.send_request(req).await {
+        Err(e) => assert!(format!("{e:?}").contains("INTERNAL_ERROR"), "{e:?}"),
+        Ok(resp) => {
+            assert_eq!(resp.headers()["content-length"], "10");
+            let body = resp.into_body().collect().await;
+            assert!(body.is_err(), "a cut body must not look complete");
+        }
+    }
+    let (status, _, got) = h2_request(&mut h2, "GET", "/plain").await;
+    assert_eq!((status, got.as_deref()), (200, Ok(&b"hi"[..])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_get_a_chunked_upstream_response_delimited_by_close() {
+    let (_o, n, _c) = through_nrdot("").await;
+    let text = raw(
+        n.addr,
+        b"GET /chunked HTTP/1.0\r\nHost: a\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(!head.to_lowercase().contains("transfer-encoding"), "{head}");
+    assert_eq!(body, "hello world");
 }
