@@ -488,7 +488,7 @@ const READ_BUFFER: usize = 8192;
 
 /// Largest request body the native path reads into memory before forwarding (nginx's
 /// `client_body_buffer_size` is 16 KiB on 64-bit; API requests are mostly far below it).
-const NATIVE_BODY_MAX: usize = 64 * 1024;
+pub(crate) const NATIVE_BODY_MAX: usize = 64 * 1024;
 
 /// A Content-Length value: decimal digits only, no sign, no list, no overflow.
 fn content_length(v: &[u8]) -> Option<u64> {

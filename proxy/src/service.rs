@@ -394,16 +394,26 @@ async fn proxy(
     };
     let retry_unsafe = table.routes[route].retry_unsafe;
     let safe = idempotent(parts.method.as_str()) || retry_unsafe;
-    let mut payload = if body.is_end_stream() {
-        Payload::Replay(Bytes::new())
-    } else if retry_unsafe && pcfg.retries > 0 && !upgrade {
-        match body.collect(REPLAY_LIMIT).await {
+    // Bodies are buffered where that is cheap or needed: up to the native path's limit when
+    // the length is known (nginx's request buffering: the upstream gets the request in one
+    // piece, and a retry can send it again), up to `REPLAY_LIMIT` for `retry_unsafe` routes.
+    let known_small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= crate::h1::NATIVE_BODY_MAX as u64);
+    let buffer_up_to = if retry_unsafe && pcfg.retries > 0 {
+        Some(REPLAY_LIMIT)
+    } else {
+        known_small.then_some(crate::h1::NATIVE_BODY_MAX)
+    };
+    let mut payload = match buffer_up_to {
+        _ if body.is_end_stream() => Payload::Replay(Bytes::new()),
+        Some(limit) if !upgrade => match body.collect(limit).await {
             Ok(Some(bytes)) => Payload::Replay(bytes),
             Ok(None) => fail!(ProxyError::BodyTooLarge),
             Err(e) => fail!(e),
-        }
-    } else {
-        Payload::Stream(Some(body))
+        },
+        _ => Payload::Stream(Some(body)),
     };
 
     let hsts = table.routes[route]

@@ -150,10 +150,20 @@ async fn h2_request(
     method: &str,
     path: &str,
 ) -> (u16, http::HeaderMap, Result<Vec<u8>, String>) {
+    h2_send(s, method, path, Vec::new()).await
+}
+
+/// [`h2_request`] with a request body.
+async fn h2_send(
+    s: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, http::HeaderMap, Result<Vec<u8>, String>) {
     let req = http::Request::builder()
         .method(method)
         .uri(format!("http://a{path}"))
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(Bytes::from(body)))
         .expect("request");
     let resp = s.send_request(req).await.expect("response head");
     let (parts, body) = resp.into_parts();
@@ -690,4 +700,41 @@ async fn http10_clients_get_a_chunked_upstream_response_delimited_by_close() {
     assert!(head.starts_with("HTTP/1.0 200"), "{head}");
     assert!(!head.to_lowercase().contains("transfer-encoding"), "{head}");
     assert_eq!(body, "hello world");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_bodies_of_known_small_length_are_buffered_so_a_put_is_retried_elsewhere() {
+    let bad = Origin::start("bad").await;
+    let good = Origin::start("good").await;
+    bad.set_status(503);
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &format!(
+            "[[pool]]\nname = \"p\"\nretries = 1\nretry_on = [\"503\"]\n[[pool.server]]\naddress = \"{}\"\n[[pool.server]]\naddress = \"{}\"\n[[route]]\nname = \"r\"\npool = \"p\"\n",
+            bad.addr, good.addr
+        ),
+    );
+    let mut h2 = h2_connect(n.addr).await;
+    let body: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    for _ in 0..10 {
+        let (status, _, got) = h2_send(&mut h2, "PUT", "/up", body.clone()).await;
+        assert_eq!(status, 200, "a PUT sent to the failing server is retried");
+        let e: serde_json::Value = serde_json::from_slice(&got.expect("body")).expect("json");
+        assert_eq!(e["origin"], "good");
+        assert_eq!(e["body_len"], 10_000);
+        assert_eq!(e["body_fnv"], Fnv::of(&body));
+    }
+    assert!(bad.hits() >= 1, "the failing server was never tried");
+    // Over the buffering limit the body streams (sent once, so no retry): still whole.
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    for _ in 0..4 {
+        let (status, _, got) = h2_send(&mut h2, "PUT", "/up", big.clone()).await;
+        if status == 200 {
+            let e: serde_json::Value = serde_json::from_slice(&got.expect("body")).expect("json");
+            assert_eq!(e["body_fnv"], Fnv::of(&big));
+        } else {
+            assert_eq!(status, 503);
+        }
+    }
 }
