@@ -160,9 +160,13 @@ http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{ports['backend']} reuseport backlog=4096;
     location = /small {{ return 200 "hello world!\\n"; }}
     location = /big {{ alias {work}/big.bin; }} }} }}""")
+        # Idle upstream connections kept: more than the most requests any row has in flight
+        # (500 HTTP/2 streams), as HAProxy keeps them without a limit, so no row measures
+        # connection churn instead of proxying.
+        keepalive = 512
         open(f"{work}/nginx.conf", "w").write(common % ("nginx", "nginx") + f"""
 http {{ access_log off; keepalive_requests 1000000;
-  upstream b {{ server 127.0.0.1:{ports['backend']}; keepalive 64; }}
+  upstream b {{ server 127.0.0.1:{ports['backend']}; keepalive {keepalive}; }}
   server {{ listen 127.0.0.1:{ports['nginx']} backlog=4096; listen 127.0.0.1:{ports['nginx_tls']} ssl{' http2' if args.h2 else ''} backlog=4096;
     ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem; ssl_session_cache shared:S:10m; ssl_protocols TLSv1.2 TLSv1.3;
     location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}""")
@@ -201,7 +205,7 @@ keepalive_requests = 1000000
 enabled = false
 [[pool]]
 name = "b"
-keepalive = 64
+keepalive = {keepalive}
 [[pool.server]]
 address = "127.0.0.1:{ports['backend']}"
 [[route]]
