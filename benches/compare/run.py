@@ -247,28 +247,11 @@ pool = "b"
             ]
         if args.only:
             scenarios = [sc for sc in scenarios if args.only in sc[0]]
-        results = {}
-        for name, scheme, path, conns, extra in scenarios:
-            for r in range(rounds):
-                for t in targets:
-                    port = ports[t if scheme == "http" else f"{t}_tls"]
-                    before = cpu_ticks(pids[t])
-                    url = f"{scheme}://127.0.0.1:{port}{path}"
-                    if extra == "stime":
-                        res = stime(port, seconds, reuse=True)
-                    elif extra == "hey":
-                        res = hey(url, seconds, conns, 5000)
-                    elif isinstance(extra, str) and extra.startswith("h2:"):
-                        res = h2load(url, seconds, conns, int(extra[3:]))
-                    else:
-                        res = wrk(url, seconds, conns, extra)
-                    ticks = cpu_ticks(pids[t]) - before
-                    res["cpu_us"] = ticks * (1_000_000 / os.sysconf("SC_CLK_TCK")) / max(res["requests"], 1)
-                    results.setdefault(name, {}).setdefault(t, []).append(res)
-                    print(f"{name:32} round {r + 1} {t:8} {res['rps']:>10.0f} req/s  {res['cpu_us']:6.1f} us/req  p99 {res['p99']} ms  errors {res['errors']}", file=sys.stderr)
-        # Idle keep-alive memory.
+        # Idle keep-alive memory, first, on fresh processes: after the load rounds the
+        # allocators reuse memory freed by then, and RSS stops growing with new connections.
         memory = {}
         for t in ([] if args.no_memory else targets):
+            held = []
             for scheme in ["http", "https"]:
                 port = ports[t if scheme == "http" else f"{t}_tls"]
                 before = rss_kib(pids[t])
@@ -290,9 +273,29 @@ pool = "b"
                 time.sleep(0.5)
                 after = rss_kib(pids[t])
                 memory[(t, scheme)] = (after - before) * 1024 / idle
-                for s in socks:
-                    s.close()
-                time.sleep(0.5)
+                held += socks  # closed after both schemes, so TLS cannot reuse their memory
+            for s in held:
+                s.close()
+            time.sleep(0.5)
+        results = {}
+        for name, scheme, path, conns, extra in scenarios:
+            for r in range(rounds):
+                for t in targets:
+                    port = ports[t if scheme == "http" else f"{t}_tls"]
+                    before = cpu_ticks(pids[t])
+                    url = f"{scheme}://127.0.0.1:{port}{path}"
+                    if extra == "stime":
+                        res = stime(port, seconds, reuse=True)
+                    elif extra == "hey":
+                        res = hey(url, seconds, conns, 5000)
+                    elif isinstance(extra, str) and extra.startswith("h2:"):
+                        res = h2load(url, seconds, conns, int(extra[3:]))
+                    else:
+                        res = wrk(url, seconds, conns, extra)
+                    ticks = cpu_ticks(pids[t]) - before
+                    res["cpu_us"] = ticks * (1_000_000 / os.sysconf("SC_CLK_TCK")) / max(res["requests"], 1)
+                    results.setdefault(name, {}).setdefault(t, []).append(res)
+                    print(f"{name:32} round {r + 1} {t:8} {res['rps']:>10.0f} req/s  {res['cpu_us']:6.1f} us/req  p99 {res['p99']} ms  errors {res['errors']}", file=sys.stderr)
         report = render(results, memory, targets, args, seconds, rounds, idle)
         print(report)
         if args.smoke:

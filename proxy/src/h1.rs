@@ -1,12 +1,14 @@
 //! The native HTTP/1.1 path. It owns client connections from accept (or the TLS handshake)
-//! and serves the common request — HTTP/1.1, origin-form target, no body, no upgrade — inside
-//! the connection's own task: the head is parsed in place, rewritten straight into the bytes
-//! sent upstream, and the response is relayed from the upstream socket with its own framing
-//! (length, chunked, or until close). No request or header map is built, no second task or
-//! channel sits between client and upstream, and an idle connection holds no buffer.
+//! and serves the common request — HTTP/1.1, origin-form target, no body or a Content-Length
+//! body up to 64 KiB, no upgrade — inside the connection's own task: the head is parsed in
+//! place, rewritten straight into the bytes sent upstream (through [`crate::relay::send`]),
+//! and the response is relayed from the upstream socket with its own framing (length,
+//! chunked, or until close). No request or header map is built, no second task or channel
+//! sits between client and upstream, and an idle connection holds no buffer. The response-side
+//! parsers (head, framing, chunks) live here too; the hyper path decodes with them.
 //!
-//! Anything else (request bodies, `Expect`, upgrades, HTTP/1.0, HTTP/2, a head that did not
-//! arrive in one read, anything malformed, routes to TLS upstreams) is handed, with the bytes
+//! Anything else (chunked or larger bodies, other expectations, upgrades, HTTP/1.0, HTTP/2,
+//! anything malformed, routes to TLS upstreams) is handed, with the bytes
 //! already read, to the hyper-based path in [`crate::service`] for the rest of the connection,
 //! so every rule that path enforces still holds. Routing, splitting, retries and passive health
 //! are the same functions both paths call.

@@ -5,9 +5,10 @@
 //! It reads routing tables and never writes them: the control plane publishes tables through
 //! [`nrdot_config::swap`], and this crate never names the control plane.
 //!
-//! `accept -> h1 (native HTTP/1.1: parse in place -> table.route -> pick -> upstream socket)`,
+//! `accept -> h1 (native HTTP/1.1: parse in place -> table.route -> pick -> relay::send)`,
 //! handing unusual requests to
-//! `inspect (HTTP/1 framing) -> hyper -> Service::call -> table.route -> pick -> upstream`
+//! `inspect (HTTP/1 framing) -> hyper -> Service::call -> table.route -> pick -> relay::send`
+//! (hyper's client only for TLS upstreams, upgrades and streamed bodies)
 
 pub mod accesslog;
 mod body;

@@ -1,6 +1,7 @@
 //! The per-request path: check the request, route it with one table generation, pick a pool and
-//! a server, rewrite it as an intermediary must (RFC 9110 7.6), forward it with both bodies
-//! streamed, and count the outcome. Nothing here takes a lock or does I/O beyond the proxying.
+//! a server, rewrite it as an intermediary must (RFC 9110 7.6), forward it (through nrdot's own
+//! client when the request is complete in memory, else with hyper's client and both bodies
+//! streamed), and count the outcome. Nothing here takes a lock or does I/O beyond the proxying.
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
