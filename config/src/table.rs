@@ -83,8 +83,6 @@ pub struct RouteEntry {
     pub https_redirect: bool,
     /// `Strict-Transport-Security` for HTTPS responses.
     pub hsts: Option<http::HeaderValue>,
-    /// Whether one of its pools speaks TLS to its servers.
-    pub tls_upstream: bool,
 }
 
 /// Where a request goes: indexes into the table that routed it.
@@ -245,10 +243,6 @@ impl RouteTable {
                     .hsts
                     .as_deref()
                     .and_then(|h| http::HeaderValue::from_str(h).ok()),
-                tls_upstream: r
-                    .split
-                    .iter()
-                    .any(|e| pools[pool_index[e.pool.as_str()]].config.tls.is_some()),
             })
             .collect();
 

@@ -473,17 +473,13 @@ impl<D: Done> Body for RawBody<D> {
                     }
                 }
             }
-            let Some(conn) = &this.conn else {
+            let Some(conn) = &mut this.conn else {
                 return Poll::Ready(None);
             };
-            if let Err(e) = std::task::ready!(conn.stream.poll_read_ready(cx)) {
-                this.finish(false);
-                return Poll::Ready(Some(Err(e.into())));
-            }
-            if this.buf.capacity() < 1024 {
+            if this.buf.capacity() - this.buf.len() < 1024 {
                 this.buf.reserve(RELAY_BUFFER);
             }
-            match conn.stream.try_read_buf(&mut this.buf) {
+            match std::task::ready!(conn.stream.poll_read_buf(cx, &mut this.buf)) {
                 Ok(0) => {
                     if matches!(this.framing, Framing::UntilClose) {
                         this.finish(true);
@@ -493,7 +489,6 @@ impl<D: Done> Body for RawBody<D> {
                     return Poll::Ready(Some(Err(UpstreamBodyError::Truncated)));
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     this.finish(false);
                     return Poll::Ready(Some(Err(e.into())));

@@ -8,7 +8,7 @@
 //! parsers (head, framing, chunks) live here too; the hyper path decodes with them.
 //!
 //! Anything else (chunked or larger bodies, other expectations, upgrades, HTTP/1.0, HTTP/2,
-//! anything malformed, routes to TLS upstreams) is handed, with the bytes
+//! anything malformed) is handed, with the bytes
 //! already read, to the hyper-based path in [`crate::service`] for the rest of the connection,
 //! so every rule that path enforces still holds. Routing, splitting, retries and passive health
 //! are the same functions both paths call.
@@ -28,8 +28,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::{self, ProxyError};
-use crate::relay;
 use crate::service::{self, idempotent, tokens, ActiveGuard, LogFields, Lookup, Shared};
+use crate::{relay, upstream};
 
 /// Request heads with more fields than this go to the hyper path.
 const MAX_FIELDS: usize = 64;
@@ -692,10 +692,6 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         };
     };
     let r = &table.routes[route];
-    // Decided before the split moves, so the split stays exact.
-    if r.tls_upstream {
-        return Step::Handoff;
-    }
     let mut peer_buf = [0u8; 48];
     let peer = service::peer_text(cx.peer, &mut peer_buf);
     let d = service::decide(table, route, &Fields(headers), peer);
@@ -1205,7 +1201,10 @@ pub(crate) enum HeadError {
 
 /// Reads until a final response head is in `buf` (informational 1xx heads are skipped) and
 /// returns its status; the head starts at `buf[0]`.
-pub(crate) async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16, HeadError> {
+pub(crate) async fn read_head(
+    stream: &mut upstream::UpStream,
+    buf: &mut Vec<u8>,
+) -> Result<u16, HeadError> {
     let mut received = 0;
     loop {
         if !buf.is_empty() {

@@ -86,6 +86,8 @@ pub(crate) async fn send<T>(
         let deadline = tokio::time::Instant::from_std(sent_at + pcfg.response_timeout);
         let result = tokio::time::timeout_at(deadline, async {
             up.stream.write_all(&out).await.map_err(HeadError::Io)?;
+            // TLS: rustls may hold the last record until flushed (plain: nothing to do).
+            up.stream.flush().await.map_err(HeadError::Io)?;
             read_head(&mut up.stream, &mut rbuf).await
         })
         .await;

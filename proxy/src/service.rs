@@ -422,9 +422,9 @@ async fn proxy(
         .as_ref()
         .filter(|_| conn.shared.tls.is_some());
 
-    // A request complete in memory to a plain upstream goes through nrdot's own client, as on
-    // the native path: one write, no connection task or channel, the body read by its framing.
-    if let (None, false, Payload::Replay(bytes)) = (&pcfg.tls, upgrade, &payload) {
+    // A request complete in memory goes through nrdot's own client, as on the native path: one
+    // write, no connection task or channel, the body read by its framing.
+    if let (false, Payload::Replay(bytes)) = (upgrade, &payload) {
         if crate::worker::native_upstream() {
             let head_request = parts.method == Method::HEAD;
             let out = relay::request_bytes(&parts, path_and_query.as_str(), bytes);

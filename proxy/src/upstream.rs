@@ -5,13 +5,19 @@
 //! A sweep every second closes idle connections that expired or whose server is no longer
 //! available (drained, disabled, ejected, removed).
 use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use nrdot_config::state::BackendState;
 use nrdot_config::table::{BackendEntry, PoolEntry};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::body::RequestBody;
 
@@ -23,7 +29,7 @@ struct Idle {
 struct Slot {
     idle: Vec<Idle>,
     /// Plain connections of the native HTTP/1 path, with when they went idle.
-    raw: Vec<(tokio::net::TcpStream, Instant)>,
+    raw: Vec<(UpStream, Instant)>,
     backend: Weak<BackendState>,
     idle_timeout: Duration,
 }
@@ -115,30 +121,7 @@ pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, C
     let stream = connect(pool, backend).await?;
     let sender = match &pool.config.tls {
         None => handshake(stream, addr).await?,
-        Some(tls) => {
-            let cfg = crate::tls::upstream_configs()
-                .load()
-                .get(&pool.config.name)
-                .cloned();
-            let (Some(cfg), Some(name)) = (cfg, crate::tls::server_name(tls, addr)) else {
-                return Err(ConnectError::Failed(
-                    addr.to_string(),
-                    std::io::Error::other("no TLS configuration for this pool"),
-                ));
-            };
-            let connector = tokio_rustls::TlsConnector::from(cfg);
-            let tls_stream = match tokio::time::timeout(
-                pool.config.connect_timeout,
-                connector.connect(name, stream),
-            )
-            .await
-            {
-                Err(_) => return Err(ConnectError::Timeout(addr.to_string())),
-                Ok(Err(e)) => return Err(ConnectError::Failed(addr.to_string(), e)),
-                Ok(Ok(s)) => s,
-            };
-            handshake(tls_stream, addr).await?
-        }
+        Some(_) => handshake(tls_connect(pool, backend, stream).await?, addr).await?,
     };
     Ok(Conn {
         sender,
@@ -163,11 +146,39 @@ where
     Ok(sender)
 }
 
-/// Opens a TCP connection to `backend` within the pool's `connect_timeout`.
-async fn connect(
+/// The TLS handshake with `backend` on `stream`, verified against the pool's configuration,
+/// within the pool's `connect_timeout`.
+async fn tls_connect(
     pool: &PoolEntry,
     backend: &BackendEntry,
-) -> Result<tokio::net::TcpStream, ConnectError> {
+    stream: TcpStream,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let addr = backend.authority.as_str();
+    let cfg = crate::tls::upstream_configs()
+        .load()
+        .get(&pool.config.name)
+        .cloned();
+    let name = pool
+        .config
+        .tls
+        .as_ref()
+        .and_then(|tls| crate::tls::server_name(tls, addr));
+    let (Some(cfg), Some(name)) = (cfg, name) else {
+        return Err(ConnectError::Failed(
+            addr.to_string(),
+            std::io::Error::other("no TLS configuration for this pool"),
+        ));
+    };
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    match tokio::time::timeout(pool.config.connect_timeout, connector.connect(name, stream)).await {
+        Err(_) => Err(ConnectError::Timeout(addr.to_string())),
+        Ok(Err(e)) => Err(ConnectError::Failed(addr.to_string(), e)),
+        Ok(Ok(s)) => Ok(s),
+    }
+}
+
+/// Opens a TCP connection to `backend` within the pool's `connect_timeout`.
+async fn connect(pool: &PoolEntry, backend: &BackendEntry) -> Result<TcpStream, ConnectError> {
     let addr = backend.authority.as_str();
     let stream = match tokio::time::timeout(
         pool.config.connect_timeout,
@@ -183,9 +194,109 @@ async fn connect(
     Ok(stream)
 }
 
-/// A plain connection for one exchange of the native HTTP/1 path.
+/// A connection of nrdot's own HTTP/1.1 client ([`crate::relay`]): plain, or TLS for pools
+/// with `[pool.tls]`.
+pub enum UpStream {
+    Plain(TcpStream),
+    /// Boxed: rustls' connection state is large and most pools are plain.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl UpStream {
+    /// Ready when a read may find something. Plain: the socket's readiness, so no buffer is
+    /// taken while the upstream thinks. TLS: at once (rustls may hold decrypted bytes already).
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            UpStream::Plain(s) => s.readable().await,
+            UpStream::Tls(_) => Ok(()),
+        }
+    }
+
+    /// Reads into the spare capacity of `buf` (0: the connection ended).
+    pub fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut bytes::BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            UpStream::Plain(s) => loop {
+                std::task::ready!(s.poll_read_ready(cx))?;
+                match s.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return Poll::Ready(r),
+                }
+            },
+            UpStream::Tls(t) => tokio_util::io::poll_read_buf(Pin::new(&mut **t), cx, buf),
+        }
+    }
+
+    /// Whether an idle connection still looks usable: the server has neither closed it nor
+    /// sent anything unasked. Uses the readiness the runtime already knows, so a quiet plain
+    /// connection costs no system call. A TLS server's session tickets after the handshake
+    /// are consumed by rustls here and do not count.
+    fn quiet(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self {
+            UpStream::Plain(s) => match s.poll_read_ready(&mut cx) {
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                Poll::Ready(Ok(())) => matches!(
+                    s.try_read(&mut [0u8; 1]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock
+                ),
+            },
+            UpStream::Tls(t) => {
+                let mut byte = [0u8; 1];
+                let mut rb = ReadBuf::new(&mut byte);
+                Pin::new(&mut **t).poll_read(&mut cx, &mut rb).is_pending()
+            }
+        }
+    }
+}
+
+impl AsyncRead for UpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpStream::Tls(t) => Pin::new(&mut **t).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpStream::Tls(t) => Pin::new(&mut **t).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpStream::Tls(t) => Pin::new(&mut **t).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpStream::Tls(t) => Pin::new(&mut **t).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection for one exchange of nrdot's own client.
 pub struct RawConn {
-    pub stream: tokio::net::TcpStream,
+    pub stream: UpStream,
     slot: usize,
     /// Whether it came from the idle pool (see [`Conn::reused`]).
     pub reused: bool,
@@ -208,22 +319,8 @@ impl RawConn {
     }
 }
 
-/// Whether an idle connection still looks usable: the server has neither closed it nor sent
-/// anything unasked. Uses the readiness the runtime already knows, so a quiet connection costs
-/// no system call.
-fn quiet(stream: &tokio::net::TcpStream) -> bool {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        std::task::Poll::Pending => true,
-        std::task::Poll::Ready(Err(_)) => false,
-        std::task::Poll::Ready(Ok(())) => matches!(
-            stream.try_read(&mut [0u8; 1]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-        ),
-    }
-}
-
-/// An idle plain connection to `backend` if one is usable, else a new one.
+/// An idle connection of nrdot's own client to `backend` if one is usable, else a new one
+/// (with the TLS handshake for pools that have `[pool.tls]`).
 pub async fn acquire_raw(
     pool: &PoolEntry,
     backend: &BackendEntry,
@@ -231,8 +328,8 @@ pub async fn acquire_raw(
     let slot = backend.state.slot;
     let idle_timeout = pool.config.keepalive_idle_timeout;
     let reused = with_slot(pool, backend, |entry| {
-        while let Some((stream, since)) = entry.raw.pop() {
-            if since.elapsed() < idle_timeout && quiet(&stream) {
+        while let Some((mut stream, since)) = entry.raw.pop() {
+            if since.elapsed() < idle_timeout && stream.quiet() {
                 return Some(stream);
             }
         }
@@ -245,9 +342,17 @@ pub async fn acquire_raw(
             reused: true,
         });
     }
+    // Boxed: rare on a warm pool, and large; kept out of every exchange's future.
+    let stream = Box::pin(async {
+        let tcp = connect(pool, backend).await?;
+        Ok::<_, ConnectError>(match pool.config.tls {
+            None => UpStream::Plain(tcp),
+            Some(_) => UpStream::Tls(Box::new(tls_connect(pool, backend, tcp).await?)),
+        })
+    })
+    .await?;
     Ok(RawConn {
-        // Boxed: rare on a warm pool, and large; kept out of every exchange's future.
-        stream: Box::pin(connect(pool, backend)).await?,
+        stream,
         slot,
         reused: false,
     })
@@ -270,7 +375,7 @@ pub fn sweep() {
                     slot.idle
                         .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
                     slot.raw
-                        .retain(|(s, since)| since.elapsed() < timeout && quiet(s));
+                        .retain_mut(|(s, since)| since.elapsed() < timeout && s.quiet());
                 }
             }
         }

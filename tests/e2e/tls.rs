@@ -506,8 +506,12 @@ async fn https_redirect_keeps_path_and_query_and_hsts_is_sent_over_tls() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// An HTTPS origin with `cert`/`key`; answers 200 "tls-origin".
-async fn tls_origin(cert: &Path, key: &Path) -> std::net::SocketAddr {
+/// An HTTPS origin with `cert`/`key`; answers 200 "tls-origin", with the request body's length
+/// in `x-body-len` (`/chunked`: a chunked "tls-chunked" instead). Counts its connections.
+async fn tls_origin(
+    cert: &Path,
+    key: &Path,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
     let certs: Vec<CertificateDer<'static>> =
         rustls_pemfile::certs(&mut std::fs::read(cert).expect("cert").as_slice())
             .collect::<Result<_, _>>()
@@ -528,20 +532,37 @@ async fn tls_origin(cert: &Path, key: &Path) -> std::net::SocketAddr {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = Arc::clone(&connections);
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let svc = hyper::service::service_fn(|_req| async {
-                    let mut r = http::Response::new(Full::new(Bytes::from("tls-origin")));
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                    let chunked = req.uri().path().ends_with("/chunked");
+                    let len = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(0);
+                    let body = if chunked {
+                        // No length: hyper sends it chunked.
+                        http_body_util::Either::Left(TwoFrames(vec!["tls-", "chunked"]))
+                    } else {
+                        http_body_util::Either::Right(Full::new(Bytes::from("tls-origin")))
+                    };
+                    let mut r = http::Response::new(body);
                     r.headers_mut()
                         .insert("x-origin", "tls-origin".parse().expect("v"));
+                    r.headers_mut().insert("x-body-len", len.into());
                     Ok::<_, std::convert::Infallible>(r)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -550,7 +571,22 @@ async fn tls_origin(cert: &Path, key: &Path) -> std::net::SocketAddr {
             });
         }
     });
-    addr
+    (addr, connections)
+}
+
+/// A body of two data frames and no length: hyper sends it chunked.
+struct TwoFrames(Vec<&'static str>);
+
+impl http_body::Body for TwoFrames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let next = (!self.0.is_empty()).then(|| self.0.remove(0));
+        std::task::Poll::Ready(next.map(|s| Ok(hyper::body::Frame::data(Bytes::from(s)))))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,7 +601,7 @@ async fn upstream_tls_is_verified_and_a_failing_verification_gives_502() {
         &rcgen::PKCS_ECDSA_P256_SHA256,
         90,
     );
-    let addr = tls_origin(&origin_cert.0, &origin_cert.1).await;
+    let (addr, connections) = tls_origin(&origin_cert.0, &origin_cert.1).await;
     let ca_file = ca.write(&dir);
     let stranger_dir = temp_dir("tls-upstream-2");
     let stranger_file = stranger.write(&stranger_dir);
@@ -579,10 +615,48 @@ async fn upstream_tls_is_verified_and_a_failing_verification_gives_502() {
         ca_file.display().to_string(),
     );
     let n = Nrdot::start(BIN, "", &body);
+    // On one client connection (one worker): GETs, a POST with a body, a chunked response; the
+    // upstream TLS connection is made once and reused for all of them.
+    let mut c = nrdot_tests::KeepAlive::connect(n.addr).await;
     for _ in 0..3 {
-        let r = get(&n.url("/good"), &[]).await;
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body, "tls-origin");
+        let (status, _, body) = c.get("/good").await;
+        assert_eq!((status, &body[..]), (200, &b"tls-origin"[..]));
+    }
+    c.send(b"POST /good HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    let (status, head, _) = c.response().await;
+    assert_eq!(status, 200);
+    assert!(head.to_lowercase().contains("x-body-len: 5\r\n"), "{head}");
+    c.send(b"GET /good/chunked HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    let got = c.read_through(b"0\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("tls-") && text.contains("chunked"), "{text}");
+    let (status, _, body) = c.get("/good").await;
+    assert_eq!((status, &body[..]), (200, &b"tls-origin"[..]));
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the upstream TLS connection was not reused"
+    );
+    // Served on the native path: nothing was handed to the hyper path.
+    assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
+    // HTTP/2 clients go through the same client.
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    for _ in 0..3 {
+        let r = client
+            .request(
+                Request::get(n.url("/good"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request"),
+            )
+            .await
+            .expect("h2 response");
+        assert_eq!(r.status(), 200);
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"tls-origin");
     }
     assert_eq!(
         get(&n.url("/bad"), &[]).await.status,
