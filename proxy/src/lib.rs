@@ -8,7 +8,7 @@
 //! `accept -> h1 (native HTTP/1.1: parse in place -> table.route -> pick -> relay::send)`,
 //! handing unusual requests to
 //! `inspect (HTTP/1 framing) -> hyper -> Service::call -> table.route -> pick -> relay::send`
-//! (hyper's client only for TLS upstreams, upgrades and streamed bodies)
+//! (hyper's client only for upgrades and streamed bodies)
 
 pub mod accesslog;
 mod body;

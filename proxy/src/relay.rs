@@ -1,9 +1,10 @@
-//! nrdot's own HTTP/1.1 client over the plain pooled upstream connections: one request written
+//! nrdot's own HTTP/1.1 client over the pooled upstream connections: one request written
 //! in one piece, the response head read and checked, retried on another server where that is
 //! safe. Both server paths send through [`send`]: the native HTTP/1.1 path relays the response
 //! bytes itself, the hyper path (HTTP/2, HTTP/1.0, other bodies) gets the head as a header map
-//! and the body as a [`crate::body::RawBody`]. Only requests to TLS upstreams, upgrades and
-//! streamed request bodies still go through hyper's client.
+//! and the body as a [`crate::body::RawBody`]. Upstreams are plain or TLS
+//! ([`crate::upstream::UpStream`]); only upgrades and streamed request bodies still go through
+//! hyper's client.
 use std::mem::MaybeUninit;
 use std::time::Instant;
 
