@@ -292,7 +292,8 @@ pub struct Pool {
     pub keepalive_idle_timeout: Duration,
     /// Time allowed to establish a TCP connection.
     pub connect_timeout: Duration,
-    /// Time allowed from sending the request until the response head arrives.
+    /// Time allowed from sending the request until the response head arrives, and between two
+    /// reads of the response body (nginx's `proxy_read_timeout`).
     pub response_timeout: Duration,
     /// Key of `lb = "hash"`.
     pub hash_key: Option<HashKey>,

@@ -235,6 +235,8 @@ impl Body for RequestBody {
 pub trait Done: Send + Unpin {
     /// `complete` is false when the client or the upstream went away mid-body.
     fn done(self, sent: u64, complete: bool);
+    /// The upstream stalled longer than the response timeout between two reads of the body.
+    fn timed_out(&self) {}
 }
 
 /// An upstream response body on its way to the client. Its [`Done`] runs when the body is
@@ -310,6 +312,8 @@ pub enum UpstreamBodyError {
     Truncated,
     #[error("malformed chunked framing from upstream")]
     Framing,
+    #[error("upstream sent nothing for the response timeout mid-body")]
+    Timeout,
 }
 
 /// An upstream response body read straight from a pooled plain connection (nrdot's own
@@ -327,6 +331,12 @@ pub struct RawBody<D: Done> {
     keepalive: usize,
     sent: u64,
     done: Option<D>,
+    /// Longest wait between two reads (the pool's `response_timeout`, as nginx's
+    /// `proxy_read_timeout`); the timer is made only when a read has to wait.
+    read_timeout: Duration,
+    stall: Option<Pin<Box<Sleep>>>,
+    /// A read is waiting and `stall` runs for it.
+    waiting: bool,
 }
 
 impl<D: Done> RawBody<D> {
@@ -338,7 +348,7 @@ impl<D: Done> RawBody<D> {
         head_len: usize,
         framing: Framing,
         upstream_close: bool,
-        keepalive: usize,
+        pool: &nrdot_config::model::Pool,
         done: D,
     ) -> Self {
         // The body bytes that came with the head are copied (usually all of a small body) so
@@ -356,9 +366,12 @@ impl<D: Done> RawBody<D> {
             buf,
             framing,
             upstream_close,
-            keepalive,
+            keepalive: pool.keepalive,
             sent: 0,
             done: Some(done),
+            read_timeout: pool.response_timeout,
+            stall: None,
+            waiting: false,
         };
         // When all of it came with the head (the common small response), the connection
         // serves the next request while this body waits for the client.
@@ -479,7 +492,33 @@ impl<D: Done> Body for RawBody<D> {
             if this.buf.capacity() - this.buf.len() < 1024 {
                 this.buf.reserve(RELAY_BUFFER);
             }
-            match std::task::ready!(conn.stream.poll_read_buf(cx, &mut this.buf)) {
+            let read = match conn.stream.poll_read_buf(cx, &mut this.buf) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    if !this.waiting {
+                        // This wait starts its own clock; the timer is reused across waits.
+                        let deadline = Instant::now() + this.read_timeout;
+                        match &mut this.stall {
+                            Some(s) => s.as_mut().reset(deadline),
+                            None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        }
+                        this.waiting = true;
+                    }
+                    let Some(stall) = &mut this.stall else {
+                        return Poll::Pending;
+                    };
+                    if stall.as_mut().poll(cx).is_ready() {
+                        if let Some(d) = &this.done {
+                            d.timed_out();
+                        }
+                        this.finish(false);
+                        return Poll::Ready(Some(Err(UpstreamBodyError::Timeout)));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            this.waiting = false;
+            match read {
                 Ok(0) => {
                     if matches!(this.framing, Framing::UntilClose) {
                         this.finish(true);

@@ -954,14 +954,22 @@ async fn forward<S: ClientIo>(
         if rbuf.capacity() < RELAY_BUFFER {
             rbuf.reserve(RELAY_BUFFER);
         }
-        match up.stream.read_buf(&mut rbuf).await {
-            Ok(0) => {
+        // `response_timeout` also bounds the wait between two reads of the body, as nginx's
+        // `proxy_read_timeout` does: a server that stalls mid-body does not hold the client.
+        match tokio::time::timeout(pcfg.response_timeout, up.stream.read_buf(&mut rbuf)).await {
+            Ok(Ok(0)) => {
                 complete = matches!(rh.framing, Framing::UntilClose);
                 clean = false;
                 break;
             }
-            Ok(_) => {}
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                clean = false;
+                break;
+            }
             Err(_) => {
+                pool_entry.state.timeouts.increment(1);
+                tracing::debug!(upstream = %be.authority, "upstream stalled mid-body");
                 clean = false;
                 break;
             }

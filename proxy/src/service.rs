@@ -208,6 +208,10 @@ impl Done for Completion {
             log.write(self.status, sent);
         }
     }
+
+    fn timed_out(&self) {
+        self.table.pools[self.pool].state.timeouts.increment(1);
+    }
 }
 
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -463,7 +467,7 @@ async fn proxy(
                 head.len,
                 head.framing,
                 head.upstream_close,
-                pcfg.keepalive,
+                pcfg,
                 completion,
             );
             return Ok(resp.map(|()| Either::Left(Either::Right(body))));

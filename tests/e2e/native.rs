@@ -101,6 +101,14 @@ impl RawOrigin {
                             ),
                             _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", false),
                         };
+                        if path == "/stall" {
+                            // Part of the body, then nothing for longer than any test waits.
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+                                .await;
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
                         if s.write_all(resp).await.is_err() || close {
                             return;
                         }
@@ -737,4 +745,61 @@ async fn http2_bodies_of_known_small_length_are_buffered_so_a_put_is_retried_els
             assert_eq!(status, 503);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_stalling_mid_body_is_cut_off_after_the_response_timeout() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &format!(
+            "[[pool]]\nname = \"p\"\nresponse_timeout = \"1s\"\nretries = 0\n[[pool.server]]\naddress = \"{}\"\n[[route]]\nname = \"r\"\npool = \"p\"\n",
+            o.addr
+        ),
+    );
+    // HTTP/1.1 (native path): the head and the first bytes arrive, then the connection closes
+    // short of the length, so the client knows the body is incomplete.
+    let started = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(n.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("nrdot gave up on the stalled upstream")
+        .expect("read");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\nabc"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "cut before the timeout"
+    );
+    // HTTP/2 (hyper path): the stream is reset.
+    let mut h2 = h2_connect(n.addr).await;
+    let req = http::Request::get("http://a/stall")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        match h2.send_request(req).await {
+            Err(e) => Err(format!("{e:?}")),
+            Ok(resp) => resp
+                .into_body()
+                .collect()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}")),
+        }
+    })
+    .await
+    .expect("nrdot gave up on the stalled upstream");
+    assert!(outcome.is_err(), "a stalled body must not look complete");
+    let timeouts = n.metric("nrdot_upstream_timeouts_total{pool=\"p\"}").await;
+    assert_eq!(timeouts, 2.0);
 }
