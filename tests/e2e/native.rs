@@ -734,16 +734,16 @@ async fn http2_bodies_of_known_small_length_are_buffered_so_a_put_is_retried_els
         assert_eq!(e["body_fnv"], Fnv::of(&body));
     }
     assert!(bad.hits() >= 1, "the failing server was never tried");
-    // Over the buffering limit the body streams (sent once, so no retry): still whole.
+    // Over the buffering limit the body streams (sent once, so it could not be retried): still
+    // whole. (Both servers healthy: a server answering before reading a streamed body may close
+    // the connection under it, which is a 502, not part of this test.)
+    bad.set_status(0);
     let big: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     for _ in 0..4 {
         let (status, _, got) = h2_send(&mut h2, "PUT", "/up", big.clone()).await;
-        if status == 200 {
-            let e: serde_json::Value = serde_json::from_slice(&got.expect("body")).expect("json");
-            assert_eq!(e["body_fnv"], Fnv::of(&big));
-        } else {
-            assert_eq!(status, 503);
-        }
+        assert_eq!(status, 200);
+        let e: serde_json::Value = serde_json::from_slice(&got.expect("body")).expect("json");
+        assert_eq!(e["body_fnv"], Fnv::of(&big));
     }
 }
 
