@@ -231,6 +231,46 @@ impl Body for RequestBody {
     }
 }
 
+/// The longest wait between two reads of an upstream response body (the pool's
+/// `response_timeout`, as nginx's `proxy_read_timeout`). The timer is made only when a read
+/// has to wait, and reused for later waits.
+struct Stall {
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A read is waiting and `timer` runs for it.
+    waiting: bool,
+}
+
+impl Stall {
+    fn new(timeout: Duration) -> Stall {
+        Stall {
+            timeout,
+            timer: None,
+            waiting: false,
+        }
+    }
+
+    /// A read returned pending: true once the upstream has been silent for the whole timeout.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.waiting {
+            let deadline = Instant::now() + self.timeout;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.waiting = true;
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    /// A read returned something: the next wait starts its own clock.
+    fn progressed(&mut self) {
+        self.waiting = false;
+    }
+}
+
 /// Called once when a response body is finished or abandoned, with the bytes sent.
 pub trait Done: Send + Unpin {
     /// `complete` is false when the client or the upstream went away mid-body.
@@ -245,14 +285,17 @@ pub struct ResponseBody<D: Done> {
     inner: Incoming,
     sent: u64,
     done: Option<D>,
+    stall: Stall,
 }
 
 impl<D: Done> ResponseBody<D> {
-    pub fn new(inner: Incoming, done: D) -> Self {
+    /// `read_timeout`: the longest wait between two frames from the upstream.
+    pub fn new(inner: Incoming, read_timeout: Duration, done: D) -> Self {
         ResponseBody {
             inner,
             sent: 0,
             done: Some(done),
+            stall: Stall::new(read_timeout),
         }
     }
 
@@ -271,27 +314,38 @@ impl<D: Done> Drop for ResponseBody<D> {
 
 impl<D: Done> Body for ResponseBody<D> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    self.sent += d.len() as u64;
+                    this.sent += d.len() as u64;
                 }
-                if self.inner.is_end_stream() {
-                    self.finish(true);
+                if this.inner.is_end_stream() {
+                    this.finish(true);
                 }
             }
-            Poll::Ready(None) => self.finish(true),
-            Poll::Ready(Some(Err(_))) => self.finish(false),
-            Poll::Pending => {}
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {
+                if this.done.is_some() && this.stall.expired(cx) {
+                    if let Some(d) = &this.done {
+                        d.timed_out();
+                    }
+                    this.finish(false);
+                    return Poll::Ready(Some(Err(UpstreamBodyError::Timeout)));
+                }
+                return Poll::Pending;
+            }
         }
-        r
+        this.stall.progressed();
+        r.map(|f| f.map(|f| f.map_err(UpstreamBodyError::Hyper)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -314,6 +368,9 @@ pub enum UpstreamBodyError {
     Framing,
     #[error("upstream sent nothing for the response timeout mid-body")]
     Timeout,
+    /// From hyper's client (upgrades and streamed request bodies go through it).
+    #[error("upstream body: {0}")]
+    Hyper(#[from] hyper::Error),
 }
 
 /// An upstream response body read straight from a pooled plain connection (nrdot's own
@@ -331,12 +388,7 @@ pub struct RawBody<D: Done> {
     keepalive: usize,
     sent: u64,
     done: Option<D>,
-    /// Longest wait between two reads (the pool's `response_timeout`, as nginx's
-    /// `proxy_read_timeout`); the timer is made only when a read has to wait.
-    read_timeout: Duration,
-    stall: Option<Pin<Box<Sleep>>>,
-    /// A read is waiting and `stall` runs for it.
-    waiting: bool,
+    stall: Stall,
 }
 
 impl<D: Done> RawBody<D> {
@@ -369,9 +421,7 @@ impl<D: Done> RawBody<D> {
             keepalive: pool.keepalive,
             sent: 0,
             done: Some(done),
-            read_timeout: pool.response_timeout,
-            stall: None,
-            waiting: false,
+            stall: Stall::new(pool.response_timeout),
         };
         // When all of it came with the head (the common small response), the connection
         // serves the next request while this body waits for the client.
@@ -495,19 +545,7 @@ impl<D: Done> Body for RawBody<D> {
             let read = match conn.stream.poll_read_buf(cx, &mut this.buf) {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
-                    if !this.waiting {
-                        // This wait starts its own clock; the timer is reused across waits.
-                        let deadline = Instant::now() + this.read_timeout;
-                        match &mut this.stall {
-                            Some(s) => s.as_mut().reset(deadline),
-                            None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                        }
-                        this.waiting = true;
-                    }
-                    let Some(stall) = &mut this.stall else {
-                        return Poll::Pending;
-                    };
-                    if stall.as_mut().poll(cx).is_ready() {
+                    if this.stall.expired(cx) {
                         if let Some(d) = &this.done {
                             d.timed_out();
                         }
@@ -517,7 +555,7 @@ impl<D: Done> Body for RawBody<D> {
                     return Poll::Pending;
                 }
             };
-            this.waiting = false;
+            this.stall.progressed();
             match read {
                 Ok(0) => {
                     if matches!(this.framing, Framing::UntilClose) {

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
@@ -524,14 +524,9 @@ async fn proxy(
             },
         };
         let fate = request_body.fate();
-        let mut p = http::uri::Parts::default();
-        p.scheme = Some(Scheme::HTTP);
-        p.authority = Some(backend_entry.authority.clone());
-        p.path_and_query = Some(path_and_query.clone());
-        let uri = match Uri::from_parts(p) {
-            Ok(u) => u,
-            Err(_) => fail!(ProxyError::BadRequest),
-        };
+        // Origin-form, as nginx sends it: hyper's client writes the target as given, and an
+        // absolute-form target confuses servers that only expect a path.
+        let uri = Uri::from(path_and_query.clone());
         let mut builder = Request::builder()
             .method(parts.method.clone())
             .uri(uri)
@@ -668,7 +663,8 @@ async fn proxy(
             Either::Right(Full::new(Bytes::new())),
         ));
     }
-    Ok(resp.map(|b| Either::Left(Either::Left(ResponseBody::new(b, completion)))))
+    let read_timeout = pcfg.response_timeout;
+    Ok(resp.map(|b| Either::Left(Either::Left(ResponseBody::new(b, read_timeout, completion)))))
 }
 
 /// The response fields an intermediary changes: hop-by-hop ones go, `Via` is added, and the
