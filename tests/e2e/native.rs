@@ -60,6 +60,9 @@ impl RawOrigin {
                                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra",
                                 false,
                             ),
+                            // No body, and no length to say so.
+                            "/no-content" => (b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", false),
+                            "/not-modified" => (b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n", false),
                             // For HEAD: a length and no body.
                             "/head" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
                             "/chunked" => (
@@ -649,6 +652,10 @@ async fn http2_requests_get_every_upstream_framing_decoded_and_the_connection_re
         got.as_ref().is_ok_and(|b| *b == want),
         "chunked body decoded whole"
     );
+    for (path, want) in [("/no-content", 204), ("/not-modified", 304)] {
+        let (status, _, got) = h2_request(&mut h2, "GET", path).await;
+        assert_eq!((status, got.as_deref()), (want, Ok(&b""[..])), "{path}");
+    }
     let (status, headers, got) = h2_request(&mut h2, "HEAD", "/head").await;
     assert_eq!((status, got.as_deref()), (200, Ok(&b""[..])));
     assert_eq!(headers["content-length"], "5");
