@@ -250,8 +250,12 @@ impl Stall {
         }
     }
 
-    /// A read returned pending: true once the upstream has been silent for the whole timeout.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    /// A read returned pending: true once the upstream has been silent for the whole timeout
+    /// (told to `done`, which counts it; never once the body is done).
+    fn expired<D: Done>(&mut self, cx: &mut Context<'_>, done: &Option<D>) -> bool {
+        let Some(done) = done else {
+            return false;
+        };
         if !self.waiting {
             let deadline = Instant::now() + self.timeout;
             match &mut self.timer {
@@ -260,9 +264,14 @@ impl Stall {
             }
             self.waiting = true;
         }
-        self.timer
+        let expired = self
+            .timer
             .as_mut()
-            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+        if expired {
+            done.timed_out();
+        }
+        expired
     }
 
     /// A read returned something: the next wait starts its own clock.
@@ -334,10 +343,7 @@ impl<D: Done> Body for ResponseBody<D> {
             Poll::Ready(None) => this.finish(true),
             Poll::Ready(Some(Err(_))) => this.finish(false),
             Poll::Pending => {
-                if this.done.is_some() && this.stall.expired(cx) {
-                    if let Some(d) = &this.done {
-                        d.timed_out();
-                    }
+                if this.stall.expired(cx, &this.done) {
                     this.finish(false);
                     return Poll::Ready(Some(Err(UpstreamBodyError::Timeout)));
                 }
@@ -545,10 +551,7 @@ impl<D: Done> Body for RawBody<D> {
             let read = match conn.stream.poll_read_buf(cx, &mut this.buf) {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
-                    if this.stall.expired(cx) {
-                        if let Some(d) = &this.done {
-                            d.timed_out();
-                        }
+                    if this.stall.expired(cx, &this.done) {
                         this.finish(false);
                         return Poll::Ready(Some(Err(UpstreamBodyError::Timeout)));
                     }

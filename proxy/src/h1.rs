@@ -1080,14 +1080,9 @@ fn response_head(
     mut head: Vec<u8>,
 ) -> Result<ResponseHead, Vec<u8>> {
     let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_FIELDS];
-    let mut resp = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return Err(head),
+    let (resp, parsed) = parse_response(buf, &mut fields);
+    let Ok(httparse::Status::Complete(len)) = parsed else {
+        return Err(head);
     };
     let status = resp.code.unwrap_or(0);
     let headers: &[httparse::Header] = resp.headers;
@@ -1240,6 +1235,18 @@ pub(crate) async fn read_head(
     }
 }
 
+/// Parses the response head at the start of `buf`, its fields into `fields` — uninitialised,
+/// so no array of them is zeroed per response. Every reader of upstream heads parses here.
+pub(crate) fn parse_response<'h, 'b>(
+    buf: &'b [u8],
+    fields: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> (httparse::Response<'h, 'b>, httparse::Result<usize>) {
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, fields);
+    (resp, parsed)
+}
+
 /// The status of the final response head at the start of `buf`, once complete; informational
 /// heads before it are removed.
 fn final_head(buf: &mut Vec<u8>) -> Result<Option<u16>, HeadError> {
@@ -1248,12 +1255,7 @@ fn final_head(buf: &mut Vec<u8>) -> Result<Option<u16>, HeadError> {
     }
     loop {
         let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_FIELDS];
-        let mut resp = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut resp,
-            buf,
-            &mut fields,
-        );
+        let (resp, parsed) = parse_response(buf, &mut fields);
         match parsed {
             Ok(httparse::Status::Complete(n)) => {
                 let status = resp.code.unwrap_or(0);

@@ -15,7 +15,9 @@ use nrdot_config::RouteTable;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::ProxyError;
-use crate::h1::{read_head, response_framing, Framing, HeadError, MAX_RESPONSE_FIELDS};
+use crate::h1::{
+    parse_response, read_head, response_framing, Framing, HeadError, MAX_RESPONSE_FIELDS,
+};
 use crate::service::{self, begin_retry, ActiveGuard, LogFields};
 use crate::upstream::{self, RawConn};
 
@@ -200,14 +202,9 @@ pub(crate) struct RawHead {
 /// framing fields are left for the hyper server to rewrite for its client.
 pub(crate) fn raw_head(buf: &[u8], head_request: bool) -> Option<RawHead> {
     let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_FIELDS];
-    let mut resp = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return None,
+    let (resp, parsed) = parse_response(buf, &mut fields);
+    let Ok(httparse::Status::Complete(len)) = parsed else {
+        return None;
     };
     let f = response_framing(&resp, head_request).ok()?;
     let status = StatusCode::from_u16(resp.code?).ok()?;
