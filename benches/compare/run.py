@@ -5,7 +5,9 @@ One shared backend (nginx, one worker, 13-byte and 64 KiB bodies); three proxies
 upstream keep-alive, HAProxy with http-reuse always, nrdot), each with one worker pinned to
 CPU 0; wrk and the backend on CPU 1. Scenarios run interleaved in rounds (A B C A B C ...) so
 drift hits everyone alike; medians and ranges are reported with ratios to nginx of the same
-round. Bounded: about 9 minutes by default, under 3 with --quick, under 1 with --smoke (CI).
+round. Bounded: about 10 minutes by default, under 3 with --quick, under 1 with --smoke (CI).
+The fixed-rate row uses oha (`cargo install oha`) when it is on PATH, else hey; the capped
+row needs root and a cgroup cpu controller and is skipped without one.
 
     python3 benches/compare/run.py [--quick|--smoke] [--nrdot target/release/nrdot] [--out results.md]
 """
@@ -116,6 +118,79 @@ def hey(url, seconds, conns, rate):
     return {"requests": done, "rps": done / seconds, "p50": pct(50), "p99": pct(99), "errors": errors}
 
 
+def oha(url, seconds, conns, rate):
+    """A fixed request rate with coordinated-omission correction: latency counts from when a
+    request was due, not when a busy connection got round to sending it."""
+    cmd = ["taskset", "-c", "1", "oha", "--no-tui", "-w", "-z", f"{seconds}s", "-c", str(conns), "-q", str(rate),
+           "--latency-correction", "--output-format", "json", url]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    try:
+        d = json.loads(out)
+    except ValueError:
+        return {"requests": 0, "rps": 0.0, "p50": None, "p99": None, "errors": 1}
+    codes = d.get("statusCodeDistribution") or {}
+    done = int(codes.get("200", 0))
+    pct = d.get("latencyPercentiles") or {}
+    ms = lambda k: pct[k] * 1000 if pct.get(k) is not None else None
+    errors = sum(codes.values()) - done + sum((d.get("errorDistribution") or {}).values())
+    return {"requests": done, "rps": done / seconds, "p50": ms("p50"), "p99": ms("p99"), "errors": errors}
+
+
+class CpuCap:
+    """Holds a proxy to a share of one CPU with a CFS quota (cgroup v2 `cpu.max`, or v1
+    `cpu.cfs_quota_us`), so that the proxy, not the load generator's CPU, limits requests/s.
+    Under the plain pinning CPU 1 (wrk + backend) saturates first for every proxy; with the
+    proxy capped, requests/s show what a proxy serves from the same CPU budget."""
+    PERIOD_US = 20_000
+
+    def __init__(self, name, pids):
+        self.dir = None
+        for root, v2 in [("/sys/fs/cgroup", True), ("/sys/fs/cgroup/cpu", False)]:
+            ctl = f"{root}/cgroup.controllers"
+            if v2 and not (os.path.exists(ctl) and "cpu" in open(ctl).read().split()):
+                continue
+            if not v2 and not os.path.exists(f"{root}/cpu.cfs_quota_us"):
+                continue
+            try:
+                if v2:
+                    with open(f"{root}/cgroup.subtree_control", "w") as f:
+                        f.write("+cpu")
+                d = f"{root}/nrdot-compare-{name}-{os.getpid()}"
+                os.makedirs(d, exist_ok=True)
+                self.dir, self.v2, self.root = d, v2, root
+                for pid in pids:
+                    with open(f"{d}/cgroup.procs", "w") as f:
+                        f.write(str(pid))
+                self.set(None)
+                return
+            except OSError:
+                self.close()
+        self.dir = None
+
+    def set(self, share):
+        quota = None if share is None else int(self.PERIOD_US * share)
+        if self.v2:
+            with open(f"{self.dir}/cpu.max", "w") as f:
+                f.write(f"{quota or 'max'} {self.PERIOD_US}")
+        else:
+            with open(f"{self.dir}/cpu.cfs_period_us", "w") as f:
+                f.write(str(self.PERIOD_US))
+            with open(f"{self.dir}/cpu.cfs_quota_us", "w") as f:
+                f.write(str(quota or -1))
+
+    def close(self):
+        if not self.dir:
+            return
+        try:
+            for pid in open(f"{self.dir}/cgroup.procs").read().split():
+                with open(f"{self.root}/cgroup.procs", "w") as f:
+                    f.write(pid)
+            os.rmdir(self.dir)
+        except OSError:
+            pass
+        self.dir = None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -136,6 +211,7 @@ def main():
     seconds, rounds, idle = (1, 1, 200) if args.smoke else (2, 3, 1000) if args.quick else (4, 5, 4000)
     work = tempfile.mkdtemp(prefix="nrdot-compare-")
     procs = []
+    caps = {}
 
     def start(cmd, **kw):
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
@@ -236,7 +312,11 @@ pool = "b"
             ("TLS keep-alive 64 KiB", "https", "/big", 50, ()),
             ("TLS new connection per request", "https", "/small", 20, ("-H", "Connection: close")),
             ("TLS resumed connection per request (s_time)", "https", "/small", 0, "stime"),
-            ("fixed rate 5,000 req/s, keep-alive 13 B (hey)", "http", "/small", 50, "hey"),
+            ("keep-alive 13 B, proxy held to half of CPU 0", "http", "/small", 50, "capped"),
+            # oha corrects for coordinated omission; hey (a Debian package, what CI has) cannot
+            # and its own scheduling dominates its latencies, so it runs at half the rate.
+            ("fixed rate 10,000 req/s, keep-alive 13 B (oha)", "http", "/small", 50, "oha") if shutil.which("oha")
+            else ("fixed rate 5,000 req/s, keep-alive 13 B (hey)", "http", "/small", 50, "hey"),
         ]
         if args.h2:
             # Browsers reach an edge proxy on 443 with HTTP/2: many streams on few connections
@@ -247,6 +327,11 @@ pool = "b"
             ]
         if args.only:
             scenarios = [sc for sc in scenarios if args.only in sc[0]]
+        if any(sc[4] == "capped" for sc in scenarios):
+            caps = {t: CpuCap(t, [procs[1].pid, pids["nginx"]] if t == "nginx" else [pids[t]]) for t in targets}
+            if not all(c.dir for c in caps.values()):
+                print("no writable cgroup cpu controller (root, cgroup v1 cpu or v2 with cpu): skipping the capped row", file=sys.stderr)
+                scenarios = [sc for sc in scenarios if sc[4] != "capped"]
         # Idle keep-alive memory, first, on fresh processes: after the load rounds the
         # allocators reuse memory freed by then, and RSS stops growing with new connections.
         memory = {}
@@ -288,6 +373,14 @@ pool = "b"
                         res = stime(port, seconds, reuse=True)
                     elif extra == "hey":
                         res = hey(url, seconds, conns, 5000)
+                    elif extra == "oha":
+                        res = oha(url, seconds, conns, 10000)
+                    elif extra == "capped":
+                        caps[t].set(0.5)
+                        try:
+                            res = wrk(url, seconds, conns)
+                        finally:
+                            caps[t].set(None)
                     elif isinstance(extra, str) and extra.startswith("h2:"):
                         res = h2load(url, seconds, conns, int(extra[3:]))
                     else:
@@ -306,6 +399,8 @@ pool = "b"
         if args.out:
             open(args.out, "w").write(report)
     finally:
+        for c in caps.values():
+            c.close()
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
