@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 
 use crate::error::{self, ProxyError};
 use crate::service::{self, idempotent, tokens, ActiveGuard, LogFields, Lookup, Shared};
-use crate::{relay, upstream};
+use crate::{relay, tunnel, upstream};
 
 /// Request heads with more fields than this go to the hyper path.
 const MAX_FIELDS: usize = 64;
@@ -347,6 +347,8 @@ struct Prepared {
     d: service::Decision,
     safe: bool,
     head_request: bool,
+    /// The client asks to switch protocols: a `101` answer turns the connection into a tunnel.
+    upgrade: bool,
     /// The response must end the client connection.
     close: bool,
     log: Option<Box<LogFields>>,
@@ -527,7 +529,7 @@ thread_local! {
 }
 
 /// An empty read buffer from this worker's free list.
-fn take_buffer() -> Vec<u8> {
+pub(crate) fn take_buffer() -> Vec<u8> {
     BUFFERS
         .with(|b| b.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(READ_BUFFER))
@@ -554,6 +556,8 @@ pub(crate) struct ConnectionFields<'a> {
     n: usize,
     /// One of them says `close`.
     close: bool,
+    /// One of them says `upgrade`.
+    upgrade: bool,
     /// One of them names a field other than `close` or `keep-alive` (rare: then every field
     /// is checked against them).
     named: bool,
@@ -572,6 +576,7 @@ impl<'a> ConnectionFields<'a> {
                 self.close = true;
             } else if !t.eq_ignore_ascii_case(b"keep-alive") {
                 self.named = true;
+                self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
             }
         }
         true
@@ -626,6 +631,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     let mut connection = ConnectionFields::default();
     let mut body: Option<u64> = None;
     let mut expect = false;
+    let mut upgrade: Option<&[u8]> = None;
     for h in headers {
         if is(h.name, "host") {
             hosts += 1;
@@ -644,11 +650,22 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
                 return Step::Handoff;
             }
             expect = true;
+        } else if is(h.name, "upgrade") {
+            if upgrade.is_some() {
+                return Step::Handoff;
+            }
+            upgrade = Some(h.value);
         } else if is(h.name, "transfer-encoding")
-            || is(h.name, "upgrade")
             // more Connection fields than kept is unusual enough for the full path
             || (is(h.name, "connection") && !connection.push(h.value))
         {
+            return Step::Handoff;
+        }
+    }
+    // An upgrade this path relays itself: a GET without a body asking for it in Connection
+    // (WebSocket's handshake). Anything else naming Upgrade is for the full path's rules.
+    if let Some(u) = upgrade {
+        if method != "GET" || body.is_some() || expect || !connection.upgrade || u.is_empty() {
             return Step::Handoff;
         }
     }
@@ -778,6 +795,10 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     if !has_fwd_host {
         put(&mut out, "x-forwarded-host", raw_host);
     }
+    if let Some(u) = upgrade {
+        put(&mut out, "upgrade", u);
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
     out.extend_from_slice(b"via: 1.1 nrdot\r\n\r\n");
     Step::Forward(Prepared {
         head_len,
@@ -786,6 +807,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         out,
         safe: idempotent(method) || r.retry_unsafe,
         head_request: method == "HEAD",
+        upgrade: upgrade.is_some(),
         d,
         close,
         log,
@@ -813,6 +835,7 @@ async fn forward<S: ClientIo>(
         d,
         safe,
         head_request,
+        upgrade,
         close,
         mut log,
     } = match prepare(buf, cx, table, index, stopping) {
@@ -877,14 +900,15 @@ async fn forward<S: ClientIo>(
         _ => None,
     };
     let sticky = d.new_sticky.as_deref();
+    let kind = relay::Kind { safe, upgrade };
     let sent = relay::send(
         table,
         d.pool,
         d.hash_key,
-        safe,
+        kind,
         out,
         &mut log,
-        |rbuf, out| response_head(rbuf, head_request, hsts, sticky, close, out),
+        |rbuf, out| response_head(rbuf, (head_request, upgrade), hsts, sticky, close, out),
     )
     .await;
     let relay::Sent {
@@ -907,6 +931,33 @@ async fn forward<S: ClientIo>(
     r.counters[d.entry].count(status);
     let be = &pool_entry.backends[b];
     let close = rh.close;
+    if upgrade && status == 101 {
+        // The head and whatever the upstream sent after it go out in one write; then the
+        // connection is a tunnel until both sides end, and never returns to the pool.
+        let mut head = std::mem::take(&mut rh.head);
+        let early = (rbuf.len() - rh.len) as u64;
+        head.extend_from_slice(&rbuf[rh.len..]);
+        give_buffer(rbuf);
+        let moved = match s.write_all(&head).await {
+            Ok(()) => {
+                drop(head);
+                let to_upstream = std::mem::take(buf);
+                let m = tunnel::join(&mut *s, &mut up.stream, to_upstream).await;
+                if let Some(e) = &m.error {
+                    tracing::debug!(upstream = %be.authority, error = %e, "tunnel ended by an error");
+                }
+                (m.a_to_b, m.b_to_a)
+            }
+            Err(_) => (0, 0),
+        };
+        be.state.finish(false);
+        pool_entry.state.bytes_in.increment(moved.0);
+        pool_entry.state.bytes_out.increment(moved.1 + early);
+        if let Some(l) = &log {
+            l.write(status, moved.1 + early);
+        }
+        return Forwarded::Done(Next::Close);
+    }
 
     // Relay: what came with the head goes out in the same write.
     let mut head = std::mem::take(&mut rh.head);
@@ -1073,7 +1124,7 @@ pub(crate) fn response_framing<'b>(
 /// `head` comes back untouched: it still holds the request, for a retry.
 fn response_head(
     buf: &[u8],
-    head_request: bool,
+    (head_request, upgrade): (bool, bool),
     hsts: Option<&HeaderValue>,
     sticky: Option<&str>,
     close: bool,
@@ -1096,7 +1147,10 @@ fn response_head(
     else {
         return Err(head);
     };
-    let close = close || matches!(framing, Framing::UntilClose);
+    // A switch of protocols keeps the fields that say so; the connection is a tunnel after
+    // this head, so it has no framing and no `close`.
+    let switching = upgrade && status == 101;
+    let close = !switching && (close || matches!(framing, Framing::UntilClose));
     head.clear();
     if head.capacity() < buf.len() + 160 {
         head = Vec::with_capacity(buf.len() + 160); // nothing to copy
@@ -1110,6 +1164,10 @@ fn response_head(
     for h in headers {
         // The framing fields stay whatever Connection names: the client delimits the body by
         // them.
+        if switching && is(h.name, "upgrade") {
+            put(&mut head, h.name, h.value);
+            continue;
+        }
         if hop_by_hop(h.name)
             || (connection.names(h.name) && !framing_field(h.name))
             || (hsts.is_some() && is(h.name, "strict-transport-security"))
@@ -1134,6 +1192,8 @@ fn response_head(
     }
     if close {
         head.extend_from_slice(b"connection: close\r\n");
+    } else if switching {
+        head.extend_from_slice(b"connection: upgrade\r\n");
     }
     head.extend_from_slice(b"\r\n");
     Ok(ResponseHead {
@@ -1202,16 +1262,18 @@ pub(crate) enum HeadError {
     TooLarge,
 }
 
-/// Reads until a final response head is in `buf` (informational 1xx heads are skipped) and
-/// returns its status; the head starts at `buf[0]`.
+/// Reads until a final response head is in `buf` (informational 1xx heads are skipped; `101`
+/// is final when the request asked for an `upgrade`, an error otherwise) and returns its
+/// status; the head starts at `buf[0]`.
 pub(crate) async fn read_head(
     stream: &mut upstream::UpStream,
     buf: &mut Vec<u8>,
+    upgrade: bool,
 ) -> Result<u16, HeadError> {
     let mut received = 0;
     loop {
         if !buf.is_empty() {
-            match final_head(buf) {
+            match final_head(buf, upgrade) {
                 Ok(Some(status)) => return Ok(status),
                 Ok(None) => {}
                 Err(e) => return Err(e),
@@ -1249,7 +1311,7 @@ pub(crate) fn parse_response<'h, 'b>(
 
 /// The status of the final response head at the start of `buf`, once complete; informational
 /// heads before it are removed.
-fn final_head(buf: &mut Vec<u8>) -> Result<Option<u16>, HeadError> {
+fn final_head(buf: &mut Vec<u8>, upgrade: bool) -> Result<Option<u16>, HeadError> {
     if let Some(status) = plain_final_head(buf) {
         return Ok(Some(status));
     }
@@ -1260,7 +1322,11 @@ fn final_head(buf: &mut Vec<u8>) -> Result<Option<u16>, HeadError> {
             Ok(httparse::Status::Complete(n)) => {
                 let status = resp.code.unwrap_or(0);
                 if status == 101 {
-                    return Err(HeadError::Malformed); // never asked for
+                    return if upgrade {
+                        Ok(Some(101))
+                    } else {
+                        Err(HeadError::Malformed) // never asked for
+                    };
                 }
                 if (100..200).contains(&status) {
                     buf.drain(..n);
@@ -1435,7 +1501,15 @@ pub fn relay_parse(data: &[u8], split: usize, head_request: bool) -> Option<usiz
             Err(_) => {}
         }
     }
-    let rh = response_head(data, head_request, None, Some("k=v"), false, Vec::new()).ok()?;
+    let rh = response_head(
+        data,
+        (head_request, false),
+        None,
+        Some("k=v"),
+        false,
+        Vec::new(),
+    )
+    .ok()?;
     // A client reading the rewritten head finds the body's end where nrdot does.
     let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS + 8];
     let mut out = httparse::Response::new(&mut fields);
@@ -1579,7 +1653,7 @@ mod tests {
         for (head, status) in ok {
             assert_eq!(plain_final_head(head), Some(*status));
             let mut buf = head.to_vec();
-            assert_eq!(final_head(&mut buf).ok().flatten(), Some(*status));
+            assert_eq!(final_head(&mut buf, false).ok().flatten(), Some(*status));
         }
         for head in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"[..], // not complete
@@ -1601,7 +1675,7 @@ mod tests {
         // An informational head before the final one is still removed by the full parse.
         let mut buf =
             b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\r\n".to_vec();
-        assert_eq!(final_head(&mut buf).ok().flatten(), Some(200));
+        assert_eq!(final_head(&mut buf, false).ok().flatten(), Some(200));
         assert!(buf.starts_with(b"HTTP/1.1 200"));
     }
 
@@ -1612,12 +1686,12 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nBad Field\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         ] {
-            let back = response_head(head, false, None, None, false, request.clone());
+            let back = response_head(head, (false, false), None, None, false, request.clone());
             assert_eq!(back.err().as_deref(), Some(&request[..]));
         }
         let Ok(rh) = response_head(
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-            false,
+            (false, false),
             None,
             None,
             false,

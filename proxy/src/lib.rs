@@ -20,6 +20,7 @@ pub mod metrics;
 mod relay;
 mod service;
 pub mod tls;
+mod tunnel;
 mod upstream;
 pub mod worker;
 

@@ -3,8 +3,8 @@
 //! safe. Both server paths send through [`send`]: the native HTTP/1.1 path relays the response
 //! bytes itself, the hyper path (HTTP/2, HTTP/1.0, other bodies) gets the head as a header map
 //! and the body as a [`crate::body::RawBody`]. Upstreams are plain or TLS
-//! ([`crate::upstream::UpStream`]); only upgrades and streamed request bodies still go through
-//! hyper's client.
+//! ([`crate::upstream::UpStream`]); only streamed request bodies and the hyper path's upgrades
+//! still go through hyper's client.
 use std::mem::MaybeUninit;
 use std::time::Instant;
 
@@ -32,20 +32,29 @@ pub(crate) struct Sent<T> {
     pub buf: Vec<u8>,
 }
 
+/// What [`send`] may do with a request.
+#[derive(Clone, Copy)]
+pub(crate) struct Kind {
+    /// It may be sent twice (idempotent, or the route allows retrying it).
+    pub safe: bool,
+    /// It asks to switch protocols, so `101` is a final answer to it.
+    pub upgrade: bool,
+}
+
 /// Sends `out` (a complete request: head and body) to a server of `pool` and reads the final
-/// response head, trying other servers as the pool's retry policy and budget allow (`safe`:
-/// the request may be sent twice). `parse` turns the head into what the caller relays; it
+/// response head, trying other servers as the pool's retry policy and budget allow. `parse` turns the head into what the caller relays; it
 /// hands `out` back when the head is malformed, which counts as a failed attempt. On success
 /// the server's request stays started: the caller finishes it when the body is done.
 pub(crate) async fn send<T>(
     table: &RouteTable,
     pool: usize,
     hash_key: Option<u64>,
-    safe: bool,
+    kind: Kind,
     mut out: Vec<u8>,
     log: &mut Option<Box<LogFields>>,
     mut parse: impl FnMut(&[u8], Vec<u8>) -> Result<T, Vec<u8>>,
 ) -> Result<Sent<T>, ProxyError> {
+    let Kind { safe, upgrade } = kind;
     let pool_entry = &table.pools[pool];
     let pcfg = &pool_entry.config;
     let mut tried: Vec<usize> = Vec::new();
@@ -91,7 +100,7 @@ pub(crate) async fn send<T>(
             up.stream.write_all(&out).await.map_err(HeadError::Io)?;
             // TLS: rustls may hold the last record until flushed (plain: nothing to do).
             up.stream.flush().await.map_err(HeadError::Io)?;
-            read_head(&mut up.stream, &mut rbuf).await
+            read_head(&mut up.stream, &mut rbuf, upgrade).await
         })
         .await;
         drop(retry_slot.take()); // this attempt is over

@@ -434,7 +434,11 @@ async fn proxy(
             let out = relay::request_bytes(&parts, path_and_query.as_str(), bytes);
             pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
             let _active = ActiveGuard(&pool_entry.state.active);
-            let sent = relay::send(table, pool, hash_key, safe, out, &mut log, |buf, out| {
+            let kind = relay::Kind {
+                safe,
+                upgrade: false,
+            };
+            let sent = relay::send(table, pool, hash_key, kind, out, &mut log, |buf, out| {
                 relay::raw_head(buf, head_request).ok_or(out)
             })
             .await;
@@ -646,10 +650,9 @@ async fn proxy(
         tokio::spawn(async move {
             match tokio::join!(client_upgrade, upstream_upgrade) {
                 (Ok(c), Ok(u)) => {
-                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                    let r = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                    let bytes = r.map(|(_, down)| down).unwrap_or(0);
-                    completion.done(bytes, false);
+                    let moved =
+                        crate::tunnel::join(TokioIo::new(c), TokioIo::new(u), Vec::new()).await;
+                    completion.done(moved.b_to_a, false);
                 }
                 (c, u) => {
                     tracing::debug!(client = ?c.err(), upstream = ?u.err(), "upgrade failed");

@@ -98,12 +98,45 @@ impl RawOrigin {
                                 false,
                             ),
                             "/bad-head" => (b"HTTP/1.1 200 OK\r\nBad Field\r\n\r\nhi", true),
+                            "/ws-refused" => (
+                                b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 4\r\n\r\nnope",
+                                false,
+                            ),
                             "/two-lengths" => (
                                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nhi",
                                 true,
                             ),
                             _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", false),
                         };
+                        if path == "/ws" {
+                            // Switches protocols with bytes of its own right behind the head,
+                            // then echoes; at the client's end of stream it says bye and closes.
+                            let lower = head.to_lowercase();
+                            let welcome = format!(
+                                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nwelcome upgrade={} connection={}\n",
+                                lower.contains("\r\nupgrade: websocket"),
+                                lower.contains("\r\nconnection: upgrade"),
+                            );
+                            if s.write_all(welcome.as_bytes()).await.is_err()
+                                || s.write_all(&buf).await.is_err()
+                            {
+                                return;
+                            }
+                            loop {
+                                match s.read(&mut chunk).await {
+                                    Ok(0) => {
+                                        let _ = s.write_all(b"bye").await;
+                                        return;
+                                    }
+                                    Ok(n) => {
+                                        if s.write_all(&chunk[..n]).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Err(_) => return,
+                                }
+                            }
+                        }
                         if path == "/stall" {
                             // Part of the body, then nothing for longer than any test waits.
                             let _ = s
@@ -811,4 +844,94 @@ async fn an_upstream_stalling_mid_body_is_cut_off_after_the_response_timeout() {
     .await;
     let timeouts = n.metric("nrdot_upstream_timeouts_total{pool=\"p\"}").await;
     assert_eq!(timeouts, 3.0);
+}
+
+/// Reads from `s` until `marker` has arrived; returns everything read.
+async fn read_until(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, marker: &[u8]) {
+    let mut chunk = [0u8; 4096];
+    while !got.windows(marker.len()).any(|w| w == marker) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("timed out")
+            .expect("read");
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_is_tunnelled_on_the_native_path_with_early_bytes_and_half_close() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let mut s = tokio::net::TcpStream::connect(n.addr)
+        .await
+        .expect("connect");
+    // A frame right behind the handshake, in the same write.
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nearly-frame")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, b"early-frame").await;
+    let text = String::from_utf8_lossy(&got).to_string();
+    let (head, after) = text.split_once("\r\n\r\n").expect("a head");
+    let head = head.to_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(head.contains("\r\nupgrade: websocket"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade"), "{head}");
+    assert!(head.contains("\r\nvia: 1.1 nrdot"), "{head}");
+    assert!(
+        !head.contains("content-length") && !head.contains("close"),
+        "{head}"
+    );
+    // The upstream was asked to upgrade, and its own bytes after the head came through.
+    assert_eq!(
+        after, "welcome upgrade=true connection=true\nearly-frame",
+        "{text}"
+    );
+    for msg in [
+        &b"second"[..],
+        &[0u8, 255, 13, 10, 13, 10][..],
+        &vec![b'w'; 100_000][..],
+    ] {
+        s.write_all(msg).await.expect("write");
+        let mut echo = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+            .await
+            .expect("timeout")
+            .expect("read");
+        assert!(echo == msg, "echo of {} bytes differs", msg.len());
+    }
+    // The client's end of stream reaches the upstream, whose last words and close come back.
+    s.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the tunnel ends")
+        .expect("read");
+    assert_eq!(&rest[..], b"bye");
+    // Served without the hyper path; the upgraded upstream connection is not pooled.
+    assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
+    let mut c = KeepAlive::connect(n.addr).await;
+    assert_eq!(c.get("/").await.0, 200);
+    assert_eq!(o.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_the_upstream_refuses_is_an_ordinary_response_on_a_kept_connection() {
+    let (o, n, mut c) = through_nrdot("").await;
+    c.send(
+        b"GET /ws-refused HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    let (status, head, body) = c.response().await;
+    assert_eq!((status, &body[..]), (426, &b"nope"[..]), "{head}");
+    assert!(
+        !head.contains("\r\nupgrade:") && !head.contains("connection: upgrade"),
+        "{head}"
+    );
+    // The client connection and the upstream one both stay in use.
+    let (status, _, body) = c.get("/").await;
+    assert_eq!((status, &body[..]), (200, &b"hi"[..]));
+    assert_eq!(o.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
 }

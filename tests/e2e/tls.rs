@@ -851,3 +851,40 @@ async fn request_bodies_and_expect_continue_work_over_tls_on_the_native_path() {
     assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_tls_is_tunnelled_on_the_native_path() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Site {
+        dir, n, origin: _o, ..
+    } = site("tls-ws", "ws.test", 30, "").await;
+    let mut s = connect(n.listeners["https"], "ws.test", any_cert_config()).await;
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("timeout")
+            .expect("read");
+        assert!(k > 0, "closed before 101");
+        got.extend_from_slice(&chunk[..k]);
+    }
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    // Larger than a TLS record both ways, then small again.
+    for msg in [vec![b'a'; 40_000], b"ping".to_vec()] {
+        s.write_all(&msg).await.expect("write");
+        let mut echo = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+            .await
+            .expect("timeout")
+            .expect("read");
+        assert!(echo == msg, "echo of {} bytes differs", msg.len());
+    }
+    assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -634,7 +634,10 @@ fn spawn(bin: &str, config: &std::path::Path) -> Spawned {
     let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("NRDOT_TEST_LOG").unwrap_or("warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
