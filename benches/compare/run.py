@@ -136,6 +136,18 @@ def oha(url, seconds, conns, rate):
     return {"requests": done, "rps": done / seconds, "p50": ms("p50"), "p99": ms("p99"), "errors": errors}
 
 
+def ws_echo(port, seconds, conns):
+    """Messages through upgraded connections (one 16-byte message in flight per connection,
+    echoed by the backend); a 'request' is one message there and back."""
+    cmd = ["taskset", "-c", "1", sys.executable, f"{HERE}/ws_echo.py", str(port), str(conns), str(seconds)]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    try:
+        d = json.loads(out)
+    except ValueError:
+        return {"requests": 0, "rps": 0.0, "p50": None, "p99": None, "errors": 1}
+    return {"requests": d["messages"], "rps": d["messages"] / seconds, "p50": None, "p99": None, "errors": d["errors"]}
+
+
 class CpuCap:
     """Holds a proxy to a share of one CPU with a CFS quota (cgroup v2 `cpu.max`, or v1
     `cpu.cfs_quota_us`), so that the proxy, not the load generator's CPU, limits requests/s.
@@ -229,7 +241,7 @@ def main():
         # nginx workers run as nobody: let them read the body file.
         os.chmod(work, 0o755)
         os.chmod(f"{work}/big.bin", 0o644)
-        ports = {k: free_port() for k in ["backend", "nginx", "nginx_tls", "haproxy", "haproxy_tls", "nrdot", "nrdot_tls", "nrdot_admin"]}
+        ports = {k: free_port() for k in ["backend", "ws_backend", "nginx", "nginx_tls", "haproxy", "haproxy_tls", "nrdot", "nrdot_tls", "nrdot_admin"]}
         common = f"pid {work}/%s.pid; error_log {work}/%s.err; worker_processes 1; events {{ worker_connections 20000; }}"
         open(f"{work}/backend.conf", "w").write(common % ("backend", "backend") + f"""
 http {{ access_log off; keepalive_requests 1000000;
@@ -243,25 +255,32 @@ http {{ access_log off; keepalive_requests 1000000;
         open(f"{work}/nginx.conf", "w").write(common % ("nginx", "nginx") + f"""
 http {{ access_log off; keepalive_requests 1000000;
   upstream b {{ server 127.0.0.1:{ports['backend']}; keepalive {keepalive}; }}
+  upstream w {{ server 127.0.0.1:{ports['ws_backend']}; }}
   server {{ listen 127.0.0.1:{ports['nginx']} backlog=4096; listen 127.0.0.1:{ports['nginx_tls']} ssl{' http2' if args.h2 else ''} backlog=4096;
     ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem; ssl_session_cache shared:S:10m; ssl_protocols TLSv1.2 TLSv1.3;
-    location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}""")
+    location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    location /ws {{ proxy_pass http://w; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade"; proxy_read_timeout 1h; }} }} }}""")
         open(f"{work}/haproxy.cfg", "w").write(f"""
 global
   nbthread 1
-  maxconn 9000
+  maxconn 9500
 defaults
   mode http
   timeout connect 5s
   timeout client 60s
   timeout server 60s
+  timeout tunnel 1h
   http-reuse always
 frontend f
   bind 127.0.0.1:{ports['haproxy']}
   bind 127.0.0.1:{ports['haproxy_tls']} ssl crt {work}/both.pem
+  use_backend w if {{ path_beg /ws }}
   default_backend b
 backend b
   server s1 127.0.0.1:{ports['backend']}
+backend w
+  server s1 127.0.0.1:{ports['ws_backend']}
 """)
         open(f"{work}/nrdot.toml", "w").write(f"""
 worker_threads = 1
@@ -284,19 +303,28 @@ name = "b"
 keepalive = {keepalive}
 [[pool.server]]
 address = "127.0.0.1:{ports['backend']}"
+[[pool]]
+name = "w"
+[[pool.server]]
+address = "127.0.0.1:{ports['ws_backend']}"
+[[route]]
+name = "ws"
+path = "/ws"
+pool = "w"
 [[route]]
 name = "r"
 pool = "b"
 """)
         start(["taskset", "-c", "1", "nginx", "-c", f"{work}/backend.conf", "-g", "daemon off;"])
-        start(["taskset", "-c", "0", "nginx", "-c", f"{work}/nginx.conf", "-g", "daemon off;"])
-        start(["taskset", "-c", "0", "haproxy", "-f", f"{work}/haproxy.cfg"])
+        start(["taskset", "-c", "1", sys.executable, f"{HERE}/ws_backend.py", str(ports["ws_backend"])])
+        nginx_master = start(["taskset", "-c", "0", "nginx", "-c", f"{work}/nginx.conf", "-g", "daemon off;"])
+        haproxy = start(["taskset", "-c", "0", "haproxy", "-f", f"{work}/haproxy.cfg"])
         nrdot = start(["taskset", "-c", "0", args.nrdot, "serve", "--config", f"{work}/nrdot.toml"], env={**os.environ, "RUST_LOG": "error"})
         for k in ports:
             wait_port(ports[k])
         time.sleep(0.5)
-        nginx_worker = int(subprocess.run(["pgrep", "-P", str(procs[1].pid)], capture_output=True, text=True).stdout.split()[0])
-        pids = {"nginx": nginx_worker, "haproxy": procs[2].pid, "nrdot": nrdot.pid}
+        nginx_worker = int(subprocess.run(["pgrep", "-P", str(nginx_master.pid)], capture_output=True, text=True).stdout.split()[0])
+        pids = {"nginx": nginx_worker, "haproxy": haproxy.pid, "nrdot": nrdot.pid}
         targets = ["nginx", "haproxy", "nrdot"]
         post = f"{work}/post.lua"
         with open(post, "w") as f:
@@ -313,6 +341,7 @@ pool = "b"
             ("TLS new connection per request", "https", "/small", 20, ("-H", "Connection: close")),
             ("TLS resumed connection per request (s_time)", "https", "/small", 0, "stime"),
             ("keep-alive 13 B, proxy held to half of CPU 0", "http", "/small", 50, "capped"),
+            ("WebSocket echo, 16 B messages", "http", "/ws", 50, "ws"),
             # oha corrects for coordinated omission; hey (a Debian package, what CI has) cannot
             # and its own scheduling dominates its latencies, so it runs at half the rate.
             ("fixed rate 10,000 req/s, keep-alive 13 B (oha)", "http", "/small", 50, "oha") if shutil.which("oha")
@@ -328,7 +357,7 @@ pool = "b"
         if args.only:
             scenarios = [sc for sc in scenarios if args.only in sc[0]]
         if any(sc[4] == "capped" for sc in scenarios):
-            caps = {t: CpuCap(t, [procs[1].pid, pids["nginx"]] if t == "nginx" else [pids[t]]) for t in targets}
+            caps = {t: CpuCap(t, [nginx_master.pid, pids["nginx"]] if t == "nginx" else [pids[t]]) for t in targets}
             if not all(c.dir for c in caps.values()):
                 print("no writable cgroup cpu controller (root, cgroup v1 cpu or v2 with cpu): skipping the capped row", file=sys.stderr)
                 scenarios = [sc for sc in scenarios if sc[4] != "capped"]
@@ -337,8 +366,10 @@ pool = "b"
         memory = {}
         for t in ([] if args.no_memory else targets):
             held = []
-            for scheme in ["http", "https"]:
-                port = ports[t if scheme == "http" else f"{t}_tls"]
+            for scheme in ["http", "https", "ws"]:
+                port = ports[t if scheme != "https" else f"{t}_tls"]
+                # Fewer WebSockets: HAProxy's maxconn must cover everything held at once.
+                count = idle // 4 if scheme == "ws" else idle
                 before = rss_kib(pids[t])
                 socks = []
                 ctx = None
@@ -347,17 +378,27 @@ pool = "b"
                     ctx = ssl.create_default_context()
                     ctx.check_hostname = False
                     ctx.verify_mode = ssl.CERT_NONE
-                for _ in range(idle):
+                for _ in range(count):
                     s = socket.create_connection(("127.0.0.1", port))
                     if ctx:
                         s = ctx.wrap_socket(s, server_hostname="bench.test")
-                    s.sendall(b"GET /small HTTP/1.1\r\nHost: bench.test\r\n\r\n")
+                    if scheme == "ws":
+                        s.sendall(b"GET /ws HTTP/1.1\r\nHost: bench.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                                  b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                    else:
+                        s.sendall(b"GET /small HTTP/1.1\r\nHost: bench.test\r\n\r\n")
                     socks.append(s)
                 for s in socks:
                     s.recv(4096)
+                if scheme == "ws":
+                    # One message each way, then idle: an open chat or dashboard socket.
+                    for s in socks:
+                        s.sendall(b"0123456789abcdef")
+                    for s in socks:
+                        s.recv(4096)
                 time.sleep(0.5)
                 after = rss_kib(pids[t])
-                memory[(t, scheme)] = (after - before) * 1024 / idle
+                memory[(t, scheme)] = (after - before) * 1024 / count
                 held += socks  # closed after both schemes, so TLS cannot reuse their memory
             for s in held:
                 s.close()
@@ -373,6 +414,8 @@ pool = "b"
                         res = stime(port, seconds, reuse=True)
                     elif extra == "hey":
                         res = hey(url, seconds, conns, 5000)
+                    elif extra == "ws":
+                        res = ws_echo(port, seconds, conns)
                     elif extra == "oha":
                         res = oha(url, seconds, conns, 10000)
                     elif extra == "capped":
@@ -435,11 +478,13 @@ def render(results, memory, targets, args, seconds, rounds, idle):
                 f"| {scenario} | {t} | {med(rps):,.0f} ({min(rps):,.0f}–{max(rps):,.0f}) | {med(ratios_rps):.2f} "
                 f"| {med([r['cpu_us'] for r in runs]):.1f} | {med(ratios_cpu):.2f} "
                 f"| {med([r['p50'] or 0 for r in runs]):.2f} | {med([r['p99'] or 0 for r in runs]):.2f} | {sum(r['errors'] for r in runs)} |")
-    lines += ["", f"Idle keep-alive memory ({idle} connections, RSS growth per connection):", "",
-              "| target | plaintext | TLS |", "|---|---|---|"]
+    lines += ["", f"Idle memory (RSS growth per connection): {idle} keep-alive connections after one request, "
+              f"plaintext and TLS; {idle // 4} WebSockets after one message each way:", "",
+              "| target | plaintext | TLS | WebSocket |", "|---|---|---|---|"]
     for t in targets:
         if (t, "http") in memory:
-            lines.append(f"| {t} | {memory[(t, 'http')] / 1024:.1f} KiB | {memory[(t, 'https')] / 1024:.1f} KiB |")
+            lines.append(f"| {t} | {memory[(t, 'http')] / 1024:.1f} KiB | {memory[(t, 'https')] / 1024:.1f} KiB "
+                         f"| {memory[(t, 'ws')] / 1024:.1f} KiB |")
     return "\n".join(lines) + "\n"
 
 
