@@ -220,7 +220,7 @@ def main():
             raise SystemExit(f"{tool} is missing: apt-get install nginx-light haproxy wrk hey openssl util-linux")
     if not os.path.exists(args.nrdot):
         raise SystemExit(f"{args.nrdot} is missing: cargo build --release --bin nrdot")
-    seconds, rounds, idle = (1, 1, 200) if args.smoke else (2, 3, 1000) if args.quick else (4, 5, 4000)
+    seconds, rounds, idle = (1, 1, 200) if args.smoke else (2, 3, 1000) if args.quick else (3, 5, 4000)
     work = tempfile.mkdtemp(prefix="nrdot-compare-")
     procs = []
     caps = {}

@@ -102,6 +102,9 @@ pub struct Limits {
     pub max_header_size: u64,
     /// Most header fields in one request (431 beyond).
     pub max_headers: usize,
+    /// How long an upgraded connection (WebSocket) may pass no byte either way before it is
+    /// closed (HAProxy's `timeout tunnel`; nginx applies `proxy_read_timeout`, 60 s).
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -115,6 +118,7 @@ impl Default for Limits {
             max_request_line: 8 * 1024,
             max_header_size: 32 * 1024,
             max_headers: 100,
+            tunnel_idle_timeout: Duration::from_secs(3600),
         }
     }
 }

@@ -611,6 +611,7 @@ fn limits(v: &mut V<'_>, root: &dyn TableLike) -> Limits {
             "max_request_line",
             "max_header_size",
             "max_headers",
+            "tunnel_idle_timeout",
         ],
     );
     let mut limits = Limits {
@@ -628,6 +629,7 @@ fn limits(v: &mut V<'_>, root: &dyn TableLike) -> Limits {
             .int(t, "max_headers", p, 1..10_001)
             .map(|n| n as usize)
             .unwrap_or(d.max_headers),
+        tunnel_idle_timeout: v.duration(t, "tunnel_idle_timeout", p, d.tunnel_idle_timeout),
     };
     // hyper cannot buffer a request head in less than 8 KiB; smaller values would only
     // pretend to be enforced.

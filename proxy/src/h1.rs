@@ -1,13 +1,14 @@
 //! The native HTTP/1.1 path. It owns client connections from accept (or the TLS handshake)
 //! and serves the common request — HTTP/1.1, origin-form target, no body or a Content-Length
-//! body up to 64 KiB, no upgrade — inside the connection's own task: the head is parsed in
+//! body up to 64 KiB, or a GET asking for an upgrade (a `101` turns the connection into a
+//! [`crate::tunnel`]) — inside the connection's own task: the head is parsed in
 //! place, rewritten straight into the bytes sent upstream (through [`crate::relay::send`]),
 //! and the response is relayed from the upstream socket with its own framing (length,
 //! chunked, or until close). No request or header map is built, no second task or channel
 //! sits between client and upstream, and an idle connection holds no buffer. The response-side
 //! parsers (head, framing, chunks) live here too; the hyper path decodes with them.
 //!
-//! Anything else (chunked or larger bodies, other expectations, upgrades, HTTP/1.0, HTTP/2,
+//! Anything else (chunked or larger bodies, other expectations, other upgrades, HTTP/1.0, HTTP/2,
 //! anything malformed) is handed, with the bytes
 //! already read, to the hyper-based path in [`crate::service`] for the rest of the connection,
 //! so every rule that path enforces still holds. Routing, splitting, retries and passive health
@@ -355,9 +356,9 @@ struct Prepared {
 }
 
 thread_local! {
-    /// Keep-alive deadlines of this worker's idle connections, checked by its one-second sweep
-    /// ([`sweep_idle`]): an idle connection keeps a slot number instead of a timer, and going
-    /// idle costs no timer-wheel work.
+    /// Keep-alive deadlines of this worker's idle connections (and idle deadlines of its
+    /// tunnels), checked by its one-second sweep ([`sweep_idle`]): an idle connection keeps a
+    /// slot number instead of a timer, and going idle costs no timer-wheel work.
     static IDLE: std::cell::RefCell<IdleSlab> = const {
         std::cell::RefCell::new(IdleSlab { entries: Vec::new(), free: Vec::new() })
     };
@@ -369,10 +370,10 @@ struct IdleSlab {
 }
 
 /// A connection's place in [`IDLE`] while it waits; removed when dropped.
-struct IdleSlot(u32);
+pub(crate) struct IdleSlot(u32);
 
 impl IdleSlot {
-    fn new(deadline: Instant, waker: &Waker) -> IdleSlot {
+    pub(crate) fn new(deadline: Instant, waker: &Waker) -> IdleSlot {
         IDLE.with(|i| {
             let mut i = i.borrow_mut();
             let entry = Some((deadline, waker.clone()));
@@ -390,7 +391,16 @@ impl IdleSlot {
         })
     }
 
-    fn set_waker(&self, waker: &Waker) {
+    /// Moves the deadline (a tunnel that saw traffic since it was set).
+    pub(crate) fn set_deadline(&self, deadline: Instant) {
+        IDLE.with(|i| {
+            if let Some(Some((d, _))) = i.borrow_mut().entries.get_mut(self.0 as usize) {
+                *d = deadline;
+            }
+        });
+    }
+
+    pub(crate) fn set_waker(&self, waker: &Waker) {
         IDLE.with(|i| {
             if let Some(Some((_, w))) = i.borrow_mut().entries.get_mut(self.0 as usize) {
                 if !w.will_wake(waker) {
@@ -400,8 +410,8 @@ impl IdleSlot {
         });
     }
 
-    /// The keep-alive time is up.
-    fn expired(&self) -> bool {
+    /// The deadline has passed.
+    pub(crate) fn expired(&self) -> bool {
         IDLE.with(|i| match i.borrow().entries.get(self.0 as usize) {
             Some(Some((deadline, _))) => Instant::now() >= *deadline,
             _ => true,
@@ -942,7 +952,8 @@ async fn forward<S: ClientIo>(
             Ok(()) => {
                 drop(head);
                 let to_upstream = std::mem::take(buf);
-                let m = tunnel::join(&mut *s, &mut up.stream, to_upstream).await;
+                let idle = table.config.limits.tunnel_idle_timeout;
+                let m = tunnel::join(&mut *s, &mut up.stream, to_upstream, idle).await;
                 if let Some(e) = &m.error {
                     tracing::debug!(upstream = %be.authority, error = %e, "tunnel ended by an error");
                 }

@@ -5,10 +5,10 @@
 //! It reads routing tables and never writes them: the control plane publishes tables through
 //! [`nrdot_config::swap`], and this crate never names the control plane.
 //!
-//! `accept -> h1 (native HTTP/1.1: parse in place -> table.route -> pick -> relay::send)`,
-//! handing unusual requests to
+//! `accept -> h1 (native HTTP/1.1: parse in place -> table.route -> pick -> relay::send;
+//! a 101 -> tunnel)`, handing unusual requests to
 //! `inspect (HTTP/1 framing) -> hyper -> Service::call -> table.route -> pick -> relay::send`
-//! (hyper's client only for upgrades and streamed bodies)
+//! (hyper's client only for streamed bodies and the hyper path's upgrades)
 
 pub mod accesslog;
 mod body;

@@ -647,11 +647,12 @@ async fn proxy(
             return Err((ProxyError::UpstreamConnect, None));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let idle = table.config.limits.tunnel_idle_timeout;
         tokio::spawn(async move {
             match tokio::join!(client_upgrade, upstream_upgrade) {
                 (Ok(c), Ok(u)) => {
-                    let moved =
-                        crate::tunnel::join(TokioIo::new(c), TokioIo::new(u), Vec::new()).await;
+                    let (c, u) = (TokioIo::new(c), TokioIo::new(u));
+                    let moved = crate::tunnel::join(c, u, Vec::new(), idle).await;
                     completion.done(moved.b_to_a, false);
                 }
                 (c, u) => {

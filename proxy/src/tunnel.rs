@@ -3,23 +3,29 @@
 //! buffer borrowed from the worker's free list for the length of one poll, so a tunnel holds
 //! a buffer of its own only while the side it writes to is not taking bytes. An idle
 //! WebSocket costs its two sockets and this small state — not the two 8 KiB buffers of
-//! `tokio::io::copy_bidirectional` (or nginx's `proxy_buffer_size` pair).
+//! `tokio::io::copy_bidirectional` (or nginx's `proxy_buffer_size` pair). A tunnel that moves
+//! no byte either way for `tunnel_idle_timeout` is closed; its deadline sits in the worker's
+//! idle slab (as keep-alive deadlines do), so traffic only notes the time.
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::h1::{give_buffer, take_buffer};
+use crate::h1::{give_buffer, take_buffer, IdleSlot};
 
 /// Joins `a` and `b`; resolves when both directions have ended (each end's EOF is passed on
-/// as a write shutdown of the other) or either side failed. `to_b` is what `a` already sent
-/// that `b` has not seen yet.
-pub(crate) fn join<A, B>(a: A, b: B, to_b: Vec<u8>) -> Tunnel<A, B> {
+/// as a write shutdown of the other), either side failed, or nothing moved for `idle`. `to_b`
+/// is what `a` already sent that `b` has not seen yet.
+pub(crate) fn join<A, B>(a: A, b: B, to_b: Vec<u8>, idle: Duration) -> Tunnel<A, B> {
     Tunnel {
         a,
         b,
+        idle,
+        last: Instant::now(),
+        slot: None,
         a_to_b: Dir {
             pending: to_b,
             ..Dir::default()
@@ -31,6 +37,11 @@ pub(crate) fn join<A, B>(a: A, b: B, to_b: Vec<u8>) -> Tunnel<A, B> {
 pub(crate) struct Tunnel<A, B> {
     a: A,
     b: B,
+    idle: Duration,
+    /// When a byte last moved.
+    last: Instant,
+    /// The idle deadline, once the tunnel has waited.
+    slot: Option<IdleSlot>,
     a_to_b: Dir,
     b_to_a: Dir,
 }
@@ -140,6 +151,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Moved> {
         let this = self.get_mut();
+        let before = this.a_to_b.moved + this.b_to_a.moved;
         let mut error = None;
         for (dir, from_a) in [(&mut this.a_to_b, true), (&mut this.b_to_a, false)] {
             if dir.done {
@@ -160,7 +172,28 @@ where
             }
         }
         if error.is_none() && !(this.a_to_b.done && this.b_to_a.done) {
-            return Poll::Pending;
+            let moved = this.a_to_b.moved + this.b_to_a.moved != before;
+            if moved {
+                this.last = Instant::now();
+            }
+            let due = this.last + this.idle;
+            match &this.slot {
+                None => this.slot = Some(IdleSlot::new(due, cx.waker())),
+                // Woken with nothing to move: the sweep found the deadline passed, or a
+                // spurious wake. Traffic since the deadline was set moves it on.
+                Some(slot) if !moved && slot.expired() => {
+                    if Instant::now() < due {
+                        slot.set_deadline(due);
+                        slot.set_waker(cx.waker());
+                    } else {
+                        error = Some(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                Some(slot) => slot.set_waker(cx.waker()),
+            }
+            if error.is_none() {
+                return Poll::Pending;
+            }
         }
         Poll::Ready(Moved {
             a_to_b: this.a_to_b.moved,
@@ -182,7 +215,7 @@ mod tests {
     async fn bytes_arrive_whole_and_in_order_under_backpressure_and_ends_pass_through() {
         let (mut client, a) = tokio::io::duplex(64);
         let (b, mut upstream) = tokio::io::duplex(64);
-        let tunnel = tokio::spawn(join(a, b, b"early".to_vec()));
+        let tunnel = tokio::spawn(join(a, b, b"early".to_vec(), Duration::from_secs(60)));
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
         let writer = tokio::spawn(async move {

@@ -935,3 +935,44 @@ async fn an_upgrade_the_upstream_refuses_is_an_ordinary_response_on_a_kept_conne
     assert_eq!(o.connections.load(Ordering::SeqCst), 1);
     assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_idle_past_tunnel_idle_timeout_is_closed_a_busy_one_stays() {
+    let o = RawOrigin::start().await;
+    let config = format!(
+        "[limits]\ntunnel_idle_timeout = \"1s\"\n{}",
+        pool_route(&[o.addr])
+    );
+    let n = Nrdot::start(BIN, "", &config);
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(n.addr)
+            .await
+            .expect("connect");
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        read_until(&mut s, &mut Vec::new(), b"connection=true\n").await;
+        tunnels.push(s);
+    }
+    let (mut busy, mut idle) = (tunnels.remove(0), tunnels.remove(0));
+    // A byte each way every 300 ms keeps one open well past the timeout (and the sweep).
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        busy.write_all(b"x").await.expect("write");
+        let mut echo = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(2), busy.read_exact(&mut echo))
+            .await
+            .expect("the busy tunnel answers")
+            .expect("read");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut rest = [0u8; 64];
+    let ended = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut rest)).await;
+    assert!(
+        matches!(ended, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle tunnel is still open: {ended:?}"
+    );
+}
