@@ -8,7 +8,8 @@
 //! sits between client and upstream, and an idle connection holds no buffer. The response-side
 //! parsers (head, framing, chunks) live here too; the hyper path decodes with them.
 //!
-//! Anything else (chunked or larger bodies, other expectations, other upgrades, HTTP/1.0, HTTP/2,
+//! HTTP/1.0 requests are served here too (keep-alive when asked for, chunked answers decoded).
+//! Anything else (chunked or larger bodies, other expectations, other upgrades, HTTP/2,
 //! anything malformed) is handed, with the bytes
 //! already read, to the hyper-based path in [`crate::service`] for the rest of the connection,
 //! so every rule that path enforces still holds. Routing, splitting, retries and passive health
@@ -336,6 +337,16 @@ enum Step {
     Forward(Prepared),
 }
 
+/// What the client's request says about the response it can take.
+#[derive(Clone, Copy, Default)]
+struct Want {
+    head_request: bool,
+    /// The client asks to switch protocols: a `101` answer turns the connection into a tunnel.
+    upgrade: bool,
+    /// An HTTP/1.0 client: no chunked framing, keep-alive only when said so.
+    v10: bool,
+}
+
 /// A request ready to go upstream; nothing in it borrows the client's buffer.
 struct Prepared {
     head_len: usize,
@@ -347,9 +358,7 @@ struct Prepared {
     out: Vec<u8>,
     d: service::Decision,
     safe: bool,
-    head_request: bool,
-    /// The client asks to switch protocols: a `101` answer turns the connection into a tunnel.
-    upgrade: bool,
+    want: Want,
     /// The response must end the client connection.
     close: bool,
     log: Option<Box<LogFields>>,
@@ -568,6 +577,8 @@ pub(crate) struct ConnectionFields<'a> {
     close: bool,
     /// One of them says `upgrade`.
     upgrade: bool,
+    /// One of them says `keep-alive` (what an HTTP/1.0 client must say to keep the connection).
+    keep_alive: bool,
     /// One of them names a field other than `close` or `keep-alive` (rare: then every field
     /// is checked against them).
     named: bool,
@@ -584,7 +595,9 @@ impl<'a> ConnectionFields<'a> {
         for t in tokens(v) {
             if t.eq_ignore_ascii_case(b"close") {
                 self.close = true;
-            } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else {
                 self.named = true;
                 self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
             }
@@ -624,9 +637,12 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         }
         _ => return Step::Handoff,
     };
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Step::Handoff;
     };
+    // HTTP/1.0 (ApacheBench, many health checkers) is served here too: persistent only when it
+    // asks for keep-alive, and a chunked answer is decoded for it.
+    let v10 = minor == 0;
     if head_len as u64 > limits.max_header_size
         || req.headers.len() > limits.max_headers
         || !target.starts_with('/')
@@ -675,9 +691,13 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     // An upgrade this path relays itself: a GET without a body asking for it in Connection
     // (WebSocket's handshake). Anything else naming Upgrade is for the full path's rules.
     if let Some(u) = upgrade {
-        if method != "GET" || body.is_some() || expect || !connection.upgrade || u.is_empty() {
+        if v10 || method != "GET" || body.is_some() || expect || !connection.upgrade || u.is_empty()
+        {
             return Step::Handoff;
         }
+    }
+    if v10 && expect {
+        return Step::Handoff;
     }
     // Small bodies are read whole before an upstream is chosen (nginx's request buffering),
     // so the request goes out in one write and can be sent again on a retry. Larger ones
@@ -687,7 +707,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         Some(n) if n <= NATIVE_BODY_MAX as u64 && n <= limits.client_max_body_size => n as usize,
         Some(_) => return Step::Handoff,
     };
-    let client_close = connection.close;
+    let client_close = connection.close || (v10 && !connection.keep_alive);
     let (1, Some(raw_host)) = (hosts, host) else {
         return Step::Handoff;
     };
@@ -706,7 +726,11 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
             cx.peer.ip(),
             Method::from_bytes(method.as_bytes()).unwrap_or_default(),
             target,
-            Version::HTTP_11,
+            if v10 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            },
             f("referer"),
             f("user-agent"),
         )
@@ -809,15 +833,22 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         put(&mut out, "upgrade", u);
         out.extend_from_slice(b"connection: upgrade\r\n");
     }
-    out.extend_from_slice(b"via: 1.1 nrdot\r\n\r\n");
+    out.extend_from_slice(if v10 {
+        b"via: 1.0 nrdot\r\n\r\n"
+    } else {
+        b"via: 1.1 nrdot\r\n\r\n"
+    });
     Step::Forward(Prepared {
         head_len,
         body,
         expect,
         out,
         safe: idempotent(method) || r.retry_unsafe,
-        head_request: method == "HEAD",
-        upgrade: upgrade.is_some(),
+        want: Want {
+            head_request: method == "HEAD",
+            upgrade: upgrade.is_some(),
+            v10,
+        },
         d,
         close,
         log,
@@ -844,8 +875,7 @@ async fn forward<S: ClientIo>(
         mut out,
         d,
         safe,
-        head_request,
-        upgrade,
+        want,
         close,
         mut log,
     } = match prepare(buf, cx, table, index, stopping) {
@@ -910,7 +940,10 @@ async fn forward<S: ClientIo>(
         _ => None,
     };
     let sticky = d.new_sticky.as_deref();
-    let kind = relay::Kind { safe, upgrade };
+    let kind = relay::Kind {
+        safe,
+        upgrade: want.upgrade,
+    };
     let sent = relay::send(
         table,
         d.pool,
@@ -918,7 +951,7 @@ async fn forward<S: ClientIo>(
         kind,
         out,
         &mut log,
-        |rbuf, out| response_head(rbuf, (head_request, upgrade), hsts, sticky, close, out),
+        |rbuf, out| response_head(rbuf, want, hsts, sticky, close, out),
     )
     .await;
     let relay::Sent {
@@ -941,7 +974,7 @@ async fn forward<S: ClientIo>(
     r.counters[d.entry].count(status);
     let be = &pool_entry.backends[b];
     let close = rh.close;
-    if upgrade && status == 101 {
+    if want.upgrade && status == 101 {
         // The head and whatever the upstream sent after it go out in one write; then the
         // connection is a tunnel until both sides end, and never returns to the pool.
         let mut head = std::mem::take(&mut rh.head);
@@ -977,9 +1010,26 @@ async fn forward<S: ClientIo>(
     let mut clean = true; // nothing beyond the message came from upstream
     let mut client_ok = true;
     let mut from = rh.len;
+    // Chunk data decoded for an HTTP/1.0 client when the head went out already.
+    let mut plain = Vec::new();
     loop {
         let chunk = &rbuf[from..];
-        let (take, ended) = match rh.framing.feed(chunk) {
+        let mut decoded = 0;
+        let step = match &mut rh.framing {
+            Framing::Chunked(c) if rh.decode => {
+                let out = if head.is_empty() {
+                    &mut plain
+                } else {
+                    &mut head
+                };
+                let before = out.len();
+                let r = c.decode_into(chunk, out);
+                decoded = out.len() - before;
+                r
+            }
+            framing => framing.feed(chunk),
+        };
+        let (take, ended) = match step {
             Ok(x) => x,
             Err(()) => {
                 clean = false;
@@ -995,9 +1045,17 @@ async fn forward<S: ClientIo>(
             if !cx.nodelay.swap(true, Ordering::Relaxed) {
                 s.set_nodelay();
             }
-            s.write_all(&chunk[..take]).await
+            if rh.decode {
+                let w = s.write_all(&plain).await;
+                plain.clear();
+                w
+            } else {
+                s.write_all(&chunk[..take]).await
+            }
         } else {
-            head.extend_from_slice(&chunk[..take]);
+            if !rh.decode {
+                head.extend_from_slice(&chunk[..take]);
+            }
             let w = s.write_all(&head).await;
             head = Vec::new();
             w
@@ -1006,7 +1064,7 @@ async fn forward<S: ClientIo>(
             client_ok = false;
             break;
         }
-        sent += take as u64;
+        sent += if rh.decode { decoded } else { take } as u64;
         if ended {
             complete = true;
             break;
@@ -1061,6 +1119,8 @@ struct ResponseHead {
     framing: Framing,
     upstream_close: bool,
     close: bool,
+    /// The body is chunked and the client speaks HTTP/1.0: only the data goes on.
+    decode: bool,
 }
 
 /// How a response head frames its body, checked as a client would read it.
@@ -1135,7 +1195,7 @@ pub(crate) fn response_framing<'b>(
 /// `head` comes back untouched: it still holds the request, for a retry.
 fn response_head(
     buf: &[u8],
-    (head_request, upgrade): (bool, bool),
+    want: Want,
     hsts: Option<&HeaderValue>,
     sticky: Option<&str>,
     close: bool,
@@ -1154,14 +1214,16 @@ fn response_head(
         repeated_length,
         connection,
         upstream_close,
-    }) = response_framing(&resp, head_request)
+    }) = response_framing(&resp, want.head_request)
     else {
         return Err(head);
     };
+    // An HTTP/1.0 client cannot read chunks: it gets the data, delimited by the close.
+    let decode = want.v10 && chunked;
     // A switch of protocols keeps the fields that say so; the connection is a tunnel after
     // this head, so it has no framing and no `close`.
-    let switching = upgrade && status == 101;
-    let close = !switching && (close || matches!(framing, Framing::UntilClose));
+    let switching = want.upgrade && status == 101;
+    let close = !switching && (close || decode || matches!(framing, Framing::UntilClose));
     head.clear();
     if head.capacity() < buf.len() + 160 {
         head = Vec::with_capacity(buf.len() + 160); // nothing to copy
@@ -1183,6 +1245,7 @@ fn response_head(
             || (connection.names(h.name) && !framing_field(h.name))
             || (hsts.is_some() && is(h.name, "strict-transport-security"))
             || (chunked && is(h.name, "content-length"))
+            || (decode && is(h.name, "transfer-encoding"))
         {
             continue;
         }
@@ -1205,6 +1268,8 @@ fn response_head(
         head.extend_from_slice(b"connection: close\r\n");
     } else if switching {
         head.extend_from_slice(b"connection: upgrade\r\n");
+    } else if want.v10 {
+        head.extend_from_slice(b"connection: keep-alive\r\n");
     }
     head.extend_from_slice(b"\r\n");
     Ok(ResponseHead {
@@ -1213,6 +1278,7 @@ fn response_head(
         framing,
         upstream_close,
         close,
+        decode,
     })
 }
 
@@ -1444,6 +1510,26 @@ impl Chunks {
         }
     }
 
+    /// Appends the chunk data in `data` to `out`: how many bytes of `data` that consumed, and
+    /// whether the message ended (for HTTP/1.0 clients, which cannot read chunks).
+    pub(crate) fn decode_into(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, bool), ()> {
+        let mut at = 0;
+        loop {
+            let (used, run, ended) = self.next_data(&data[at..])?;
+            if let Some(r) = run {
+                out.extend_from_slice(&data[at + r.start..at + r.end]);
+            }
+            at += used;
+            if ended || at == data.len() {
+                return Ok((at, ended));
+            }
+        }
+    }
+
     /// Follows the framing in `data` up to the next run of chunk data, the message's end or
     /// the end of `data`: how many bytes that consumed, the data run's range within them, and
     /// whether the message ended. The relay and the hyper path's decoder share this one state
@@ -1514,7 +1600,10 @@ pub fn relay_parse(data: &[u8], split: usize, head_request: bool) -> Option<usiz
     }
     let rh = response_head(
         data,
-        (head_request, false),
+        Want {
+            head_request,
+            ..Want::default()
+        },
         None,
         Some("k=v"),
         false,
@@ -1563,13 +1652,27 @@ pub fn relay_parse(data: &[u8], split: usize, head_request: bool) -> Option<usiz
     let mut framing = rh.framing;
     let body = &data[rh.len..];
     let (a, b) = body.split_at(split.min(body.len()));
+    // What an HTTP/1.0 client gets of a chunked body: the same end, never more data than came.
+    let mut decoder = matches!(framing, Framing::Chunked(_)).then(Chunks::default);
+    let mut decoded = Vec::new();
+    let mut decode = |piece: &[u8], relayed: usize, ended: bool| {
+        if let Some(d) = decoder.as_mut() {
+            let (used, end) = d
+                .decode_into(piece, &mut decoded)
+                .expect("relayed, so valid");
+            assert_eq!((used, end), (relayed, ended), "decoder and relay disagree");
+            assert!(decoded.len() <= body.len(), "more data decoded than came");
+        }
+    };
     let (first, ended) = framing.feed(a).ok()?;
     assert!(first <= a.len());
+    decode(&a[..first], first, ended);
     if ended {
         return Some(first);
     }
-    let (second, _) = framing.feed(b).ok()?;
+    let (second, ended) = framing.feed(b).ok()?;
     assert!(second <= b.len());
+    decode(&b[..second], second, ended);
     Some(first + second)
 }
 
@@ -1697,12 +1800,12 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nBad Field\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         ] {
-            let back = response_head(head, (false, false), None, None, false, request.clone());
+            let back = response_head(head, Want::default(), None, None, false, request.clone());
             assert_eq!(back.err().as_deref(), Some(&request[..]));
         }
         let Ok(rh) = response_head(
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-            (false, false),
+            Want::default(),
             None,
             None,
             false,

@@ -745,9 +745,50 @@ async fn http10_clients_get_a_chunked_upstream_response_delimited_by_close() {
     )
     .await;
     let (head, body) = text.split_once("\r\n\r\n").expect("a head");
-    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    // nginx's status line too: the highest version nrdot speaks, same major version.
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(!head.to_lowercase().contains("transfer-encoding"), "{head}");
+    assert!(head.to_lowercase().contains("connection: close"), "{head}");
     assert_eq!(body, "hello world");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_keep_alive_is_served_on_the_native_path_and_chunks_are_decoded_for_it() {
+    let (o, n, mut c) = through_nrdot("").await;
+    for _ in 0..3 {
+        c.send(b"GET /plain HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+            .await;
+        let (status, head, body) = c.response().await;
+        assert_eq!((status, &body[..]), (200, &b"hi"[..]));
+        assert!(head.contains("\r\nconnection: keep-alive"), "{head}");
+    }
+    // A chunked answer the client cannot read as such: the data, then the end of the connection.
+    c.send(b"GET /chunked-big HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    let (status, head, body) = c.response().await;
+    assert_eq!(status, 200);
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert!(
+        !head.contains("transfer-encoding") && !head.contains("content-length"),
+        "{head}"
+    );
+    let want: Vec<u8> = (0..100).flat_map(big_chunk).collect();
+    assert!(
+        body == want,
+        "{} bytes of data, {} wanted",
+        body.len(),
+        want.len()
+    );
+    // One upstream connection served all of them (the decoded answer ended cleanly).
+    assert_eq!(o.connections.load(Ordering::SeqCst), 1);
+    // Without keep-alive an HTTP/1.0 exchange ends the connection.
+    let mut d = KeepAlive::connect(n.addr).await;
+    d.send(b"GET /plain HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    let (status, head, _) = d.response().await;
+    assert_eq!(status, 200);
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert!(d.closed().await);
+    assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
