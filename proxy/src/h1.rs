@@ -176,10 +176,20 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
             // Everything an exchange keeps across its awaits lives in this box: connections
             // are mostly idle, and idle ones carry only the above. Kept under 1 KiB so the
             // allocation comes from malloc's per-thread cache.
-            match Box::pin(exchange(&mut s, &cx, &mut buf, index, &mut keepalive)).await {
+            // Set by an exchange whose upstream switched protocols. Beside `Next`, not in it: a
+            // box in `Next` would make it 16 bytes and this task a cell size larger.
+            let mut tunnel: Option<Box<Upgraded>> = None;
+            let ex = exchange(&mut s, &cx, &mut buf, index, &mut keepalive, &mut tunnel);
+            match Box::pin(ex).await {
                 Next::KeepAlive => {}
                 Next::Close => break false,
                 Next::Handoff => break true,
+                Next::Tunnel => {
+                    if let Some(t) = tunnel {
+                        Box::pin((*t).run(&mut s)).await;
+                    }
+                    break false;
+                }
             }
             index += 1;
         };
@@ -251,6 +261,50 @@ enum Next {
     Close,
     /// The hyper path takes the connection from this request on.
     Handoff,
+    /// The upstream switched protocols: the connection is a tunnel from now on.
+    Tunnel,
+}
+
+/// A connection whose upstream answered `101`, with what its end is accounted to.
+struct Upgraded {
+    up: upstream::RawConn,
+    /// What the client sent behind its request, for the upstream.
+    to_upstream: Vec<u8>,
+    table: Arc<RouteTable>,
+    pool: usize,
+    backend: usize,
+    status: u16,
+    /// Bytes the upstream sent behind its head (already written to the client).
+    early: u64,
+    log: Option<Box<LogFields>>,
+    /// A stopping worker gives a tunnel the grace period, as any request in flight.
+    _busy: Busy,
+}
+
+impl Upgraded {
+    /// Joins the client and the upstream until both ends close (or the tunnel idles out).
+    async fn run<S: ClientIo>(mut self, s: &mut S) {
+        let idle = self.table.config.limits.tunnel_idle_timeout;
+        let to_upstream = std::mem::take(&mut self.to_upstream);
+        let m = tunnel::join(s, &mut self.up.stream, to_upstream, idle).await;
+        if let Some(e) = &m.error {
+            let be = &self.table.pools[self.pool].backends[self.backend];
+            tracing::debug!(upstream = %be.authority, error = %e, "tunnel ended by an error");
+        }
+        self.finish(m.a_to_b, m.b_to_a);
+    }
+
+    /// The request is over: counted, logged, its server and pool no longer busy with it.
+    fn finish(self, up: u64, down: u64) {
+        let pool = &self.table.pools[self.pool];
+        pool.backends[self.backend].state.finish(false);
+        pool.state.active.fetch_sub(1, Ordering::Relaxed);
+        pool.state.bytes_in.increment(up);
+        pool.state.bytes_out.increment(down + self.early);
+        if let Some(l) = &self.log {
+            l.write(self.status, down + self.early);
+        }
+    }
 }
 
 /// What [`forward`] did with the buffer's first request.
@@ -266,6 +320,8 @@ enum Forwarded {
     },
     /// The head is not complete yet: read on.
     More,
+    /// The upstream switched protocols; the client has its `101`.
+    Tunnel(Box<Upgraded>),
 }
 
 /// One request of the connection: routed, forwarded or answered, its response written.
@@ -275,6 +331,7 @@ async fn exchange<S: ClientIo>(
     buf: &mut Vec<u8>,
     index: u64,
     keepalive: &mut u32,
+    tunnel: &mut Option<Box<Upgraded>>,
 ) -> Next {
     let (_busy, stopping) = Busy::begin();
     let table = cx.shared.reader.load();
@@ -283,6 +340,10 @@ async fn exchange<S: ClientIo>(
     loop {
         match forward(s, cx, &table, buf, index, stopping).await {
             Forwarded::Done(next) => return next,
+            Forwarded::Tunnel(t) => {
+                *tunnel = Some(t);
+                return Next::Tunnel;
+            }
             Forwarded::Reply {
                 bytes,
                 close,
@@ -981,26 +1042,27 @@ async fn forward<S: ClientIo>(
         let early = (rbuf.len() - rh.len) as u64;
         head.extend_from_slice(&rbuf[rh.len..]);
         give_buffer(rbuf);
-        let moved = match s.write_all(&head).await {
-            Ok(()) => {
-                drop(head);
-                let to_upstream = std::mem::take(buf);
-                let idle = table.config.limits.tunnel_idle_timeout;
-                let m = tunnel::join(&mut *s, &mut up.stream, to_upstream, idle).await;
-                if let Some(e) = &m.error {
-                    tracing::debug!(upstream = %be.authority, error = %e, "tunnel ended by an error");
-                }
-                (m.a_to_b, m.b_to_a)
-            }
-            Err(_) => (0, 0),
+        let wrote = s.write_all(&head).await;
+        drop(head);
+        // The tunnel runs outside this exchange's future (1.5 KiB), which an idle WebSocket
+        // would otherwise keep for its whole life.
+        let upgraded = Upgraded {
+            up,
+            to_upstream: std::mem::take(buf),
+            table: Arc::clone(table),
+            pool: d.pool,
+            backend: b,
+            status,
+            early,
+            log,
+            _busy: Busy::begin().0,
         };
-        be.state.finish(false);
-        pool_entry.state.bytes_in.increment(moved.0);
-        pool_entry.state.bytes_out.increment(moved.1 + early);
-        if let Some(l) = &log {
-            l.write(status, moved.1 + early);
+        pool_entry.state.active.fetch_add(1, Ordering::Relaxed); // until the tunnel ends
+        if wrote.is_err() {
+            upgraded.finish(0, 0);
+            return Forwarded::Done(Next::Close);
         }
-        return Forwarded::Done(Next::Close);
+        return Forwarded::Tunnel(Box::new(upgraded));
     }
 
     // Relay: what came with the head goes out in the same write.
