@@ -173,9 +173,9 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
                     _ => break false,
                 }
             }
-            // Everything an exchange keeps across its awaits lives in this box: connections
-            // are mostly idle, and idle ones carry only the above. Kept under 1 KiB so the
-            // allocation comes from malloc's per-thread cache.
+            // Everything an exchange keeps across its awaits lives in this box (1.5 KiB, from
+            // the allocator's per-thread cache): connections are mostly idle, and idle ones
+            // carry only the above.
             // Set by an exchange whose upstream switched protocols. Beside `Next`, not in it: a
             // box in `Next` would make it 16 bytes and this task a cell size larger.
             let mut tunnel: Option<Box<Upgraded>> = None;

@@ -1017,3 +1017,40 @@ async fn a_tunnel_idle_past_tunnel_idle_timeout_is_closed_a_busy_one_stays() {
         "the idle tunnel is still open: {ended:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_nrdot_gives_an_open_tunnel_the_grace_period_then_ends_it() {
+    let o = RawOrigin::start().await;
+    let mut n = Nrdot::start(BIN, "shutdown_grace = \"2s\"", &pool_route(&[o.addr]));
+    let mut s = tokio::net::TcpStream::connect(n.addr)
+        .await
+        .expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    read_until(&mut s, &mut Vec::new(), b"connection=true\n").await;
+    n.signal("TERM");
+    let stopped = std::time::Instant::now();
+    // During the grace period the tunnel still carries bytes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.write_all(b"still here").await.expect("write");
+    let mut echo = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut echo))
+        .await
+        .expect("echo during the grace period")
+        .expect("read");
+    assert_eq!(&echo, b"still here");
+    // Then it is cut and the process exits.
+    let mut rest = [0u8; 64];
+    let ended = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest)).await;
+    assert!(matches!(ended, Ok(Ok(0)) | Ok(Err(_))), "{ended:?}");
+    let exited = n.wait_exit(Duration::from_secs(5));
+    assert!(exited.is_some(), "still running after the grace period");
+    let took = stopped.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "cut before the grace period: {took:?}"
+    );
+}

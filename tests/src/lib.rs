@@ -380,8 +380,14 @@ impl Nrdot {
     pub fn start(bin: &str, prelude: &str, body: &str) -> Nrdot {
         let dir = temp_dir("nrdot");
         let config = dir.join("nrdot.toml");
+        // A test may set its own grace period in `prelude`.
+        let grace = if prelude.contains("shutdown_grace") {
+            ""
+        } else {
+            "shutdown_grace = \"10s\"\n"
+        };
         let prelude = format!(
-            "state_dir = {:?}\nshutdown_grace = \"10s\"\nworker_threads = 2\n{prelude}\n[admin]\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"http\"\nbind = \"127.0.0.1:0\"\n",
+            "state_dir = {:?}\n{grace}worker_threads = 2\n{prelude}\n[admin]\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"http\"\nbind = \"127.0.0.1:0\"\n",
             dir.join("state").display().to_string()
         );
         let text = format!("{prelude}\n{body}");
