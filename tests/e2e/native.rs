@@ -900,6 +900,18 @@ async fn read_until(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, marker: &[
     }
 }
 
+/// A connection to nrdot upgraded to a tunnel to `RawOrigin`'s `/ws` echo, its welcome read.
+async fn open_tunnel(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    read_until(&mut s, &mut Vec::new(), b"connection=true\n").await;
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_is_tunnelled_on_the_native_path_with_early_bytes_and_half_close() {
     let o = RawOrigin::start().await;
@@ -985,20 +997,7 @@ async fn a_tunnel_idle_past_tunnel_idle_timeout_is_closed_a_busy_one_stays() {
         pool_route(&[o.addr])
     );
     let n = Nrdot::start(BIN, "", &config);
-    let mut tunnels = Vec::new();
-    for _ in 0..2 {
-        let mut s = tokio::net::TcpStream::connect(n.addr)
-            .await
-            .expect("connect");
-        s.write_all(
-            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-        )
-        .await
-        .expect("write");
-        read_until(&mut s, &mut Vec::new(), b"connection=true\n").await;
-        tunnels.push(s);
-    }
-    let (mut busy, mut idle) = (tunnels.remove(0), tunnels.remove(0));
+    let (mut busy, mut idle) = (open_tunnel(n.addr).await, open_tunnel(n.addr).await);
     // A byte each way every 300 ms keeps one open well past the timeout (and the sweep).
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_millis(2500) {
@@ -1022,15 +1021,7 @@ async fn a_tunnel_idle_past_tunnel_idle_timeout_is_closed_a_busy_one_stays() {
 async fn a_stopping_nrdot_gives_an_open_tunnel_the_grace_period_then_ends_it() {
     let o = RawOrigin::start().await;
     let mut n = Nrdot::start(BIN, "shutdown_grace = \"2s\"", &pool_route(&[o.addr]));
-    let mut s = tokio::net::TcpStream::connect(n.addr)
-        .await
-        .expect("connect");
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .expect("write");
-    read_until(&mut s, &mut Vec::new(), b"connection=true\n").await;
+    let mut s = open_tunnel(n.addr).await;
     n.signal("TERM");
     let stopped = std::time::Instant::now();
     // During the grace period the tunnel still carries bytes.
