@@ -49,6 +49,13 @@ pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Turns Nagle's algorithm off on the socket.
     fn set_nodelay(&self);
+    /// Writes bytes after which the connection closes. A plain socket sends them with
+    /// `MSG_MORE`, which holds the last segment back until the close: its FIN then leaves in
+    /// that segment, and the client's ACK of the answer goes with its own FIN — per connection
+    /// two packets fewer for both sides' kernels to carry.
+    fn poll_write_last(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write(cx, buf)
+    }
 }
 
 impl ClientIo for TcpStream {
@@ -57,6 +64,19 @@ impl ClientIo for TcpStream {
     }
     fn set_nodelay(&self) {
         let _ = TcpStream::set_nodelay(self, true);
+    }
+    fn poll_write_last(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.poll_write_ready(cx))?;
+            let sock = socket2::SockRef::from(&*self);
+            let flags = libc::MSG_MORE | libc::MSG_NOSIGNAL;
+            match self.try_io(tokio::io::Interest::WRITABLE, || {
+                sock.send_with_flags(buf, flags)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
     }
 }
 
@@ -207,6 +227,18 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
             crate::worker::serve_hyper(io, cx.peer, &cx.shared);
         }
     });
+}
+
+/// Writes all of `buf` with [`ClientIo::poll_write_last`]: the connection closes after it.
+async fn write_last<S: ClientIo>(s: &mut S, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::future::poll_fn(|cx| s.poll_write_last(cx, buf)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
 }
 
 fn millis(d: Duration) -> u32 {
@@ -422,6 +454,8 @@ struct Prepared {
     want: Want,
     /// The response must end the client connection.
     close: bool,
+    /// The client said it sends nothing after this request.
+    last: bool,
     log: Option<Box<LogFields>>,
 }
 
@@ -912,6 +946,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         },
         d,
         close,
+        last: client_close,
         log,
     })
 }
@@ -938,6 +973,7 @@ async fn forward<S: ClientIo>(
         safe,
         want,
         close,
+        last,
         mut log,
     } = match prepare(buf, cx, table, index, stopping) {
         Step::Handoff => return Forwarded::Done(Next::Handoff),
@@ -961,6 +997,8 @@ async fn forward<S: ClientIo>(
     let end = (head_len + body).min(buf.len());
     out.extend_from_slice(&buf[head_len..end]);
     buf.drain(..end);
+    // Nothing pipelined behind a last request: the answer may go out with the close's FIN.
+    let last = last && buf.is_empty();
     if buf.is_empty() {
         give_buffer(std::mem::take(buf));
     }
@@ -1107,18 +1145,27 @@ async fn forward<S: ClientIo>(
             if !cx.nodelay.swap(true, Ordering::Relaxed) {
                 s.set_nodelay();
             }
-            if rh.decode {
-                let w = s.write_all(&plain).await;
-                plain.clear();
-                w
+            let piece = if rh.decode {
+                &plain[..]
             } else {
-                s.write_all(&chunk[..take]).await
-            }
+                &chunk[..take]
+            };
+            let w = if ended && last {
+                write_last(s, piece).await
+            } else {
+                s.write_all(piece).await
+            };
+            plain.clear();
+            w
         } else {
             if !rh.decode {
                 head.extend_from_slice(&chunk[..take]);
             }
-            let w = s.write_all(&head).await;
+            let w = if ended && last {
+                write_last(s, &head).await
+            } else {
+                s.write_all(&head).await
+            };
             head = Vec::new();
             w
         };

@@ -320,6 +320,53 @@ async fn client_connection_close_is_honoured() {
     assert!(c.closed().await);
 }
 
+/// A client that said it sends nothing more gets the answer and the end of the connection in
+/// one segment: the moment the answer can be read, so can the end of stream. (Sent apart, the
+/// end would come a close(2) later, and a read right after the answer would find nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_answer_and_the_close_arrive_together() {
+    let (_o, n, _c) = through_nrdot("").await;
+    for i in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(n.addr)
+            .await
+            .expect("connect");
+        let req: &[u8] = if i % 2 == 0 {
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        } else {
+            b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"
+        };
+        s.write_all(req).await.expect("write");
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                s.readable().await.expect("readable");
+                // Everything readable now, without waiting again.
+                loop {
+                    match s.try_read(&mut chunk) {
+                        Ok(0) => return true,
+                        Ok(n) => got.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("read: {e}"),
+                    }
+                }
+                if !got.is_empty() {
+                    return false; // the answer came without the end
+                }
+            }
+        })
+        .await
+        .expect("an answer within 5 s");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nhi"), "{text}");
+        assert!(
+            ended,
+            "connection {i}: the answer came before the end of stream"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connections_close_after_keepalive_timeout_busy_ones_stay() {
     let (_o, n, mut busy) = through_nrdot("[limits]\nkeepalive_timeout = \"1s\"\n").await;
