@@ -1,17 +1,18 @@
 //! The native HTTP/1.1 path. It owns client connections from accept (or the TLS handshake)
 //! and serves the common request — HTTP/1.1, origin-form target, no body or a Content-Length
-//! body up to 64 KiB, or a GET asking for an upgrade (a `101` turns the connection into a
-//! [`crate::tunnel`]) — inside the connection's own task: the head is parsed in
-//! place, rewritten straight into the bytes sent upstream (through [`crate::relay::send`]),
-//! and the response is relayed from the upstream socket with its own framing (length,
-//! chunked, or until close). No request or header map is built, no second task or channel
-//! sits between client and upstream, and an idle connection holds no buffer. The response-side
-//! parsers (head, framing, chunks) live here too; the hyper path decodes with them.
+//! or chunked body up to 64 KiB (a chunked one sent on decoded, with its length), or a GET
+//! asking for an upgrade (a `101` turns the connection into a [`crate::tunnel`]) — inside the
+//! connection's own task: the head is parsed in place, rewritten straight into the bytes sent
+//! upstream (through [`crate::relay::send`]), and the response is relayed from the upstream
+//! socket with its own framing (length, chunked, or until close). No request or header map is
+//! built, no second task or channel sits between client and upstream, and an idle connection
+//! holds no buffer. The response-side parsers (head, framing, chunks) live here too; the hyper
+//! path decodes with them.
 //!
 //! HTTP/1.0 requests are served here too (keep-alive when asked for, chunked answers decoded).
-//! Anything else (chunked or larger bodies, other expectations, other upgrades, HTTP/2,
-//! anything malformed) is handed, with the bytes
-//! already read, to the hyper-based path in [`crate::service`] for the rest of the connection,
+//! Anything else (larger bodies, chunked ones with trailers, other expectations, other
+//! upgrades, HTTP/2, anything malformed) is handed, with the bytes already read, to the
+//! hyper-based path in [`crate::service`] for the rest of the connection,
 //! so every rule that path enforces still holds. Routing, splitting, retries and passive health
 //! are the same functions both paths call.
 use std::future::Future;
@@ -350,8 +351,8 @@ enum Forwarded {
         close: bool,
         unread: usize,
     },
-    /// The head is not complete yet: read on.
-    More,
+    /// The head (or a chunked body) is not complete yet: read on.
+    More { body: bool },
     /// The upstream switched protocols; the client has its `101`.
     Tunnel(Box<Upgraded>),
 }
@@ -400,11 +401,18 @@ async fn exchange<S: ClientIo>(
             }
             // A head cut across reads (a large head, or pipelined requests past the end of a
             // read): the rest must come within `client_header_timeout` of the first part, or
-            // the connection closes without an answer, as on the hyper path.
-            Forwarded::More => {
-                let at = *deadline.get_or_insert_with(|| {
-                    tokio::time::Instant::now() + table.config.limits.client_header_timeout
-                });
+            // the connection closes without an answer, as on the hyper path. A chunked body
+            // still coming gets `client_body_timeout` for each read, as nginx gives it.
+            Forwarded::More { body } => {
+                let limits = &table.config.limits;
+                let at = if body {
+                    buf.reserve(READ_BUFFER);
+                    tokio::time::Instant::now() + limits.client_body_timeout
+                } else {
+                    *deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + limits.client_header_timeout
+                    })
+                };
                 match tokio::time::timeout_at(at, s.read_buf(buf)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return Next::Close,
@@ -418,8 +426,10 @@ async fn exchange<S: ClientIo>(
 enum Step {
     /// The hyper path takes the connection from this request on.
     Handoff,
-    /// The head is not complete.
-    Partial,
+    /// The head, or the chunked body behind it, is not complete.
+    Partial {
+        body: bool,
+    },
     /// nrdot answers itself (no route, redirect).
     Reply {
         bytes: Vec<u8>,
@@ -443,8 +453,10 @@ struct Want {
 /// A request ready to go upstream; nothing in it borrows the client's buffer.
 struct Prepared {
     head_len: usize,
-    /// Length of the request body that follows the head.
+    /// Length of the request body that follows the head (as it came: chunked or not).
     body: usize,
+    /// The body is chunked (and complete in the buffer): it goes upstream decoded.
+    chunked: bool,
     /// The client waits for `100 Continue` before sending the body.
     expect: bool,
     /// The upstream request head.
@@ -608,6 +620,32 @@ const READ_BUFFER: usize = 8192;
 /// `client_body_buffer_size` is 16 KiB on 64-bit; API requests are mostly far below it).
 pub(crate) const NATIVE_BODY_MAX: usize = 64 * 1024;
 
+/// Most bytes a chunked request body may take on the wire and still be read whole here: the
+/// limit above plus room for chunk framing.
+const CHUNKED_RAW_MAX: usize = NATIVE_BODY_MAX + 8 * 1024;
+
+/// A chunked body complete at the start of `data`: its length on the wire and decoded.
+/// `Ok(None)` while its end has not come; `Err` when the framing is broken or the body has
+/// trailers (which a length cannot carry: the full path forwards them).
+fn chunked_body(data: &[u8]) -> Result<Option<(usize, usize)>, ()> {
+    let mut c = Chunks::default();
+    let (mut at, mut len) = (0, 0);
+    loop {
+        let (used, run, ended) = c.next_data(&data[at..])?;
+        len += run.map_or(0, |r| r.len());
+        at += used;
+        if c.trailers {
+            return Err(());
+        }
+        if ended {
+            return Ok(Some((at, len)));
+        }
+        if at == data.len() {
+            return Ok(None);
+        }
+    }
+}
+
 /// A Content-Length value: decimal digits only, no sign, no list, no overflow.
 fn content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
@@ -728,7 +766,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if (buf.len() as u64) < limits.max_header_size => {
-            return Step::Partial
+            return Step::Partial { body: false }
         }
         _ => return Step::Handoff,
     };
@@ -753,6 +791,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     let mut body: Option<u64> = None;
     let mut expect = false;
     let mut upgrade: Option<&[u8]> = None;
+    let mut chunked = false;
     for h in headers {
         if is(h.name, "host") {
             hosts += 1;
@@ -776,10 +815,14 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
                 return Step::Handoff;
             }
             upgrade = Some(h.value);
-        } else if is(h.name, "transfer-encoding")
+        } else if is(h.name, "transfer-encoding") {
+            // Plain `chunked` once; codings, lists and repeats are for the full path's rules.
+            if chunked || !h.value.eq_ignore_ascii_case(b"chunked") {
+                return Step::Handoff;
+            }
+            chunked = true;
+        } else if is(h.name, "connection") && !connection.push(h.value) {
             // more Connection fields than kept is unusual enough for the full path
-            || (is(h.name, "connection") && !connection.push(h.value))
-        {
             return Step::Handoff;
         }
     }
@@ -791,13 +834,32 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
             return Step::Handoff;
         }
     }
-    if v10 && expect {
+    // A chunked body with a length too (refused there), from HTTP/1.0, or waiting for
+    // `100 Continue`: the full path's.
+    if (v10 && expect) || (chunked && (v10 || expect || body.is_some() || upgrade.is_some())) {
         return Step::Handoff;
     }
     // Small bodies are read whole before an upstream is chosen (nginx's request buffering),
     // so the request goes out in one write and can be sent again on a retry. Larger ones
     // stream on the full path, which also answers a length over the limit with 413.
+    // A chunked body is read whole the same way, then sent on with its length (as nginx
+    // does): the upstream gets one write, and a retry can send it again. One that does not end
+    // within the limit (or is malformed, or has trailers) goes on to the full path with every
+    // byte read so far.
+    let mut decoded = None;
     let body = match body {
+        None if chunked => match chunked_body(&buf[head_len..]) {
+            Ok(Some((raw, len)))
+                if len <= NATIVE_BODY_MAX && len as u64 <= limits.client_max_body_size =>
+            {
+                decoded = Some(len);
+                raw
+            }
+            Ok(None) if buf.len() - head_len <= CHUNKED_RAW_MAX => {
+                return Step::Partial { body: true }
+            }
+            _ => return Step::Handoff,
+        },
         None => 0,
         Some(n) if n <= NATIVE_BODY_MAX as u64 && n <= limits.client_max_body_size => n as usize,
         Some(_) => return Step::Handoff,
@@ -885,6 +947,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         if hop_by_hop(h.name)
             || (connection.names(h.name) && !framing_field(h.name))
             || (expect && is(h.name, "expect"))
+            || (chunked && is(h.name, "transfer-encoding"))
         {
             continue;
         }
@@ -928,6 +991,9 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         put(&mut out, "upgrade", u);
         out.extend_from_slice(b"connection: upgrade\r\n");
     }
+    if let Some(len) = decoded {
+        put(&mut out, "content-length", len.to_string().as_bytes());
+    }
     out.extend_from_slice(if v10 {
         b"via: 1.0 nrdot\r\n\r\n"
     } else {
@@ -936,6 +1002,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     Step::Forward(Prepared {
         head_len,
         body,
+        chunked,
         expect,
         out,
         safe: idempotent(method) || r.retry_unsafe,
@@ -967,6 +1034,7 @@ async fn forward<S: ClientIo>(
     let Prepared {
         head_len,
         body,
+        chunked,
         expect,
         mut out,
         d,
@@ -977,7 +1045,7 @@ async fn forward<S: ClientIo>(
         mut log,
     } = match prepare(buf, cx, table, index, stopping) {
         Step::Handoff => return Forwarded::Done(Next::Handoff),
-        Step::Partial => return Forwarded::More,
+        Step::Partial { body } => return Forwarded::More { body },
         Step::Reply {
             bytes,
             close,
@@ -995,7 +1063,12 @@ async fn forward<S: ClientIo>(
     };
     // The request is in `out` now: the client's bytes are not held meanwhile.
     let end = (head_len + body).min(buf.len());
-    out.extend_from_slice(&buf[head_len..end]);
+    if chunked {
+        // Checked whole by `prepare`.
+        let _ = Chunks::default().decode_into(&buf[head_len..end], &mut out);
+    } else {
+        out.extend_from_slice(&buf[head_len..end]);
+    }
     buf.drain(..end);
     // Nothing pipelined behind a last request: the answer may go out with the close's FIN.
     let last = last && buf.is_empty();
@@ -1585,6 +1658,8 @@ pub(crate) struct Chunks {
     state: ChunkState,
     size: u64,
     digits: bool,
+    /// The message has a trailer section.
+    trailers: bool,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -1664,13 +1739,19 @@ impl Chunks {
             self.state = match (self.state, b) {
                 (Size, b) if b.is_ascii_hexdigit() => {
                     let d = (b as char).to_digit(16).unwrap_or(0) as u64;
-                    self.size = self.size.checked_mul(16).ok_or(())? + d;
+                    self.size = self
+                        .size
+                        .checked_mul(16)
+                        .and_then(|n| n.checked_add(d))
+                        .ok_or(())?;
                     self.digits = true;
                     Size
                 }
                 (Size, b';' | b' ' | b'\t') if self.digits => Extension,
                 (Size, b'\r') if self.digits => SizeLf,
                 (Extension, b'\r') => SizeLf,
+                // A bare LF inside a chunk line is refused, as hyper refuses it.
+                (Extension, b'\n') => return Err(()),
                 (Extension, _) => Extension,
                 (SizeLf, b'\n') if self.size == 0 => TrailerStart,
                 (SizeLf, b'\n') => Data,
@@ -1680,8 +1761,13 @@ impl Chunks {
                     Size
                 }
                 (TrailerStart, b'\r') => EndLf,
-                (TrailerStart, _) => TrailerLine,
+                (TrailerStart, b'\n') => return Err(()),
+                (TrailerStart, _) => {
+                    self.trailers = true;
+                    TrailerLine
+                }
                 (TrailerLine, b'\r') => TrailerLineLf,
+                (TrailerLine, b'\n') => return Err(()),
                 (TrailerLine, _) => TrailerLine,
                 (TrailerLineLf, b'\n') => TrailerStart,
                 (EndLf, b'\n') => return Ok((i, None, true)),
@@ -1690,6 +1776,29 @@ impl Chunks {
         }
         Ok((i, None, false))
     }
+}
+
+/// Runs the request-side chunked reader over `data` as a client's body, first over the part
+/// before `split` (as if the rest had not come yet): returns the body's length on the wire and
+/// decoded when it is complete. For the fuzzer (`fuzz/fuzz_targets/request_chunked.rs`): a
+/// prefix never sees an end the whole does not, and the decoder forwards exactly that length.
+#[doc(hidden)]
+pub fn request_chunked_parse(data: &[u8], split: usize) -> Option<(usize, usize)> {
+    let whole = chunked_body(data);
+    match chunked_body(&data[..split.min(data.len())]) {
+        Ok(Some(early)) => assert_eq!(whole, Ok(Some(early)), "a prefix ended elsewhere"),
+        Ok(None) => {}
+        Err(()) => assert!(whole.is_err(), "a prefix failed where the whole does not"),
+    }
+    let (raw, len) = whole.ok()??;
+    assert!(len <= raw && raw <= data.len());
+    let mut out = Vec::new();
+    assert_eq!(
+        Chunks::default().decode_into(&data[..raw], &mut out),
+        Ok((raw, true))
+    );
+    assert_eq!(out.len(), len);
+    Some((raw, len))
 }
 
 /// Runs the response-side parsers over `data` as an upstream's answer, its body arriving in two

@@ -27,4 +27,4 @@ pub mod worker;
 pub use worker::{DataPlane, Listeners};
 
 #[doc(hidden)]
-pub use h1::relay_parse;
+pub use h1::{relay_parse, request_chunked_parse};

@@ -242,8 +242,9 @@ async fn pipelined_requests_then_a_body_hand_over_to_the_full_path_on_one_connec
         let e: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(e["path"], path);
     }
-    // A chunked body: the connection moves to the hyper path, which keeps serving it.
-    c.send(b"POST /three HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    // A chunked body with trailers: the connection moves to the hyper path, which keeps
+    // serving it.
+    c.send(b"POST /three HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n")
         .await;
     let (status, _, body) = c.response().await;
     assert_eq!(status, 200);
@@ -624,11 +625,118 @@ async fn a_long_pipeline_of_bodies_cut_at_random_places_arrives_request_by_reque
     }
     // All of it on the native path: heads cut across reads are read on, not handed over.
     assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
-    // A chunked body is what the full path is for.
+    // A chunked body is read here too; one with trailers is what the full path is for.
     c.send(b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
         .await;
     echoed(c.response().await, "POST", "/chunked", b"ok");
+    assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
+    c.send(b"POST /trailers HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-sum: 1\r\n\r\n")
+        .await;
+    echoed(c.response().await, "POST", "/trailers", b"ok");
     assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 1.0);
+}
+
+/// Chunked as `chunks` says: each piece its own chunk (the first with an extension).
+fn chunked(chunks: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let ext = if i == 0 { ";name=\"v\"" } else { "" };
+        out.extend_from_slice(format!("{:x}{ext}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// A chunked request body (Go's and Java's clients send one whenever the length is not known
+/// up front) is read whole on the native path and sent upstream with its length, as nginx
+/// does: the origin sees `Content-Length`, never the client's chunk framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_request_bodies_are_read_whole_and_sent_on_with_a_length() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let mut c = KeepAlive::connect(n.addr).await;
+    let head = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    };
+    // In one write, with a request pipelined behind it.
+    let body = chunked(&[b"hello", b" ", b"world"]);
+    c.send(
+        &[
+            head("/one").as_bytes(),
+            &body,
+            b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n",
+        ]
+        .concat(),
+    )
+    .await;
+    let resp = c.response().await;
+    let e: serde_json::Value = serde_json::from_slice(&resp.2).expect("json");
+    assert_eq!(e["headers"]["content-length"][0], "11", "{e}");
+    assert!(e["headers"].get("transfer-encoding").is_none(), "{e}");
+    echoed(resp, "POST", "/one", b"hello world");
+    echoed(c.response().await, "GET", "/after", b"");
+    // Cut everywhere: framing byte by byte, data in pieces with pauses.
+    let data: Vec<u8> = (0..30_000u32).map(|i| (i % 249) as u8).collect();
+    let pieces: Vec<&[u8]> = data.chunks(7_000).collect();
+    let wire = [head("/pieces").into_bytes(), chunked(&pieces)].concat();
+    for (i, piece) in wire.chunks(4_001).enumerate() {
+        if i % 3 == 0 {
+            for b in piece.chunks(1).take(8) {
+                c.send(b).await;
+            }
+            c.send(&piece[8.min(piece.len())..]).await;
+        } else {
+            c.send(piece).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    echoed(c.response().await, "POST", "/pieces", &data);
+    // An empty body, and the largest read here in many small chunks.
+    c.send(&[head("/empty").as_bytes(), b"0\r\n\r\n"].concat())
+        .await;
+    echoed(c.response().await, "POST", "/empty", b"");
+    let big: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 241) as u8).collect();
+    let small: Vec<&[u8]> = big.chunks(1024).collect();
+    c.send(&[head("/64k").into_bytes(), chunked(&small)].concat())
+        .await;
+    echoed(c.response().await, "POST", "/64k", &big);
+    assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
+    // One byte more goes on to the full path (streamed), whole all the same.
+    let over: Vec<u8> = (0..64 * 1024 + 1u32).map(|i| (i % 239) as u8).collect();
+    let pieces: Vec<&[u8]> = over.chunks(8192).collect();
+    c.send(&[head("/over").into_bytes(), chunked(&pieces)].concat())
+        .await;
+    echoed(c.response().await, "POST", "/over", &over);
+    assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 1.0);
+    assert_eq!(o.hits(), 6);
+}
+
+/// Broken chunk framing never reaches an upstream, whether it is found in the first read or
+/// after the body has been arriving for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_chunked_request_bodies_are_refused_and_never_forwarded() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let cases: [&[u8]; 6] = [
+        b"5\r\nhello\r\nzz\r\n",         // not a size
+        b"5;a\nb\r\nhello\r\n0\r\n\r\n", // bare LF in an extension
+        b"5\r\nhelloXX0\r\n\r\n",        // no CRLF after the data
+        b"ffffffffffffffffff\r\n",       // size overflows
+        b"-5\r\nhello\r\n0\r\n\r\n",     // a sign
+        b"\r\n0\r\n\r\n",                // no size at all
+    ];
+    for body in cases {
+        let mut c = KeepAlive::connect(n.addr).await;
+        c.send(b"POST /bad HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        c.send(body).await;
+        let (status, _, _) = c.response().await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(body));
+    }
+    assert_eq!(o.hits(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
