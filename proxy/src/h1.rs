@@ -57,6 +57,8 @@ pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn poll_write_last(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(self).poll_write(cx, buf)
     }
+    /// The connection has a closing handshake of its own to send before the socket closes.
+    const CLOSE_NOTIFY: bool = false;
 }
 
 impl ClientIo for TcpStream {
@@ -82,6 +84,11 @@ impl ClientIo for TcpStream {
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    /// TLS's `close_notify` (RFC 8446 6.1): without it a client reading to the end of stream
+    /// (an answer delimited by the close) cannot tell the end from a cut, and OpenSSL 3
+    /// clients report the close as an error.
+    const CLOSE_NOTIFY: bool = true;
+
     fn set_nodelay(&self) {
         let _ = self.get_ref().0.set_nodelay(true);
     }
@@ -215,6 +222,11 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
             index += 1;
         };
         crate::metrics::get().open_connections.decrement(1.0);
+        if !handoff && S::CLOSE_NOTIFY {
+            // Boxed: this state would otherwise widen every connection's task.
+            let close = tokio::time::timeout(CLOSE_NOTIFY_TIMEOUT, s.shutdown());
+            let _ = Box::pin(close).await;
+        }
         if handoff {
             crate::metrics::get().handed_over.increment(1);
             if !cx.nodelay.load(Ordering::Relaxed) {
@@ -241,6 +253,10 @@ async fn write_last<S: ClientIo>(s: &mut S, mut buf: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// How long a closing TLS connection may take to send its `close_notify` (a client that reads
+/// nothing more must not hold the task).
+const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn millis(d: Duration) -> u32 {
     d.as_millis().try_into().unwrap_or(u32::MAX)
