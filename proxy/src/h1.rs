@@ -365,6 +365,8 @@ enum Forwarded {
     Reply {
         bytes: Vec<u8>,
         close: bool,
+        /// The client said it sends nothing more (see [`write_last`]).
+        last: bool,
         unread: usize,
     },
     /// The head (or a chunked body) is not complete yet: read on.
@@ -396,6 +398,7 @@ async fn exchange<S: ClientIo>(
             Forwarded::Reply {
                 bytes,
                 close,
+                last,
                 unread,
             } => {
                 // A body comes off the connection with its request even when nobody forwards
@@ -409,7 +412,12 @@ async fn exchange<S: ClientIo>(
                         return Next::Close;
                     }
                 }
-                return if s.write_all(&bytes).await.is_err() || close {
+                let w = if last && buf.is_empty() {
+                    write_last(s, &bytes).await
+                } else {
+                    s.write_all(&bytes).await
+                };
+                return if w.is_err() || close {
                     Next::Close
                 } else {
                     Next::KeepAlive
@@ -450,6 +458,7 @@ enum Step {
     Reply {
         bytes: Vec<u8>,
         close: bool,
+        last: bool,
         /// Bytes of the request: head and body.
         consumed: usize,
     },
@@ -912,6 +921,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         return Step::Reply {
             bytes: error_reply(cx, log, ProxyError::NoRoute, close),
             close,
+            last: client_close,
             consumed: head_len + body,
         };
     };
@@ -936,6 +946,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
         return Step::Reply {
             bytes: serialize(&parts, b""),
             close,
+            last: client_close,
             consumed: head_len + body,
         };
     }
@@ -1065,6 +1076,7 @@ async fn forward<S: ClientIo>(
         Step::Reply {
             bytes,
             close,
+            last,
             consumed,
         } => {
             let have = consumed.min(buf.len());
@@ -1072,6 +1084,7 @@ async fn forward<S: ClientIo>(
             return Forwarded::Reply {
                 bytes,
                 close,
+                last,
                 unread: consumed - have,
             };
         }
@@ -1112,6 +1125,7 @@ async fn forward<S: ClientIo>(
                     return Forwarded::Reply {
                         bytes: error_reply(cx, log, e, true),
                         close: true,
+                        last: false,
                         unread: 0,
                     }
                 }
@@ -1155,6 +1169,7 @@ async fn forward<S: ClientIo>(
             return Forwarded::Reply {
                 bytes: error_reply(cx, log, e, close),
                 close,
+                last,
                 unread: 0,
             }
         }
