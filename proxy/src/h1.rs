@@ -369,8 +369,9 @@ enum Forwarded {
         last: bool,
         unread: usize,
     },
-    /// The head (or a chunked body) is not complete yet: read on.
-    More { body: bool },
+    /// The head (or a chunked body) is not complete yet: read on, after a `100 Continue` when
+    /// `expect` says the client waits for one.
+    More { body: bool, expect: bool },
     /// The upstream switched protocols; the client has its `101`.
     Tunnel(Box<Upgraded>),
 }
@@ -388,6 +389,7 @@ async fn exchange<S: ClientIo>(
     let table = cx.shared.reader.load();
     *keepalive = millis(table.config.limits.keepalive_timeout);
     let mut deadline = None;
+    let mut continued = false;
     loop {
         match forward(s, cx, &table, buf, index, stopping).await {
             Forwarded::Done(next) => return next,
@@ -427,7 +429,13 @@ async fn exchange<S: ClientIo>(
             // read): the rest must come within `client_header_timeout` of the first part, or
             // the connection closes without an answer, as on the hyper path. A chunked body
             // still coming gets `client_body_timeout` for each read, as nginx gives it.
-            Forwarded::More { body } => {
+            Forwarded::More { body, expect } => {
+                if expect && !continued {
+                    if s.write_all(CONTINUE).await.is_err() {
+                        return Next::Close;
+                    }
+                    continued = true;
+                }
                 let limits = &table.config.limits;
                 let at = if body {
                     buf.reserve(READ_BUFFER);
@@ -453,6 +461,7 @@ enum Step {
     /// The head, or the chunked body behind it, is not complete.
     Partial {
         body: bool,
+        expect: bool,
     },
     /// nrdot answers itself (no route, redirect).
     Reply {
@@ -638,6 +647,9 @@ fn hop_by_hop(name: &str) -> bool {
     }
 }
 
+/// The interim answer to `Expect: 100-continue`, sent just before the body is read.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// Size of the buffers requests and response heads are read into.
 const READ_BUFFER: usize = 8192;
 
@@ -791,7 +803,10 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if (buf.len() as u64) < limits.max_header_size => {
-            return Step::Partial { body: false }
+            return Step::Partial {
+                body: false,
+                expect: false,
+            }
         }
         _ => return Step::Handoff,
     };
@@ -859,9 +874,8 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
             return Step::Handoff;
         }
     }
-    // A chunked body with a length too (refused there), from HTTP/1.0, or waiting for
-    // `100 Continue`: the full path's.
-    if (v10 && expect) || (chunked && (v10 || expect || body.is_some() || upgrade.is_some())) {
+    // A chunked body with a length too (refused there) or from HTTP/1.0: the full path's.
+    if (v10 && expect) || (chunked && (v10 || body.is_some() || upgrade.is_some())) {
         return Step::Handoff;
     }
     // Small bodies are read whole before an upstream is chosen (nginx's request buffering),
@@ -881,7 +895,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
                 raw
             }
             Ok(None) if buf.len() - head_len <= CHUNKED_RAW_MAX => {
-                return Step::Partial { body: true }
+                return Step::Partial { body: true, expect }
             }
             _ => return Step::Handoff,
         },
@@ -1072,7 +1086,7 @@ async fn forward<S: ClientIo>(
         mut log,
     } = match prepare(buf, cx, table, index, stopping) {
         Step::Handoff => return Forwarded::Done(Next::Handoff),
-        Step::Partial { body } => return Forwarded::More { body },
+        Step::Partial { body, expect } => return Forwarded::More { body, expect },
         Step::Reply {
             bytes,
             close,
@@ -1108,7 +1122,7 @@ async fn forward<S: ClientIo>(
     if body > 0 {
         let missing = head_len + body - end;
         if missing > 0 {
-            if expect && s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+            if expect && s.write_all(CONTINUE).await.is_err() {
                 return Forwarded::Done(Next::Close);
             }
             let timeout = table.config.limits.client_body_timeout;

@@ -101,10 +101,12 @@ async fn bodies_stream_with_content_length_and_chunked_and_expect_continue() {
         Duration::from_secs(5),
     )
     .await;
-    assert!(
-        resp.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK"),
-        "{resp}"
-    );
+    // The body came with the head: the interim answer may be left out (RFC 9110 10.1.1), as
+    // the native path does; when sent, it comes first.
+    let rest = resp
+        .strip_prefix("HTTP/1.1 100 Continue\r\n\r\n")
+        .unwrap_or(&resp);
+    assert!(rest.starts_with("HTTP/1.1 200 OK"), "{resp}");
     assert!(resp.contains("\"body_len\":11"), "{resp}");
     assert!(
         !resp.contains("\"expect\""),

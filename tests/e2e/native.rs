@@ -716,6 +716,20 @@ async fn chunked_request_bodies_are_read_whole_and_sent_on_with_a_length() {
     c.send(&[head("/64k").into_bytes(), chunked(&small)].concat())
         .await;
     echoed(c.response().await, "POST", "/64k", &big);
+    // curl's chunked upload: `Expect: 100-continue`, and the body only after the interim answer.
+    c.send(b"PUT /curl HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    let interim = c.read_through(b"\r\n\r\n").await;
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    c.send(&chunked(&[b"up", b"loaded"])).await;
+    let resp = c.response().await;
+    let e: serde_json::Value = serde_json::from_slice(&resp.2).expect("json");
+    assert!(e["headers"].get("expect").is_none(), "{e}");
+    echoed(resp, "PUT", "/curl", b"uploaded");
     assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 0.0);
     // One byte more goes on to the full path (streamed), whole all the same.
     let over: Vec<u8> = (0..64 * 1024 + 1u32).map(|i| (i % 239) as u8).collect();
@@ -724,7 +738,7 @@ async fn chunked_request_bodies_are_read_whole_and_sent_on_with_a_length() {
         .await;
     echoed(c.response().await, "POST", "/over", &over);
     assert_eq!(n.metric("nrdot_http1_handed_over_total").await, 1.0);
-    assert_eq!(o.hits(), 6);
+    assert_eq!(o.hits(), 7);
 }
 
 /// Broken chunk framing never reaches an upstream, whether it is found in the first read or
