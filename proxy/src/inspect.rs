@@ -2,7 +2,8 @@
 //! not do the way an edge proxy must:
 //! - a request carrying both Content-Length and Transfer-Encoding is a request-smuggling attempt;
 //!   hyper quietly drops the Content-Length and serves it, we answer 400 and close (RFC 9112 6.3
-//!   allows either; nginx and HAProxy reject);
+//!   allows either; nginx and HAProxy reject), and so is one naming chunked twice (HAProxy
+//!   rejects it; hyper would decode one layer);
 //! - `client_header_timeout` counts from the first byte of a request head, while hyper's only
 //!   head timer also covers the idle time between keep-alive requests (which is
 //!   `keepalive_timeout`).
@@ -215,9 +216,13 @@ fn head_framing(head: &[u8], index: u64, verdict: &Verdict) -> State {
         return State::Off;
     }
     let (mut te, mut cl, mut upgrade) = (false, None, false);
+    let mut chunked = 0;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te = true;
+            chunked += crate::service::tokens(h.value)
+                .filter(|t| t.eq_ignore_ascii_case(b"chunked"))
+                .count();
         } else if h.name.eq_ignore_ascii_case("content-length") {
             cl = std::str::from_utf8(h.value)
                 .ok()
@@ -227,7 +232,9 @@ fn head_framing(head: &[u8], index: u64, verdict: &Verdict) -> State {
             upgrade = true;
         }
     }
-    if te && cl.is_some() {
+    // Chunked applied twice (RFC 9112 7: a sender must not) is a smuggling probe, refused as
+    // HAProxy refuses it; hyper would decode one layer.
+    if (te && cl.is_some()) || chunked > 1 {
         verdict.first_bad.fetch_min(index, Ordering::Relaxed);
         return State::Off; // the connection is answered 400 and closed.
     }
