@@ -390,8 +390,9 @@ async fn exchange<S: ClientIo>(
     *keepalive = millis(table.config.limits.keepalive_timeout);
     let mut deadline = None;
     let mut continued = false;
+    let mut scan = BodyScan::default();
     loop {
-        match forward(s, cx, &table, buf, index, stopping).await {
+        match forward(s, cx, &table, buf, index, stopping, &mut scan).await {
             Forwarded::Done(next) => return next,
             Forwarded::Tunnel(t) => {
                 *tunnel = Some(t);
@@ -437,21 +438,40 @@ async fn exchange<S: ClientIo>(
                     continued = true;
                 }
                 let limits = &table.config.limits;
-                let at = if body {
-                    buf.reserve(READ_BUFFER);
-                    tokio::time::Instant::now() + limits.client_body_timeout
-                } else {
-                    *deadline.get_or_insert_with(|| {
-                        tokio::time::Instant::now() + limits.client_header_timeout
-                    })
-                };
-                match tokio::time::timeout_at(at, s.read_buf(buf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return Next::Close,
+                // Where an empty line ending the head could start among the bytes read next.
+                let mut from = buf.len().saturating_sub(3);
+                loop {
+                    let at = if body {
+                        buf.reserve(READ_BUFFER);
+                        tokio::time::Instant::now() + limits.client_body_timeout
+                    } else {
+                        *deadline.get_or_insert_with(|| {
+                            tokio::time::Instant::now() + limits.client_header_timeout
+                        })
+                    };
+                    match tokio::time::timeout_at(at, s.read_buf(buf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return Next::Close,
+                    }
+                    // A head is parsed again only once an empty line may have ended it (or it
+                    // reached the limit): sent a byte at a time, it would cost its length
+                    // squared otherwise. (A chunked body is followed on from where it was.)
+                    if body
+                        || buf.len() as u64 >= limits.max_header_size
+                        || head_may_end(&buf[from..])
+                    {
+                        break;
+                    }
+                    from = buf.len().saturating_sub(3);
                 }
             }
         }
     }
+}
+
+/// Whether `b` holds the empty line that ends a head (httparse takes CRLF or a bare LF).
+fn head_may_end(b: &[u8]) -> bool {
+    memchr::memmem::find(b, b"\n\r\n").is_some() || memchr::memmem::find(b, b"\n\n").is_some()
 }
 
 /// What to do with the request at the start of the buffer.
@@ -661,26 +681,33 @@ pub(crate) const NATIVE_BODY_MAX: usize = 64 * 1024;
 /// limit above plus room for chunk framing.
 const CHUNKED_RAW_MAX: usize = NATIVE_BODY_MAX + 8 * 1024;
 
-/// A chunked body complete at the start of `data`: its length on the wire and decoded.
-/// `Ok(None)` while its end has not come; `Err` when the framing is broken or the body has
-/// trailers (which a length cannot carry: the full path forwards them).
-fn chunked_body(data: &[u8]) -> Result<Option<(usize, usize)>, ()> {
-    let mut c = Chunks::default();
-    let (mut at, mut len) = (0, 0);
-    loop {
-        let (used, run, ended) = c.next_data(&data[at..])?;
-        len += run.map_or(0, |r| r.len());
-        at += used;
-        if c.trailers {
+/// How far a chunked request body has been followed across reads: each byte is scanned once,
+/// so a body arriving a byte at a time costs its length, not its length squared.
+#[derive(Default)]
+pub(crate) struct BodyScan {
+    chunks: Chunks,
+    /// Bytes of the body followed so far (on the wire) and the data among them.
+    at: usize,
+    len: usize,
+}
+
+/// A chunked body complete at the start of `data` (which only grows between calls with the
+/// same `scan`): its length on the wire and decoded. `Ok(None)` while its end has not come;
+/// `Err` when the framing is broken or the body has trailers (which a length cannot carry:
+/// the full path forwards them).
+fn chunked_body(data: &[u8], scan: &mut BodyScan) -> Result<Option<(usize, usize)>, ()> {
+    while scan.at < data.len() {
+        let (used, run, ended) = scan.chunks.next_data(&data[scan.at..])?;
+        scan.len += run.map_or(0, |r| r.len());
+        scan.at += used;
+        if scan.chunks.trailers {
             return Err(());
         }
         if ended {
-            return Ok(Some((at, len)));
-        }
-        if at == data.len() {
-            return Ok(None);
+            return Ok(Some((scan.at, scan.len)));
         }
     }
+    Ok(None)
 }
 
 /// A Content-Length value: decimal digits only, no sign, no list, no overflow.
@@ -796,7 +823,14 @@ pub(crate) fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 /// Parses and routes the request at the start of `buf` and writes its upstream head. Runs
 /// without awaiting, so the header arrays live on the stack, not in the connection's future.
-fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool) -> Step {
+fn prepare(
+    buf: &[u8],
+    cx: &Ctx,
+    table: &RouteTable,
+    index: u64,
+    stopping: bool,
+    scan: &mut BodyScan,
+) -> Step {
     let limits = &table.config.limits;
     let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
@@ -887,7 +921,7 @@ fn prepare(buf: &[u8], cx: &Ctx, table: &RouteTable, index: u64, stopping: bool)
     // byte read so far.
     let mut decoded = None;
     let body = match body {
-        None if chunked => match chunked_body(&buf[head_len..]) {
+        None if chunked => match chunked_body(&buf[head_len..], scan) {
             Ok(Some((raw, len)))
                 if len <= NATIVE_BODY_MAX && len as u64 <= limits.client_max_body_size =>
             {
@@ -1069,6 +1103,7 @@ async fn forward<S: ClientIo>(
     buf: &mut Vec<u8>,
     index: u64,
     stopping: bool,
+    scan: &mut BodyScan,
 ) -> Forwarded {
     // No await inside this match: the step is gone before the first suspension, so the
     // request's fields are stored once in this future.
@@ -1084,7 +1119,7 @@ async fn forward<S: ClientIo>(
         close,
         last,
         mut log,
-    } = match prepare(buf, cx, table, index, stopping) {
+    } = match prepare(buf, cx, table, index, stopping, scan) {
         Step::Handoff => return Forwarded::Done(Next::Handoff),
         Step::Partial { body, expect } => return Forwarded::More { body, expect },
         Step::Reply {
@@ -1824,15 +1859,18 @@ impl Chunks {
 }
 
 /// Runs the request-side chunked reader over `data` as a client's body, first over the part
-/// before `split` (as if the rest had not come yet): returns the body's length on the wire and
-/// decoded when it is complete. For the fuzzer (`fuzz/fuzz_targets/request_chunked.rs`): a
-/// prefix never sees an end the whole does not, and the decoder forwards exactly that length.
+/// before `split` (as if the rest had not come yet), then on over the whole: returns the body's
+/// length on the wire and decoded when it is complete. For the fuzzer
+/// (`fuzz/fuzz_targets/request_chunked.rs`): a prefix never sees an end the whole does not,
+/// reading on gives what one read would, and the decoder forwards exactly that length.
 #[doc(hidden)]
 pub fn request_chunked_parse(data: &[u8], split: usize) -> Option<(usize, usize)> {
-    let whole = chunked_body(data);
-    match chunked_body(&data[..split.min(data.len())]) {
+    let whole = chunked_body(data, &mut BodyScan::default());
+    let mut scan = BodyScan::default();
+    match chunked_body(&data[..split.min(data.len())], &mut scan) {
         Ok(Some(early)) => assert_eq!(whole, Ok(Some(early)), "a prefix ended elsewhere"),
-        Ok(None) => {}
+        // The rest read on from where the prefix left off: as if read at once.
+        Ok(None) => assert_eq!(chunked_body(data, &mut scan), whole, "resumed differently"),
         Err(()) => assert!(whole.is_err(), "a prefix failed where the whole does not"),
     }
     let (raw, len) = whole.ok()??;
