@@ -69,10 +69,17 @@ impl ClientIo for TcpStream {
         let _ = TcpStream::set_nodelay(self, true);
     }
     fn poll_write_last(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        // Something arrived after the request (a client breaking its word, or its FIN): the
+        // close may become a reset, which would drop a held segment, so send it at once. The
+        // runtime's readiness flag, not a syscall, as nginx checks `read->ready`.
+        let more = match self.poll_read_ready(cx) {
+            Poll::Ready(_) => 0,
+            Poll::Pending => libc::MSG_MORE,
+        };
         loop {
             std::task::ready!(self.poll_write_ready(cx))?;
             let sock = socket2::SockRef::from(&*self);
-            let flags = libc::MSG_MORE | libc::MSG_NOSIGNAL;
+            let flags = more | libc::MSG_NOSIGNAL;
             match self.try_io(tokio::io::Interest::WRITABLE, || {
                 sock.send_with_flags(buf, flags)
             }) {

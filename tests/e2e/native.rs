@@ -382,6 +382,39 @@ async fn the_last_answer_and_the_close_arrive_together() {
     }
 }
 
+/// A client that said `close` and sends more while its answer is on the way (RFC 9112 9.6
+/// forbids it) makes the close a reset; the answer still leaves before it, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_not_held_back_when_the_client_sends_after_close() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(n.addr)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /sleep/200 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(b"junk").await.expect("write");
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Read until the end or the reset, whichever comes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = s.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+        assert!(text.ends_with('}'), "the answer was cut: {text:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connections_close_after_keepalive_timeout_busy_ones_stay() {
     let (_o, n, mut busy) = through_nrdot("[limits]\nkeepalive_timeout = \"1s\"\n").await;
