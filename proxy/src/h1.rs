@@ -249,10 +249,18 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
     });
 }
 
-/// Writes all of `buf` with [`ClientIo::poll_write_last`]: the connection closes after it.
-async fn write_last<S: ClientIo>(s: &mut S, mut buf: &[u8]) -> io::Result<()> {
+/// Writes all of `buf`; when it is the `last` the connection sends (it closes next), with
+/// [`ClientIo::poll_write_last`].
+async fn write_answer<S: ClientIo>(s: &mut S, mut buf: &[u8], last: bool) -> io::Result<()> {
     while !buf.is_empty() {
-        let n = std::future::poll_fn(|cx| s.poll_write_last(cx, buf)).await?;
+        let n = std::future::poll_fn(|cx| {
+            if last {
+                s.poll_write_last(cx, buf)
+            } else {
+                Pin::new(&mut *s).poll_write(cx, buf)
+            }
+        })
+        .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -372,7 +380,7 @@ enum Forwarded {
     Reply {
         bytes: Vec<u8>,
         close: bool,
-        /// The client said it sends nothing more (see [`write_last`]).
+        /// The client said it sends nothing more (see [`write_answer`]).
         last: bool,
         unread: usize,
     },
@@ -422,11 +430,7 @@ async fn exchange<S: ClientIo>(
                         return Next::Close;
                     }
                 }
-                let w = if last && buf.is_empty() {
-                    write_last(s, &bytes).await
-                } else {
-                    s.write_all(&bytes).await
-                };
+                let w = write_answer(s, &bytes, last && buf.is_empty()).await;
                 return if w.is_err() || close {
                     Next::Close
                 } else {
@@ -1310,22 +1314,14 @@ async fn forward<S: ClientIo>(
             } else {
                 &chunk[..take]
             };
-            let w = if ended && last {
-                write_last(s, piece).await
-            } else {
-                s.write_all(piece).await
-            };
+            let w = write_answer(s, piece, ended && last).await;
             plain.clear();
             w
         } else {
             if !rh.decode {
                 head.extend_from_slice(&chunk[..take]);
             }
-            let w = if ended && last {
-                write_last(s, &head).await
-            } else {
-                s.write_all(&head).await
-            };
+            let w = write_answer(s, &head, ended && last).await;
             head = Vec::new();
             w
         };
