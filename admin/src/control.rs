@@ -418,7 +418,7 @@ impl Control {
         let sockets = |c: &Config| {
             c.listeners
                 .iter()
-                .map(|l| (l.name.clone(), l.bind, l.tls.is_some()))
+                .map(|l| (l.name.clone(), l.bind, l.tls.is_some(), l.defer_accept))
                 .collect::<Vec<_>>()
         };
         if sockets(&previous.config) != sockets(&config)

@@ -43,6 +43,12 @@ pub struct Listener {
     pub bind: SocketAddr,
     /// TLS (HTTPS) settings; plaintext when absent.
     pub tls: Option<ListenerTls>,
+    /// Wake the proxy for a new connection only once its first bytes have arrived (Linux
+    /// `TCP_DEFER_ACCEPT`, nginx's `listen … deferred`). HTTP and TLS clients speak first, so
+    /// this saves one wakeup per connection and keeps silent connections out of the proxy;
+    /// one that stays silent is accepted after about a second and then meets the header
+    /// timeout as before. Default on.
+    pub defer_accept: bool,
 }
 
 /// Certificates of a TLS listener.

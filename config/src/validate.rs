@@ -534,7 +534,7 @@ fn listeners(v: &mut V<'_>, root: &dyn TableLike, admin: SocketAddr) -> Vec<List
     }
     for (i, (t, tspan)) in tables.into_iter().enumerate() {
         let path = format!("listener[{i}]");
-        v.keys(t, &path, &["name", "bind", "tls"]);
+        v.keys(t, &path, &["name", "bind", "tls", "defer_accept"]);
         let name = match v.str(t, "name", &path) {
             Some((n, span)) => {
                 if n.is_empty() {
@@ -584,10 +584,12 @@ fn listeners(v: &mut V<'_>, root: &dyn TableLike, admin: SocketAddr) -> Vec<List
             );
         }
         let tls = tls::listener(v, t, &path);
+        let defer_accept = v.bool(t, "defer_accept", &path).unwrap_or(true);
         out.push(Listener {
             name,
             bind: addr,
             tls,
+            defer_accept,
         });
     }
     out

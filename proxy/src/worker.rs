@@ -40,7 +40,7 @@ impl Listeners {
     ) -> io::Result<Listeners> {
         let mut sockets = Vec::new();
         for l in listeners {
-            let s = crate::listener::bind(l.bind, workers).map_err(|e| {
+            let s = crate::listener::bind(l.bind, workers, l.defer_accept).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("listener {:?} on {}: {e}", l.name, l.bind),

@@ -415,6 +415,39 @@ async fn an_answer_is_not_held_back_when_the_client_sends_after_close() {
     }
 }
 
+/// A new connection reaches the proxy with its first bytes (deferred accept): until then the
+/// kernel holds it half-open and the proxy spends no wakeup on it. `defer_accept = false`
+/// restores an immediate accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_accepted_with_its_first_bytes_unless_defer_accept_is_off() {
+    const ESTABLISHED: u8 = 1;
+    const SYN_RECEIVED: u8 = 3;
+    let (o, n, _) = through_nrdot("").await;
+    let mut c = KeepAlive::connect(n.addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        nrdot_tests::tcp_state(n.addr, c.local_addr()),
+        Some(SYN_RECEIVED)
+    );
+    assert_eq!(c.get("/").await.0, 200);
+    assert_eq!(
+        nrdot_tests::tcp_state(n.addr, c.local_addr()),
+        Some(ESTABLISHED)
+    );
+    // The listener table comes last in the generated config, so a bare key here is its own.
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &format!("defer_accept = false\n{}", pool_route(&[o.addr])),
+    );
+    let c = KeepAlive::connect(n.addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        nrdot_tests::tcp_state(n.addr, c.local_addr()),
+        Some(ESTABLISHED)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connections_close_after_keepalive_timeout_busy_ones_stay() {
     let (_o, n, mut busy) = through_nrdot("[limits]\nkeepalive_timeout = \"1s\"\n").await;

@@ -770,6 +770,11 @@ impl KeepAlive {
         self.response().await
     }
 
+    /// The client end's address, to find the connection in the kernel's tables.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+
     /// Writes raw bytes: one request, several pipelined ones, or part of one.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
@@ -845,4 +850,26 @@ impl KeepAlive {
             Ok(Ok(0)) | Ok(Err(_))
         )
     }
+}
+
+/// The kernel's TCP state (`/proc/net/tcp`: 1 established, 3 SYN received, …) of the IPv4
+/// socket at `local` connected to `remote`, if there is one. Lets a test see what a server's
+/// side of a connection is doing without asking the server.
+pub fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => String::new(),
+    };
+    let (l, r) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&l.as_str()) && f.get(2) == Some(&r.as_str()))
+            .then(|| u8::from_str_radix(f.get(3)?, 16).ok())
+            .flatten()
+    })
 }
