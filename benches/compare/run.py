@@ -214,6 +214,8 @@ def main():
     ap.add_argument("--no-memory", action="store_true", help="skip the idle-connection memory measurement")
     ap.add_argument("--uploads", action="store_true",
                     help="also a chunked-upload row (what clients send when the length is not known up front): about 1 minute more")
+    ap.add_argument("--deferred", action="store_true",
+                    help="give nginx (listen ... deferred) and HAProxy (bind ... defer-accept) the deferred accept nrdot's listeners use by default")
     ap.add_argument("--h2", action="store_true",
                     help="also TLS HTTP/2 rows (h2load, from nghttp2-client): about 2 minutes more")
     args = ap.parse_args()
@@ -254,11 +256,13 @@ http {{ access_log off; keepalive_requests 1000000;
         # (500 HTTP/2 streams), as HAProxy keeps them without a limit, so no row measures
         # connection churn instead of proxying.
         keepalive = 512
+        # nrdot defers the accept until the first bytes by default; nginx and HAProxy can, opt-in.
+        ngx_defer, hap_defer = (" deferred", " defer-accept") if args.deferred else ("", "")
         open(f"{work}/nginx.conf", "w").write(common % ("nginx", "nginx") + f"""
 http {{ access_log off; keepalive_requests 1000000;
   upstream b {{ server 127.0.0.1:{ports['backend']}; keepalive {keepalive}; }}
   upstream w {{ server 127.0.0.1:{ports['ws_backend']}; }}
-  server {{ listen 127.0.0.1:{ports['nginx']} backlog=4096; listen 127.0.0.1:{ports['nginx_tls']} ssl{' http2' if args.h2 else ''} backlog=4096;
+  server {{ listen 127.0.0.1:{ports['nginx']} backlog=4096{ngx_defer}; listen 127.0.0.1:{ports['nginx_tls']} ssl{' http2' if args.h2 else ''} backlog=4096{ngx_defer};
     ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem; ssl_session_cache shared:S:10m; ssl_protocols TLSv1.2 TLSv1.3;
     location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }}
     location /ws {{ proxy_pass http://w; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade;
@@ -275,8 +279,8 @@ defaults
   timeout tunnel 1h
   http-reuse always
 frontend f
-  bind 127.0.0.1:{ports['haproxy']}
-  bind 127.0.0.1:{ports['haproxy_tls']} ssl crt {work}/both.pem
+  bind 127.0.0.1:{ports['haproxy']}{hap_defer}
+  bind 127.0.0.1:{ports['haproxy_tls']} ssl crt {work}/both.pem{hap_defer}
   use_backend w if {{ path_beg /ws }}
   default_backend b
 backend b
@@ -483,7 +487,8 @@ def render(results, memory, targets, args, seconds, rounds, idle):
         v["nrdot"] = subprocess.run([args.nrdot, "version"], capture_output=True, text=True).stdout.splitlines()[0]
         return v
     lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {rounds} interleaved rounds of {seconds}s per scenario"
-             f"{' (--quick)' if args.quick else ''}; proxies on CPU 0, wrk and backend on CPU 1.", ""]
+             f"{' (--quick)' if args.quick else ''}; proxies on CPU 0, wrk and backend on CPU 1"
+             f"{'; nginx and HAProxy with deferred accept (--deferred)' if args.deferred else ''}.", ""]
     lines += [f"- {k}: {v}" for k, v in versions().items()]
     lines += ["", "| scenario | target | req/s median (range) | × nginx | CPU µs/req median | × nginx | p50 ms | p99 ms | errors |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -499,6 +504,8 @@ def render(results, memory, targets, args, seconds, rounds, idle):
                 f"| {scenario} | {t} | {med(rps):,.0f} ({min(rps):,.0f}–{max(rps):,.0f}) | {med(ratios_rps):.2f} "
                 f"| {med([r['cpu_us'] for r in runs]):.1f} | {med(ratios_cpu):.2f} "
                 f"| {med([r['p50'] or 0 for r in runs]):.2f} | {med([r['p99'] or 0 for r in runs]):.2f} | {sum(r['errors'] for r in runs)} |")
+    if not memory:  # --no-memory
+        return "\n".join(lines) + "\n"
     lines += ["", f"Idle memory (RSS growth per connection): {idle} keep-alive connections after one request, "
               f"plaintext and TLS; {idle // 4} WebSockets opened one after another, after one message each way:", "",
               "| target | plaintext | TLS | WebSocket |", "|---|---|---|---|"]
