@@ -59,6 +59,9 @@ enum State {
     ChunkData(u64),
     /// Reading trailer lines until an empty one.
     Trailers,
+    /// Framing hyper or nrdot refuses: the connection is answered and closed, while the
+    /// client may still be sending the rest.
+    Refused,
     /// Not following this connection any more.
     Off,
 }
@@ -83,6 +86,25 @@ pin_project_lite::pin_project! {
 const MAX_LINE: usize = 64 * 1024;
 
 impl<IO> Inspected<IO> {
+    /// Whether the connection is inside a request (its head or body) or after framing that
+    /// was refused: if it closes now, the client may still be sending.
+    pub fn mid_request(&self) -> bool {
+        match self.state {
+            State::Head { started } => started,
+            State::Off => false,
+            State::Fixed(_)
+            | State::ChunkSize
+            | State::ChunkData(_)
+            | State::Trailers
+            | State::Refused => true,
+        }
+    }
+
+    /// The stream, for reading on without following it.
+    pub fn into_inner(self) -> IO {
+        self.io
+    }
+
     pub fn new(io: IO, header_timeout: Duration, verdict: Arc<Verdict>) -> Self {
         Inspected {
             io,
@@ -118,7 +140,7 @@ fn follow(
     };
     while !data.is_empty() {
         match state {
-            State::Off => return out,
+            State::Off | State::Refused => return out,
             State::Head { started } => {
                 if !*started {
                     // Tolerate empty lines before a request line (RFC 9112 2.2).
@@ -144,7 +166,7 @@ fn follow(
                     .map(|p| search_from + p + 4);
                 let Some(end) = end else {
                     if line.len() > MAX_LINE * 4 {
-                        *state = State::Off; // hyper answers 431 for this.
+                        *state = State::Refused; // hyper answers 431 for this.
                         line.clear();
                     }
                     return out;
@@ -169,7 +191,7 @@ fn follow(
                 let Some(nl) = data.iter().position(|b| *b == b'\n') else {
                     line.extend_from_slice(data);
                     if line.len() > MAX_LINE {
-                        *state = State::Off;
+                        *state = State::Refused;
                     }
                     return out;
                 };
@@ -189,7 +211,7 @@ fn follow(
                 match u64::from_str_radix(hex, 16) {
                     Ok(0) => *state = State::Trailers,
                     Ok(n) if !hex.starts_with('+') => *state = State::ChunkData(n + 2),
-                    _ => *state = State::Off, // hyper rejects the body.
+                    _ => *state = State::Refused, // hyper rejects the body.
                 }
             }
             State::ChunkData(n) => {
@@ -210,7 +232,7 @@ fn head_framing(head: &[u8], index: u64, verdict: &Verdict) -> State {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-        return State::Off; // hyper answers 400 (or 431) for this.
+        return State::Refused; // hyper answers 400 (or 431) for this.
     }
     if req.method == Some("CONNECT") {
         return State::Off;
@@ -236,7 +258,7 @@ fn head_framing(head: &[u8], index: u64, verdict: &Verdict) -> State {
     // HAProxy refuses it; hyper would decode one layer.
     if (te && cl.is_some()) || chunked > 1 {
         verdict.first_bad.fetch_min(index, Ordering::Relaxed);
-        return State::Off; // the connection is answered 400 and closed.
+        return State::Refused; // the connection is answered 400 and closed.
     }
     if upgrade {
         // After a 101 the bytes are no longer HTTP/1; without a 101 they would be, but we
@@ -270,7 +292,7 @@ impl<IO: AsyncRead> AsyncRead for Inspected<IO> {
                         *this.state = State::Off;
                     }
                 }
-                if !matches!(this.state, State::Off) {
+                if !matches!(this.state, State::Off | State::Refused) {
                     let f = follow(this.state, this.line, this.index, this.verdict, new);
                     match this.state {
                         // A head started in this read: its clock starts now. Only the deadline
@@ -396,7 +418,7 @@ mod tests {
         for c in chunks {
             follow(&mut state, &mut line, &mut index, &verdict, c);
         }
-        let off = matches!(state, State::Off);
+        let off = matches!(state, State::Off | State::Refused);
         (index, verdict, off)
     }
 

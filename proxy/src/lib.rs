@@ -15,6 +15,7 @@ mod body;
 pub mod error;
 mod h1;
 mod inspect;
+mod linger;
 pub mod listener;
 pub mod metrics;
 mod relay;

@@ -280,11 +280,11 @@ where
     let table = shared.reader.load();
     let limits = &table.config.limits;
     let verdict = Verdict::new();
-    let io = TokioIo::new(Inspected::new(
+    let io = TokioIo::new(crate::linger::Linger::new(Inspected::new(
         stream,
         limits.client_header_timeout,
         Arc::clone(&verdict),
-    ));
+    )));
     let service = ConnService::new(Arc::clone(shared), peer, verdict);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

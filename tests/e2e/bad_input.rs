@@ -211,3 +211,64 @@ async fn ambiguous_framing_never_lets_a_body_become_a_request() {
         );
     }
 }
+
+/// A client still sending a request nrdot refuses (a body over `client_max_body_size`, framing
+/// it will not forward) gets its answer whole and can finish sending: nrdot half-closes and
+/// reads on before closing (lingering close), instead of closing with unread bytes, which the
+/// kernel turns into a reset that breaks the client's upload and can destroy the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_a_refused_request_gets_the_answer_and_no_reset() {
+    use tokio::io::AsyncReadExt;
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &one_pool(&o, "[limits]\nclient_max_body_size = \"20m\""),
+    );
+    let cases: [(&str, String, usize, u16); 2] = [
+        (
+            "body over the limit",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 40000000\r\n\r\n".into(),
+            40_000_000,
+            413,
+        ),
+        (
+            "Content-Length and Transfer-Encoding",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 16000000\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+            16_000_000,
+            400,
+        ),
+    ];
+    // Bodies larger than the socket buffers on both ends can hold (several MiB on loopback), so
+    // the client is still writing when the answer comes.
+    for (name, head, len, want) in cases {
+        let stream = tokio::net::TcpStream::connect(n.addr)
+            .await
+            .expect("connect");
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            wr.write_all(head.as_bytes()).await?;
+            let body = vec![b'x'; 64 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let k = left.min(body.len());
+                wr.write_all(&body[..k]).await?;
+                left -= k;
+            }
+            wr.shutdown().await
+        });
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut answer))
+            .await
+            .expect("answer within 10 s");
+        let sent = tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("upload within 10 s")
+            .expect("task");
+        assert!(sent.is_ok(), "{name}: the upload was cut: {sent:?}");
+        assert!(read.is_ok(), "{name}: reading the answer failed: {read:?}");
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(status_of(&answer), want, "{name}: {answer:?}");
+    }
+    assert_eq!(o.hits(), 0, "a refused request reached the upstream");
+}
