@@ -194,7 +194,7 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
         // From the table of the last exchange (one table load per request, not two), in
         // milliseconds: four bytes instead of a Duration's sixteen keep the task in 256.
         let mut keepalive = millis(cx.shared.reader.load().config.limits.keepalive_timeout);
-        let handoff = loop {
+        let end = loop {
             if buf.is_empty() {
                 give_buffer(std::mem::take(&mut buf)); // nothing held while idle
                 let idle = IdleRead {
@@ -205,7 +205,7 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
                 };
                 match idle.await {
                     Ok(n) if n > 0 => {}
-                    _ => break false,
+                    _ => break End::Quiet,
                 }
             }
             // Everything an exchange keeps across its awaits lives in this box (1.5 KiB, from
@@ -217,24 +217,34 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
             let ex = exchange(&mut s, &cx, &mut buf, index, &mut keepalive, &mut tunnel);
             match Box::pin(ex).await {
                 Next::KeepAlive => {}
-                Next::Close => break false,
-                Next::Handoff => break true,
+                Next::Close if buf.is_empty() => break End::Closing,
+                Next::Close => break End::ClosingUnread,
+                Next::Handoff => break End::Handoff,
                 Next::Tunnel => {
                     if let Some(t) = tunnel {
                         Box::pin((*t).run(&mut s)).await;
                     }
-                    break false;
+                    break End::Quiet;
                 }
             }
             index += 1;
         };
         crate::metrics::get().open_connections.decrement(1.0);
-        if !handoff && S::CLOSE_NOTIFY {
-            // Boxed: this state would otherwise widen every connection's task.
-            let close = tokio::time::timeout(CLOSE_NOTIFY_TIMEOUT, s.shutdown());
-            let _ = Box::pin(close).await;
-        }
-        if handoff {
+        // Closing on a client that sent more (pipelined requests past the keep-alive limit,
+        // bytes after `Connection: close`): closing with those unread would be a reset, which
+        // can destroy the answers before the client reads them. A task of its own half-closes
+        // and reads on. The readiness is looked at, not awaited, and the lingering is not
+        // awaited here: either would widen every connection's task.
+        let unread = match end {
+            End::ClosingUnread => true,
+            End::Closing => s
+                .poll_ready(&mut Context::from_waker(std::task::Waker::noop()))
+                .is_ready(),
+            End::Quiet | End::Handoff => false,
+        };
+        if unread {
+            tokio::spawn(crate::linger::drain(s));
+        } else if matches!(end, End::Handoff) {
             crate::metrics::get().handed_over.increment(1);
             if !cx.nodelay.load(Ordering::Relaxed) {
                 s.set_nodelay(); // the hyper path writes heads and bodies separately
@@ -245,8 +255,24 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
                 inner: s,
             };
             crate::worker::serve_hyper(io, cx.peer, &cx.shared);
+        } else if S::CLOSE_NOTIFY {
+            // Boxed: this state would otherwise widen every connection's task.
+            let close = tokio::time::timeout(CLOSE_NOTIFY_TIMEOUT, s.shutdown());
+            let _ = Box::pin(close).await;
         }
     });
+}
+
+/// How a connection's loop ended.
+enum End {
+    /// The client closed, went quiet past the keep-alive timeout, or a tunnel ended.
+    Quiet,
+    /// An answer said the connection closes (the client may still be sending).
+    Closing,
+    /// The same, with bytes the client sent after that request already read.
+    ClosingUnread,
+    /// The hyper path takes over.
+    Handoff,
 }
 
 /// Writes all of `buf`; when it is the `last` the connection sends (it closes next), with

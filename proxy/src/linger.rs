@@ -1,5 +1,6 @@
-//! Lingering close for the connections hyper serves (RFC 9112 9.6; nginx's `lingering_close`).
-//! When such a connection ends while its client is still sending a request (an upload the
+//! Lingering close (RFC 9112 9.6; nginx's `lingering_close`), for the connections hyper serves
+//! and, through [`drain`], for the native path's. When a connection ends while its client is
+//! still sending a request (an upload the
 //! upstream answered early, a body over `client_max_body_size`, framing nrdot refused), closing
 //! the socket with unread bytes makes the kernel send a reset, and a reset can destroy the
 //! answer before the client has read it: curl then reports "Send failure" instead of the
@@ -62,7 +63,7 @@ where
 }
 
 /// Half-closes `io`, then reads until the client closes, goes quiet or the time is up.
-async fn drain<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
+pub(crate) async fn drain<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
     let end = tokio::time::Instant::now() + LINGERING_TIME;
     // hyper has usually shut the write side already; a second shutdown is harmless.
     if tokio::time::timeout(LINGERING_TIMEOUT, io.shutdown())

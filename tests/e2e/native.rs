@@ -325,6 +325,73 @@ async fn client_connection_close_is_honoured() {
 /// one segment: the moment the answer can be read, so can the end of stream. (Sent apart, the
 /// end would come a close(2) later, and a read right after the answer would find nothing.)
 /// So do nrdot's own answers: a redirect to HTTPS (port 80's usual traffic) and a 404.
+/// A client still sending when its connection is closed (requests pipelined past
+/// `keepalive_requests`, a body after `Connection: close`) reads every answer and a clean end,
+/// and can finish writing: nrdot half-closes and reads on (lingering close) instead of closing
+/// on unread bytes, which the kernel turns into a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_before_a_close_survive_a_client_that_keeps_sending() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &format!(
+            "[limits]\nkeepalive_requests = 2\n{}",
+            pool_route(&[o.addr])
+        ),
+    );
+    let pipelined = "GET /a HTTP/1.1\r\nHost: a\r\n\r\n".repeat(3);
+    let close = format!(
+        "GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n{}",
+        "x".repeat(1000)
+    );
+    let slow = "GET /sleep/200 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_string();
+    // (case, head, pause before the rest, answers): more bytes either come with the request
+    // (read with it), or arrive while its answer is on its way (seen by the socket's
+    // readiness). Bytes arriving between that look and the close still meet a reset, as with
+    // nginx's `lingering_close on`.
+    for (name, head, pause, answers) in [
+        ("past keepalive_requests", pipelined, 0, 2),
+        ("after Connection: close", close, 0, 1),
+        ("while the answer is on its way", slow, 50, 1),
+    ] {
+        let stream = tokio::net::TcpStream::connect(n.addr)
+            .await
+            .expect("connect");
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            wr.write_all(head.as_bytes()).await?;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            // More than the socket buffers on both ends hold: still writing at the close.
+            let junk = vec![b'x'; 64 * 1024];
+            for _ in 0..256 {
+                wr.write_all(&junk).await?;
+            }
+            wr.shutdown().await
+        });
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut got))
+            .await
+            .expect("answers within 10 s");
+        let sent = tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("writes within 10 s")
+            .expect("task");
+        assert!(read.is_ok(), "{name}: {read:?}");
+        assert!(
+            sent.is_ok(),
+            "{name}: the client's writes were cut: {sent:?}"
+        );
+        let got = String::from_utf8_lossy(&got);
+        assert_eq!(
+            got.matches("HTTP/1.1 200").count(),
+            answers,
+            "{name}: {got}"
+        );
+        assert!(got.contains("connection: close"), "{name}: {got}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_answer_and_the_close_arrive_together() {
     let o = RawOrigin::start().await;
