@@ -135,7 +135,11 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(io))
+        .handshake(TokioIo::new(EarlyAnswer {
+            io,
+            written: false,
+            deaf: false,
+        }))
         .await
         .map_err(|e| ConnectError::Failed(addr.to_string(), std::io::Error::other(e)))?;
     tokio::spawn(async move {
@@ -380,4 +384,105 @@ pub fn sweep() {
             }
         }
     });
+}
+
+/// The upstream side of hyper's client (requests with streamed bodies). A server may answer
+/// before it has read the whole body and close (an application refusing an upload with 413 or
+/// 401): writing then fails with a reset or a broken pipe while its answer already waits in the
+/// socket, and hyper reports the write error and never reads the answer, so the client got a
+/// 502 instead of the server's status. Once the request has started going out, such a failure
+/// makes this stream swallow the rest of the body instead (RFC 9112 9.5: a client seeing the
+/// server stop reading stops sending), and hyper reads on: the answer if there is one, else
+/// the reset, which is the 502 it was before. A failure of the very first write is reported
+/// as it is, so a stale pooled connection is still retried.
+struct EarlyAnswer<IO> {
+    io: IO,
+    /// Something was written: the server has started receiving this request.
+    written: bool,
+    /// The server stopped reading: writes are dropped.
+    deaf: bool,
+}
+
+impl<IO> EarlyAnswer<IO> {
+    /// The write's outcome, with a vanished reader after the first write turned into "written".
+    fn outcome(&mut self, r: io::Result<usize>, len: usize) -> io::Result<usize> {
+        match r {
+            Ok(n) => {
+                self.written |= n > 0;
+                Ok(n)
+            }
+            Err(e) if self.written && peer_gone(&e) => {
+                self.deaf = true;
+                Ok(len)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for EarlyAnswer<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for EarlyAnswer<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.deaf {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let r = std::task::ready!(Pin::new(&mut this.io).poll_write(cx, buf));
+        Poll::Ready(this.outcome(r, buf.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if this.deaf {
+            return Poll::Ready(Ok(len));
+        }
+        let r = std::task::ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs));
+        Poll::Ready(this.outcome(r, len))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.deaf {
+            return Poll::Ready(Ok(()));
+        }
+        let r = std::task::ready!(Pin::new(&mut this.io).poll_flush(cx));
+        Poll::Ready(this.outcome(r.map(|()| 0), 0).map(|_| ()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.deaf {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
 }

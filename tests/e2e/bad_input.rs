@@ -2,7 +2,7 @@
 //! an nginx operator expects, a short answer with `Server: nrdot`, and never reaches an upstream.
 use std::time::{Duration, Instant};
 
-use nrdot_tests::{get, pool, raw, Nrdot, Origin};
+use nrdot_tests::{get, pool, raw, send_blindly, Nrdot, Origin};
 use tokio::io::AsyncWriteExt;
 
 use crate::BIN;
@@ -218,57 +218,57 @@ async fn ambiguous_framing_never_lets_a_body_become_a_request() {
 /// kernel turns into a reset that breaks the client's upload and can destroy the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_still_sending_a_refused_request_gets_the_answer_and_no_reset() {
-    use tokio::io::AsyncReadExt;
     let o = Origin::start("o").await;
     let n = Nrdot::start(
         BIN,
         "",
         &one_pool(&o, "[limits]\nclient_max_body_size = \"20m\""),
     );
-    let cases: [(&str, String, usize, u16); 2] = [
+    // Bodies larger than the socket buffers on both ends can hold (several MiB on loopback), so
+    // the client is still writing when the answer comes.
+    for (name, head, len, want) in [
         (
             "body over the limit",
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 40000000\r\n\r\n".into(),
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 40000000\r\n\r\n",
             40_000_000,
             413,
         ),
         (
             "Content-Length and Transfer-Encoding",
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 16000000\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 16000000\r\nTransfer-Encoding: chunked\r\n\r\n",
             16_000_000,
             400,
         ),
-    ];
-    // Bodies larger than the socket buffers on both ends can hold (several MiB on loopback), so
-    // the client is still writing when the answer comes.
-    for (name, head, len, want) in cases {
-        let stream = tokio::net::TcpStream::connect(n.addr)
-            .await
-            .expect("connect");
-        let (mut rd, mut wr) = stream.into_split();
-        let writer = tokio::spawn(async move {
-            wr.write_all(head.as_bytes()).await?;
-            let body = vec![b'x'; 64 * 1024];
-            let mut left = len;
-            while left > 0 {
-                let k = left.min(body.len());
-                wr.write_all(&body[..k]).await?;
-                left -= k;
-            }
-            wr.shutdown().await
-        });
-        let mut answer = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut answer))
-            .await
-            .expect("answer within 10 s");
-        let sent = tokio::time::timeout(Duration::from_secs(10), writer)
-            .await
-            .expect("upload within 10 s")
-            .expect("task");
+    ] {
+        let (sent, read) = send_blindly(n.addr, head.into(), Duration::ZERO, len).await;
         assert!(sent.is_ok(), "{name}: the upload was cut: {sent:?}");
-        assert!(read.is_ok(), "{name}: reading the answer failed: {read:?}");
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = read.unwrap_or_else(|e| panic!("{name}: reading the answer failed: {e}"));
         assert_eq!(status_of(&answer), want, "{name}: {answer:?}");
     }
     assert_eq!(o.hits(), 0, "a refused request reached the upstream");
+}
+
+/// An upstream that answers an upload before reading it and closes (an application refusing
+/// it): the client gets the upstream's answer, not a 502, and can finish its upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_upstream_answers_early_gets_the_upstreams_answer() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &one_pool(&o, "[limits]\nclient_max_body_size = \"20m\""),
+    );
+    // Streamed (over 64 KiB) and larger than the socket buffers: the upstream stops reading
+    // and closes while nrdot is still sending.
+    for _ in 0..3 {
+        let head = "POST /status/413 HTTP/1.1\r\nHost: a\r\nContent-Length: 16000000\r\n\r\n";
+        let (sent, read) = send_blindly(n.addr, head.into(), Duration::ZERO, 16_000_000).await;
+        assert!(sent.is_ok(), "the upload was cut: {sent:?}");
+        let answer = read.expect("the answer");
+        assert_eq!(status_of(&answer), 413, "{answer:?}");
+        assert!(
+            answer.contains("x-origin: o"),
+            "not the upstream's: {answer:?}"
+        );
+    }
 }

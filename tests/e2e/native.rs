@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use nrdot_tests::{pool, pool_route, raw, Fnv, KeepAlive, Nrdot, Origin};
+use nrdot_tests::{pool, pool_route, raw, send_blindly, Fnv, KeepAlive, Nrdot, Origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::BIN;
@@ -355,34 +355,13 @@ async fn answers_before_a_close_survive_a_client_that_keeps_sending() {
         ("after Connection: close", close, 0, 1),
         ("while the answer is on its way", slow, 50, 1),
     ] {
-        let stream = tokio::net::TcpStream::connect(n.addr)
-            .await
-            .expect("connect");
-        let (mut rd, mut wr) = stream.into_split();
-        let writer = tokio::spawn(async move {
-            wr.write_all(head.as_bytes()).await?;
-            tokio::time::sleep(Duration::from_millis(pause)).await;
-            // More than the socket buffers on both ends hold: still writing at the close.
-            let junk = vec![b'x'; 64 * 1024];
-            for _ in 0..256 {
-                wr.write_all(&junk).await?;
-            }
-            wr.shutdown().await
-        });
-        let mut got = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut got))
-            .await
-            .expect("answers within 10 s");
-        let sent = tokio::time::timeout(Duration::from_secs(10), writer)
-            .await
-            .expect("writes within 10 s")
-            .expect("task");
-        assert!(read.is_ok(), "{name}: {read:?}");
+        // More than the socket buffers on both ends hold: still writing at the close.
+        let (sent, read) = send_blindly(n.addr, head, Duration::from_millis(pause), 16 << 20).await;
         assert!(
             sent.is_ok(),
             "{name}: the client's writes were cut: {sent:?}"
         );
-        let got = String::from_utf8_lossy(&got);
+        let got = read.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
             got.matches("HTTP/1.1 200").count(),
             answers,

@@ -873,3 +873,41 @@ pub fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
             .flatten()
     })
 }
+
+/// Writes `head`, waits `pause`, then `len` more bytes and a FIN, without waiting for an
+/// answer, while reading everything the server sends until it closes: a client that goes on
+/// sending after the server has answered. Returns how the writes ended and what was read (or
+/// how reading failed); each side has 10 s.
+pub async fn send_blindly(
+    addr: SocketAddr,
+    head: String,
+    pause: Duration,
+    len: usize,
+) -> (std::io::Result<()>, std::io::Result<String>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        tokio::time::sleep(pause).await;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            wr.write_all(&chunk[..k]).await?;
+            left -= k;
+        }
+        wr.shutdown().await
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut got))
+        .await
+        .expect("the server closes within 10 s");
+    let sent = tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("writes end within 10 s")
+        .expect("writer task");
+    (
+        sent,
+        read.map(|_| String::from_utf8_lossy(&got).into_owned()),
+    )
+}
