@@ -219,6 +219,7 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
                 Next::KeepAlive => {}
                 Next::Close if buf.is_empty() => break End::Closing,
                 Next::Close => break End::ClosingUnread,
+                Next::Abort => break End::Quiet,
                 Next::Handoff => break End::Handoff,
                 Next::Tunnel => {
                     if let Some(t) = tunnel {
@@ -348,7 +349,11 @@ impl<S: ClientIo> Future for IdleRead<'_, S> {
 /// How an exchange left the connection.
 enum Next {
     KeepAlive,
+    /// An answer said the connection closes: the client may still be sending.
     Close,
+    /// The exchange broke (the client timed out, went away or failed a write): close without
+    /// lingering.
+    Abort,
     /// The hyper path takes the connection from this request on.
     Handoff,
     /// The upstream switched protocols: the connection is a tunnel from now on.
@@ -453,11 +458,13 @@ async fn exchange<S: ClientIo>(
                         .await
                         .is_err()
                     {
-                        return Next::Close;
+                        return Next::Abort;
                     }
                 }
                 let w = write_answer(s, &bytes, last && buf.is_empty()).await;
-                return if w.is_err() || close {
+                return if w.is_err() {
+                    Next::Abort
+                } else if close {
                     Next::Close
                 } else {
                     Next::KeepAlive
@@ -470,7 +477,7 @@ async fn exchange<S: ClientIo>(
             Forwarded::More { body, expect } => {
                 if expect && !continued {
                     if s.write_all(CONTINUE).await.is_err() {
-                        return Next::Close;
+                        return Next::Abort;
                     }
                     continued = true;
                 }
@@ -488,7 +495,7 @@ async fn exchange<S: ClientIo>(
                     };
                     match tokio::time::timeout_at(at, s.read_buf(buf)).await {
                         Ok(Ok(n)) if n > 0 => {}
-                        _ => return Next::Close,
+                        _ => return Next::Abort,
                     }
                     // A head is parsed again only once an empty line may have ended it (or it
                     // reached the limit): sent a byte at a time, it would cost its length
@@ -1195,7 +1202,7 @@ async fn forward<S: ClientIo>(
         let missing = head_len + body - end;
         if missing > 0 {
             if expect && s.write_all(CONTINUE).await.is_err() {
-                return Forwarded::Done(Next::Close);
+                return Forwarded::Done(Next::Abort);
             }
             let timeout = table.config.limits.client_body_timeout;
             match read_body(s, &mut out, missing, timeout).await {
@@ -1205,7 +1212,7 @@ async fn forward<S: ClientIo>(
                     if let Some(l) = log {
                         l.write(400, 0);
                     }
-                    return Forwarded::Done(Next::Close);
+                    return Forwarded::Done(Next::Abort);
                 }
                 Err(e) => {
                     return Forwarded::Reply {
@@ -1288,7 +1295,7 @@ async fn forward<S: ClientIo>(
         pool_entry.state.active.fetch_add(1, Ordering::Relaxed); // until the tunnel ends
         if wrote.is_err() {
             upgraded.finish(0, 0);
-            return Forwarded::Done(Next::Close);
+            return Forwarded::Done(Next::Abort);
         }
         return Forwarded::Tunnel(Box::new(upgraded));
     }
@@ -1397,7 +1404,11 @@ async fn forward<S: ClientIo>(
     }
     if !client_ok || !complete || close {
         let _ = s.flush().await;
-        return Forwarded::Done(Next::Close);
+        return Forwarded::Done(if client_ok && complete {
+            Next::Close
+        } else {
+            Next::Abort
+        });
     }
     Forwarded::Done(Next::KeepAlive)
 }

@@ -322,6 +322,8 @@ impl<IO: AsyncRead> AsyncRead for Inspected<IO> {
                         None => this.deadline.insert(Box::pin(tokio::time::sleep_until(at))),
                     };
                     if sleep.as_mut().poll(cx).is_ready() {
+                        // A client this slow gets no lingering close either (nginx resets it).
+                        *this.state = State::Off;
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "client_header_timeout",

@@ -120,6 +120,17 @@ async fn slow_clients_time_out_without_slowing_others() {
         "slow head still open: {closed:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+    // And it is gone, not kept reading (a lingering close is for clients still sending a
+    // request, not for one that timed out): more bytes meet a reset.
+    let mut refused = false;
+    for _ in 0..20 {
+        if slow_head.write_all(b"x").await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "a timed-out slow head is still read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
