@@ -5,6 +5,7 @@
 //! and the body as a [`crate::body::RawBody`]. Upstreams are plain or TLS
 //! ([`crate::upstream::UpStream`]); only streamed request bodies and the hyper path's upgrades
 //! still go through hyper's client.
+use std::io;
 use std::mem::MaybeUninit;
 use std::time::Instant;
 
@@ -97,9 +98,13 @@ pub(crate) async fn send<T>(
         rbuf.clear(); // a retried attempt starts afresh
         let deadline = tokio::time::Instant::from_std(sent_at + pcfg.response_timeout);
         let result = tokio::time::timeout_at(deadline, async {
-            up.stream.write_all(&out).await.map_err(HeadError::Io)?;
-            // TLS: rustls may hold the last record until flushed (plain: nothing to do).
-            up.stream.flush().await.map_err(HeadError::Io)?;
+            if write_request(&mut up.stream, &out)
+                .await
+                .map_err(HeadError::Io)?
+            {
+                // TLS: rustls may hold the last record until flushed (plain: nothing to do).
+                up.stream.flush().await.map_err(HeadError::Io)?;
+            }
             read_head(&mut up.stream, &mut rbuf, upgrade).await
         })
         .await;
@@ -160,6 +165,28 @@ pub(crate) async fn send<T>(
         }
         return Err(ProxyError::UpstreamConnect);
     }
+}
+
+/// Writes a whole request; false when the server stopped reading it partway. A server may
+/// answer before it has read the body and reset the connection (an application refusing an
+/// upload), and its answer then waits in the socket: a reset or broken pipe after the request
+/// started going out is left for the read of the head, which finds the answer or reports the
+/// end (RFC 9112 9.5). A failure of the first write is the error it always was, so a stale
+/// pooled connection is still retried.
+async fn write_request(stream: &mut upstream::UpStream, mut out: &[u8]) -> io::Result<bool> {
+    let mut written = false;
+    while !out.is_empty() {
+        match stream.write(out).await {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                out = &out[n..];
+                written = true;
+            }
+            Err(e) if written && upstream::peer_gone(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// The request as the hyper path hands it over, written as one HTTP/1.1 message: the head

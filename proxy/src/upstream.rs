@@ -420,7 +420,8 @@ impl<IO> EarlyAnswer<IO> {
     }
 }
 
-fn peer_gone(e: &io::Error) -> bool {
+/// A write failed because the server closed or reset the connection.
+pub(crate) fn peer_gone(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset

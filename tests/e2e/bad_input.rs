@@ -283,3 +283,55 @@ async fn an_upload_the_upstream_answers_early_gets_the_upstreams_answer() {
         );
     }
 }
+
+/// The same through nrdot's own client, which sends a request it holds whole (a body up to
+/// 64 KiB, or up to 1 MiB on a `retry_unsafe` route) with its head in one write: an upstream
+/// with a small receive window answers after the head and resets, so the write fails partway
+/// while the answer waits in the socket. The client gets the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_upload_answered_early_by_the_upstream_gets_the_answer() {
+    use tokio::io::AsyncReadExt;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let upstream = socket.listen(16).expect("listen");
+    let addr = upstream.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                // Read the head only, answer, and close on the unread body (a reset).
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if c.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = c
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &format!(
+            "{}[[route]]\nname = \"r\"\npool = \"o\"\nretry_unsafe = true\n",
+            pool("o", &[addr])
+        ),
+    );
+    for _ in 0..3 {
+        // Buffered whole (under 1 MiB) and more than the socket buffers hold.
+        let body = "x".repeat(900_000);
+        let req = format!(
+            "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = raw(n.addr, req.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(status_of(&answer), 413, "{answer:?}");
+    }
+}
