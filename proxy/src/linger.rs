@@ -38,10 +38,14 @@ where
         Linger { io: Some(io) }
     }
 
-    fn inner(&mut self) -> io::Result<Pin<&mut Inspected<IO>>> {
-        match self.io.as_mut() {
-            Some(io) => Ok(Pin::new(io)),
-            None => Err(io::ErrorKind::NotConnected.into()),
+    /// Runs `f` on the stream (always there until the drop).
+    fn with<R>(
+        self: Pin<&mut Self>,
+        f: impl FnOnce(Pin<&mut Inspected<IO>>) -> Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match self.get_mut().io.as_mut() {
+            Some(io) => f(Pin::new(io)),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 }
@@ -92,10 +96,7 @@ where
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut().inner() {
-            Ok(io) => io.poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.with(|io| io.poll_read(cx, buf))
     }
 }
 
@@ -108,34 +109,22 @@ where
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().inner() {
-            Ok(io) => io.poll_write(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.with(|io| io.poll_write(cx, buf))
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().inner() {
-            Ok(io) => io.poll_write_vectored(cx, bufs),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.with(|io| io.poll_write_vectored(cx, bufs))
     }
     fn is_write_vectored(&self) -> bool {
         self.io.as_ref().is_some_and(|io| io.is_write_vectored())
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().inner() {
-            Ok(io) => io.poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.with(|io| io.poll_flush(cx))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().inner() {
-            Ok(io) => io.poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.with(|io| io.poll_shutdown(cx))
     }
 }

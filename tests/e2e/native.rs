@@ -321,12 +321,8 @@ async fn client_connection_close_is_honoured() {
     assert!(c.closed().await);
 }
 
-/// A client that said it sends nothing more gets the answer and the end of the connection in
-/// one segment: the moment the answer can be read, so can the end of stream. (Sent apart, the
-/// end would come a close(2) later, and a read right after the answer would find nothing.)
-/// So do nrdot's own answers: a redirect to HTTPS (port 80's usual traffic) and a 404.
 /// A client still sending when its connection is closed (requests pipelined past
-/// `keepalive_requests`, a body after `Connection: close`) reads every answer and a clean end,
+/// `keepalive_requests`, bytes after `Connection: close`) reads every answer and a clean end,
 /// and can finish writing: nrdot half-closes and reads on (lingering close) instead of closing
 /// on unread bytes, which the kernel turns into a reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,6 +367,10 @@ async fn answers_before_a_close_survive_a_client_that_keeps_sending() {
     }
 }
 
+/// A client that said it sends nothing more gets the answer and the end of the connection in
+/// one segment: the moment the answer can be read, so can the end of stream. (Sent apart, the
+/// end would come a close(2) later, and a read right after the answer would find nothing.)
+/// So do nrdot's own answers: a redirect to HTTPS (port 80's usual traffic) and a 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_answer_and_the_close_arrive_together() {
     let o = RawOrigin::start().await;
