@@ -3,8 +3,8 @@
 
 One shared backend (nginx, one worker, 13-byte and 64 KiB bodies); three proxies (nginx with
 upstream keep-alive, HAProxy with http-reuse always, nrdot), each with one worker pinned to
-CPU 0; wrk and the backend on CPU 1 (as SCHED_BATCH, unless --no-batch). Scenarios run interleaved in rounds (A B C A B C ...) so
-drift hits everyone alike; medians and ranges are reported with ratios to nginx of the same
+CPU 0; wrk and the backend on CPU 1 (as SCHED_BATCH, unless --no-batch). Scenarios run
+interleaved in rounds (A B C A B C ...) so drift hits everyone alike; medians and ranges are reported with ratios to nginx of the same
 round. Bounded: about 10 minutes by default, under 3 with --quick, under 1 with --smoke (CI).
 The fixed-rate row uses oha (`cargo install oha`) when it is on PATH, else hey; the capped
 row needs root and a cgroup cpu controller and is skipped without one.
@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-# Everything on CPU 1 (load generators, backends). With `--batch` (the default) also
+# Everything on CPU 1 (load generators, backends); unless --no-batch, also as
 # SCHED_BATCH: a woken task on CPU 1 then waits for the tick instead of preempting the one
 # running. Without it, each request a proxy forwards while wrk is mid-loop wakes the backend,
 # which preempts wrk: a proxy that reacts at once (idle time on CPU 0) makes CPU 1 switch
