@@ -4,8 +4,8 @@
 One shared backend (nginx, one worker, 13-byte and 64 KiB bodies); three proxies (nginx with
 upstream keep-alive, HAProxy with http-reuse always, nrdot), each with one worker pinned to
 CPU 0; wrk and the backend on CPU 1 (as SCHED_BATCH, unless --no-batch). Scenarios run
-interleaved in rounds (A B C A B C ...) so drift hits everyone alike; medians and ranges are reported with ratios to nginx of the same
-round. Bounded: about 10 minutes by default, under 3 with --quick, under 1 with --smoke (CI).
+interleaved in rounds (A B C A B C ...) so drift hits everyone alike; medians and ranges are
+reported with ratios to nginx of the same round. Bounded: about 10 minutes by default, under 3 with --quick, under 1 with --smoke (CI).
 The fixed-rate row uses oha (`cargo install oha`) when it is on PATH, else hey; the capped
 row needs root and a cgroup cpu controller and is skipped without one.
 
