@@ -2,16 +2,13 @@
 //! an nginx operator expects, a short answer with `Server: nrdot`, and never reaches an upstream.
 use std::time::{Duration, Instant};
 
-use nrdot_tests::{get, pool, raw, send_blindly, Nrdot, Origin};
+use nrdot_tests::{get, pool, pool_route, raw, send_blindly, Nrdot, Origin};
 use tokio::io::AsyncWriteExt;
 
 use crate::BIN;
 
 fn one_pool(o: &Origin, limits: &str) -> String {
-    format!(
-        "{limits}\n{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-        pool("o", &[o.addr])
-    )
+    format!("{limits}\n{}", pool_route(&[o.addr]))
 }
 
 fn status_of(resp: &str) -> u16 {
