@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 
 use crate::error::{self, ProxyError};
 use crate::service::{self, idempotent, tokens, ActiveGuard, LogFields, Lookup, Shared};
-use crate::{relay, tunnel, upstream};
+use crate::{clock, relay, tunnel, upstream};
 
 /// Request heads with more fields than this go to the hyper path.
 const MAX_FIELDS: usize = 64;
@@ -334,7 +334,7 @@ impl<S: ClientIo> Future for IdleRead<'_, S> {
         }
         match &this.slot {
             None => {
-                let deadline = Instant::now() + Duration::from_millis(this.keepalive.into());
+                let deadline = clock::recent() + Duration::from_millis(this.keepalive.into());
                 this.slot = Some(IdleSlot::new(deadline, c.waker()));
             }
             Some(slot) if slot.expired() => {
@@ -627,7 +627,7 @@ impl IdleSlot {
     /// The deadline has passed.
     pub(crate) fn expired(&self) -> bool {
         IDLE.with(|i| match i.borrow().entries.get(self.0 as usize) {
-            Some(Some((deadline, _))) => Instant::now() >= *deadline,
+            Some(Some((deadline, _))) => clock::recent() >= *deadline,
             _ => true,
         })
     }
@@ -648,7 +648,7 @@ impl Drop for IdleSlot {
 /// Wakes this worker's idle connections whose keep-alive time is up (they close themselves).
 /// Runs every second, so keep-alive timeouts are precise to a second.
 pub(crate) fn sweep_idle() {
-    let now = Instant::now();
+    let now = clock::now();
     let due: Vec<Waker> = IDLE.with(|i| {
         i.borrow()
             .entries

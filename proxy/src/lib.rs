@@ -12,6 +12,7 @@
 
 pub mod accesslog;
 mod body;
+mod clock;
 pub mod error;
 mod h1;
 mod inspect;

@@ -7,7 +7,6 @@
 //! still go through hyper's client.
 use std::io;
 use std::mem::MaybeUninit;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -15,6 +14,7 @@ use http::StatusCode;
 use nrdot_config::RouteTable;
 use tokio::io::AsyncWriteExt;
 
+use crate::clock;
 use crate::error::ProxyError;
 use crate::h1::{
     parse_response, read_head, response_framing, Framing, HeadError, MAX_RESPONSE_FIELDS,
@@ -94,7 +94,7 @@ pub(crate) async fn send<T>(
                 continue;
             }
         };
-        let sent_at = Instant::now();
+        let sent_at = clock::now();
         rbuf.clear(); // a retried attempt starts afresh
         let deadline = tokio::time::Instant::from_std(sent_at + pcfg.response_timeout);
         let result = tokio::time::timeout_at(deadline, async {
@@ -111,7 +111,10 @@ pub(crate) async fn send<T>(
         drop(retry_slot.take()); // this attempt is over
         let error = match result {
             Ok(Ok(status)) => {
-                pool_entry.state.outcomes.record_latency(sent_at.elapsed());
+                pool_entry
+                    .state
+                    .outcomes
+                    .record_latency(clock::now().saturating_duration_since(sent_at));
                 // Only when another server could answer: otherwise this answer is the best one.
                 if pcfg.retry_on.statuses.contains(&status)
                     && safe

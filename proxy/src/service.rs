@@ -27,7 +27,7 @@ use crate::accesslog::{AccessLog, Entry};
 use crate::body::{Done, RawBody, RequestBody, ResponseBody};
 use crate::error::{self, ProxyError};
 use crate::inspect::Verdict;
-use crate::{relay, upstream};
+use crate::{clock, relay, upstream};
 
 /// What every connection of a listener shares.
 pub struct Shared {
@@ -546,7 +546,7 @@ async fn proxy(
             Ok(r) => r,
             Err(_) => fail!(ProxyError::BadRequest),
         };
-        let sent_at = Instant::now();
+        let sent_at = clock::now();
         let result = tokio::time::timeout(
             pcfg.response_timeout,
             upstream.sender.try_send_request(upstream_req),
@@ -555,7 +555,7 @@ async fn proxy(
         drop(retry_slot.take()); // this attempt is over
         match result {
             Ok(Ok(resp)) => {
-                let took = sent_at.elapsed();
+                let took = clock::now().saturating_duration_since(sent_at);
                 pool_entry.state.outcomes.record_latency(took);
                 let status = resp.status().as_u16();
                 passive(status >= 500);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::clock;
 use crate::h1::{give_buffer, take_buffer, IdleSlot};
 
 /// Joins `a` and `b`; resolves when both directions have ended (each end's EOF is passed on
@@ -24,7 +25,7 @@ pub(crate) fn join<A, B>(a: A, b: B, to_b: Vec<u8>, idle: Duration) -> Tunnel<A,
         a,
         b,
         idle,
-        last: Instant::now(),
+        last: clock::recent(),
         slot: None,
         a_to_b: Dir {
             pending: to_b,
@@ -174,7 +175,7 @@ where
         if error.is_none() && !(this.a_to_b.done && this.b_to_a.done) {
             let moved = this.a_to_b.moved + this.b_to_a.moved != before;
             if moved {
-                this.last = Instant::now();
+                this.last = clock::recent();
             }
             let due = this.last + this.idle;
             match &this.slot {
@@ -182,7 +183,7 @@ where
                 // Woken with nothing to move: the sweep found the deadline passed, or a
                 // spurious wake. Traffic since the deadline was set moves it on.
                 Some(slot) if !moved && slot.expired() => {
-                    if Instant::now() < due {
+                    if clock::recent() < due {
                         slot.set_deadline(due);
                         slot.set_waker(cx.waker());
                     } else {

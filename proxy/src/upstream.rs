@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::body::RequestBody;
+use crate::clock;
 
 struct Idle {
     sender: SendRequest<RequestBody>,
@@ -70,7 +71,7 @@ impl Conn {
                 if slot.idle.len() < keepalive {
                     slot.idle.push(Idle {
                         sender: self.sender,
-                        since: Instant::now(),
+                        since: clock::recent(),
                     });
                 }
             }
@@ -79,6 +80,12 @@ impl Conn {
 }
 
 /// Runs `f` on this worker's slot for `backend`, creating it on first use.
+/// How long a pooled connection has been idle, on the worker's cached clock: idle limits are
+/// seconds, and this runs on every reuse.
+fn age(since: Instant) -> Duration {
+    clock::recent().saturating_duration_since(since)
+}
+
 fn with_slot<R>(pool: &PoolEntry, backend: &BackendEntry, f: impl FnOnce(&mut Slot) -> R) -> R {
     let slot = backend.state.slot;
     let idle_timeout = pool.config.keepalive_idle_timeout;
@@ -104,7 +111,7 @@ pub async fn acquire(pool: &PoolEntry, backend: &BackendEntry) -> Result<Conn, C
     let idle_timeout = pool.config.keepalive_idle_timeout;
     let reused = with_slot(pool, backend, |entry| {
         while let Some(c) = entry.idle.pop() {
-            if c.since.elapsed() < idle_timeout && !c.sender.is_closed() && c.sender.is_ready() {
+            if age(c.since) < idle_timeout && !c.sender.is_closed() && c.sender.is_ready() {
                 return Some(c.sender);
             }
         }
@@ -316,7 +323,7 @@ impl RawConn {
         SLOTS.with(|s| {
             if let Some(Some(slot)) = s.borrow_mut().get_mut(self.slot) {
                 if slot.raw.len() < keepalive {
-                    slot.raw.push((self.stream, Instant::now()));
+                    slot.raw.push((self.stream, clock::recent()));
                 }
             }
         });
@@ -333,7 +340,7 @@ pub async fn acquire_raw(
     let idle_timeout = pool.config.keepalive_idle_timeout;
     let reused = with_slot(pool, backend, |entry| {
         while let Some((mut stream, since)) = entry.raw.pop() {
-            if since.elapsed() < idle_timeout && stream.quiet() {
+            if age(since) < idle_timeout && stream.quiet() {
                 return Some(stream);
             }
         }
@@ -377,9 +384,9 @@ pub fn sweep() {
                 Some(_) => {
                     let timeout = slot.idle_timeout;
                     slot.idle
-                        .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+                        .retain(|c| age(c.since) < timeout && !c.sender.is_closed());
                     slot.raw
-                        .retain_mut(|(s, since)| since.elapsed() < timeout && s.quiet());
+                        .retain_mut(|(s, since)| age(*since) < timeout && s.quiet());
                 }
             }
         }

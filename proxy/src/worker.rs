@@ -127,8 +127,10 @@ fn worker(
     sockets: Vec<(Arc<Shared>, std::net::TcpListener)>,
     stop: watch::Receiver<Option<Duration>>,
 ) {
+    crate::clock::enable();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_unpark(crate::clock::refresh)
         .build()
     {
         Ok(rt) => rt,
@@ -142,6 +144,8 @@ fn worker(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
+                // A worker that never parks still takes the time once a second.
+                crate::clock::refresh();
                 crate::upstream::sweep();
                 h1::sweep_idle();
             }

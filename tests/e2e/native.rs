@@ -310,6 +310,50 @@ async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error()
     assert_eq!(o.connections.load(Ordering::SeqCst), 5);
 }
 
+/// A pooled upstream connection is reused while fresh and closed once idle past the pool's
+/// `keepalive_idle_timeout` (kept below the upstream's own keep-alive time, so nrdot never
+/// sends on a connection the server is about to close). Ages are read from the worker's
+/// cached clock: this is what shows the cache moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_upstream_connections_close_after_keepalive_idle_timeout() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(
+        BIN,
+        "",
+        &format!(
+            "[[pool]]\nname = \"o\"\nkeepalive_idle_timeout = \"1s\"\n\
+             [[pool.server]]\naddress = \"{}\"\n[[route]]\nname = \"r\"\npool = \"o\"\n",
+            o.addr
+        ),
+    );
+    // One client connection: one worker, one pool.
+    let mut c = KeepAlive::connect(n.addr).await;
+    for _ in 0..3 {
+        assert_eq!(c.get("/").await.0, 200);
+    }
+    assert_eq!(o.connections(), 1, "reused while fresh");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        o.open_connections(),
+        1,
+        "closed before its idle time was up"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while o.open_connections() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle upstream connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.get("/").await.0, 200);
+    assert_eq!(
+        o.connections(),
+        2,
+        "a new connection after the idle one closed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_connection_close_is_honoured() {
     let (_o, _n, mut c) = through_nrdot("").await;
