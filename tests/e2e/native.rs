@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use nrdot_tests::{pool, pool_route, raw, send_blindly, Fnv, KeepAlive, Nrdot, Origin};
+use nrdot_tests::{
+    pool, pool_route, pool_route_with, raw, send_blindly, Fnv, KeepAlive, Nrdot, Origin,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::BIN;
@@ -320,11 +322,7 @@ async fn pooled_upstream_connections_close_after_keepalive_idle_timeout() {
     let n = Nrdot::start(
         BIN,
         "",
-        &format!(
-            "[[pool]]\nname = \"o\"\nkeepalive_idle_timeout = \"1s\"\n\
-             [[pool.server]]\naddress = \"{}\"\n[[route]]\nname = \"r\"\npool = \"o\"\n",
-            o.addr
-        ),
+        &pool_route_with("keepalive_idle_timeout = \"1s\"\n", &[o.addr]),
     );
     // One client connection: one worker, one pool.
     let mut c = KeepAlive::connect(n.addr).await;

@@ -357,8 +357,13 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 /// A pool section with the given servers.
 pub fn pool(name: &str, servers: &[SocketAddr]) -> String {
+    pool_with(name, "", servers)
+}
+
+/// A pool section with more pool keys (`keys`: whole lines, no tables) and the given servers.
+pub fn pool_with(name: &str, keys: &str, servers: &[SocketAddr]) -> String {
     let mut s = format!(
-        "[[pool]]\nname = \"{name}\"\nresponse_timeout = \"5s\"\nconnect_timeout = \"1s\"\n"
+        "[[pool]]\nname = \"{name}\"\nresponse_timeout = \"5s\"\nconnect_timeout = \"1s\"\n{keys}"
     );
     for a in servers {
         s.push_str(&format!("[[pool.server]]\naddress = \"{a}\"\n"));
@@ -368,9 +373,14 @@ pub fn pool(name: &str, servers: &[SocketAddr]) -> String {
 
 /// Pool `o` with `servers` and one route `r` to it: the configuration most tests start from.
 pub fn pool_route(servers: &[SocketAddr]) -> String {
+    pool_route_with("", servers)
+}
+
+/// [`pool_route`] with more keys in pool `o` (see [`pool_with`]).
+pub fn pool_route_with(keys: &str, servers: &[SocketAddr]) -> String {
     format!(
         "{}[[route]]\nname = \"r\"\npool = \"o\"\n",
-        pool("o", servers)
+        pool_with("o", keys, servers)
     )
 }
 
