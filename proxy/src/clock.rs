@@ -32,6 +32,11 @@ pub(crate) fn now() -> Instant {
     t
 }
 
+/// Time since `t`, read from the kernel (an upstream's latency); refreshes the cache too.
+pub(crate) fn elapsed(t: Instant) -> std::time::Duration {
+    now().saturating_duration_since(t)
+}
+
 /// Refreshes the cache (the runtime's unpark hook and the sweeper).
 pub(crate) fn refresh() {
     now();

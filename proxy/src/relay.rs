@@ -114,7 +114,7 @@ pub(crate) async fn send<T>(
                 pool_entry
                     .state
                     .outcomes
-                    .record_latency(clock::now().saturating_duration_since(sent_at));
+                    .record_latency(clock::elapsed(sent_at));
                 // Only when another server could answer: otherwise this answer is the best one.
                 if pcfg.retry_on.statuses.contains(&status)
                     && safe

@@ -555,7 +555,7 @@ async fn proxy(
         drop(retry_slot.take()); // this attempt is over
         match result {
             Ok(Ok(resp)) => {
-                let took = clock::now().saturating_duration_since(sent_at);
+                let took = clock::elapsed(sent_at);
                 pool_entry.state.outcomes.record_latency(took);
                 let status = resp.status().as_u16();
                 passive(status >= 500);
