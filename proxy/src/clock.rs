@@ -48,6 +48,39 @@ pub(crate) fn recent() -> Instant {
     RECENT.with(|r| r.get()).unwrap_or_else(Instant::now)
 }
 
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) is always this long.
+pub(crate) const HTTP_DATE_LEN: usize = 29;
+
+thread_local! {
+    /// The `Date` value of the current second and when it stops being current (nginx's
+    /// `ngx_cached_http_time`): formatting a date costs about twenty clock readings.
+    static DATE: Cell<(Option<Instant>, [u8; HTTP_DATE_LEN])> =
+        const { Cell::new((None, [0; HTTP_DATE_LEN])) };
+}
+
+/// The time as a `Date` field value (RFC 9110 5.6.7), formatted at most once a second per
+/// worker; it goes by the cached clock, so it is as fresh as the worker's last wakeup.
+pub(crate) fn http_date() -> [u8; HTTP_DATE_LEN] {
+    let now = recent();
+    let (until, cached) = DATE.with(Cell::get);
+    if until.is_some_and(|u| now < u) {
+        return cached;
+    }
+    let wall = std::time::SystemTime::now();
+    let mut out = [0; HTTP_DATE_LEN];
+    let text = httpdate::fmt_http_date(wall);
+    if text.len() == HTTP_DATE_LEN {
+        out.copy_from_slice(text.as_bytes());
+    }
+    // Current until the wall clock's next whole second.
+    let into_second = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let left = std::time::Duration::from_nanos(1_000_000_000 - u64::from(into_second));
+    DATE.with(|d| d.set((Some(now + left), out)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +112,16 @@ mod tests {
         })
         .join()
         .expect("thread");
+    }
+
+    #[test]
+    fn the_date_is_an_http_date_of_the_current_second() {
+        let d = http_date();
+        let text = std::str::from_utf8(&d).expect("ascii");
+        let when = httpdate::parse_http_date(text).expect("an IMF-fixdate");
+        let skew = std::time::SystemTime::now()
+            .duration_since(when)
+            .expect("not in the future");
+        assert!(skew < Duration::from_secs(2), "{text}");
     }
 }

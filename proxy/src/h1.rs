@@ -31,8 +31,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::{self, ProxyError};
-use crate::service::{self, idempotent, tokens, ActiveGuard, LogFields, Lookup, Shared};
-use crate::{clock, relay, tunnel, upstream};
+use crate::rules::{framing_field, hop_by_hop, is, tokens};
+use crate::service::{self, idempotent, ActiveGuard, LogFields, Lookup, Shared};
+use crate::{clock, relay, rules, tunnel, upstream};
 
 /// Request heads with more fields than this go to the hyper path.
 const MAX_FIELDS: usize = 64;
@@ -688,29 +689,6 @@ impl Lookup for Fields<'_, '_> {
     }
 }
 
-/// Content-Length or Transfer-Encoding: never dropped, not even when a Connection field names
-/// them, because the other side finds the message's end by them.
-fn framing_field(name: &str) -> bool {
-    is(name, "content-length") || is(name, "transfer-encoding")
-}
-
-fn is(name: &str, lower: &str) -> bool {
-    name.eq_ignore_ascii_case(lower)
-}
-
-/// Fields an intermediary never forwards (RFC 9110 7.6.1), in either direction.
-fn hop_by_hop(name: &str) -> bool {
-    // By length first: this runs for every field of every message.
-    match name.len() {
-        2 => is(name, "te"),
-        7 => is(name, "upgrade"),
-        10 => is(name, "connection") || is(name, "keep-alive"),
-        16 => is(name, "proxy-connection"),
-        18 => is(name, "proxy-authenticate"),
-        _ => false,
-    }
-}
-
 /// The interim answer to `Expect: 100-continue`, sent just before the body is read.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -865,6 +843,17 @@ pub(crate) fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// nrdot's own answer to a request it will not read further: the connection closes after it
+/// (lingering over whatever the client still sends).
+fn refuse(cx: &Ctx, e: ProxyError, read: usize) -> Step {
+    Step::Reply {
+        bytes: error_reply(cx, None, e, true),
+        close: true,
+        last: false,
+        consumed: read,
+    }
+}
+
 /// Parses and routes the request at the start of `buf` and writes its upstream head. Runs
 /// without awaiting, so the header arrays live on the stack, not in the connection's future.
 fn prepare(
@@ -886,6 +875,9 @@ fn prepare(
                 expect: false,
             }
         }
+        _ if rules::target_too_long(buf, limits.max_request_line) => {
+            return refuse(cx, ProxyError::UriTooLong, buf.len())
+        }
         _ => return Step::Handoff,
     };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
@@ -894,10 +886,12 @@ fn prepare(
     // HTTP/1.0 (ApacheBench, many health checkers) is served here too: persistent only when it
     // asks for keep-alive, and a chunked answer is decoded for it.
     let v10 = minor == 0;
+    if target.len() as u64 > limits.max_request_line {
+        return refuse(cx, ProxyError::UriTooLong, buf.len());
+    }
     if head_len as u64 > limits.max_header_size
         || req.headers.len() > limits.max_headers
         || !target.starts_with('/')
-        || target.len() as u64 > limits.max_request_line
         || method == "CONNECT"
     {
         return Step::Handoff;
@@ -944,6 +938,9 @@ fn prepare(
             return Step::Handoff;
         }
     }
+    // Only upgrades nrdot relays are forwarded; any other `Upgrade` (h2c) is dropped with the
+    // Connection tokens that name it, and the request goes on as an ordinary one.
+    let upgrade = upgrade.filter(|u| rules::upgrade_allowed(u));
     // An upgrade this path relays itself: a GET without a body asking for it in Connection
     // (WebSocket's handshake). Anything else naming Upgrade is for the full path's rules.
     if let Some(u) = upgrade {
@@ -1536,7 +1533,9 @@ fn response_head(
     head.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
     let mut length_sent = false;
+    let mut dated = false;
     for h in headers {
+        dated |= is(h.name, "date");
         // The framing fields stay whatever Connection names: the client delimits the body by
         // them.
         if switching && is(h.name, "upgrade") {
@@ -1560,6 +1559,9 @@ fn response_head(
         put(&mut head, h.name, h.value);
     }
     head.extend_from_slice(b"via: 1.1 nrdot\r\n");
+    if !dated {
+        put(&mut head, "date", &clock::http_date());
+    }
     if let Some(v) = hsts {
         put(&mut head, "strict-transport-security", v.as_bytes());
     }

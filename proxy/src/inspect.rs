@@ -242,7 +242,7 @@ fn head_framing(head: &[u8], index: u64, verdict: &Verdict) -> State {
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te = true;
-            chunked += crate::service::tokens(h.value)
+            chunked += crate::rules::tokens(h.value)
                 .filter(|t| t.eq_ignore_ascii_case(b"chunked"))
                 .count();
         } else if h.name.eq_ignore_ascii_case("content-length") {
@@ -251,7 +251,9 @@ fn head_framing(head: &[u8], index: u64, verdict: &Verdict) -> State {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .or(Some(0));
         } else if h.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
+            // Only an upgrade nrdot relays can switch the connection; any other is dropped
+            // and the bytes after the request stay HTTP/1, followed as such.
+            upgrade |= crate::rules::upgrade_allowed(h.value);
         }
     }
     // Chunked applied twice (RFC 9112 7: a sender must not) is a smuggling probe, refused as

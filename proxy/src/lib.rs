@@ -20,6 +20,7 @@ mod linger;
 pub mod listener;
 pub mod metrics;
 mod relay;
+mod rules;
 mod service;
 pub mod tls;
 mod tunnel;

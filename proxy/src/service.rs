@@ -27,7 +27,8 @@ use crate::accesslog::{AccessLog, Entry};
 use crate::body::{Done, RawBody, RequestBody, ResponseBody};
 use crate::error::{self, ProxyError};
 use crate::inspect::Verdict;
-use crate::{clock, relay, upstream};
+use crate::rules::{strip_hop_by_hop, wants_upgrade};
+use crate::{clock, relay, rules, upstream};
 
 /// What every connection of a listener shares.
 pub struct Shared {
@@ -357,6 +358,9 @@ async fn proxy(
     let via = via_value(version);
     let h = &mut parts.headers;
     strip_hop_by_hop(h, upgrade);
+    if version == Version::HTTP_2 {
+        rules::join_cookie_crumbs(h);
+    }
     h.remove(header::EXPECT); // nrdot answers 100-continue itself
                               // An absolute-form target overrides Host (RFC 9112 3.2.2); HTTP/2 has only :authority.
     if version != Version::HTTP_2 && parts.uri.authority().is_some() {
@@ -681,6 +685,7 @@ fn response_fields(
     new_sticky: Option<String>,
 ) {
     strip_hop_by_hop(h, keep_upgrade);
+    rules::add_date(h);
     h.append(header::VIA, via);
     if let Some(hsts) = hsts {
         h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
@@ -973,61 +978,6 @@ pub(crate) fn cookie_in<'a>(
     None
 }
 
-fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"upgrade")))
-}
-
-/// Comma-separated tokens of a field value.
-pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|b| *b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
-}
-
-/// Removes hop-by-hop fields (RFC 9110 7.6.1): the fixed list and every field the Connection
-/// header names. `Trailer` stays: it describes the message end to end, and hyper sends only
-/// the trailer fields it announces. An upgrade keeps `Connection: upgrade` and `Upgrade`.
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = h.get(header::CONNECTION) {
-        if !conn.as_bytes().is_empty() {
-            let named: Vec<HeaderName> = h
-                .get_all(header::CONNECTION)
-                .iter()
-                .flat_map(|v| tokens(v.as_bytes()))
-                .filter(|t| {
-                    let consumed = t.eq_ignore_ascii_case(b"close")
-                        || t.eq_ignore_ascii_case(b"keep-alive")
-                        || (keep_upgrade && t.eq_ignore_ascii_case(b"upgrade"));
-                    !consumed
-                })
-                .filter_map(|t| HeaderName::from_bytes(t).ok())
-                .collect();
-            for name in named {
-                h.remove(name);
-            }
-        }
-    }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        h.remove(name);
-    }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
-    if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::UPGRADE);
-    }
-}
-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -1090,23 +1040,6 @@ mod tests {
             let text = peer_text(SocketAddr::new(addr, 9), &mut buf);
             assert_eq!(text, addr.to_canonical().to_string().as_bytes(), "{ip}");
         }
-    }
-
-    #[test]
-    fn hop_by_hop_fields_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, vec!["x-kept"]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 mod bad_input;
 mod cli;
 mod config_cli;
+mod conformance_rules;
 mod control;
 mod intermediary;
 mod lifecycle;

@@ -18,6 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod raw;
+pub use raw::{big_chunk, h2_connect, h2_request, h2_send, RawOrigin};
+
 /// A test origin. Paths choose behaviour:
 /// - `/status/N` answers status N;
 /// - `/sleep/MS` waits MS milliseconds, then answers;

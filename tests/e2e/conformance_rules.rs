@@ -1,0 +1,210 @@
+//! Intermediary rules written once in `proxy::rules` and checked on both downstream protocols
+//! (the native HTTP/1.1 path, the hyper path an HTTP/1.1 connection is handed to, and HTTP/2):
+//! only WebSocket upgrades are forwarded, HTTP/2 cookie crumbs reach an HTTP/1.1 origin as one
+//! field, a request line over `max_request_line` is 414, and every response carries `Date`.
+use std::time::Duration;
+
+use nrdot_tests::{h2_connect, h2_request, pool_route, raw, KeepAlive, Nrdot, Origin, RawOrigin};
+
+use crate::BIN;
+
+/// An `Upgrade` other than `websocket` (h2c above all: a client that gets an origin to switch
+/// to HTTP/2 behind the proxy talks to it unchecked, "h2c smuggling") is not forwarded, nor is
+/// the `Connection` token or the `HTTP2-Settings` field that come with it. The test origin
+/// answers 101 to any request with `Upgrade`, so a forwarded one would show as a switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_other_than_websocket_is_not_forwarded() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let h2c = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n";
+    // A GET (native path), a POST with a body (the hyper path), and a GET asking for both.
+    for (what, req) in [
+        ("GET", format!("GET /echo HTTP/1.1\r\nHost: a\r\n{h2c}Connection: close\r\n\r\n")),
+        (
+            "POST",
+            format!("POST /echo HTTP/1.1\r\nHost: a\r\n{h2c}Content-Length: 2\r\nConnection: close\r\n\r\nhi"),
+        ),
+        (
+            "GET h2c+websocket",
+            "GET /echo HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c, websocket\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+    ] {
+        let resp = raw(n.addr, req.as_bytes(), Duration::from_secs(5)).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{what}: upgraded or refused: {resp}");
+        let lower = resp.to_lowercase();
+        for gone in ["\"upgrade\"", "\"http2-settings\"", "\"connection\""] {
+            assert!(!lower.contains(gone), "{what}: {gone} reached the origin: {resp}");
+        }
+    }
+    // WebSocket still switches, on both HTTP/1.1 paths.
+    for req in [
+        "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\nExpect: x-other\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    ] {
+        let resp = raw(n.addr, req.as_bytes(), Duration::from_millis(500)).await;
+        assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    }
+    // HTTP/2 cannot carry Upgrade at all (a connection-specific field, RFC 9113 8.2.2): its
+    // client library refuses to send one, and its server refuses the stream; an ordinary
+    // HTTP/2 request reaches the origin with no upgrade of its own.
+    let mut h2 = h2_connect(n.addr).await;
+    let (status, _, body) = h2_request(&mut h2, "GET", "/echo").await;
+    assert_eq!(status, 200);
+    let body = String::from_utf8(body.expect("body")).expect("utf-8");
+    assert!(!body.contains("\"upgrade\""), "{body}");
+}
+
+/// RFC 9113 8.2.3: an HTTP/2 client may split Cookie into crumbs; before the request goes to
+/// an HTTP/1.1 origin they are joined with "; " into one field (HTTP/1.1 allows only one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_crumbs_are_joined_into_one_field() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let mut h2 = h2_connect(n.addr).await;
+    for _ in 0..2 {
+        let req = http::Request::builder()
+            .uri("http://a/echo")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("cookie", "c=3")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let resp = h2.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        let e: serde_json::Value = serde_json::from_slice(&body).expect("json echo");
+        assert_eq!(
+            e["headers"]["cookie"],
+            serde_json::json!(["a=1; b=2; c=3"]),
+            "{e}"
+        );
+    }
+}
+
+/// RFC 9112 3 and RFC 6585 5: a request line over `max_request_line` is 414 URI Too Long (431
+/// is for header fields), on both HTTP/1.1 paths and on HTTP/2, even when the line is also
+/// longer than `max_header_size`. Nothing reaches the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_line_over_max_request_line_is_414() {
+    let o = Origin::start("o").await;
+    let limits = "[limits]\nmax_request_line = \"1k\"\nmax_header_size = \"8k\"\n";
+    let n = Nrdot::start(BIN, "", &format!("{limits}{}", pool_route(&[o.addr])));
+    for len in [1500, 10_000, 40_000] {
+        let path = format!("/{}", "a".repeat(len));
+        for req in [
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+            format!("POST {path} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\nx-t: 1\r\n\r\n"),
+        ] {
+            let resp = raw(n.addr, req.as_bytes(), Duration::from_secs(5)).await;
+            assert!(
+                resp.starts_with("HTTP/1.1 414"),
+                "{len}: {}",
+                &resp[..resp.len().min(200)]
+            );
+        }
+        // HTTP/2: past the head limit, :path is a field like any other, and the HTTP/2
+        // server's own header-list limit answers (431, or a GOAWAY for one far over it).
+        if len < 20_000 {
+            let mut h2 = h2_connect(n.addr).await;
+            let (status, _, _) = h2_request(&mut h2, "GET", &path).await;
+            if len < 8000 {
+                assert_eq!(status, 414, "HTTP/2, {len}");
+            } else {
+                assert!(status == 414 || status == 431, "HTTP/2, {len}: {status}");
+            }
+        }
+    }
+    // A long path within the limit is served, and a long header is 431, not 414.
+    let ok = raw(
+        n.addr,
+        format!(
+            "GET /{} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            "a".repeat(900)
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let big = raw(
+        n.addr,
+        format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "b".repeat(9000)
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(big.starts_with("HTTP/1.1 431"), "{big}");
+    assert_eq!(
+        o.hits(),
+        1,
+        "only the request within the limits reached the origin"
+    );
+}
+
+/// RFC 9110 6.6.1: an origin server with a clock must send Date; nrdot adds one to responses
+/// whose origin sent none (as nginx does), and keeps the origin's own when it sent one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_date_is_added_to_responses_whose_origin_sent_none() {
+    let raw_origin = RawOrigin::start().await; // sends no Date
+    let dated = Origin::start("dated").await; // hyper: sends Date
+    let body = format!(
+        "{}[[pool]]\nname = \"dated\"\n[[pool.server]]\naddress = \"{}\"\n[[route]]\nname = \"dated\"\npath = \"/dated\"\npool = \"dated\"\n",
+        pool_route(&[raw_origin.addr]),
+        dated.addr
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let mut c = KeepAlive::connect(n.addr).await;
+    for path in ["/", "/early-hints", "/same-length-twice", "/dated/x"] {
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .await;
+        let (_, head, _) = c.response().await;
+        let dates: Vec<&str> = head.lines().filter(|l| l.starts_with("date: ")).collect();
+        assert_eq!(dates.len(), 1, "{path}: {head}");
+        let when =
+            httpdate::parse_http_date(&title_case(&dates[0]["date: ".len()..])).expect("HTTP date");
+        let skew = when
+            .duration_since(httpdate::parse_http_date(&now).expect("now"))
+            .unwrap_or_default();
+        assert!(skew < Duration::from_secs(30), "{path}: {head}");
+    }
+    // The hyper path (a chunked request with trailers) and HTTP/2.
+    let resp = raw(
+        n.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\nx-t: 1\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(
+        resp.to_lowercase().matches("\r\ndate: ").count(),
+        1,
+        "{resp}"
+    );
+    let mut h2 = h2_connect(n.addr).await;
+    let (status, fields, _) = h2_request(&mut h2, "GET", "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(fields.get_all("date").iter().count(), 1, "{fields:?}");
+}
+
+/// An HTTP date read back from a lower-cased head: `sun, 06 nov 1994 08:49:37 gmt` as sent.
+fn title_case(date: &str) -> String {
+    date.split(' ')
+        .map(|w| match w {
+            "gmt" => "GMT".to_string(),
+            w => {
+                let mut c = w.chars();
+                c.next().map_or_else(String::new, |f| {
+                    f.to_ascii_uppercase().to_string() + c.as_str()
+                })
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
