@@ -4,6 +4,9 @@
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 
+use std::time::Instant;
+
+use http::{Method, Version};
 use nrdot_config::{AccessLog as Settings, AccessLogFormat};
 
 /// What a finished request contributes to its log line.
@@ -158,4 +161,69 @@ fn clf_time() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Fields of the access log line, copied only when the log is on.
+pub(crate) struct LogFields {
+    client: std::net::IpAddr,
+    method: Method,
+    target: String,
+    version: Version,
+    referer: String,
+    user_agent: String,
+    start: Instant,
+    pub route: Box<str>,
+    pub upstream: String,
+    log: AccessLog,
+}
+
+impl LogFields {
+    pub fn new(
+        log: &AccessLog,
+        client: std::net::IpAddr,
+        method: Method,
+        target: &str,
+        version: Version,
+        referer: Option<&str>,
+        user_agent: Option<&str>,
+    ) -> Box<LogFields> {
+        Box::new(LogFields {
+            client: client.to_canonical(),
+            method,
+            target: target.to_string(),
+            version,
+            referer: referer.unwrap_or("-").to_string(),
+            user_agent: user_agent.unwrap_or("-").to_string(),
+            start: Instant::now(),
+            route: "-".into(),
+            upstream: "-".to_string(),
+            log: log.clone(),
+        })
+    }
+
+    pub fn write(&self, status: u16, bytes: u64) {
+        self.log.log(&Entry {
+            client: self.client,
+            method: self.method.as_str(),
+            target: &self.target,
+            version: version_str(self.version),
+            status,
+            bytes,
+            referer: &self.referer,
+            user_agent: &self.user_agent,
+            duration: self.start.elapsed().as_secs_f64(),
+            route: &self.route,
+            upstream: &self.upstream,
+        });
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
 }

@@ -11,15 +11,20 @@
 //! (hyper's client only for streamed bodies and the hyper path's upgrades)
 
 pub mod accesslog;
-mod body;
+mod buffers;
 mod clock;
 pub mod error;
 mod h1;
+mod handover;
+mod http1;
 mod inspect;
 mod linger;
 pub mod listener;
+mod local;
 pub mod metrics;
 mod relay;
+mod reqbody;
+mod respbody;
 mod rules;
 mod service;
 pub mod tls;
@@ -30,4 +35,6 @@ pub mod worker;
 pub use worker::{DataPlane, Listeners};
 
 #[doc(hidden)]
-pub use h1::{relay_parse, request_chunked_parse};
+pub use h1::relay_parse;
+#[doc(hidden)]
+pub use http1::request_chunked_parse;

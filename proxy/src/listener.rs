@@ -3,7 +3,11 @@
 use std::io;
 use std::net::SocketAddr;
 
+use http::HeaderValue;
+use nrdot_config::swap::Reader;
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::accesslog::AccessLog;
 
 /// Binds `count` sockets to `addr` with SO_REUSEPORT. When `addr` has port 0, the first socket
 /// picks a free port and the others join it, so tests can ask for any free port. `defer`:
@@ -64,4 +68,18 @@ fn defer_accept(socket: &Socket) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// What every connection of a listener shares.
+pub struct Shared {
+    pub reader: Reader,
+    pub log: AccessLog,
+    pub proto: HeaderValue,
+    /// Present on HTTPS listeners.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub handshake_errors: metrics::Counter,
+    /// The port the first HTTPS listener bound (its configured port may be 0), for redirects
+    /// to HTTPS when the configuration names none. A property of the bound sockets, set once
+    /// at start: no cell beside the routing table changes on a configuration change.
+    pub https_port: Option<u16>,
 }

@@ -11,15 +11,20 @@ use std::mem::MaybeUninit;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
+use nrdot_config::table::{BackendEntry, PoolEntry};
 use nrdot_config::RouteTable;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::buffers::{take_buffer, RELAY_BUFFER};
+
+use crate::accesslog::LogFields;
 use crate::clock;
 use crate::error::ProxyError;
-use crate::h1::{
-    parse_response, read_head, response_framing, Framing, HeadError, MAX_RESPONSE_FIELDS,
+use crate::http1::{
+    final_head, parse_response, response_framing, Framing, HeadError, MAX_RESPONSE_FIELDS,
+    MAX_RESPONSE_HEAD,
 };
-use crate::service::{self, begin_retry, ActiveGuard, LogFields};
+use crate::rules::retry::{self, begin_retry, passive, ActiveGuard};
 use crate::upstream::{self, RawConn};
 
 /// A request that got a final response head from server `backend`.
@@ -69,7 +74,7 @@ pub(crate) async fn send<T>(
     loop {
         let chosen = table
             .backend(pool, fastrand::u64(..), hash_key, &tried)
-            .map_err(|e| service::no_backend(pool_entry, e, last_error))?;
+            .map_err(|e| retry::no_backend(pool_entry, e, last_error))?;
         if chosen.fail_open {
             pool_entry.state.fail_open.increment(1);
         }
@@ -82,7 +87,7 @@ pub(crate) async fn send<T>(
         let mut up = match upstream::acquire_raw(pool_entry, be).await {
             Ok(c) => c,
             Err(e) => {
-                service::retry_after_connect_failure(
+                retry_after_connect_failure(
                     pool_entry,
                     b,
                     &e,
@@ -119,9 +124,9 @@ pub(crate) async fn send<T>(
                 if pcfg.retry_on.statuses.contains(&status)
                     && safe
                     && tried.len() + 1 < pool_entry.backends.len()
-                    && service::retry_allowed(pool_entry, retries_left)
+                    && retry::retry_allowed(pool_entry, retries_left)
                 {
-                    service::passive(pool_entry, be, status >= 500);
+                    retry::passive(pool_entry, be, status >= 500);
                     be.state.finish(true);
                     tried.push(b);
                     retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
@@ -129,7 +134,7 @@ pub(crate) async fn send<T>(
                 }
                 match parse(&rbuf, out) {
                     Ok(head) => {
-                        service::passive(pool_entry, be, status >= 500);
+                        retry::passive(pool_entry, be, status >= 500);
                         return Ok(Sent {
                             backend: b,
                             conn: up,
@@ -147,7 +152,7 @@ pub(crate) async fn send<T>(
             Ok(Err(e)) => e,
             Err(_) => {
                 be.state.finish(true);
-                service::passive(pool_entry, be, true);
+                retry::passive(pool_entry, be, true);
                 pool_entry.state.timeouts.increment(1);
                 return Err(ProxyError::UpstreamTimeout);
             }
@@ -158,11 +163,11 @@ pub(crate) async fn send<T>(
             continue;
         }
         be.state.finish(true);
-        service::passive(pool_entry, be, true);
+        retry::passive(pool_entry, be, true);
         tracing::debug!(upstream = %be.authority, error = %error, reused = up.reused, "upstream request failed");
         tried.push(b);
         last_error = Some(ProxyError::UpstreamConnect);
-        if pcfg.retry_on.reset && safe && service::retry_allowed(pool_entry, retries_left) {
+        if pcfg.retry_on.reset && safe && retry::retry_allowed(pool_entry, retries_left) {
             retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
             continue;
         }
@@ -210,11 +215,11 @@ pub(crate) fn request_bytes(
         if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
             continue;
         }
-        crate::h1::put(&mut out, name.as_str(), value.as_bytes());
+        crate::http1::put(&mut out, name.as_str(), value.as_bytes());
     }
     // As hyper's client does: a length for any body, and 0 where a body is expected.
     if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        crate::h1::put(
+        crate::http1::put(
             &mut out,
             "content-length",
             body.len().to_string().as_bytes(),
@@ -270,4 +275,83 @@ pub(crate) fn raw_head(buf: &[u8], head_request: bool) -> Option<RawHead> {
         framing: f.framing,
         upstream_close: f.upstream_close,
     })
+}
+
+/// Reads until a final response head is in `buf` (informational 1xx heads are skipped; `101`
+/// is final when the request asked for an `upgrade`, an error otherwise) and returns its
+/// status; the head starts at `buf[0]`.
+pub(crate) async fn read_head(
+    stream: &mut upstream::UpStream,
+    buf: &mut Vec<u8>,
+    upgrade: bool,
+) -> Result<u16, HeadError> {
+    let mut received = 0;
+    loop {
+        if !buf.is_empty() {
+            match final_head(buf, upgrade) {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        if buf.capacity() == 0 {
+            // No memory is held while the upstream thinks.
+            stream.readable().await.map_err(HeadError::Io)?;
+            *buf = take_buffer(); // sized for the common response: head and body in one read
+        } else if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(RELAY_BUFFER);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err(HeadError::Closed(received)),
+            Ok(n) => received += n,
+            Err(e) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+/// A failed connect to server `b` of `pool`: the attempt's retry slot is released, the failure
+/// accounted, and a new slot taken when the request may go to another server (`Ok`: try
+/// again); otherwise the error to answer with. Nothing was sent, so any request may be retried,
+/// and the retry costs the failing server nothing: the retry budget (which protects servers
+/// from retry storms) does not apply. Both HTTP/1 paths call this.
+pub(crate) fn retry_after_connect_failure<'a>(
+    pool: &'a PoolEntry,
+    b: usize,
+    e: &upstream::ConnectError,
+    tried: &mut Vec<usize>,
+    last_error: &mut Option<ProxyError>,
+    retries_left: &mut u32,
+    retry_slot: &mut Option<ActiveGuard<'a>>,
+) -> Result<(), ProxyError> {
+    drop(retry_slot.take()); // this attempt is over
+    let err = connect_failed(pool, &pool.backends[b], e);
+    tried.push(b);
+    *last_error = Some(err);
+    if pool.config.retry_on.connect_failure && *retries_left > 0 {
+        *retry_slot = Some(begin_retry(&pool.state, retries_left));
+        return Ok(());
+    }
+    Err(err)
+}
+
+/// Accounts a failed connect (nothing was sent: the server is charged, the pool counts it) and
+/// returns what the client hears if no retry follows.
+pub(crate) fn connect_failed(
+    pool: &PoolEntry,
+    backend: &BackendEntry,
+    e: &upstream::ConnectError,
+) -> ProxyError {
+    backend.state.finish(true);
+    pool.state.connect_errors.increment(1);
+    passive(pool, backend, true);
+    tracing::debug!(error = %e, "upstream connect failed");
+    if matches!(e, upstream::ConnectError::Timeout(_)) {
+        pool.state.timeouts.increment(1);
+        ProxyError::UpstreamTimeout
+    } else {
+        ProxyError::UpstreamConnect
+    }
 }

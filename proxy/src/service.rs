@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -18,27 +17,24 @@ use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use nrdot_config::split::stable_hash;
-use nrdot_config::swap::Reader;
-use nrdot_config::table::{BackendEntry, NoBackend, PoolEntry};
-use nrdot_config::{HashKey, RouteTable, Sticky};
+use nrdot_config::RouteTable;
 
-use crate::accesslog::{AccessLog, Entry};
-use crate::body::{Done, RawBody, RequestBody, ResponseBody};
+use crate::accesslog::LogFields;
 use crate::error::{self, ProxyError};
+use crate::http1::NATIVE_BODY_MAX;
 use crate::inspect::Verdict;
-use crate::rules::{strip_hop_by_hop, wants_upgrade};
+use crate::listener::Shared;
+use crate::relay::retry_after_connect_failure;
+use crate::reqbody::RequestBody;
+use crate::respbody::{Done, RawBody, ResponseBody};
+use crate::rules::retry::{
+    begin_retry, idempotent, no_backend, passive, retry_allowed, ActiveGuard,
+};
+use crate::rules::route::{
+    decide, https_redirect, peer_value, redirect_port, request_host, Decision, Lookup,
+};
+use crate::rules::{forwarded_headers, strip_hop_by_hop, via_value, wants_upgrade};
 use crate::{clock, relay, rules, upstream};
-
-/// What every connection of a listener shares.
-pub struct Shared {
-    pub reader: Reader,
-    pub log: AccessLog,
-    pub proto: HeaderValue,
-    /// Present on HTTPS listeners.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub handshake_errors: metrics::Counter,
-}
 
 /// The service of one client connection.
 #[derive(Clone)]
@@ -64,48 +60,6 @@ impl ConnService {
     }
 }
 
-/// The client address as X-Forwarded-For carries it.
-pub(crate) fn peer_value(peer: SocketAddr) -> HeaderValue {
-    let mut buf = [0u8; 48];
-    HeaderValue::from_bytes(peer_text(peer, &mut buf))
-        .expect("an IP address is a valid header value")
-}
-
-/// The client address as text, written into `buf` (no allocation, for the native path).
-/// IPv4 — nearly every peer — is written by hand: `fmt` costs twenty times as much, and this
-/// runs for every request.
-pub(crate) fn peer_text(peer: SocketAddr, buf: &mut [u8; 48]) -> &[u8] {
-    match peer.ip().to_canonical() {
-        std::net::IpAddr::V4(v4) => {
-            let mut n = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if octet >= 100 {
-                    buf[n] = b'0' + octet / 100;
-                    n += 1;
-                }
-                if octet >= 10 {
-                    buf[n] = b'0' + octet / 10 % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + octet % 10;
-                n += 1;
-            }
-            &buf[..n]
-        }
-        ip => {
-            use std::io::Write;
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            let _ = write!(cursor, "{ip}");
-            let n = cursor.position() as usize;
-            &buf[..n]
-        }
-    }
-}
-
 /// The response body: relayed from hyper's client, read by nrdot's own client, or nrdot's own.
 pub type ProxyBody = Either<Either<ResponseBody<Completion>, RawBody<Completion>>, Full<Bytes>>;
 
@@ -117,71 +71,6 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let conn = Arc::clone(&self.0);
         Box::pin(async move { Ok(handle(conn, req).await) })
-    }
-}
-
-/// Fields of the access log line, copied only when the log is on.
-pub(crate) struct LogFields {
-    client: std::net::IpAddr,
-    method: Method,
-    target: String,
-    version: Version,
-    referer: String,
-    user_agent: String,
-    start: Instant,
-    pub route: Box<str>,
-    pub upstream: String,
-    log: AccessLog,
-}
-
-impl LogFields {
-    pub fn new(
-        log: &AccessLog,
-        client: std::net::IpAddr,
-        method: Method,
-        target: &str,
-        version: Version,
-        referer: Option<&str>,
-        user_agent: Option<&str>,
-    ) -> Box<LogFields> {
-        Box::new(LogFields {
-            client: client.to_canonical(),
-            method,
-            target: target.to_string(),
-            version,
-            referer: referer.unwrap_or("-").to_string(),
-            user_agent: user_agent.unwrap_or("-").to_string(),
-            start: Instant::now(),
-            route: "-".into(),
-            upstream: "-".to_string(),
-            log: log.clone(),
-        })
-    }
-
-    pub fn write(&self, status: u16, bytes: u64) {
-        self.log.log(&Entry {
-            client: self.client,
-            method: self.method.as_str(),
-            target: &self.target,
-            version: version_str(self.version),
-            status,
-            bytes,
-            referer: &self.referer,
-            user_agent: &self.user_agent,
-            duration: self.start.elapsed().as_secs_f64(),
-            route: &self.route,
-            upstream: &self.upstream,
-        });
-    }
-}
-
-fn version_str(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_2 => "HTTP/2.0",
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/1.1",
     }
 }
 
@@ -262,15 +151,6 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
 
 type Failed = (ProxyError, Option<Box<LogFields>>);
 
-/// Methods that may be sent twice (RFC 9110 9.2.2).
-pub(crate) fn idempotent(m: &str) -> bool {
-    matches!(m, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
-}
-
-/// Retries in flight a pool always allows, whatever its budget percentage: enough that one
-/// server dying under moderate load (every connection to it reset at once) is absorbed.
-const MIN_RETRY_CONCURRENCY: u64 = 10;
-
 /// Largest body kept in memory so a `retry_unsafe` route can send it again.
 const REPLAY_LIMIT: usize = 1024 * 1024;
 
@@ -331,7 +211,7 @@ async fn proxy(
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let resp = https_redirect(&host, redirect_port(table), pq);
+        let resp = https_redirect(&host, redirect_port(table, conn.shared.https_port), pq);
         return Ok(resp.map(|()| Either::Right(Full::new(Bytes::new()))));
     }
     let Decision {
@@ -409,11 +289,11 @@ async fn proxy(
     let known_small = body
         .size_hint()
         .exact()
-        .is_some_and(|n| n <= crate::h1::NATIVE_BODY_MAX as u64);
+        .is_some_and(|n| n <= NATIVE_BODY_MAX as u64);
     let buffer_up_to = if retry_unsafe && pcfg.retries > 0 {
         Some(REPLAY_LIMIT)
     } else {
-        known_small.then_some(crate::h1::NATIVE_BODY_MAX)
+        known_small.then_some(NATIVE_BODY_MAX)
     };
     let mut payload = match buffer_up_to {
         _ if body.is_end_stream() => Payload::Replay(Bytes::new()),
@@ -433,7 +313,7 @@ async fn proxy(
     // A request complete in memory goes through nrdot's own client, as on the native path: one
     // write, no connection task or channel, the body read by its framing.
     if let (false, Payload::Replay(bytes)) = (upgrade, &payload) {
-        if crate::worker::native_upstream() {
+        {
             let head_request = parts.method == Method::HEAD;
             let out = relay::request_bytes(&parts, path_and_query.as_str(), bytes);
             pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
@@ -692,403 +572,5 @@ fn response_fields(
     }
     if let Some(cookie) = new_sticky.and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.append(header::SET_COOKIE, cookie);
-    }
-}
-
-/// Counts a retry: one fewer left, one more in flight until the guard drops.
-pub(crate) fn begin_retry<'a>(
-    pool: &'a nrdot_config::state::PoolState,
-    left: &mut u32,
-) -> ActiveGuard<'a> {
-    *left -= 1;
-    pool.retries.increment(1);
-    pool.active_retries.fetch_add(1, Ordering::Relaxed);
-    ActiveGuard(&pool.active_retries)
-}
-
-/// Where a request goes, decided with one table generation; only indexes leave it.
-pub(crate) struct Decision {
-    pub route: usize,
-    /// Index into the route's split.
-    pub entry: usize,
-    pub pool: usize,
-    /// Hash of the pool's `hash_key`, for consistent server choice.
-    pub hash_key: Option<u64>,
-    /// A `Set-Cookie` value when a sticky cookie was just assigned.
-    pub new_sticky: Option<String>,
-}
-
-/// Request headers as routing reads them, whichever parser produced them.
-pub(crate) trait Lookup {
-    /// The first value of `name` (lower case).
-    fn header(&self, name: &str) -> Option<&[u8]>;
-    /// The value of cookie `name` across all Cookie fields.
-    fn cookie(&self, name: &str) -> Option<&[u8]>;
-}
-
-impl Lookup for HeaderMap {
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.get(name).map(|v| v.as_bytes())
-    }
-    fn cookie(&self, name: &str) -> Option<&[u8]> {
-        cookie_in(
-            self.get_all(header::COOKIE).iter().map(|v| v.as_bytes()),
-            name,
-        )
-    }
-}
-
-/// Splits a routed request (override, sticky key, weighted sequence) and computes the pool's
-/// hash key.
-pub(crate) fn decide(
-    table: &RouteTable,
-    route: usize,
-    headers: &impl Lookup,
-    peer: &[u8],
-) -> Decision {
-    let r = &table.routes[route];
-    let override_pool = r
-        .override_header
-        .as_deref()
-        .and_then(|h| headers.header(h))
-        .or_else(|| r.override_cookie.as_deref().and_then(|c| headers.cookie(c)));
-    let mut new_sticky = None;
-    let sticky_hash = match &r.sticky {
-        None => None,
-        Some(Sticky::Header(h)) => headers.header(h.as_str()).map(stable_hash),
-        Some(Sticky::Cookie(c)) => match headers.cookie(c) {
-            Some(v) => Some(stable_hash(v)),
-            None => {
-                let key = format!("{:016x}", fastrand::u64(..));
-                let h = stable_hash(key.as_bytes());
-                new_sticky = Some(format!(
-                    "{c}={key}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
-                ));
-                Some(h)
-            }
-        },
-    };
-    let target = table.pick(route, override_pool, sticky_hash);
-    let pool = r.pools[target.entry];
-    let hash_key = match &table.pools[pool].config.hash_key {
-        None => None,
-        Some(HashKey::Header(h)) => headers.header(h.as_str()).map(stable_hash),
-        Some(HashKey::Cookie(c)) => headers.cookie(c).map(stable_hash),
-        Some(HashKey::ClientIp) => Some(stable_hash(peer)),
-    };
-    Decision {
-        route,
-        entry: target.entry,
-        pool,
-        hash_key,
-        new_sticky,
-    }
-}
-
-/// The port HTTPS redirects name: the configured one, else the one the HTTPS listener bound.
-pub(crate) fn redirect_port(table: &RouteTable) -> Option<u16> {
-    match table.https_port {
-        Some(0) | None => {
-            Some(crate::worker::HTTPS_PORT.load(Ordering::Relaxed)).filter(|p| *p != 0)
-        }
-        p => p,
-    }
-}
-
-/// The answer when no server can be chosen (counted): after a failed attempt the client hears
-/// about the real failure, not about the now empty pool.
-pub(crate) fn no_backend(pool: &PoolEntry, e: NoBackend, last: Option<ProxyError>) -> ProxyError {
-    if let Some(last) = last {
-        return last;
-    }
-    match e {
-        NoBackend::Unavailable => {
-            pool.state.unavailable.increment(1);
-            ProxyError::NoAvailableBackend
-        }
-        NoBackend::Overloaded => {
-            pool.state.overflow.increment(1);
-            ProxyError::Overloaded
-        }
-    }
-}
-
-/// A failed connect to server `b` of `pool`: the attempt's retry slot is released, the failure
-/// accounted, and a new slot taken when the request may go to another server (`Ok`: try
-/// again); otherwise the error to answer with. Nothing was sent, so any request may be retried,
-/// and the retry costs the failing server nothing: the retry budget (which protects servers
-/// from retry storms) does not apply. Both HTTP/1 paths call this.
-pub(crate) fn retry_after_connect_failure<'a>(
-    pool: &'a PoolEntry,
-    b: usize,
-    e: &upstream::ConnectError,
-    tried: &mut Vec<usize>,
-    last_error: &mut Option<ProxyError>,
-    retries_left: &mut u32,
-    retry_slot: &mut Option<ActiveGuard<'a>>,
-) -> Result<(), ProxyError> {
-    drop(retry_slot.take()); // this attempt is over
-    let err = connect_failed(pool, &pool.backends[b], e);
-    tried.push(b);
-    *last_error = Some(err);
-    if pool.config.retry_on.connect_failure && *retries_left > 0 {
-        *retry_slot = Some(begin_retry(&pool.state, retries_left));
-        return Ok(());
-    }
-    Err(err)
-}
-
-/// Accounts a failed connect (nothing was sent: the server is charged, the pool counts it) and
-/// returns what the client hears if no retry follows.
-pub(crate) fn connect_failed(
-    pool: &PoolEntry,
-    backend: &BackendEntry,
-    e: &upstream::ConnectError,
-) -> ProxyError {
-    backend.state.finish(true);
-    pool.state.connect_errors.increment(1);
-    passive(pool, backend, true);
-    tracing::debug!(error = %e, "upstream connect failed");
-    if matches!(e, upstream::ConnectError::Timeout(_)) {
-        pool.state.timeouts.increment(1);
-        ProxyError::UpstreamTimeout
-    } else {
-        ProxyError::UpstreamConnect
-    }
-}
-
-/// Whether one more retry fits the pool's budget (retries in flight as a share of requests in
-/// flight, never below [`MIN_RETRY_CONCURRENCY`]).
-pub(crate) fn retry_allowed(pool: &PoolEntry, retries_left: u32) -> bool {
-    if retries_left == 0 {
-        return false;
-    }
-    let active = pool.state.active.load(Ordering::Relaxed);
-    let retrying = pool.state.active_retries.load(Ordering::Relaxed);
-    let budget =
-        (active * pool.config.retry_budget_percent as u64 / 100).max(MIN_RETRY_CONCURRENCY);
-    if retrying >= budget {
-        pool.state.retry_budget_exhausted.increment(1);
-        return false;
-    }
-    true
-}
-
-/// Records an attempt's outcome for analysis and passive health; ejects the server after
-/// enough consecutive failures while the pool's ejection cap allows.
-pub(crate) fn passive(pool: &PoolEntry, backend: &BackendEntry, failed: bool) {
-    pool.state.outcomes.record(failed);
-    let Some(o) = pool.config.outlier.as_ref() else {
-        return;
-    };
-    let may_eject = || {
-        let n = pool.backends.len();
-        let ejected = pool.backends.iter().filter(|x| x.state.ejected()).count();
-        (ejected + 1) * 100 <= n * o.max_ejection_percent as usize
-    };
-    if let Some(ms) = backend.state.record_outcome(
-        failed,
-        o.consecutive_failures,
-        o.base_ejection.as_millis() as u64,
-        may_eject,
-    ) {
-        tracing::warn!(pool = %pool.config.name, backend = %backend.authority, ejected_ms = ms, "backend ejected after consecutive failures");
-    }
-}
-
-/// 308 to the same host, path and query over HTTPS (the TLS listener's port unless 443).
-pub(crate) fn https_redirect(host: &str, port: Option<u16>, pq: &str) -> Response<()> {
-    let location = match port {
-        Some(p) if p != 443 => format!("https://{host}:{p}{pq}"),
-        _ => format!("https://{host}{pq}"),
-    };
-    let mut resp = Response::new(());
-    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    let h = resp.headers_mut();
-    h.insert(header::SERVER, HeaderValue::from_static("nrdot"));
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        h.insert(header::LOCATION, v);
-    }
-    resp
-}
-
-/// Decrements one of a pool's in-flight counts when dropped.
-pub(crate) struct ActiveGuard<'a>(pub &'a std::sync::atomic::AtomicU64);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The host a request is for: lower case, without port. `None` when missing or malformed
-/// (HTTP/1.1 requires exactly one Host header, RFC 9112 3.2).
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let from_header = hosts.next();
-    if hosts.next().is_some() {
-        return None;
-    }
-    let raw: &str = match (req.uri().authority(), from_header) {
-        (Some(a), _) => a.as_str(),
-        (None, Some(h)) => h.to_str().ok()?,
-        // HTTP/1.0 predates Host: such requests match routes without a host.
-        (None, None) if req.version() == Version::HTTP_10 => return Some(String::new()),
-        (None, None) => return None,
-    };
-    host_of(raw)
-}
-
-/// A Host value (or authority) as routing wants it: lower case, without port; `None` when
-/// malformed.
-pub(crate) fn host_of(raw: &str) -> Option<String> {
-    let host = if let Some(rest) = raw.strip_prefix('[') {
-        &raw[..rest.find(']')? + 2]
-    } else {
-        match raw.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => raw,
-        }
-    };
-    if host.is_empty()
-        || !host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
-        })
-    {
-        return None;
-    }
-    Some(host.to_ascii_lowercase())
-}
-
-/// Value of cookie `name` in Cookie field values, if any.
-pub(crate) fn cookie_in<'a>(
-    values: impl Iterator<Item = &'a [u8]>,
-    name: &str,
-) -> Option<&'a [u8]> {
-    for v in values {
-        for pair in v.split(|b| *b == b';') {
-            let pair = pair.trim_ascii();
-            if let Some(rest) = pair.strip_prefix(name.as_bytes()) {
-                if let Some(value) = rest.strip_prefix(b"=") {
-                    return Some(value);
-                }
-            }
-        }
-    }
-    None
-}
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// X-Forwarded-*: a trusted peer's chain is extended, anyone else's is replaced, so a client
-/// cannot make an upstream believe a forged address.
-fn forwarded_headers(h: &mut HeaderMap, trusted: bool, peer: &HeaderValue, proto: &HeaderValue) {
-    let existing: Vec<&[u8]> = if trusted {
-        h.get_all(&X_FORWARDED_FOR)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let xff = if existing.is_empty() {
-        peer.clone()
-    } else {
-        let mut v = existing.join(&b", "[..]);
-        v.extend_from_slice(b", ");
-        v.extend_from_slice(peer.as_bytes());
-        HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.clone())
-    };
-    h.insert(X_FORWARDED_FOR.clone(), xff);
-    if !(trusted && h.contains_key(&X_FORWARDED_PROTO)) {
-        h.insert(X_FORWARDED_PROTO.clone(), proto.clone());
-    }
-    if !(trusted && h.contains_key(&X_FORWARDED_HOST)) {
-        if let Some(host) = h.get(header::HOST).cloned() {
-            h.insert(X_FORWARDED_HOST.clone(), host);
-        }
-    }
-}
-
-fn via_value(v: Version) -> HeaderValue {
-    HeaderValue::from_static(match v {
-        Version::HTTP_10 => "1.0 nrdot",
-        Version::HTTP_2 => "2.0 nrdot",
-        _ => "1.1 nrdot",
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peer_text_matches_display_for_every_octet_width_and_for_ipv6() {
-        for ip in [
-            "0.0.0.0",
-            "9.10.99.100",
-            "255.255.255.255",
-            "127.0.0.1",
-            "::ffff:10.1.2.3",
-            "::1",
-            "2001:db8::8a2e:370:7334",
-        ] {
-            let addr: std::net::IpAddr = ip.parse().expect("test address");
-            let mut buf = [0u8; 48];
-            let text = peer_text(SocketAddr::new(addr, 9), &mut buf);
-            assert_eq!(text, addr.to_canonical().to_string().as_bytes(), "{ip}");
-        }
-    }
-
-    #[test]
-    fn forwarded_for_trusts_only_trusted_peers() {
-        let peer = HeaderValue::from_static("10.0.0.1");
-        let proto = HeaderValue::from_static("http");
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        h.insert(header::HOST, HeaderValue::from_static("example.com"));
-        let mut trusted = h.clone();
-        forwarded_headers(&mut h, false, &peer, &proto);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
-        assert_eq!(h["x-forwarded-host"], "example.com");
-        forwarded_headers(&mut trusted, true, &peer, &proto);
-        assert_eq!(trusted["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
-    }
-
-    #[test]
-    fn host_is_lowercased_without_port() {
-        let req = |host: &str| {
-            Request::builder()
-                .uri("/")
-                .header(header::HOST, host)
-                .body(())
-                .expect("request")
-        };
-        assert_eq!(
-            request_host(&req("Example.COM:8080")).as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(request_host(&req("[::1]:80")).as_deref(), Some("[::1]"));
-        assert_eq!(request_host(&req("bad host")), None);
-        let two = Request::builder()
-            .uri("/")
-            .header(header::HOST, "a")
-            .header(header::HOST, "b")
-            .body(())
-            .expect("request");
-        assert_eq!(request_host(&two), None);
-    }
-
-    #[test]
-    fn cookie_lookup() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; nrdot_id=abc; b=2"),
-        );
-        assert_eq!(h.cookie("nrdot_id"), Some(&b"abc"[..]));
-        assert_eq!(h.cookie("nrdot"), None);
     }
 }

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::buffers::{give_buffer, take_buffer};
 use crate::clock;
-use crate::h1::{give_buffer, take_buffer, IdleSlot};
+use crate::local::IdleSlot;
 
 /// Joins `a` and `b`; resolves when both directions have ended (each end's EOF is passed on
 /// as a write shutdown of the other), either side failed, or nothing moved for `idle`. `to_b`

@@ -19,8 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::RequestBody;
 use crate::clock;
+use crate::reqbody::RequestBody;
 
 struct Idle {
     sender: SendRequest<RequestBody>,

@@ -9,16 +9,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use http::HeaderValue;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use nrdot_config::swap::Reader;
 use tokio::sync::watch;
 
 use crate::accesslog::AccessLog;
 use crate::h1;
-use crate::inspect::{Inspected, Verdict};
-use crate::service::{ConnService, Shared};
+use crate::listener::Shared;
+use crate::{handover, local};
 
 /// Bound client-facing sockets: per listener, one socket per worker, and the TLS
 /// configuration of HTTPS listeners.
@@ -60,10 +57,6 @@ impl Listeners {
     }
 }
 
-/// The port the first HTTPS listener actually bound (its configured port may be 0), for
-/// redirects to HTTPS.
-pub static HTTPS_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-
 /// The running data plane.
 pub struct DataPlane {
     threads: Vec<JoinHandle<()>>,
@@ -82,15 +75,12 @@ impl DataPlane {
         let workers = workers.max(1);
         let mut per_worker: Vec<Vec<(Arc<Shared>, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
-        if let Some(port) = listeners
+        let https_port = listeners
             .sockets
             .iter()
             .find(|(_, tls, _)| tls.is_some())
             .and_then(|(_, _, s)| s.first()?.local_addr().ok())
-            .map(|a| a.port())
-        {
-            HTTPS_PORT.store(port, std::sync::atomic::Ordering::Relaxed);
-        }
+            .map(|a| a.port());
         for (name, tls, sockets) in listeners.sockets {
             let shared = Arc::new(Shared {
                 reader: reader.clone(),
@@ -98,6 +88,7 @@ impl DataPlane {
                 proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
                 tls: tls.map(tokio_rustls::TlsAcceptor::from),
                 handshake_errors: metrics::counter!("nrdot_tls_handshake_errors_total", "listener" => name.clone()),
+                https_port,
             });
             for (i, s) in sockets.into_iter().enumerate() {
                 per_worker[i % workers].push((Arc::clone(&shared), s));
@@ -147,11 +138,11 @@ fn worker(
                 // A worker that never parks still takes the time once a second.
                 crate::clock::refresh();
                 crate::upstream::sweep();
-                h1::sweep_idle();
+                local::sweep_idle();
             }
         });
-        GRACEFUL.with(|g| *g.borrow_mut() = Some(GracefulShutdown::new()));
-        let drain = h1::drain();
+        handover::watch_connections();
+        let drain = local::drain();
         let mut accept_loops = Vec::new();
         for (shared, socket) in sockets {
             let listener = match tokio::net::TcpListener::from_std(socket) {
@@ -196,7 +187,7 @@ fn worker(
         // idle keep-alive connections. This task runs on the worker's only thread, so once it
         // sees no exchange in flight none can start before the runtime is gone.
         let deadline = tokio::time::Instant::now() + grace;
-        let graceful = GRACEFUL.with(|g| g.borrow_mut().take());
+        let graceful = handover::stop_watching();
         let finished = tokio::time::timeout_at(deadline, async {
             if let Some(g) = graceful {
                 g.shutdown().await;
@@ -211,57 +202,33 @@ fn worker(
     });
 }
 
-thread_local! {
-    /// This worker's watcher of hyper connections, taken when the worker stops.
-    static GRACEFUL: std::cell::RefCell<Option<GracefulShutdown>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Whether client connections start on the native HTTP/1.1 path (`NRDOT_NATIVE_H1=0` keeps
-/// every connection on the hyper path, for comparisons).
-fn native_h1() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("NRDOT_NATIVE_H1").map_or(true, |v| v != "0"))
-}
-
-/// Whether the hyper path sends requests complete in memory to plain upstreams through nrdot's
-/// own HTTP/1.1 client (`NRDOT_NATIVE_UPSTREAM=0` keeps them on hyper's client, for
-/// comparisons).
-pub(crate) fn native_upstream() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("NRDOT_NATIVE_UPSTREAM").map_or(true, |v| v != "0"))
-}
-
 fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     // The native path sets TCP_NODELAY on plain connections only when a response needs more
     // than one write; TLS and the hyper path write in pieces from the start.
-    let native = native_h1();
-    let nodelay = !native || shared.tls.is_some();
+    let nodelay = shared.tls.is_some();
     if nodelay {
         let _ = stream.set_nodelay(true);
     }
     crate::metrics::get().connections.increment(1);
-    let cx = native.then(|| h1::Ctx {
+    let cx = h1::Ctx {
         shared: Arc::clone(shared),
         peer,
         nodelay: std::sync::atomic::AtomicBool::new(nodelay),
-    });
+    };
     match &shared.tls {
-        None => match cx {
-            Some(cx) => h1::spawn(stream, cx),
-            None => serve_hyper(stream, peer, shared),
-        },
+        None => h1::spawn(stream, cx),
         Some(acceptor) => {
             let (acceptor, shared) = (acceptor.clone(), Arc::clone(shared));
             tokio::spawn(async move {
                 // A handshake that fails or stalls costs this task only, never the worker.
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => match cx {
-                        Some(cx) if tls.get_ref().1.alpn_protocol() != Some(b"h2") => {
+                    Ok(Ok(tls)) => {
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            handover::serve_hyper(tls, peer, &shared)
+                        } else {
                             h1::spawn(tls, cx)
                         }
-                        _ => serve_hyper(tls, peer, &shared),
-                    },
+                    }
                     Ok(Err(e)) => {
                         shared.handshake_errors.increment(1);
                         tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
@@ -274,58 +241,4 @@ fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, shared: &Arc<Shared>) 
             });
         }
     }
-}
-
-/// Serves a connection with hyper: HTTP/2, and HTTP/1 requests the native path hands over.
-pub(crate) fn serve_hyper<IO>(stream: IO, peer: SocketAddr, shared: &Arc<Shared>)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let table = shared.reader.load();
-    let limits = &table.config.limits;
-    let verdict = Verdict::new();
-    let io = TokioIo::new(crate::linger::Linger::new(Inspected::new(
-        stream,
-        limits.client_header_timeout,
-        Arc::clone(&verdict),
-    )));
-    let service = ConnService::new(Arc::clone(shared), peer, verdict);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(limits.keepalive_timeout)
-        .max_buf_size(limits.max_header_size.max(8192) as usize)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(limits.max_header_size as u32);
-    let conn = builder
-        .serve_connection_with_upgrades(io, service)
-        .into_owned();
-    drop(table);
-    // Watched so a stopping worker lets it finish; after the worker stopped watching, the
-    // connection only lives until the runtime is dropped.
-    GRACEFUL.with(|g| match g.borrow().as_ref() {
-        Some(g) => run_connection(g.watch(conn), peer),
-        None => run_connection(conn, peer),
-    });
-}
-
-fn run_connection<F, E>(conn: F, peer: SocketAddr)
-where
-    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
-    E: std::fmt::Display,
-{
-    let m = crate::metrics::get();
-    tokio::spawn(async move {
-        m.open_connections.increment(1.0);
-        if let Err(e) = conn.await {
-            tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
-        }
-        m.open_connections.decrement(1.0);
-    });
 }

@@ -4,6 +4,10 @@
 //! what a response without `Date` gets (RFC 9110 6.6.1). Pure functions over bytes and header
 //! maps: no sockets, no tables.
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+pub(crate) mod retry;
+pub(crate) mod route;
 
 /// Comma-separated tokens of a field value.
 pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -154,6 +158,55 @@ pub(crate) fn add_date(h: &mut HeaderMap) {
     }
 }
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// X-Forwarded-*: a trusted peer's chain is extended, anyone else's is replaced, so a client
+/// cannot make an upstream believe a forged address.
+pub(crate) fn forwarded_headers(
+    h: &mut HeaderMap,
+    trusted: bool,
+    peer: &HeaderValue,
+    proto: &HeaderValue,
+) {
+    let existing: Vec<&[u8]> = if trusted {
+        h.get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let xff = if existing.is_empty() {
+        peer.clone()
+    } else {
+        let mut v = existing.join(&b", "[..]);
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(peer.as_bytes());
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.clone())
+    };
+    h.insert(X_FORWARDED_FOR.clone(), xff);
+    if !(trusted && h.contains_key(&X_FORWARDED_PROTO)) {
+        h.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+    }
+    if !(trusted && h.contains_key(&X_FORWARDED_HOST)) {
+        if let Some(host) = h.get(header::HOST).cloned() {
+            h.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+}
+
+pub(crate) fn via_value(v: Version) -> HeaderValue {
+    HeaderValue::from_static(match v {
+        Version::HTTP_10 => "1.0 nrdot",
+        Version::HTTP_2 => "2.0 nrdot",
+        _ => "1.1 nrdot",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +283,20 @@ mod tests {
         assert!(!wants_upgrade(&h));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(wants_upgrade(&h));
+    }
+
+    #[test]
+    fn forwarded_for_trusts_only_trusted_peers() {
+        let peer = HeaderValue::from_static("10.0.0.1");
+        let proto = HeaderValue::from_static("http");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert(header::HOST, HeaderValue::from_static("example.com"));
+        let mut trusted = h.clone();
+        forwarded_headers(&mut h, false, &peer, &proto);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        forwarded_headers(&mut trusted, true, &peer, &proto);
+        assert_eq!(trusted["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
     }
 }
