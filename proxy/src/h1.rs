@@ -605,9 +605,6 @@ fn prepare(
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Step::Handoff;
     };
-    // HTTP/1.0 (ApacheBench, many health checkers) is served here too: persistent only when it
-    // asks for keep-alive, and a chunked answer is decoded for it.
-    let v10 = minor == 0;
     if target.len() as u64 > limits.max_request_line {
         return refuse(cx, ProxyError::UriTooLong, buf.len());
     }
@@ -619,97 +616,217 @@ fn prepare(
         return Step::Handoff;
     }
     let headers: &[httparse::Header] = req.headers;
-    let mut host = None;
-    let mut hosts = 0;
-    let mut connection = ConnectionFields::default();
-    let mut body: Option<u64> = None;
-    let mut expect = false;
-    let mut upgrade: Option<&[u8]> = None;
-    let mut chunked = false;
-    for h in headers {
-        if is(h.name, "host") {
-            hosts += 1;
-            host = Some(h.value);
-        } else if is(h.name, "content-length") {
-            // One plain decimal length; a second field, a list or a sign is for the full
-            // path's checks (which refuse what is ambiguous).
-            match (body, content_length(h.value)) {
-                (None, Some(n)) => body = Some(n),
-                _ => return Step::Handoff,
-            }
-        } else if is(h.name, "expect") {
-            // `100-continue` is answered here, just before the body is read (nginx's way);
-            // any other expectation goes to the full path, which ignores it (as nginx does).
-            if expect || !h.value.eq_ignore_ascii_case(b"100-continue") {
-                return Step::Handoff;
-            }
-            expect = true;
-        } else if is(h.name, "upgrade") {
-            if upgrade.is_some() {
-                return Step::Handoff;
-            }
-            upgrade = Some(h.value);
-        } else if is(h.name, "transfer-encoding") {
-            // Plain `chunked` once; codings, lists and repeats are for the full path's rules.
-            if chunked || !h.value.eq_ignore_ascii_case(b"chunked") {
-                return Step::Handoff;
-            }
-            chunked = true;
-        } else if is(h.name, "connection") && !connection.push(h.value) {
-            // more Connection fields than kept is unusual enough for the full path
-            return Step::Handoff;
-        }
-    }
-    // Only upgrades nrdot relays are forwarded; any other `Upgrade` (h2c) is dropped with the
-    // Connection tokens that name it, and the request goes on as an ordinary one.
-    let upgrade = upgrade.filter(|u| rules::upgrade_allowed(u));
-    // An upgrade this path relays itself: a GET without a body asking for it in Connection
-    // (WebSocket's handshake). Anything else naming Upgrade is for the full path's rules.
-    if let Some(u) = upgrade {
-        if v10 || method != "GET" || body.is_some() || expect || !connection.upgrade || u.is_empty()
-        {
-            return Step::Handoff;
-        }
-    }
-    // A chunked body with a length too (refused there) or from HTTP/1.0: the full path's.
-    if (v10 && expect) || (chunked && (v10 || body.is_some() || upgrade.is_some())) {
-        return Step::Handoff;
-    }
-    // Small bodies are read whole before an upstream is chosen (nginx's request buffering),
-    // so the request goes out in one write and can be sent again on a retry. Larger ones
-    // stream on the full path, which also answers a length over the limit with 413.
-    // A chunked body is read whole the same way, then sent on with its length (as nginx
-    // does): the upstream gets one write, and a retry can send it again. One that does not end
-    // within the limit (or is malformed, or has trailers) goes on to the full path with every
-    // byte read so far.
-    let mut decoded = None;
-    let body = match body {
-        None if chunked => match chunked_body(&buf[head_len..], scan) {
-            Ok(Some((raw, len)))
-                if len <= NATIVE_BODY_MAX && len as u64 <= limits.client_max_body_size =>
-            {
-                decoded = Some(len);
-                raw
-            }
-            Ok(None) if buf.len() - head_len <= CHUNKED_RAW_MAX => {
-                return Step::Partial { body: true, expect }
-            }
-            _ => return Step::Handoff,
-        },
-        None => 0,
-        Some(n) if n <= NATIVE_BODY_MAX as u64 && n <= limits.client_max_body_size => n as usize,
-        Some(_) => return Step::Handoff,
-    };
-    let client_close = connection.close || (v10 && !connection.keep_alive);
-    let (1, Some(raw_host)) = (hosts, host) else {
+    // HTTP/1.0 (ApacheBench, many health checkers) is served here too: persistent only when it
+    // asks for keep-alive, and a chunked answer is decoded for it.
+    let Some(f) = RequestFields::scan(headers, method, minor == 0) else {
         return Step::Handoff;
     };
-    let Some(host) = std::str::from_utf8(raw_host).ok().and_then(route::host_of) else {
+    let (body, decoded) = match body_extent(&buf[head_len..], &f, limits, scan) {
+        Ok(extent) => extent,
+        Err(step) => return step,
+    };
+    let client_close = f.connection.close || (f.v10 && !f.connection.keep_alive);
+    let Some(host) = std::str::from_utf8(f.host).ok().and_then(route::host_of) else {
         return Step::Handoff;
     };
     let close = client_close || stopping || index + 1 >= limits.keepalive_requests;
+    let consumed = head_len + body;
+    let reply = |bytes| Step::Reply {
+        bytes,
+        close,
+        last: client_close,
+        consumed,
+    };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let mut log = cx.shared.log.enabled().then(|| {
+    let mut log = log_fields(cx, headers, method, target, f.v10);
+    let Some(route) = table.route(&host, path, |name| field(headers, name)) else {
+        return reply(error_reply(cx, log, ProxyError::NoRoute, close));
+    };
+    let r = &table.routes[route];
+    let mut peer_buf = [0u8; 48];
+    let peer = route::peer_text(cx.peer, &mut peer_buf);
+    let d = route::decide(table, route, &Fields(headers), peer);
+    if let Some(l) = log.as_mut() {
+        l.route = r.name.clone();
+    }
+    if r.https_redirect && cx.shared.tls.is_none() {
+        let port = route::redirect_port(table, cx.shared.https_port);
+        return reply(redirect_reply(&host, port, target, close, log));
+    }
+    let trusted = table
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(cx.peer.ip()));
+    let rewrite = Rewrite {
+        trusted,
+        peer,
+        proto: cx.shared.proto.as_bytes(),
+        decoded,
+    };
+    let Some(out) = upstream_head(method, target, headers, &f, &rewrite, head_len) else {
+        return Step::Handoff;
+    };
+    Step::Forward(Prepared {
+        head_len,
+        body,
+        chunked: f.chunked,
+        expect: f.expect,
+        out,
+        safe: idempotent(method) || r.retry_unsafe,
+        want: Want {
+            head_request: method == "HEAD",
+            upgrade: f.upgrade.is_some(),
+            v10: f.v10,
+        },
+        d,
+        close,
+        last: client_close,
+        log,
+    })
+}
+
+/// What the request's fields say about its framing, host and connection, as the native path
+/// reads them.
+struct RequestFields<'b> {
+    /// The one Host field.
+    host: &'b [u8],
+    connection: ConnectionFields<'b>,
+    /// Content-Length.
+    length: Option<u64>,
+    /// `Expect: 100-continue`.
+    expect: bool,
+    /// An upgrade this path relays (WebSocket's handshake).
+    upgrade: Option<&'b [u8]>,
+    /// `Transfer-Encoding: chunked`.
+    chunked: bool,
+    v10: bool,
+}
+
+impl<'b> RequestFields<'b> {
+    /// Reads the fields; `None` when the request is for the full path's rules (repeated or
+    /// listed framing fields, other expectations, an upgrade other than a plain GET's, a
+    /// missing or repeated Host).
+    fn scan(headers: &[httparse::Header<'b>], method: &str, v10: bool) -> Option<Self> {
+        let mut host = None;
+        let mut hosts = 0;
+        let mut f = RequestFields {
+            host: b"",
+            connection: ConnectionFields::default(),
+            length: None,
+            expect: false,
+            upgrade: None,
+            chunked: false,
+            v10,
+        };
+        for h in headers {
+            if is(h.name, "host") {
+                hosts += 1;
+                host = Some(h.value);
+            } else if is(h.name, "content-length") {
+                // One plain decimal length; a second field, a list or a sign is for the full
+                // path's checks (which refuse what is ambiguous).
+                match (f.length, content_length(h.value)) {
+                    (None, Some(n)) => f.length = Some(n),
+                    _ => return None,
+                }
+            } else if is(h.name, "expect") {
+                // `100-continue` is answered here, just before the body is read (nginx's
+                // way); any other expectation goes to the full path, which ignores it (as
+                // nginx does).
+                if f.expect || !h.value.eq_ignore_ascii_case(b"100-continue") {
+                    return None;
+                }
+                f.expect = true;
+            } else if is(h.name, "upgrade") {
+                if f.upgrade.is_some() {
+                    return None;
+                }
+                f.upgrade = Some(h.value);
+            } else if is(h.name, "transfer-encoding") {
+                // Plain `chunked` once; codings, lists and repeats are for the full path's
+                // rules.
+                if f.chunked || !h.value.eq_ignore_ascii_case(b"chunked") {
+                    return None;
+                }
+                f.chunked = true;
+            } else if is(h.name, "connection") && !f.connection.push(h.value) {
+                // more Connection fields than kept is unusual enough for the full path
+                return None;
+            }
+        }
+        // Only upgrades nrdot relays are forwarded; any other `Upgrade` (h2c) is dropped with
+        // the Connection tokens that name it, and the request goes on as an ordinary one.
+        f.upgrade = f.upgrade.filter(|u| rules::upgrade_allowed(u));
+        // An upgrade this path relays itself: a GET without a body asking for it in
+        // Connection (WebSocket's handshake). Anything else naming Upgrade is for the full
+        // path's rules.
+        if let Some(u) = f.upgrade {
+            if v10
+                || method != "GET"
+                || f.length.is_some()
+                || f.expect
+                || !f.connection.upgrade
+                || u.is_empty()
+            {
+                return None;
+            }
+        }
+        // A chunked body with a length too (refused there) or from HTTP/1.0: the full path's.
+        if (v10 && f.expect) || (f.chunked && (v10 || f.length.is_some() || f.upgrade.is_some()))
+        {
+            return None;
+        }
+        f.host = match (hosts, host) {
+            (1, Some(h)) => h,
+            _ => return None,
+        };
+        Some(f)
+    }
+}
+
+/// The body's length on the wire, and its decoded length when it is chunked. Small bodies are
+/// read whole before an upstream is chosen (nginx's request buffering), so the request goes
+/// out in one write and can be sent again on a retry; larger ones stream on the full path,
+/// which also answers a length over the limit with 413. A chunked body is read whole the same
+/// way, then sent on with its length (as nginx does); one that does not end within the limit
+/// (or is malformed, or has trailers) goes to the full path with every byte read so far.
+fn body_extent(
+    after_head: &[u8],
+    f: &RequestFields,
+    limits: &nrdot_config::Limits,
+    scan: &mut BodyScan,
+) -> Result<(usize, Option<usize>), Step> {
+    match f.length {
+        None if f.chunked => match chunked_body(after_head, scan) {
+            Ok(Some((raw, len)))
+                if len <= NATIVE_BODY_MAX && len as u64 <= limits.client_max_body_size =>
+            {
+                Ok((raw, Some(len)))
+            }
+            Ok(None) if after_head.len() <= CHUNKED_RAW_MAX => Err(Step::Partial {
+                body: true,
+                expect: f.expect,
+            }),
+            _ => Err(Step::Handoff),
+        },
+        None => Ok((0, None)),
+        Some(n) if n <= NATIVE_BODY_MAX as u64 && n <= limits.client_max_body_size => {
+            Ok((n as usize, None))
+        }
+        Some(_) => Err(Step::Handoff),
+    }
+}
+
+/// The access log's fields of a request, when the log is on.
+fn log_fields(
+    cx: &Ctx,
+    headers: &[httparse::Header],
+    method: &str,
+    target: &str,
+    v10: bool,
+) -> Option<Box<LogFields>> {
+    cx.shared.log.enabled().then(|| {
         let f = |name| field(headers, name).and_then(|v| std::str::from_utf8(v).ok());
         LogFields::new(
             &cx.shared.log,
@@ -724,51 +841,53 @@ fn prepare(
             f("referer"),
             f("user-agent"),
         )
-    });
-    let Some(route) = table.route(&host, path, |name| field(headers, name)) else {
-        return Step::Reply {
-            bytes: error_reply(cx, log, ProxyError::NoRoute, close),
-            close,
-            last: client_close,
-            consumed: head_len + body,
-        };
-    };
-    let r = &table.routes[route];
-    let mut peer_buf = [0u8; 48];
-    let peer = route::peer_text(cx.peer, &mut peer_buf);
-    let d = route::decide(table, route, &Fields(headers), peer);
-    if let Some(l) = log.as_mut() {
-        l.route = r.name.clone();
-    }
-    if r.https_redirect && cx.shared.tls.is_none() {
-        let resp = route::https_redirect(
-            &host,
-            route::redirect_port(table, cx.shared.https_port),
-            target,
-        );
-        let (mut parts, ()) = resp.into_parts();
-        if close {
-            parts
-                .headers
-                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        if let Some(l) = &log {
-            l.write(308, 0);
-        }
-        return Step::Reply {
-            bytes: serialize(&parts, b""),
-            close,
-            last: client_close,
-            consumed: head_len + body,
-        };
-    }
+    })
+}
 
-    // The upstream request: the client's head, rewritten as an intermediary must.
-    let trusted = table
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|c| c.contains(cx.peer.ip()));
+/// nrdot's 308 to HTTPS, logged.
+fn redirect_reply(
+    host: &str,
+    port: Option<u16>,
+    target: &str,
+    close: bool,
+    log: Option<Box<LogFields>>,
+) -> Vec<u8> {
+    let resp = route::https_redirect(host, port, target);
+    let (mut parts, ()) = resp.into_parts();
+    if close {
+        parts
+            .headers
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(l) = &log {
+        l.write(308, 0);
+    }
+    serialize(&parts, b"")
+}
+
+/// What the intermediary adds to a request's head, beside the client's own fields.
+struct Rewrite<'a> {
+    /// The peer is a trusted proxy: its X-Forwarded-* chain is extended, not replaced.
+    trusted: bool,
+    /// The client's address as text.
+    peer: &'a [u8],
+    /// `http` or `https`.
+    proto: &'a [u8],
+    /// A chunked body's decoded length: it goes upstream with this Content-Length.
+    decoded: Option<usize>,
+}
+
+/// The upstream request head: the client's, rewritten as an intermediary must (RFC 9110 7.6:
+/// hop-by-hop fields and what Connection names go, X-Forwarded-* and Via are set). `None`
+/// when a trusted chain is longer than kept (for the full path).
+fn upstream_head(
+    method: &str,
+    target: &str,
+    headers: &[httparse::Header],
+    f: &RequestFields,
+    w: &Rewrite,
+    head_len: usize,
+) -> Option<Vec<u8>> {
     // Room for the added fields, and later for the common response head (this allocation is
     // reused for it).
     let mut out = Vec::with_capacity((head_len + 128).max(512));
@@ -784,16 +903,16 @@ fn prepare(
         // length stays whatever Connection names: without it the upstream would read the body
         // as a request of its own.
         if hop_by_hop(h.name)
-            || (connection.names(h.name) && !framing_field(h.name))
-            || (expect && is(h.name, "expect"))
-            || (chunked && is(h.name, "transfer-encoding"))
+            || (f.connection.names(h.name) && !framing_field(h.name))
+            || (f.expect && is(h.name, "expect"))
+            || (f.chunked && is(h.name, "transfer-encoding"))
         {
             continue;
         }
         if is(h.name, "x-forwarded-for") {
-            if trusted {
+            if w.trusted {
                 if chained == chain.len() {
-                    return Step::Handoff;
+                    return None;
                 }
                 chain[chained] = h.value;
                 chained += 1;
@@ -801,12 +920,12 @@ fn prepare(
             continue;
         }
         if is(h.name, "x-forwarded-proto") {
-            if !trusted {
+            if !w.trusted {
                 continue;
             }
             has_proto = true;
         } else if is(h.name, "x-forwarded-host") {
-            if !trusted {
+            if !w.trusted {
                 continue;
             }
             has_fwd_host = true;
@@ -818,43 +937,27 @@ fn prepare(
         out.extend_from_slice(c);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(peer);
+    out.extend_from_slice(w.peer);
     out.extend_from_slice(b"\r\n");
     if !has_proto {
-        put(&mut out, "x-forwarded-proto", cx.shared.proto.as_bytes());
+        put(&mut out, "x-forwarded-proto", w.proto);
     }
     if !has_fwd_host {
-        put(&mut out, "x-forwarded-host", raw_host);
+        put(&mut out, "x-forwarded-host", f.host);
     }
-    if let Some(u) = upgrade {
+    if let Some(u) = f.upgrade {
         put(&mut out, "upgrade", u);
         out.extend_from_slice(b"connection: upgrade\r\n");
     }
-    if let Some(len) = decoded {
+    if let Some(len) = w.decoded {
         put(&mut out, "content-length", len.to_string().as_bytes());
     }
-    out.extend_from_slice(if v10 {
+    out.extend_from_slice(if f.v10 {
         b"via: 1.0 nrdot\r\n\r\n"
     } else {
         b"via: 1.1 nrdot\r\n\r\n"
     });
-    Step::Forward(Prepared {
-        head_len,
-        body,
-        chunked,
-        expect,
-        out,
-        safe: idempotent(method) || r.retry_unsafe,
-        want: Want {
-            head_request: method == "HEAD",
-            upgrade: upgrade.is_some(),
-            v10,
-        },
-        d,
-        close,
-        last: client_close,
-        log,
-    })
+    Some(out)
 }
 
 /// Routes the request at the start of `buf`, sends it upstream (retrying where safe) and
@@ -903,50 +1006,18 @@ async fn forward<S: ClientIo>(
         }
         Step::Forward(p) => p,
     };
-    // The request is in `out` now: the client's bytes are not held meanwhile.
-    let end = (head_len + body).min(buf.len());
-    if chunked {
-        // Checked whole by `prepare`.
-        let _ = Chunks::default().decode_into(&buf[head_len..end], &mut out);
-    } else {
-        out.extend_from_slice(&buf[head_len..end]);
-    }
-    buf.drain(..end);
+    let missing = take_request(buf, &mut out, head_len, body, chunked);
     // Nothing pipelined behind a last request: the answer may go out with the close's FIN.
     let last = last && buf.is_empty();
-    if buf.is_empty() {
-        give_buffer(std::mem::take(buf));
-    }
     let pool_entry = &table.pools[d.pool];
     if body > 0 {
-        let missing = head_len + body - end;
         if missing > 0 {
-            if expect && s.write_all(CONTINUE).await.is_err() {
-                return Forwarded::Done(Next::Abort);
-            }
-            let timeout = table.config.limits.client_body_timeout;
-            match read_body(s, &mut out, missing, timeout).await {
-                Ok(()) => {}
-                // Nobody is left to answer.
-                Err(ProxyError::BadRequest) => {
-                    if let Some(l) = log {
-                        l.write(400, 0);
-                    }
-                    return Forwarded::Done(Next::Abort);
-                }
-                Err(e) => {
-                    return Forwarded::Reply {
-                        bytes: error_reply(cx, log, e, true),
-                        close: true,
-                        last: false,
-                        unread: 0,
-                    }
-                }
+            if let Err(f) = read_rest(s, cx, table, &mut out, missing, expect, &mut log).await {
+                return f;
             }
         }
         pool_entry.state.bytes_in.increment(body as u64);
     }
-    let pcfg = &pool_entry.config;
     let r = &table.routes[d.route];
     pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(&pool_entry.state.active);
@@ -969,13 +1040,7 @@ async fn forward<S: ClientIo>(
         |rbuf, out| response_head(rbuf, want, hsts, sticky, close, out),
     )
     .await;
-    let relay::Sent {
-        backend: b,
-        conn: mut up,
-        status,
-        head: mut rh,
-        buf: mut rbuf,
-    } = match sent {
+    let sent = match sent {
         Ok(s) => s,
         // Written by the caller, so this future carries no second write state.
         Err(e) => {
@@ -987,71 +1052,182 @@ async fn forward<S: ClientIo>(
             }
         }
     };
-    r.counters[d.entry].count(status);
-    let be = &pool_entry.backends[b];
-    let close = rh.close;
-    if want.upgrade && status == 101 {
-        // The head and whatever the upstream sent after it go out in one write; then the
-        // connection is a tunnel until both sides end, and never returns to the pool.
-        let mut head = std::mem::take(&mut rh.head);
-        let early = (rbuf.len() - rh.len) as u64;
-        head.extend_from_slice(&rbuf[rh.len..]);
-        give_buffer(rbuf);
-        let wrote = s.write_all(&head).await;
-        drop(head);
-        // The tunnel runs outside this exchange's future (1.5 KiB), which an idle WebSocket
-        // would otherwise keep for its whole life.
-        let upgraded = Upgraded {
-            up,
-            to_upstream: std::mem::take(buf),
-            table: Arc::clone(table),
-            pool: d.pool,
-            backend: b,
-            status,
-            early,
-            log,
-            _busy: Busy::begin().0,
-        };
-        pool_entry.state.active.fetch_add(1, Ordering::Relaxed); // until the tunnel ends
-        if wrote.is_err() {
-            upgraded.finish(0, 0);
-            return Forwarded::Done(Next::Abort);
-        }
-        return Forwarded::Tunnel(Box::new(upgraded));
+    r.counters[d.entry].count(sent.status);
+    if want.upgrade && sent.status == 101 {
+        return switch(s, table, d.pool, sent, buf, log).await;
     }
+    let status = sent.status;
+    let be = &pool_entry.backends[sent.backend];
+    let close = sent.head.close;
+    let relayed = relay_response(s, cx, table, d.pool, sent, last).await;
+    be.state.finish(false);
+    pool_entry.state.bytes_out.increment(relayed.sent);
+    if let Some(l) = &log {
+        l.write(status, relayed.sent);
+    }
+    let (client_ok, complete) = (relayed.client_ok, relayed.complete);
+    if !client_ok || !complete || close {
+        let _ = s.flush().await;
+        return Forwarded::Done(if client_ok && complete {
+            Next::Close
+        } else {
+            Next::Abort
+        });
+    }
+    Forwarded::Done(Next::KeepAlive)
+}
 
-    // Relay: what came with the head goes out in the same write.
+/// Moves the request's body bytes already read behind the head in `out` (decoded when it is
+/// chunked), takes the request off the buffer (which goes back to the worker when empty), and
+/// returns how many body bytes are still to be read from the client.
+fn take_request(
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    head_len: usize,
+    body: usize,
+    chunked: bool,
+) -> usize {
+    let end = (head_len + body).min(buf.len());
+    if chunked {
+        // Checked whole by `prepare`.
+        let _ = Chunks::default().decode_into(&buf[head_len..end], out);
+    } else {
+        out.extend_from_slice(&buf[head_len..end]);
+    }
+    buf.drain(..end);
+    if buf.is_empty() {
+        give_buffer(std::mem::take(buf));
+    }
+    head_len + body - end
+}
+
+/// Reads the `missing` rest of a request body onto `out`, after a `100 Continue` when the
+/// client waits for one. `Err` is what the exchange ends with: nothing when the client left,
+/// else nrdot's answer (a body that stalls past `client_body_timeout` is a 408).
+async fn read_rest<S: ClientIo>(
+    s: &mut S,
+    cx: &Ctx,
+    table: &RouteTable,
+    out: &mut Vec<u8>,
+    missing: usize,
+    expect: bool,
+    log: &mut Option<Box<LogFields>>,
+) -> Result<(), Forwarded> {
+    if expect && s.write_all(CONTINUE).await.is_err() {
+        return Err(Forwarded::Done(Next::Abort));
+    }
+    let timeout = table.config.limits.client_body_timeout;
+    match read_body(s, out, missing, timeout).await {
+        Ok(()) => Ok(()),
+        // Nobody is left to answer.
+        Err(ProxyError::BadRequest) => {
+            if let Some(l) = log.take() {
+                l.write(400, 0);
+            }
+            Err(Forwarded::Done(Next::Abort))
+        }
+        Err(e) => Err(Forwarded::Reply {
+            bytes: error_reply(cx, log.take(), e, true),
+            close: true,
+            last: false,
+            unread: 0,
+        }),
+    }
+}
+
+/// A `101` to an upgrade: the head and whatever the upstream sent after it go out in one
+/// write; then the connection is a tunnel until both sides end, and never returns to the pool.
+async fn switch<S: ClientIo>(
+    s: &mut S,
+    table: &Arc<RouteTable>,
+    pool: usize,
+    sent: relay::Sent<ResponseHead>,
+    buf: &mut Vec<u8>,
+    log: Option<Box<LogFields>>,
+) -> Forwarded {
+    let relay::Sent {
+        backend,
+        conn,
+        status,
+        head: mut rh,
+        buf: rbuf,
+    } = sent;
     let mut head = std::mem::take(&mut rh.head);
-    let mut sent = 0u64;
-    let mut complete = false;
+    let early = (rbuf.len() - rh.len) as u64;
+    head.extend_from_slice(&rbuf[rh.len..]);
+    give_buffer(rbuf);
+    let wrote = s.write_all(&head).await;
+    drop(head);
+    // The tunnel runs outside this exchange's future (1.5 KiB), which an idle WebSocket would
+    // otherwise keep for its whole life.
+    let upgraded = Upgraded {
+        up: conn,
+        to_upstream: std::mem::take(buf),
+        table: Arc::clone(table),
+        pool,
+        backend,
+        status,
+        early,
+        log,
+        _busy: Busy::begin().0,
+    };
+    // Until the tunnel ends.
+    table.pools[pool]
+        .state
+        .active
+        .fetch_add(1, Ordering::Relaxed);
+    if wrote.is_err() {
+        upgraded.finish(0, 0);
+        return Forwarded::Done(Next::Abort);
+    }
+    Forwarded::Tunnel(Box::new(upgraded))
+}
+
+/// How relaying a response body ended.
+struct Relayed {
+    /// Bytes of body sent to the client.
+    sent: u64,
+    /// The message ended where its framing says.
+    complete: bool,
+    /// Every write to the client succeeded.
+    client_ok: bool,
+}
+
+/// Relays the response whose head `sent` holds, by its framing: what came with the head goes
+/// out in the same write, then each read from the upstream is written on. The upstream
+/// connection goes back to the pool when the message ended cleanly.
+async fn relay_response<S: ClientIo>(
+    s: &mut S,
+    cx: &Ctx,
+    table: &RouteTable,
+    pool: usize,
+    sent: relay::Sent<ResponseHead>,
+    last: bool,
+) -> Relayed {
+    let relay::Sent {
+        backend,
+        conn: mut up,
+        head: mut rh,
+        buf: mut rbuf,
+        ..
+    } = sent;
+    let pool_entry = &table.pools[pool];
+    let pcfg = &pool_entry.config;
+    let mut head = std::mem::take(&mut rh.head);
+    let mut out = Relayed {
+        sent: 0,
+        complete: false,
+        client_ok: true,
+    };
     let mut clean = true; // nothing beyond the message came from upstream
-    let mut client_ok = true;
     let mut from = rh.len;
     // Chunk data decoded for an HTTP/1.0 client when the head went out already.
     let mut plain = Vec::new();
     loop {
         let chunk = &rbuf[from..];
-        let mut decoded = 0;
-        let step = match &mut rh.framing {
-            Framing::Chunked(c) if rh.decode => {
-                let out = if head.is_empty() {
-                    &mut plain
-                } else {
-                    &mut head
-                };
-                let before = out.len();
-                let r = c.decode_into(chunk, out);
-                decoded = out.len() - before;
-                r
-            }
-            framing => framing.feed(chunk),
-        };
-        let (take, ended) = match step {
-            Ok(x) => x,
-            Err(()) => {
-                clean = false;
-                break;
-            }
+        let Some((take, ended, decoded)) = frame(&mut rh, chunk, &mut head, &mut plain) else {
+            clean = false;
+            break;
         };
         if take < chunk.len() {
             clean = false;
@@ -1079,12 +1255,12 @@ async fn forward<S: ClientIo>(
             w
         };
         if w.is_err() {
-            client_ok = false;
+            out.client_ok = false;
             break;
         }
-        sent += if rh.decode { decoded } else { take } as u64;
+        out.sent += if rh.decode { decoded } else { take } as u64;
         if ended {
-            complete = true;
+            out.complete = true;
             break;
         }
         rbuf.clear();
@@ -1096,7 +1272,7 @@ async fn forward<S: ClientIo>(
         // `proxy_read_timeout` does: a server that stalls mid-body does not hold the client.
         match tokio::time::timeout(pcfg.response_timeout, up.stream.read_buf(&mut rbuf)).await {
             Ok(Ok(0)) => {
-                complete = matches!(rh.framing, Framing::UntilClose);
+                out.complete = matches!(rh.framing, Framing::UntilClose);
                 clean = false;
                 break;
             }
@@ -1107,6 +1283,7 @@ async fn forward<S: ClientIo>(
             }
             Err(_) => {
                 pool_entry.state.timeouts.increment(1);
+                let be = &pool_entry.backends[backend];
                 tracing::debug!(upstream = %be.authority, "upstream stalled mid-body");
                 clean = false;
                 break;
@@ -1114,23 +1291,30 @@ async fn forward<S: ClientIo>(
         }
     }
     give_buffer(rbuf);
-    be.state.finish(false);
-    pool_entry.state.bytes_out.increment(sent);
-    if complete && clean && !rh.upstream_close {
+    if out.complete && clean && !rh.upstream_close {
         up.release(pcfg.keepalive);
     }
-    if let Some(l) = &log {
-        l.write(status, sent);
+    out
+}
+
+/// Follows the response body's framing over `chunk`: (bytes of it that belong to the message,
+/// whether the message ended, bytes decoded for an HTTP/1.0 client into the head, or into
+/// `plain` once the head went out). `None` when the framing is broken.
+fn frame(
+    rh: &mut ResponseHead,
+    chunk: &[u8],
+    head: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+) -> Option<(usize, bool, usize)> {
+    match &mut rh.framing {
+        Framing::Chunked(c) if rh.decode => {
+            let out = if head.is_empty() { plain } else { head };
+            let before = out.len();
+            let (take, ended) = c.decode_into(chunk, out).ok()?;
+            Some((take, ended, out.len() - before))
+        }
+        framing => framing.feed(chunk).ok().map(|(t, e)| (t, e, 0)),
     }
-    if !client_ok || !complete || close {
-        let _ = s.flush().await;
-        return Forwarded::Done(if client_ok && complete {
-            Next::Close
-        } else {
-            Next::Abort
-        });
-    }
-    Forwarded::Done(Next::KeepAlive)
 }
 
 /// The client's response head, built from the upstream's, and how its body ends.
