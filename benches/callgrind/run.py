@@ -16,11 +16,13 @@ such pairs is printed. Shapes: `ka` (keep-alive GET, the native HTTP/1.1 path) a
 Bounded: each round sends 3,000 requests (about 10 s under callgrind); the whole run is
 under a minute with the defaults. Needs valgrind (Debian `valgrind`).
 """
-import argparse, glob, os, re, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, glob, os, re, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BODY = b"Hello, world!"
+# Origins send Date (nginx, the comparison's backend, does); a fixed one keeps the bytes equal.
+DATE = b"Fri, 04 Dec 2026 12:00:00 GMT"
 
 
 def free_port():
@@ -32,7 +34,8 @@ def free_port():
 
 
 def origin(listener):
-    """A keep-alive origin answering every request with 13 bytes (reads heads and bodies)."""
+    """A keep-alive origin answering every request with 13 bytes and a Date (reads heads and
+    bodies)."""
     def conn(c):
         buf = b""
         with c:
@@ -51,7 +54,7 @@ def origin(listener):
                         return
                     buf += d
                 buf = buf[need:]
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\n" + BODY)
+                c.sendall(b"HTTP/1.1 200 OK\r\nDate: " + DATE + b"\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\n" + BODY)
     while True:
         c, _ = listener.accept()
         threading.Thread(target=conn, args=(c,), daemon=True).start()
@@ -77,7 +80,7 @@ def request(sock, shape):
         rest += sock.recv(65536)
 
 
-def window(pid, sock, n, shape, out_dir):
+def window(pid, sock, n, shape, out_dir, keep=None):
     subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
     for _ in range(n):
         request(sock, shape)
@@ -90,6 +93,8 @@ def window(pid, sock, n, shape, out_dir):
         time.sleep(0.05)
     (path,) = new
     time.sleep(0.2)
+    if keep:
+        shutil.copy(path, keep)
     with open(path) as f:
         for line in f:
             if line.startswith("summary:") or line.startswith("totals:"):
@@ -104,6 +109,7 @@ def main():
     ap.add_argument("--shape", choices=["ka", "h1post"], default="ka")
     ap.add_argument("--short", type=int, default=500)
     ap.add_argument("--long", type=int, default=2500)
+    ap.add_argument("--keep", metavar="FILE", help="copy the last long window's callgrind dump here (for callgrind_annotate)")
     args = ap.parse_args()
 
     lst = socket.socket()
@@ -134,7 +140,8 @@ name = "r"
 pool = "b"
 """)
         proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.out.%p",
+            ["valgrind", "--tool=callgrind", "--compress-strings=no", "--compress-pos=no",
+             f"--callgrind-out-file={work}/callgrind.out.%p",
              args.nrdot, "serve", "--config", cfg],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "error"})
         try:
@@ -153,7 +160,7 @@ pool = "b"
             per = []
             for r in range(args.rounds):
                 short = window(proc.pid, sock, args.short, args.shape, work)
-                long = window(proc.pid, sock, args.long, args.shape, work)
+                long = window(proc.pid, sock, args.long, args.shape, work, args.keep)
                 per.append((long - short) / (args.long - args.short))
                 print(f"round {r + 1}: {per[-1]:,.0f} instructions/request "
                       f"({short:,} for {args.short}, {long:,} for {args.long})", file=sys.stderr)
