@@ -773,8 +773,7 @@ impl<'b> RequestFields<'b> {
             }
         }
         // A chunked body with a length too (refused there) or from HTTP/1.0: the full path's.
-        if (v10 && f.expect) || (f.chunked && (v10 || f.length.is_some() || f.upgrade.is_some()))
-        {
+        if (v10 && f.expect) || (f.chunked && (v10 || f.length.is_some() || f.upgrade.is_some())) {
             return None;
         }
         f.host = match (hosts, host) {
@@ -1026,20 +1025,11 @@ async fn forward<S: ClientIo>(
         _ => None,
     };
     let sticky = d.new_sticky.as_deref();
-    let kind = relay::Kind {
-        safe,
-        upgrade: want.upgrade,
-    };
-    let sent = relay::send(
-        table,
-        d.pool,
-        d.hash_key,
-        kind,
-        out,
-        &mut log,
-        |rbuf, out| response_head(rbuf, want, hsts, sticky, close, out),
-    )
-    .await;
+    let mut x = relay::Whole::new(out, want.upgrade, safe, |rbuf: &[u8], out| {
+        response_head(rbuf, want, hsts, sticky, close, out)
+    });
+    let sent = relay::send(table, d.pool, d.hash_key, safe, &mut log, &mut x).await;
+    let rbuf = x.rbuf;
     let sent = match sent {
         Ok(s) => s,
         // Written by the caller, so this future carries no second write state.
@@ -1054,12 +1044,12 @@ async fn forward<S: ClientIo>(
     };
     r.counters[d.entry].count(sent.status);
     if want.upgrade && sent.status == 101 {
-        return switch(s, table, d.pool, sent, buf, log).await;
+        return switch(s, table, d.pool, sent, rbuf, buf, log).await;
     }
     let status = sent.status;
     let be = &pool_entry.backends[sent.backend];
     let close = sent.head.close;
-    let relayed = relay_response(s, cx, table, d.pool, sent, last).await;
+    let relayed = relay_response(s, cx, table, d.pool, sent, rbuf, last).await;
     be.state.finish(false);
     pool_entry.state.bytes_out.increment(relayed.sent);
     if let Some(l) = &log {
@@ -1141,7 +1131,8 @@ async fn switch<S: ClientIo>(
     s: &mut S,
     table: &Arc<RouteTable>,
     pool: usize,
-    sent: relay::Sent<ResponseHead>,
+    sent: Answered,
+    rbuf: Vec<u8>,
     buf: &mut Vec<u8>,
     log: Option<Box<LogFields>>,
 ) -> Forwarded {
@@ -1150,7 +1141,6 @@ async fn switch<S: ClientIo>(
         conn,
         status,
         head: mut rh,
-        buf: rbuf,
     } = sent;
     let mut head = std::mem::take(&mut rh.head);
     let early = (rbuf.len() - rh.len) as u64;
@@ -1183,6 +1173,9 @@ async fn switch<S: ClientIo>(
     Forwarded::Tunnel(Box::new(upgraded))
 }
 
+/// A request answered by an upstream, with the client's response head.
+type Answered = relay::Sent<upstream::RawConn, ResponseHead>;
+
 /// How relaying a response body ended.
 struct Relayed {
     /// Bytes of body sent to the client.
@@ -1201,14 +1194,14 @@ async fn relay_response<S: ClientIo>(
     cx: &Ctx,
     table: &RouteTable,
     pool: usize,
-    sent: relay::Sent<ResponseHead>,
+    sent: Answered,
+    mut rbuf: Vec<u8>,
     last: bool,
 ) -> Relayed {
     let relay::Sent {
         backend,
         conn: mut up,
         head: mut rh,
-        buf: mut rbuf,
         ..
     } = sent;
     let pool_entry = &table.pools[pool];

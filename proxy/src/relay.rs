@@ -5,6 +5,7 @@
 //! and the body as a [`crate::body::RawBody`]. Upstreams are plain or TLS
 //! ([`crate::upstream::UpStream`]); only streamed request bodies and the hyper path's upgrades
 //! still go through hyper's client.
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 
@@ -28,39 +29,58 @@ use crate::rules::retry::{self, begin_retry, passive, ActiveGuard};
 use crate::upstream::{self, RawConn};
 
 /// A request that got a final response head from server `backend`.
-pub(crate) struct Sent<T> {
+pub(crate) struct Sent<C, T> {
     pub backend: usize,
-    pub conn: RawConn,
+    pub conn: C,
     pub status: u16,
-    /// What `parse` made of the head.
+    /// What the exchange made of the head.
     pub head: T,
-    /// The head and whatever of the body came with it.
-    pub buf: Vec<u8>,
 }
 
-/// What [`send`] may do with a request.
-#[derive(Clone, Copy)]
-pub(crate) struct Kind {
-    /// It may be sent twice (idempotent, or the route allows retrying it).
-    pub safe: bool,
-    /// It asks to switch protocols, so `101` is a final answer to it.
-    pub upgrade: bool,
+/// How one attempt on one connection ended.
+pub(crate) enum Outcome {
+    /// A final response head with this status arrived.
+    Answered(u16),
+    /// No answer. `server_fault`: the server is charged (passive health, tried, no second
+    /// attempt on it); a reused connection the server had closed in the meantime is not its
+    /// fault. `resend`: the request can go again at no risk (it never left, or it left on a
+    /// connection the server had closed), so the retry budget does not apply.
+    Failed { server_fault: bool, resend: bool },
+    /// The client's own body failed (timed out, too large, cut short): no retry, no blame.
+    Client(ProxyError),
 }
 
-/// Sends `out` (a complete request: head and body) to a server of `pool` and reads the final
-/// response head, trying other servers as the pool's retry policy and budget allow. `parse` turns the head into what the caller relays; it
-/// hands `out` back when the head is malformed, which counts as a failed attempt. On success
-/// the server's request stays started: the caller finishes it when the body is done.
-pub(crate) async fn send<T>(
+/// One way of sending a request to a chosen server, for [`send`]: nrdot's own HTTP/1.1 client
+/// ([`Whole`]) or hyper's (streamed bodies and the hyper path's upgrades). The attempt loop,
+/// retry policy and accounting are [`send`]'s alone, so both clients follow the same rules.
+pub(crate) trait Exchange: Send {
+    type Conn: Send;
+    type Head: Send;
+    /// A pooled connection to `be`, or a new one.
+    fn connect(
+        &mut self,
+        pool: &PoolEntry,
+        be: &BackendEntry,
+    ) -> impl Future<Output = Result<Self::Conn, upstream::ConnectError>> + Send;
+    /// Sends the request on `conn` and waits for the final response head.
+    fn attempt(&mut self, conn: &mut Self::Conn) -> impl Future<Output = Outcome> + Send;
+    /// What the caller relays, from the head that arrived: `None` when it is malformed (a
+    /// failed attempt; the request is kept for the next).
+    fn head(&mut self) -> Option<Self::Head>;
+}
+
+/// Sends a request to a server of `pool` and waits for the final response head, trying
+/// other servers as the pool's retry policy and budget allow (`safe`: the request may be sent
+/// twice). On success the server's request stays started: the caller finishes it when the
+/// body is done.
+pub(crate) async fn send<X: Exchange>(
     table: &RouteTable,
     pool: usize,
     hash_key: Option<u64>,
-    kind: Kind,
-    mut out: Vec<u8>,
+    safe: bool,
     log: &mut Option<Box<LogFields>>,
-    mut parse: impl FnMut(&[u8], Vec<u8>) -> Result<T, Vec<u8>>,
-) -> Result<Sent<T>, ProxyError> {
-    let Kind { safe, upgrade } = kind;
+    x: &mut X,
+) -> Result<Sent<X::Conn, X::Head>, ProxyError> {
     let pool_entry = &table.pools[pool];
     let pcfg = &pool_entry.config;
     let mut tried: Vec<usize> = Vec::new();
@@ -70,7 +90,6 @@ pub(crate) async fn send<T>(
     // What the previous attempt failed with: when a retry finds no other server, the client
     // hears about the real failure, not about the empty pool.
     let mut last_error: Option<ProxyError> = None;
-    let mut rbuf = Vec::new();
     loop {
         let chosen = table
             .backend(pool, fastrand::u64(..), hash_key, &tried)
@@ -84,7 +103,7 @@ pub(crate) async fn send<T>(
             l.upstream = be.authority.as_str().to_string();
         }
         be.state.start();
-        let mut up = match upstream::acquire_raw(pool_entry, be).await {
+        let mut conn = match x.connect(pool_entry, be).await {
             Ok(c) => c,
             Err(e) => {
                 retry_after_connect_failure(
@@ -100,22 +119,11 @@ pub(crate) async fn send<T>(
             }
         };
         let sent_at = clock::now();
-        rbuf.clear(); // a retried attempt starts afresh
         let deadline = tokio::time::Instant::from_std(sent_at + pcfg.response_timeout);
-        let result = tokio::time::timeout_at(deadline, async {
-            if write_request(&mut up.stream, &out)
-                .await
-                .map_err(HeadError::Io)?
-            {
-                // TLS: rustls may hold the last record until flushed (plain: nothing to do).
-                up.stream.flush().await.map_err(HeadError::Io)?;
-            }
-            read_head(&mut up.stream, &mut rbuf, upgrade).await
-        })
-        .await;
+        let outcome = tokio::time::timeout_at(deadline, x.attempt(&mut conn)).await;
         drop(retry_slot.take()); // this attempt is over
-        let error = match result {
-            Ok(Ok(status)) => {
+        let (server_fault, resend) = match outcome {
+            Ok(Outcome::Answered(status)) => {
                 pool_entry
                     .state
                     .outcomes
@@ -126,52 +134,145 @@ pub(crate) async fn send<T>(
                     && tried.len() + 1 < pool_entry.backends.len()
                     && retry::retry_allowed(pool_entry, retries_left)
                 {
-                    retry::passive(pool_entry, be, status >= 500);
+                    passive(pool_entry, be, status >= 500);
                     be.state.finish(true);
                     tried.push(b);
                     retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
                     continue;
                 }
-                match parse(&rbuf, out) {
-                    Ok(head) => {
-                        retry::passive(pool_entry, be, status >= 500);
+                match x.head() {
+                    Some(head) => {
+                        passive(pool_entry, be, status >= 500);
                         return Ok(Sent {
                             backend: b,
-                            conn: up,
+                            conn,
                             status,
                             head,
-                            buf: rbuf,
                         });
                     }
-                    Err(request) => {
-                        out = request;
-                        HeadError::Malformed
-                    }
+                    None => (true, false), // a malformed head
                 }
             }
-            Ok(Err(e)) => e,
+            Ok(Outcome::Failed {
+                server_fault,
+                resend,
+            }) => (server_fault, resend),
+            Ok(Outcome::Client(e)) => {
+                be.state.finish(false);
+                return Err(e);
+            }
             Err(_) => {
                 be.state.finish(true);
-                retry::passive(pool_entry, be, true);
+                passive(pool_entry, be, true);
                 pool_entry.state.timeouts.increment(1);
                 return Err(ProxyError::UpstreamTimeout);
             }
         };
-        if matches!(error, HeadError::Closed(0)) && up.reused && safe {
-            // The server closed the idle connection as it was reused: not its fault.
-            be.state.finish(false);
+        be.state.finish(server_fault);
+        if server_fault {
+            passive(pool_entry, be, true);
+            tried.push(b);
+        }
+        if resend {
             continue;
         }
-        be.state.finish(true);
-        retry::passive(pool_entry, be, true);
-        tracing::debug!(upstream = %be.authority, error = %error, reused = up.reused, "upstream request failed");
-        tried.push(b);
+        tracing::debug!(upstream = %be.authority, "upstream request failed");
         last_error = Some(ProxyError::UpstreamConnect);
         if pcfg.retry_on.reset && safe && retry::retry_allowed(pool_entry, retries_left) {
             retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
             continue;
         }
         return Err(ProxyError::UpstreamConnect);
+    }
+}
+
+/// nrdot's own HTTP/1.1 client as an [`Exchange`]: `out` (a complete request, head and body)
+/// written in one piece on a pooled plain or TLS connection, the final head read into `rbuf`
+/// and made into `T` by `parse`, which hands `out` back when the head is malformed.
+pub(crate) struct Whole<F> {
+    out: Vec<u8>,
+    /// The head and whatever of the body came with it.
+    pub rbuf: Vec<u8>,
+    /// It asks to switch protocols, so `101` is a final answer to it.
+    upgrade: bool,
+    safe: bool,
+    reused: bool,
+    parse: F,
+}
+
+impl<T, F> Whole<F>
+where
+    F: FnMut(&[u8], Vec<u8>) -> Result<T, Vec<u8>> + Send,
+{
+    pub(crate) fn new(out: Vec<u8>, upgrade: bool, safe: bool, parse: F) -> Whole<F> {
+        Whole {
+            out,
+            rbuf: Vec::new(),
+            upgrade,
+            safe,
+            reused: false,
+            parse,
+        }
+    }
+}
+
+impl<T, F> Exchange for Whole<F>
+where
+    T: Send,
+    F: FnMut(&[u8], Vec<u8>) -> Result<T, Vec<u8>> + Send,
+{
+    type Conn = RawConn;
+    type Head = T;
+
+    async fn connect(
+        &mut self,
+        pool: &PoolEntry,
+        be: &BackendEntry,
+    ) -> Result<RawConn, upstream::ConnectError> {
+        let c = upstream::acquire_raw(pool, be).await?;
+        self.reused = c.reused;
+        Ok(c)
+    }
+
+    async fn attempt(&mut self, up: &mut RawConn) -> Outcome {
+        self.rbuf.clear(); // a retried attempt starts afresh
+        let result = async {
+            if write_request(&mut up.stream, &self.out)
+                .await
+                .map_err(HeadError::Io)?
+            {
+                // TLS: rustls may hold the last record until flushed (plain: nothing to do).
+                up.stream.flush().await.map_err(HeadError::Io)?;
+            }
+            read_head(&mut up.stream, &mut self.rbuf, self.upgrade).await
+        }
+        .await;
+        match result {
+            Ok(status) => Outcome::Answered(status),
+            // The server closed the idle connection as it was reused: not its fault.
+            Err(HeadError::Closed(0)) if self.reused && self.safe => Outcome::Failed {
+                server_fault: false,
+                resend: true,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, reused = self.reused, "upstream exchange failed");
+                Outcome::Failed {
+                    server_fault: true,
+                    resend: false,
+                }
+            }
+        }
+    }
+
+    fn head(&mut self) -> Option<T> {
+        let out = std::mem::take(&mut self.out);
+        match (self.parse)(&self.rbuf, out) {
+            Ok(head) => Some(head),
+            Err(out) => {
+                self.out = out;
+                None
+            }
+        }
     }
 }
 

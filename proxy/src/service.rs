@@ -17,6 +17,7 @@ use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use nrdot_config::table::{BackendEntry, PoolEntry};
 use nrdot_config::RouteTable;
 
 use crate::accesslog::LogFields;
@@ -24,17 +25,15 @@ use crate::error::{self, ProxyError};
 use crate::http1::NATIVE_BODY_MAX;
 use crate::inspect::Verdict;
 use crate::listener::Shared;
-use crate::relay::retry_after_connect_failure;
+use crate::relay::Outcome;
 use crate::reqbody::RequestBody;
 use crate::respbody::{Done, RawBody, ResponseBody};
-use crate::rules::retry::{
-    begin_retry, idempotent, no_backend, passive, retry_allowed, ActiveGuard,
-};
+use crate::rules::retry::{idempotent, ActiveGuard};
 use crate::rules::route::{
     decide, https_redirect, peer_value, redirect_port, request_host, Decision, Lookup,
 };
 use crate::rules::{forwarded_headers, strip_hop_by_hop, via_value, wants_upgrade};
-use crate::{clock, relay, rules, upstream};
+use crate::{relay, rules, upstream};
 
 /// The service of one client connection.
 #[derive(Clone)]
@@ -169,33 +168,15 @@ async fn proxy(
     mut log: Option<Box<LogFields>>,
     index: u64,
 ) -> Result<Response<ProxyBody>, Failed> {
-    let limits = &table.config.limits;
     macro_rules! fail {
         ($e:expr) => {
             return Err(($e, log))
         };
     }
-    if req.version() != Version::HTTP_2 && conn.verdict.is_bad(index) {
-        fail!(ProxyError::BadRequest);
-    }
-    if req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().len())
-        .unwrap_or(0) as u64
-        > limits.max_request_line
-    {
-        fail!(ProxyError::UriTooLong);
-    }
-    let Some(host) = request_host(&req) else {
-        fail!(ProxyError::BadRequest)
+    let host = match check(conn, table, &req, index) {
+        Ok(h) => h,
+        Err(e) => fail!(e),
     };
-    if let Some(n) = req.body().size_hint().upper() {
-        if n > limits.client_max_body_size {
-            fail!(ProxyError::BodyTooLarge);
-        }
-    }
-
     // Route and split with this one table; only indexes leave this block.
     let headers = req.headers();
     let Some(route) = table.route(&host, req.uri().path(), |name| headers.header(name)) else {
@@ -206,36 +187,109 @@ async fn proxy(
         l.route = table.routes[d.route].name.clone();
     }
     if table.routes[d.route].https_redirect && conn.shared.tls.is_none() {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let resp = https_redirect(&host, redirect_port(table, conn.shared.https_port), pq);
         return Ok(resp.map(|()| Either::Right(Full::new(Bytes::new()))));
     }
-    let Decision {
-        route,
-        entry,
-        pool,
-        hash_key,
-        new_sticky,
-    } = d;
-    let pool_entry = &table.pools[pool];
-    let pcfg = &pool_entry.config;
-
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let pool_entry = &table.pools[d.pool];
+    let path_and_query = match rewrite_request(conn, table, &mut parts, pool_entry, upgrade) {
+        Ok(p) => p,
+        Err(e) => fail!(e),
+    };
+    let limits = &table.config.limits;
+    let started = RequestBody::start(
+        body,
+        limits.client_max_body_size,
+        limits.client_body_timeout,
+        &pool_entry.state.bytes_in,
+    );
+    let body = match started.await {
+        Ok(b) => b,
+        Err(e) => fail!(e),
+    };
+    let retry_unsafe = table.routes[d.route].retry_unsafe;
+    let safe = idempotent(parts.method.as_str()) || retry_unsafe;
+    let payload = match payload(body, retry_unsafe && pool_entry.config.retries > 0, upgrade).await
+    {
+        Ok(p) => p,
+        Err(e) => fail!(e),
+    };
+    let hsts = table.routes[d.route]
+        .hsts
+        .as_ref()
+        .filter(|_| conn.shared.tls.is_some());
+    let answer = Answer {
+        table,
+        d,
+        via: via_value(parts.version),
+        hsts,
+    };
+    pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(&pool_entry.state.active);
+    match payload {
+        // A request complete in memory goes through nrdot's own client, as on the native
+        // path: one write, no connection task or channel, the body read by its framing.
+        Payload::Replay(bytes) if !upgrade => {
+            let out = relay::request_bytes(&parts, path_and_query.as_str(), &bytes);
+            send_whole(answer, out, parts.method == Method::HEAD, safe, log).await
+        }
+        payload => {
+            let x = Streamed {
+                safe: safe && matches!(payload, Payload::Replay(_)),
+                parts,
+                path_and_query,
+                payload,
+                fate: None,
+                reused: false,
+                resp: None,
+            };
+            send_streamed(answer, x, client_upgrade, log).await
+        }
+    }
+}
+
+/// What every request is checked for before it is routed; the host it is for.
+fn check(
+    conn: &Conn,
+    table: &RouteTable,
+    req: &Request<Incoming>,
+    index: u64,
+) -> Result<String, ProxyError> {
+    let limits = &table.config.limits;
+    if req.version() != Version::HTTP_2 && conn.verdict.is_bad(index) {
+        return Err(ProxyError::BadRequest);
+    }
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target as u64 > limits.max_request_line {
+        return Err(ProxyError::UriTooLong);
+    }
+    let host = request_host(req).ok_or(ProxyError::BadRequest)?;
+    if let Some(n) = req.body().size_hint().upper() {
+        if n > limits.client_max_body_size {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    Ok(host)
+}
+
+/// Rewrites the request head for the upstream as an intermediary must (RFC 9110 7.6, RFC
+/// 9113 8.2.3); returns the origin-form target it goes with.
+fn rewrite_request(
+    conn: &Conn,
+    table: &RouteTable,
+    parts: &mut http::request::Parts,
+    pool: &PoolEntry,
+    upgrade: bool,
+) -> Result<PathAndQuery, ProxyError> {
     let trusted = table
         .config
         .trusted_proxies
         .iter()
         .any(|c| c.contains(conn.peer.ip()));
-
-    // Rewrite the request for the upstream.
-    let (mut parts, body) = req.into_parts();
     let version = parts.version;
-    let via = via_value(version);
     let h = &mut parts.headers;
     strip_hop_by_hop(h, upgrade);
     if version == Version::HTTP_2 {
@@ -249,310 +303,267 @@ async fn proxy(
     if !h.contains_key(header::HOST) {
         // HTTP/2's :authority, else (HTTP/1.0 without Host) the first server's name, as nginx's
         // default `proxy_set_header Host $proxy_host` does.
-        let fallback = pool_entry.backends.first().map(|b| &b.authority);
-        match parts
+        let fallback = pool.backends.first().map(|b| &b.authority);
+        let host = parts
             .uri
             .authority()
             .or(fallback)
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            Some(v) => {
-                h.insert(header::HOST, v);
-            }
-            None => fail!(ProxyError::BadRequest),
-        }
+            .ok_or(ProxyError::BadRequest)?;
+        h.insert(header::HOST, host);
     }
     forwarded_headers(h, trusted, &conn.peer_value, &conn.shared.proto);
-    h.append(header::VIA, via.clone());
-    let path_and_query = parts
+    h.append(header::VIA, via_value(version));
+    Ok(parts
         .uri
         .path_and_query()
         .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        .unwrap_or_else(|| PathAndQuery::from_static("/")))
+}
 
-    let body = match RequestBody::start(
-        body,
-        limits.client_max_body_size,
-        limits.client_body_timeout,
-        &pool_entry.state.bytes_in,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => fail!(e),
-    };
-    let retry_unsafe = table.routes[route].retry_unsafe;
-    let safe = idempotent(parts.method.as_str()) || retry_unsafe;
-    // Bodies are buffered where that is cheap or needed: up to the native path's limit when
-    // the length is known (nginx's request buffering: the upstream gets the request in one
-    // piece, and a retry can send it again), up to `REPLAY_LIMIT` for `retry_unsafe` routes.
+/// The request body as the attempts will send it. Bodies are buffered where that is cheap or
+/// needed: up to the native path's limit when the length is known (nginx's request buffering:
+/// the upstream gets the request in one piece, and a retry can send it again), up to
+/// `REPLAY_LIMIT` when the route retries unsafe requests.
+async fn payload(
+    body: RequestBody,
+    replay_unsafe: bool,
+    upgrade: bool,
+) -> Result<Payload, ProxyError> {
     let known_small = body
         .size_hint()
         .exact()
         .is_some_and(|n| n <= NATIVE_BODY_MAX as u64);
-    let buffer_up_to = if retry_unsafe && pcfg.retries > 0 {
+    let buffer_up_to = if replay_unsafe {
         Some(REPLAY_LIMIT)
     } else {
         known_small.then_some(NATIVE_BODY_MAX)
     };
-    let mut payload = match buffer_up_to {
+    Ok(match buffer_up_to {
         _ if body.is_end_stream() => Payload::Replay(Bytes::new()),
-        Some(limit) if !upgrade => match body.collect(limit).await {
-            Ok(Some(bytes)) => Payload::Replay(bytes),
-            Ok(None) => fail!(ProxyError::BodyTooLarge),
-            Err(e) => fail!(e),
+        Some(limit) if !upgrade => match body.collect(limit).await? {
+            Some(bytes) => Payload::Replay(bytes),
+            None => return Err(ProxyError::BodyTooLarge),
         },
         _ => Payload::Stream(Some(body)),
-    };
+    })
+}
 
-    let hsts = table.routes[route]
-        .hsts
-        .as_ref()
-        .filter(|_| conn.shared.tls.is_some());
+/// Where an answer goes back, and what it gets on the way.
+struct Answer<'a> {
+    table: &'a Arc<RouteTable>,
+    d: Decision,
+    via: HeaderValue,
+    /// The route's HSTS, on HTTPS listeners.
+    hsts: Option<&'a HeaderValue>,
+}
 
-    // A request complete in memory goes through nrdot's own client, as on the native path: one
-    // write, no connection task or channel, the body read by its framing.
-    if let (false, Payload::Replay(bytes)) = (upgrade, &payload) {
-        {
-            let head_request = parts.method == Method::HEAD;
-            let out = relay::request_bytes(&parts, path_and_query.as_str(), bytes);
-            pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
-            let _active = ActiveGuard(&pool_entry.state.active);
-            let kind = relay::Kind {
-                safe,
-                upgrade: false,
-            };
-            let sent = relay::send(table, pool, hash_key, kind, out, &mut log, |buf, out| {
-                relay::raw_head(buf, head_request).ok_or(out)
-            })
-            .await;
-            let relay::Sent {
-                backend,
-                conn: upstream_conn,
-                status,
-                head,
-                buf,
-            } = match sent {
-                Ok(s) => s,
-                Err(e) => fail!(e),
-            };
-            table.routes[route].counters[entry].count(status);
-            let mut resp = Response::new(());
-            *resp.status_mut() = head.status;
-            *resp.headers_mut() = head.headers;
-            response_fields(resp.headers_mut(), false, via, hsts, new_sticky);
-            let completion = Completion {
-                table: Arc::clone(table),
-                pool,
-                backend,
-                status,
-                upstream: None,
-                log,
-            };
-            let body = RawBody::new(
-                upstream_conn,
-                buf,
-                head.len,
-                head.framing,
-                head.upstream_close,
-                pcfg,
-                completion,
-            );
-            return Ok(resp.map(|()| Either::Left(Either::Right(body))));
-        }
+impl Answer<'_> {
+    /// Counts the status and rewrites the response head for the client.
+    fn head(&mut self, status: u16, h: &mut HeaderMap, upgraded: bool) {
+        self.table.routes[self.d.route].counters[self.d.entry].count(status);
+        let sticky = self.d.new_sticky.take();
+        response_fields(h, upgraded, self.via.clone(), self.hsts, sticky);
     }
 
-    // Pick, connect, send; retry on another server where that is safe.
-    pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveGuard(&pool_entry.state.active);
-    let mut tried: Vec<usize> = Vec::new();
-    let mut retries_left = pcfg.retries;
-    // Counts this request in the pool's retries in flight while a retry attempt runs.
-    let mut retry_slot: Option<ActiveGuard> = None;
-    // What the previous attempt failed with: when a retry finds no other server, the client
-    // hears about the real failure, not about the empty pool.
-    let mut last_error: Option<ProxyError> = None;
-    let (backend, resp, upstream_conn) = loop {
-        let chosen = match table.backend(pool, fastrand::u64(..), hash_key, &tried) {
-            Ok(c) => c,
-            Err(e) => fail!(no_backend(pool_entry, e, last_error)),
-        };
-        if chosen.fail_open {
-            pool_entry.state.fail_open.increment(1);
+    fn completion(
+        &self,
+        backend: usize,
+        status: u16,
+        upstream: Option<upstream::Conn>,
+        log: Option<Box<LogFields>>,
+    ) -> Completion {
+        Completion {
+            table: Arc::clone(self.table),
+            pool: self.d.pool,
+            backend,
+            status,
+            upstream,
+            log,
         }
-        let b = chosen.index;
-        let backend_entry = &pool_entry.backends[b];
-        let state = &backend_entry.state;
-        if let Some(l) = log.as_mut() {
-            l.upstream = backend_entry.authority.as_str().to_string();
-        }
-        let passive = |failed: bool| passive(pool_entry, backend_entry, failed);
+    }
+}
 
-        state.start();
-        let mut upstream = match upstream::acquire(pool_entry, backend_entry).await {
-            Ok(c) => c,
-            Err(e) => match retry_after_connect_failure(
-                pool_entry,
-                b,
-                &e,
-                &mut tried,
-                &mut last_error,
-                &mut retries_left,
-                &mut retry_slot,
-            ) {
-                Ok(()) => continue,
-                Err(err) => fail!(err),
-            },
-        };
-        let (request_body, replayable) = match &mut payload {
-            Payload::Replay(bytes) => (RequestBody::full(bytes.clone()), true),
-            Payload::Stream(b) => match b.take() {
-                Some(b) => (b, false),
-                None => fail!(ProxyError::UpstreamConnect),
-            },
-        };
-        let fate = request_body.fate();
-        // Origin-form, as nginx sends it: hyper's client writes the target as given, and an
-        // absolute-form target confuses servers that only expect a path.
-        let uri = Uri::from(path_and_query.clone());
-        let mut builder = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .version(Version::HTTP_11);
-        if let Some(h) = builder.headers_mut() {
-            *h = if replayable {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-        }
-        let upstream_req = match builder.body(request_body) {
-            Ok(r) => r,
-            Err(_) => fail!(ProxyError::BadRequest),
-        };
-        let sent_at = clock::now();
-        let result = tokio::time::timeout(
-            pcfg.response_timeout,
-            upstream.sender.try_send_request(upstream_req),
-        )
-        .await;
-        drop(retry_slot.take()); // this attempt is over
-        match result {
-            Ok(Ok(resp)) => {
-                let took = clock::elapsed(sent_at);
-                pool_entry.state.outcomes.record_latency(took);
-                let status = resp.status().as_u16();
-                passive(status >= 500);
-                // Only when another server could answer: otherwise this answer is the best one.
-                if pcfg.retry_on.statuses.contains(&status)
-                    && safe
-                    && replayable
-                    && tried.len() + 1 < pool_entry.backends.len()
-                    && retry_allowed(pool_entry, retries_left)
-                {
-                    state.finish(true);
-                    tried.push(b);
-                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
-                    continue;
-                }
-                break (b, resp, upstream);
-            }
-            Ok(Err(mut e)) => {
-                let unsent = e.take_message();
-                let client_fault = fate.get();
-                // A reused connection the server had already closed is not the server's fault.
-                let server_fault = client_fault.is_none() && !(unsent.is_some() && upstream.reused);
-                state.finish(server_fault);
-                if let Some(fault) = client_fault {
-                    fail!(fault);
-                }
-                tracing::debug!(upstream = %backend_entry.authority, error = %e.error(), reused = upstream.reused, "upstream request failed");
-                if server_fault {
-                    passive(true);
-                }
-                if let Some(req) = unsent {
-                    // Never sent: send it again, untouched, on a fresh connection.
-                    if let Payload::Stream(slot) = &mut payload {
-                        let (sent_parts, sent_body) = req.into_parts();
-                        parts.headers = sent_parts.headers;
-                        *slot = Some(sent_body);
-                    }
-                    if server_fault {
-                        tried.push(b);
-                    }
-                    continue;
-                }
-                tried.push(b);
-                last_error = Some(ProxyError::UpstreamConnect);
-                if pcfg.retry_on.reset
-                    && safe
-                    && replayable
-                    && retry_allowed(pool_entry, retries_left)
-                {
-                    retry_slot.replace(begin_retry(&pool_entry.state, &mut retries_left));
-                    continue;
-                }
-                fail!(ProxyError::UpstreamConnect);
-            }
-            Err(_) => {
-                state.finish(true);
-                passive(true);
-                pool_entry.state.timeouts.increment(1);
-                fail!(ProxyError::UpstreamTimeout);
-            }
-        }
+/// Sends a request held whole (`out`) through nrdot's own client; the body comes back as a
+/// [`RawBody`] read straight from the pooled connection.
+async fn send_whole(
+    mut a: Answer<'_>,
+    out: Vec<u8>,
+    head_request: bool,
+    safe: bool,
+    mut log: Option<Box<LogFields>>,
+) -> Result<Response<ProxyBody>, Failed> {
+    let mut x = relay::Whole::new(out, false, safe, |buf: &[u8], out| {
+        relay::raw_head(buf, head_request).ok_or(out)
+    });
+    let (pool, hash_key) = (a.d.pool, a.d.hash_key);
+    let sent = match relay::send(a.table, pool, hash_key, safe, &mut log, &mut x).await {
+        Ok(s) => s,
+        Err(e) => return Err((e, log)),
     };
-    drop(retry_slot);
-    let mut resp = resp;
-    let status = resp.status();
-    table.routes[route].counters[entry].count(status.as_u16());
-
-    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    response_fields(
-        resp.headers_mut(),
-        switching && upgrade,
-        via,
-        hsts,
-        new_sticky,
+    let head = sent.head;
+    let mut resp = Response::new(());
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    a.head(sent.status, resp.headers_mut(), false);
+    let completion = a.completion(sent.backend, sent.status, None, log);
+    let pcfg = &a.table.pools[pool].config;
+    let body = RawBody::new(
+        sent.conn,
+        x.rbuf,
+        head.len,
+        head.framing,
+        head.upstream_close,
+        pcfg,
+        completion,
     );
+    Ok(resp.map(|()| Either::Left(Either::Right(body))))
+}
 
-    let completion = Completion {
-        table: Arc::clone(table),
-        pool,
-        backend,
-        status: status.as_u16(),
-        upstream: (!switching).then_some(upstream_conn),
-        log,
+/// Sends a request through hyper's client (a streamed body, or an upgrade): the response body
+/// streams back, or a `101` joins both upgraded connections in a tunnel.
+async fn send_streamed(
+    mut a: Answer<'_>,
+    mut x: Streamed,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    mut log: Option<Box<LogFields>>,
+) -> Result<Response<ProxyBody>, Failed> {
+    let (pool, hash_key, safe) = (a.d.pool, a.d.hash_key, x.safe);
+    let sent = match relay::send(a.table, pool, hash_key, safe, &mut log, &mut x).await {
+        Ok(s) => s,
+        Err(e) => return Err((e, log)),
     };
+    let mut resp = sent.head;
+    let status = resp.status();
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    a.head(
+        status.as_u16(),
+        resp.headers_mut(),
+        switching && client_upgrade.is_some(),
+    );
+    let upstream = (!switching).then_some(sent.conn);
+    let completion = a.completion(sent.backend, status.as_u16(), upstream, log);
     if switching {
         let Some(client_upgrade) = client_upgrade else {
             // A 101 to a request that asked for no upgrade is an upstream protocol error.
             completion.done(0, false);
             return Err((ProxyError::UpstreamConnect, None));
         };
+        let idle = a.table.config.limits.tunnel_idle_timeout;
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let idle = table.config.limits.tunnel_idle_timeout;
-        tokio::spawn(async move {
-            match tokio::join!(client_upgrade, upstream_upgrade) {
-                (Ok(c), Ok(u)) => {
-                    let (c, u) = (TokioIo::new(c), TokioIo::new(u));
-                    let moved = crate::tunnel::join(c, u, Vec::new(), idle).await;
-                    completion.done(moved.b_to_a, false);
-                }
-                (c, u) => {
-                    tracing::debug!(client = ?c.err(), upstream = ?u.err(), "upgrade failed");
-                    completion.done(0, false);
-                }
-            }
-        });
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, idle, completion));
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(
             parts,
             Either::Right(Full::new(Bytes::new())),
         ));
     }
-    let read_timeout = pcfg.response_timeout;
+    let read_timeout = a.table.pools[pool].config.response_timeout;
     Ok(resp.map(|b| Either::Left(Either::Left(ResponseBody::new(b, read_timeout, completion)))))
+}
+
+/// Joins the client's and the upstream's upgraded connections until both end.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: std::time::Duration,
+    completion: Completion,
+) {
+    match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => {
+            let (c, u) = (TokioIo::new(c), TokioIo::new(u));
+            let moved = crate::tunnel::join(c, u, Vec::new(), idle).await;
+            completion.done(moved.b_to_a, false);
+        }
+        (c, u) => {
+            tracing::debug!(client = ?c.err(), upstream = ?u.err(), "upgrade failed");
+            completion.done(0, false);
+        }
+    }
+}
+
+/// hyper's client as a [`relay::Exchange`]: the request from `parts`, its body streamed (sent
+/// once) or replayed from memory.
+struct Streamed {
+    /// The request may be sent twice: it is safe and its body is in memory.
+    safe: bool,
+    parts: http::request::Parts,
+    path_and_query: PathAndQuery,
+    payload: Payload,
+    /// The body of the attempt in flight: why it stopped early, if it did.
+    fate: Option<Arc<crate::reqbody::BodyFate>>,
+    reused: bool,
+    resp: Option<Response<Incoming>>,
+}
+
+impl relay::Exchange for Streamed {
+    type Conn = upstream::Conn;
+    type Head = Response<Incoming>;
+
+    async fn connect(
+        &mut self,
+        pool: &PoolEntry,
+        be: &BackendEntry,
+    ) -> Result<upstream::Conn, upstream::ConnectError> {
+        let c = upstream::acquire(pool, be).await?;
+        self.reused = c.reused;
+        Ok(c)
+    }
+
+    async fn attempt(&mut self, up: &mut upstream::Conn) -> Outcome {
+        let body = match &mut self.payload {
+            Payload::Replay(bytes) => RequestBody::full(bytes.clone()),
+            Payload::Stream(b) => match b.take() {
+                Some(b) => b,
+                None => return Outcome::Client(ProxyError::UpstreamConnect),
+            },
+        };
+        self.fate = Some(body.fate());
+        // Origin-form, as nginx sends it: hyper's client writes the target as given, and an
+        // absolute-form target confuses servers that only expect a path.
+        let mut req = Request::new(body);
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = Uri::from(self.path_and_query.clone());
+        *req.headers_mut() = match self.payload {
+            Payload::Replay(_) => self.parts.headers.clone(),
+            Payload::Stream(_) => std::mem::take(&mut self.parts.headers),
+        };
+        match up.sender.try_send_request(req).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                self.resp = Some(resp);
+                Outcome::Answered(status)
+            }
+            Err(mut e) => {
+                let unsent = e.take_message();
+                if let Some(fault) = self.fate.as_ref().and_then(|f| f.get()) {
+                    return Outcome::Client(fault);
+                }
+                tracing::debug!(error = %e.error(), reused = self.reused, "upstream request failed");
+                let Some(req) = unsent else {
+                    return Outcome::Failed {
+                        server_fault: true,
+                        resend: false,
+                    };
+                };
+                // Never sent: send it again, untouched, on a fresh connection.
+                if let Payload::Stream(slot) = &mut self.payload {
+                    let (sent_parts, sent_body) = req.into_parts();
+                    self.parts.headers = sent_parts.headers;
+                    *slot = Some(sent_body);
+                }
+                // A reused connection the server had already closed is not the server's fault.
+                Outcome::Failed {
+                    server_fault: !self.reused,
+                    resend: true,
+                }
+            }
+        }
+    }
+
+    fn head(&mut self) -> Option<Response<Incoming>> {
+        self.resp.take()
+    }
 }
 
 /// The response fields an intermediary changes: hop-by-hop ones go, `Via` is added, and the
