@@ -618,9 +618,10 @@ fn prepare(
     let headers: &[httparse::Header] = req.headers;
     // HTTP/1.0 (ApacheBench, many health checkers) is served here too: persistent only when it
     // asks for keep-alive, and a chunked answer is decoded for it.
-    let Some(f) = RequestFields::scan(headers, method, minor == 0) else {
+    let mut f = RequestFields::new(minor == 0);
+    if !f.scan(headers, method) {
         return Step::Handoff;
-    };
+    }
     let (body, decoded) = match body_extent(&buf[head_len..], &f, limits, scan) {
         Ok(extent) => extent,
         Err(step) => return step,
@@ -704,13 +705,8 @@ struct RequestFields<'b> {
 }
 
 impl<'b> RequestFields<'b> {
-    /// Reads the fields; `None` when the request is for the full path's rules (repeated or
-    /// listed framing fields, other expectations, an upgrade other than a plain GET's, a
-    /// missing or repeated Host).
-    fn scan(headers: &[httparse::Header<'b>], method: &str, v10: bool) -> Option<Self> {
-        let mut host = None;
-        let mut hosts = 0;
-        let mut f = RequestFields {
+    fn new(v10: bool) -> Self {
+        RequestFields {
             host: b"",
             connection: ConnectionFields::default(),
             length: None,
@@ -718,7 +714,17 @@ impl<'b> RequestFields<'b> {
             upgrade: None,
             chunked: false,
             v10,
-        };
+        }
+    }
+
+    /// Reads the fields (in place: the struct is large enough that returning it costs a
+    /// copy on every request); false when the request is for the full path's rules
+    /// (repeated or listed framing fields, other expectations, an upgrade other than a plain
+    /// GET's, a missing or repeated Host).
+    fn scan(&mut self, headers: &[httparse::Header<'b>], method: &str) -> bool {
+        let (mut host, mut hosts) = (None, 0);
+        let v10 = self.v10;
+        let f = self;
         for h in headers {
             if is(h.name, "host") {
                 hosts += 1;
@@ -728,31 +734,31 @@ impl<'b> RequestFields<'b> {
                 // path's checks (which refuse what is ambiguous).
                 match (f.length, content_length(h.value)) {
                     (None, Some(n)) => f.length = Some(n),
-                    _ => return None,
+                    _ => return false,
                 }
             } else if is(h.name, "expect") {
                 // `100-continue` is answered here, just before the body is read (nginx's
                 // way); any other expectation goes to the full path, which ignores it (as
                 // nginx does).
                 if f.expect || !h.value.eq_ignore_ascii_case(b"100-continue") {
-                    return None;
+                    return false;
                 }
                 f.expect = true;
             } else if is(h.name, "upgrade") {
                 if f.upgrade.is_some() {
-                    return None;
+                    return false;
                 }
                 f.upgrade = Some(h.value);
             } else if is(h.name, "transfer-encoding") {
                 // Plain `chunked` once; codings, lists and repeats are for the full path's
                 // rules.
                 if f.chunked || !h.value.eq_ignore_ascii_case(b"chunked") {
-                    return None;
+                    return false;
                 }
                 f.chunked = true;
             } else if is(h.name, "connection") && !f.connection.push(h.value) {
                 // more Connection fields than kept is unusual enough for the full path
-                return None;
+                return false;
             }
         }
         // Only upgrades nrdot relays are forwarded; any other `Upgrade` (h2c) is dropped with
@@ -769,18 +775,18 @@ impl<'b> RequestFields<'b> {
                 || !f.connection.upgrade
                 || u.is_empty()
             {
-                return None;
+                return false;
             }
         }
         // A chunked body with a length too (refused there) or from HTTP/1.0: the full path's.
         if (v10 && f.expect) || (f.chunked && (v10 || f.length.is_some() || f.upgrade.is_some())) {
-            return None;
+            return false;
         }
         f.host = match (hosts, host) {
             (1, Some(h)) => h,
-            _ => return None,
+            _ => return false,
         };
-        Some(f)
+        true
     }
 }
 
