@@ -21,6 +21,9 @@ pub struct Prepared {
 /// The certificate stores of the listeners bound at start.
 pub struct Certs {
     stores: HashMap<String, Arc<CertStore>>,
+    /// Client configurations of `https` pools, attached to every table the control plane
+    /// publishes.
+    upstream: Mutex<Arc<HashMap<String, Arc<ClientConfig>>>>,
     seen: Mutex<Vec<(PathBuf, Option<SystemTime>)>>,
 }
 
@@ -94,10 +97,10 @@ impl Certs {
             );
             stores.insert(name, store);
         }
-        tls::upstream_configs().store(Arc::new(prepared.upstream));
         Ok((
             Certs {
                 stores,
+                upstream: Mutex::new(Arc::new(prepared.upstream)),
                 seen: Mutex::new(mtimes(files(config))),
             },
             servers,
@@ -112,9 +115,14 @@ impl Certs {
                 store.replace(set);
             }
         }
-        tls::upstream_configs().store(Arc::new(prepared.upstream));
+        *self.upstream.lock().expect("certs poisoned") = Arc::new(prepared.upstream);
         *self.seen.lock().expect("certs poisoned") = mtimes(files(config));
         metrics::counter!("nrdot_tls_reloads_total", "result" => "ok").increment(1);
+    }
+
+    /// The client configurations of `https` pools now in effect.
+    pub fn upstream(&self) -> Arc<HashMap<String, Arc<ClientConfig>>> {
+        Arc::clone(&self.upstream.lock().expect("certs poisoned"))
     }
 
     /// Reloads everything `config` names now.

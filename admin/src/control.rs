@@ -288,9 +288,33 @@ impl Control {
             .collect()
     }
 
-    /// Hands over the TLS material loaded at start; later changes reload it.
+    /// Hands over the TLS material loaded at start; later changes reload it. The table is
+    /// published again with the pools' TLS client configurations.
     pub fn attach_certs(&self, certs: Arc<crate::certs::Certs>) {
         let _ = self.certs.set(certs);
+        self.republish();
+    }
+
+    /// Reloads the TLS files the current configuration names (a changed certificate, SIGHUP,
+    /// `POST /api/v2/tls/reload`). Listener certificates swap in their stores; the pools'
+    /// client configurations arrive with a new table generation, so the data plane sees one
+    /// publication per change.
+    pub fn reload_certs(&self) -> Result<(), String> {
+        let Some(certs) = self.certs.get() else {
+            return Ok(());
+        };
+        let config = self.current().config.clone();
+        certs.reload(&config)?;
+        self.republish();
+        Ok(())
+    }
+
+    /// Publishes the current configuration again as a new generation (same version).
+    fn republish(&self) {
+        let mut state = self.state.lock().expect("control poisoned");
+        let config = (*self.current().config).clone();
+        let meta = state.version.clone();
+        self.publish_locked(&mut state, config, meta);
     }
 
     /// The TLS material, once attached.
@@ -430,7 +454,10 @@ impl Control {
             );
         }
         let generation = state.generation + 1;
-        let table = RouteTable::compile(Arc::new(config), generation, Some(&previous));
+        let mut table = RouteTable::compile(Arc::new(config), generation, Some(&previous));
+        if let Some(certs) = self.certs.get() {
+            table.attach_tls(&certs.upstream());
+        }
         apply_disabled(&table, &state.disabled);
         self.publisher.publish(table);
         state.generation = generation;

@@ -465,11 +465,7 @@ async fn api(
         },
         (Method::GET, ["tls"]) => json_response(StatusCode::OK, tls_info(admin)),
         (Method::POST, ["tls", "reload"]) => {
-            let config = control.current().config.clone();
-            let result = match control.certs() {
-                Some(c) => c.reload(&config),
-                None => Ok(()),
-            };
+            let result = control.reload_certs();
             let v = control.version().id;
             let _ = control.audit().record(Event {
                 actor: actor.name.clone(),

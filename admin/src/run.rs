@@ -130,7 +130,7 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
                     tick.tick().await;
                     let config = control.current().config.clone();
                     if certs.changed(&config) {
-                        match certs.reload(&config) {
+                        match control.reload_certs() {
                             Ok(()) => control.event("tls.reloaded", "certificates", "a certificate file changed on disk"),
                             Err(e) => control.event("tls.reload_failed", "certificates", &format!("{e}; the old certificates keep serving")),
                         }
@@ -152,8 +152,7 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
                         Ok(Some(v)) => tracing::info!(version = v.id, "configuration reloaded"),
                         Ok(None) => {
                             // The file is unchanged; certificates may not be.
-                            let config = control.current().config.clone();
-                            match certs.reload(&config) {
+                            match control.reload_certs() {
                                 Ok(()) => tracing::info!("configuration unchanged; certificates reloaded"),
                                 Err(e) => tracing::error!("certificate reload failed, keeping the old ones: {e}"),
                             }

@@ -43,6 +43,10 @@ pub struct PoolEntry {
     pub order: Split,
     /// Consistent-hash lookup table, for `lb = "hash"`.
     pub maglev: Option<Box<[u16]>>,
+    /// The TLS client configuration of an `https` pool, loaded from the files its `[pool.tls]`
+    /// names. The control plane attaches it before publishing, so a new table and the TLS
+    /// material it needs arrive together, through the one cell.
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// One compiled upstream server.
@@ -148,6 +152,16 @@ impl HostIndex {
 }
 
 impl RouteTable {
+    /// Attaches the TLS client configuration of each `https` pool, by pool name.
+    pub fn attach_tls(
+        &mut self,
+        client: &std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
+    ) {
+        for p in &mut self.pools {
+            p.tls_client = client.get(&p.config.name).cloned();
+        }
+    }
+
     /// Compiles a validated configuration. State objects of pools, servers and routes that also
     /// exist in `previous` are carried over, so a swap resets no counters or sequences.
     pub fn compile(
@@ -209,6 +223,7 @@ impl RouteTable {
                     backends,
                     order: Split::new(&weights),
                     maglev,
+                    tls_client: None,
                 }
             })
             .collect();

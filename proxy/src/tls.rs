@@ -298,13 +298,6 @@ pub fn client_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
-/// Client configurations of the pools with `tls`, by pool name; replaced whole by the control
-/// plane when the configuration changes, read when a worker opens a connection.
-pub fn upstream_configs() -> &'static ArcSwap<HashMap<String, Arc<ClientConfig>>> {
-    static U: OnceLock<ArcSwap<HashMap<String, Arc<ClientConfig>>>> = OnceLock::new();
-    U.get_or_init(|| ArcSwap::from_pointee(HashMap::new()))
-}
-
 /// The name to send as SNI and verify for `address` (`host:port`).
 pub fn server_name(tls: &UpstreamTls, address: &str) -> Option<ServerName<'static>> {
     let host = match &tls.server_name {

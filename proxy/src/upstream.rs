@@ -170,10 +170,7 @@ async fn tls_connect(
     stream: TcpStream,
 ) -> Result<TlsStream<TcpStream>, ConnectError> {
     let addr = backend.authority.as_str();
-    let cfg = crate::tls::upstream_configs()
-        .load()
-        .get(&pool.config.name)
-        .cloned();
+    let cfg = pool.tls_client.clone();
     let name = pool
         .config
         .tls

@@ -668,6 +668,22 @@ async fn upstream_tls_is_verified_and_a_failing_verification_gives_502() {
         502,
         "a name mismatch was accepted"
     );
+    // The pool's CA file now holds the right CA: a reload without a configuration change
+    // publishes a table with the pool's new client configuration (the one cell).
+    let generation = n.generation().await;
+    std::fs::copy(&ca_file, &stranger_file).expect("replace the CA file");
+    let token = n.token();
+    let r = n.api("POST", "/api/v2/tls/reload", "", Some(&token)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        n.generation().await > generation,
+        "no new table was published"
+    );
+    assert_eq!(
+        get(&n.url("/bad"), &[]).await.status,
+        200,
+        "the reloaded CA was not used"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&stranger_dir);
 }
