@@ -291,8 +291,16 @@ impl Control {
     /// Hands over the TLS material loaded at start; later changes reload it. The table is
     /// published again with the pools' TLS client configurations.
     pub fn attach_certs(&self, certs: Arc<crate::certs::Certs>) {
+        let upstream = certs.upstream();
         let _ = self.certs.set(certs);
-        self.republish();
+        // At start, before the data plane runs: the same generation, now with the material.
+        let state = self.state.lock().expect("control poisoned");
+        let previous = self.publisher.current();
+        let config = Arc::clone(&previous.config);
+        let mut table = RouteTable::compile(config, state.generation, Some(&previous));
+        table.attach_tls(&upstream);
+        apply_disabled(&table, &state.disabled);
+        self.publisher.publish(table);
     }
 
     /// Reloads the TLS files the current configuration names (a changed certificate, SIGHUP,
