@@ -36,14 +36,15 @@ use crate::error::{self, ProxyError};
 use crate::handover::{self, Rewind};
 use crate::http1::{
     chunked_body, content_length, itoa3, parse_response, plain_final_head, put, response_framing,
-    serialize, BodyScan, Chunks, ConnectionFields, Framing, ResponseFraming, MAX_RESPONSE_FIELDS,
-    NATIVE_BODY_MAX,
+    serialize, BodyScan, Chunks, Framing, ResponseFraming, MAX_RESPONSE_FIELDS, NATIVE_BODY_MAX,
 };
 use crate::listener::Shared;
 use crate::local::{Busy, IdleSlot};
 use crate::rules::retry::{idempotent, ActiveGuard};
 use crate::rules::route::{self, Lookup};
-use crate::rules::{framing_field, hop_by_hop, is, tokens};
+use crate::rules::{
+    framing_field, hop_by_hop, is, tokens, BodyLength, ConnectionFields, Forwarding,
+};
 use crate::{clock, relay, rules, tunnel, upstream};
 
 /// Request heads with more fields than this go to the hyper path.
@@ -659,13 +660,17 @@ fn prepare(
         .trusted_proxies
         .iter()
         .any(|c| c.contains(cx.peer.ip()));
-    let rewrite = Rewrite {
+    let w = Forwarding {
+        connection: &f.connection,
         trusted,
         peer,
         proto: cx.shared.proto.as_bytes(),
-        decoded,
+        host: f.host,
+        upgrade: f.upgrade,
+        length: decoded.map_or(BodyLength::AsSent, BodyLength::Is),
+        via: if f.v10 { b"1.0 nrdot" } else { b"1.1 nrdot" },
     };
-    let Some(out) = upstream_head(method, target, headers, &f, &rewrite, head_len) else {
+    let Some(out) = upstream_head(method, target, headers, &w, head_len) else {
         return Step::Handoff;
     };
     Step::Forward(Prepared {
@@ -870,27 +875,14 @@ fn redirect_reply(
     serialize(&parts, b"")
 }
 
-/// What the intermediary adds to a request's head, beside the client's own fields.
-struct Rewrite<'a> {
-    /// The peer is a trusted proxy: its X-Forwarded-* chain is extended, not replaced.
-    trusted: bool,
-    /// The client's address as text.
-    peer: &'a [u8],
-    /// `http` or `https`.
-    proto: &'a [u8],
-    /// A chunked body's decoded length: it goes upstream with this Content-Length.
-    decoded: Option<usize>,
-}
-
-/// The upstream request head: the client's, rewritten as an intermediary must (RFC 9110 7.6:
-/// hop-by-hop fields and what Connection names go, X-Forwarded-* and Via are set). `None`
-/// when a trusted chain is longer than kept (for the full path).
+/// The upstream request head: the request line, then the client's fields as an intermediary
+/// forwards them ([`rules::forward_fields`], shared with the hyper path). `None` when a trusted
+/// chain is longer than kept (for the full path).
 fn upstream_head(
     method: &str,
     target: &str,
     headers: &[httparse::Header],
-    f: &RequestFields,
-    w: &Rewrite,
+    w: &Forwarding,
     head_len: usize,
 ) -> Option<Vec<u8>> {
     // Room for the added fields, and later for the common response head (this allocation is
@@ -900,68 +892,8 @@ fn upstream_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut chain: [&[u8]; 8] = [&[]; 8];
-    let mut chained = 0;
-    let (mut has_proto, mut has_fwd_host) = (false, false);
-    for h in headers {
-        // The expectation is met here: the upstream gets the body with the head. The body's
-        // length stays whatever Connection names: without it the upstream would read the body
-        // as a request of its own.
-        if hop_by_hop(h.name)
-            || (f.connection.names(h.name) && !framing_field(h.name))
-            || (f.expect && is(h.name, "expect"))
-            || (f.chunked && is(h.name, "transfer-encoding"))
-        {
-            continue;
-        }
-        if is(h.name, "x-forwarded-for") {
-            if w.trusted {
-                if chained == chain.len() {
-                    return None;
-                }
-                chain[chained] = h.value;
-                chained += 1;
-            }
-            continue;
-        }
-        if is(h.name, "x-forwarded-proto") {
-            if !w.trusted {
-                continue;
-            }
-            has_proto = true;
-        } else if is(h.name, "x-forwarded-host") {
-            if !w.trusted {
-                continue;
-            }
-            has_fwd_host = true;
-        }
-        put(&mut out, h.name, h.value);
-    }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    for c in &chain[..chained] {
-        out.extend_from_slice(c);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(w.peer);
+    rules::forward_fields(headers.iter(), w, &mut out).ok()?;
     out.extend_from_slice(b"\r\n");
-    if !has_proto {
-        put(&mut out, "x-forwarded-proto", w.proto);
-    }
-    if !has_fwd_host {
-        put(&mut out, "x-forwarded-host", f.host);
-    }
-    if let Some(u) = f.upgrade {
-        put(&mut out, "upgrade", u);
-        out.extend_from_slice(b"connection: upgrade\r\n");
-    }
-    if let Some(len) = w.decoded {
-        put(&mut out, "content-length", len.to_string().as_bytes());
-    }
-    out.extend_from_slice(if f.v10 {
-        b"via: 1.0 nrdot\r\n\r\n"
-    } else {
-        b"via: 1.1 nrdot\r\n\r\n"
-    });
     Some(out)
 }
 

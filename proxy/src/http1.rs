@@ -5,7 +5,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 
-use crate::rules::{is, tokens};
+use crate::rules::{is, tokens, ConnectionFields, Field, FieldSink};
 
 /// Largest upstream response head accepted.
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -52,55 +52,6 @@ pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
         return None;
     }
     Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// The Connection fields of a message (up to four; more is refused as unusual).
-#[derive(Default)]
-pub(crate) struct ConnectionFields<'a> {
-    values: [&'a [u8]; 4],
-    n: usize,
-    /// One of them says `close`.
-    pub(crate) close: bool,
-    /// One of them says `upgrade`.
-    pub(crate) upgrade: bool,
-    /// One of them says `keep-alive` (what an HTTP/1.0 client must say to keep the connection).
-    pub(crate) keep_alive: bool,
-    /// One of them names a field other than `close` or `keep-alive` (rare: then every field
-    /// is checked against them).
-    named: bool,
-}
-
-impl<'a> ConnectionFields<'a> {
-    /// Adds a field; false when there are too many.
-    pub(crate) fn push(&mut self, v: &'a [u8]) -> bool {
-        if self.n == self.values.len() {
-            return false;
-        }
-        self.values[self.n] = v;
-        self.n += 1;
-        for t in tokens(v) {
-            if t.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                self.keep_alive = true;
-            } else {
-                self.named = true;
-                self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
-            }
-        }
-        true
-    }
-
-    /// Whether they name field `name` (which then is hop-by-hop). `keep-alive` is hop-by-hop
-    /// anyway; a field called `close` is only checked for when that token was seen.
-    pub(crate) fn names(&self, name: &str) -> bool {
-        if !self.named {
-            return self.close && is(name, "close");
-        }
-        self.values[..self.n]
-            .iter()
-            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
-    }
 }
 
 pub(crate) fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -469,6 +420,16 @@ pub fn request_chunked_parse(data: &[u8], split: usize) -> Option<(usize, usize)
     );
     assert_eq!(out.len(), len);
     Some((raw, len))
+}
+
+/// Fields written as the lines of an HTTP/1.1 head.
+impl<F: Field> FieldSink<F> for Vec<u8> {
+    fn keep(&mut self, f: F) {
+        put(self, f.name(), f.value());
+    }
+    fn add(&mut self, name: &'static str, value: &[u8]) {
+        put(self, name, value);
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,9 @@ use crate::rules::retry::{idempotent, ActiveGuard};
 use crate::rules::route::{
     decide, https_redirect, peer_value, redirect_port, request_host, Decision, Lookup,
 };
-use crate::rules::{forwarded_headers, strip_hop_by_hop, via_value, wants_upgrade};
+use crate::rules::{
+    strip_hop_by_hop, via_value, wants_upgrade, BodyLength, ConnectionFields, Forwarding,
+};
 use crate::{relay, rules, upstream};
 
 /// The service of one client connection.
@@ -275,8 +277,9 @@ fn check(
     Ok(host)
 }
 
-/// Rewrites the request head for the upstream as an intermediary must (RFC 9110 7.6, RFC
-/// 9113 8.2.3); returns the origin-form target it goes with.
+/// Rewrites the request head for the upstream as an intermediary must (RFC 9110 7.6, with
+/// [`rules::forward_fields`], shared with the native path; RFC 9113 8.2.3 for HTTP/2); returns
+/// the origin-form target it goes with.
 fn rewrite_request(
     conn: &Conn,
     table: &RouteTable,
@@ -290,13 +293,11 @@ fn rewrite_request(
         .iter()
         .any(|c| c.contains(conn.peer.ip()));
     let version = parts.version;
-    let h = &mut parts.headers;
-    strip_hop_by_hop(h, upgrade);
+    let mut h = std::mem::take(&mut parts.headers);
     if version == Version::HTTP_2 {
-        rules::join_cookie_crumbs(h);
+        rules::join_cookie_crumbs(&mut h);
     }
-    h.remove(header::EXPECT); // nrdot answers 100-continue itself
-                              // An absolute-form target overrides Host (RFC 9112 3.2.2); HTTP/2 has only :authority.
+    // An absolute-form target overrides Host (RFC 9112 3.2.2); HTTP/2 has only :authority.
     if version != Version::HTTP_2 && parts.uri.authority().is_some() {
         h.remove(header::HOST);
     }
@@ -312,8 +313,40 @@ fn rewrite_request(
             .ok_or(ProxyError::BadRequest)?;
         h.insert(header::HOST, host);
     }
-    forwarded_headers(h, trusted, &conn.peer_value, &conn.shared.proto);
-    h.append(header::VIA, via_value(version));
+    // Every Connection field's tokens, as one list (a message may carry any number of them).
+    let tokens = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b","[..]);
+    let mut connection = ConnectionFields::default();
+    connection.push(&tokens);
+    let host = h
+        .get(header::HOST)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(""));
+    let upgrade = upgrade.then(|| h.get(header::UPGRADE).cloned()).flatten();
+    let via = via_value(version);
+    let w = Forwarding {
+        connection: &connection,
+        trusted,
+        peer: conn.peer_value.as_bytes(),
+        proto: conn.shared.proto.as_bytes(),
+        host: host.as_bytes(),
+        upgrade: upgrade.as_ref().map(HeaderValue::as_bytes),
+        length: BodyLength::AsSent,
+        via: via.as_bytes(),
+    };
+    let mut out = HeaderMap::with_capacity(h.len() + 6);
+    let mut last: Option<HeaderName> = None;
+    let fields = h.into_iter().filter_map(|(name, value)| {
+        let name = name.or_else(|| last.clone())?;
+        last = Some(name.clone());
+        Some((name, value))
+    });
+    rules::forward_fields(fields, &w, &mut out).map_err(|_| ProxyError::BadRequest)?;
+    parts.headers = out;
     Ok(parts
         .uri
         .path_and_query()

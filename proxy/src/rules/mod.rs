@@ -40,6 +40,208 @@ pub(crate) fn framing_field(name: &str) -> bool {
     is(name, "content-length") || is(name, "transfer-encoding")
 }
 
+/// The Connection fields of a message (up to four; more is refused as unusual).
+#[derive(Default)]
+pub(crate) struct ConnectionFields<'a> {
+    values: [&'a [u8]; 4],
+    n: usize,
+    /// One of them says `close`.
+    pub(crate) close: bool,
+    /// One of them says `upgrade`.
+    pub(crate) upgrade: bool,
+    /// One of them says `keep-alive` (what an HTTP/1.0 client must say to keep the connection).
+    pub(crate) keep_alive: bool,
+    /// One of them names a field other than `close` or `keep-alive` (rare: then every field
+    /// is checked against them).
+    named: bool,
+}
+
+impl<'a> ConnectionFields<'a> {
+    /// Adds a field; false when there are too many.
+    pub(crate) fn push(&mut self, v: &'a [u8]) -> bool {
+        if self.n == self.values.len() {
+            return false;
+        }
+        self.values[self.n] = v;
+        self.n += 1;
+        for t in tokens(v) {
+            if t.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else {
+                self.named = true;
+                self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
+            }
+        }
+        true
+    }
+
+    /// Whether they name field `name` (which then is hop-by-hop). `keep-alive` is hop-by-hop
+    /// anyway; a field called `close` is only checked for when that token was seen.
+    pub(crate) fn names(&self, name: &str) -> bool {
+        if !self.named {
+            return self.close && is(name, "close");
+        }
+        self.values[..self.n]
+            .iter()
+            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+    }
+}
+
+/// How a request's body is framed upstream.
+#[derive(Clone, Copy)]
+pub(crate) enum BodyLength {
+    /// As the client framed it with Content-Length, or no body. Transfer-Encoding never
+    /// passes: the upstream connection is nrdot's, and its client frames a streamed body.
+    AsSent,
+    /// Held whole: the client's framing fields are replaced by this length.
+    Is(usize),
+}
+
+/// What the intermediary adds to a request's fields, and what it needs to drop the rest.
+pub(crate) struct Forwarding<'a> {
+    /// The request's Connection tokens: the fields they name are hop-by-hop.
+    pub connection: &'a ConnectionFields<'a>,
+    /// The peer is a trusted proxy: its X-Forwarded-* are extended, not replaced.
+    pub trusted: bool,
+    /// The client's address as text.
+    pub peer: &'a [u8],
+    /// `http` or `https`.
+    pub proto: &'a [u8],
+    /// The Host the request is for, for X-Forwarded-Host.
+    pub host: &'a [u8],
+    /// An upgrade nrdot relays (WebSocket): `Upgrade` and `Connection: upgrade` go on.
+    pub upgrade: Option<&'a [u8]>,
+    pub length: BodyLength,
+    /// The Via entry (`1.1 nrdot`).
+    pub via: &'a [u8],
+}
+
+/// A request field, as either adapter holds it.
+pub(crate) trait Field {
+    fn name(&self) -> &str;
+    fn value(&self) -> &[u8];
+}
+
+impl Field for &httparse::Header<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn value(&self) -> &[u8] {
+        self.value
+    }
+}
+
+impl Field for (HeaderName, HeaderValue) {
+    fn name(&self) -> &str {
+        self.0.as_str()
+    }
+    fn value(&self) -> &[u8] {
+        self.1.as_bytes()
+    }
+}
+
+/// Where the forwarded fields go: bytes of an HTTP/1.1 head, or a header map.
+pub(crate) trait FieldSink<F> {
+    /// A client field that goes on unchanged.
+    fn keep(&mut self, f: F);
+    /// A field the intermediary adds.
+    fn add(&mut self, name: &'static str, value: &[u8]);
+}
+
+/// Too many X-Forwarded-For fields from a trusted peer to keep.
+#[derive(Debug)]
+pub(crate) struct ChainTooLong;
+
+/// Most X-Forwarded-For fields a trusted peer's request may carry.
+const MAX_CHAIN: usize = 8;
+
+/// The request fields an intermediary sends on (RFC 9110 7.6), written once for both
+/// downstream adapters: hop-by-hop fields and those `Connection` names go (the body's framing
+/// fields excepted: without them the upstream would read the body as a request of its own),
+/// `Expect` goes (nrdot meets it: the upstream gets the body with the head), X-Forwarded-* are
+/// replaced or, from a trusted peer, extended, and `Via`, the relayed upgrade and the body's
+/// length are added.
+pub(crate) fn forward_fields<F: Field>(
+    fields: impl Iterator<Item = F>,
+    w: &Forwarding,
+    out: &mut impl FieldSink<F>,
+) -> Result<(), ChainTooLong> {
+    // A trusted peer's chain, joined; allocated only when there is one.
+    let mut chain: Vec<u8> = Vec::new();
+    let mut chained = 0;
+    let (mut has_proto, mut has_fwd_host) = (false, false);
+    let replace_length = !matches!(w.length, BodyLength::AsSent);
+    for f in fields {
+        let name = f.name();
+        if hop_by_hop(name)
+            || (w.connection.names(name) && !framing_field(name))
+            || is(name, "expect")
+            || is(name, "transfer-encoding")
+            || (replace_length && is(name, "content-length"))
+        {
+            continue;
+        }
+        if is(name, "x-forwarded-for") {
+            if w.trusted {
+                if chained == MAX_CHAIN {
+                    return Err(ChainTooLong);
+                }
+                chain.extend_from_slice(f.value());
+                chain.extend_from_slice(b", ");
+                chained += 1;
+            }
+            continue;
+        }
+        if is(name, "x-forwarded-proto") {
+            if !w.trusted {
+                continue;
+            }
+            has_proto = true;
+        } else if is(name, "x-forwarded-host") {
+            if !w.trusted {
+                continue;
+            }
+            has_fwd_host = true;
+        }
+        out.keep(f);
+    }
+    if chained == 0 {
+        out.add("x-forwarded-for", w.peer);
+    } else {
+        chain.extend_from_slice(w.peer);
+        out.add("x-forwarded-for", &chain);
+    }
+    if !has_proto {
+        out.add("x-forwarded-proto", w.proto);
+    }
+    if !has_fwd_host {
+        out.add("x-forwarded-host", w.host);
+    }
+    if let Some(u) = w.upgrade {
+        out.add("upgrade", u);
+        out.add("connection", b"upgrade");
+    }
+    if let BodyLength::Is(n) = w.length {
+        out.add("content-length", n.to_string().as_bytes());
+    }
+    out.add("via", w.via);
+    Ok(())
+}
+
+/// Fields collected into a header map (for the hyper path).
+impl FieldSink<(HeaderName, HeaderValue)> for HeaderMap {
+    fn keep(&mut self, (name, value): (HeaderName, HeaderValue)) {
+        self.append(name, value);
+    }
+    fn add(&mut self, name: &'static str, value: &[u8]) {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            self.append(HeaderName::from_static(name), v);
+        }
+    }
+}
+
 /// Whether a request's `Upgrade` may reach an origin: only when every protocol it offers is
 /// WebSocket (RFC 9110 7.8 lets an intermediary pass only the upgrades it can relay, and nrdot
 /// relays WebSocket). Anything else, `h2c` above all, is dropped with its `Connection` token and
@@ -94,43 +296,35 @@ pub(crate) fn join_cookie_crumbs(h: &mut HeaderMap) {
     }
 }
 
-/// Removes hop-by-hop fields (RFC 9110 7.6.1): the fixed list and every field the Connection
-/// header names. `Trailer` stays: it describes the message end to end, and hyper sends only
-/// the trailer fields it announces. An upgrade keeps `Connection: upgrade` and `Upgrade`.
+/// Removes hop-by-hop fields from a header map (RFC 9110 7.6.1), by the same rules the native
+/// path applies to bytes: [`hop_by_hop`], every field the Connection tokens name except the
+/// body's length, and Transfer-Encoding (hyper frames the body itself). `Trailer` stays: it
+/// describes the message end to end. A relayed upgrade keeps `Upgrade` and gets
+/// `Connection: upgrade`.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = h.get(header::CONNECTION) {
-        if !conn.as_bytes().is_empty() {
-            let named: Vec<HeaderName> = h
-                .get_all(header::CONNECTION)
-                .iter()
-                .flat_map(|v| tokens(v.as_bytes()))
-                .filter(|t| {
-                    let consumed = t.eq_ignore_ascii_case(b"close")
-                        || t.eq_ignore_ascii_case(b"keep-alive")
-                        || (keep_upgrade && t.eq_ignore_ascii_case(b"upgrade"));
-                    !consumed
-                })
-                .filter_map(|t| HeaderName::from_bytes(t).ok())
-                .collect();
-            for name in named {
-                h.remove(name);
-            }
+    let tokens = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b","[..]);
+    let mut connection = ConnectionFields::default();
+    connection.push(&tokens);
+    let mut gone: Vec<HeaderName> = Vec::new();
+    for name in h.keys() {
+        let n = name.as_str();
+        let hop = hop_by_hop(n)
+            || (connection.names(n) && !framing_field(n))
+            || is(n, "transfer-encoding");
+        if hop && !(keep_upgrade && is(n, "upgrade")) {
+            gone.push(name.clone());
         }
     }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHENTICATE,
-    ] {
+    for name in gone {
         h.remove(name);
     }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::UPGRADE);
     }
 }
 
@@ -154,47 +348,6 @@ pub(crate) fn add_date(h: &mut HeaderMap) {
     if !h.contains_key(header::DATE) {
         if let Ok(v) = HeaderValue::from_bytes(&crate::clock::http_date()) {
             h.insert(header::DATE, v);
-        }
-    }
-}
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// X-Forwarded-*: a trusted peer's chain is extended, anyone else's is replaced, so a client
-/// cannot make an upstream believe a forged address.
-pub(crate) fn forwarded_headers(
-    h: &mut HeaderMap,
-    trusted: bool,
-    peer: &HeaderValue,
-    proto: &HeaderValue,
-) {
-    let existing: Vec<&[u8]> = if trusted {
-        h.get_all(&X_FORWARDED_FOR)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let xff = if existing.is_empty() {
-        peer.clone()
-    } else {
-        let mut v = existing.join(&b", "[..]);
-        v.extend_from_slice(b", ");
-        v.extend_from_slice(peer.as_bytes());
-        HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.clone())
-    };
-    h.insert(X_FORWARDED_FOR.clone(), xff);
-    if !(trusted && h.contains_key(&X_FORWARDED_PROTO)) {
-        h.insert(X_FORWARDED_PROTO.clone(), proto.clone());
-    }
-    if !(trusted && h.contains_key(&X_FORWARDED_HOST)) {
-        if let Some(host) = h.get(header::HOST).cloned() {
-            h.insert(X_FORWARDED_HOST.clone(), host);
         }
     }
 }
@@ -285,18 +438,79 @@ mod tests {
         assert!(wants_upgrade(&h));
     }
 
+    /// The hyper path's use of the shared rewrite: a header map in, a header map out.
+    fn forwarded(h: HeaderMap, trusted: bool) -> HeaderMap {
+        let connection = ConnectionFields::default();
+        let w = Forwarding {
+            connection: &connection,
+            trusted,
+            peer: b"10.0.0.1",
+            proto: b"http",
+            host: b"example.com",
+            upgrade: None,
+            length: BodyLength::AsSent,
+            via: b"1.1 nrdot",
+        };
+        let mut out = HeaderMap::new();
+        let mut last = None;
+        let fields = h.into_iter().filter_map(|(n, v)| {
+            let n = n.or_else(|| last.clone())?;
+            last = Some(n.clone());
+            Some((n, v))
+        });
+        forward_fields(fields, &w, &mut out).expect("chain within the limit");
+        out
+    }
+
     #[test]
     fn forwarded_for_trusts_only_trusted_peers() {
-        let peer = HeaderValue::from_static("10.0.0.1");
-        let proto = HeaderValue::from_static("http");
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        h.insert(header::HOST, HeaderValue::from_static("example.com"));
-        let mut trusted = h.clone();
-        forwarded_headers(&mut h, false, &peer, &proto);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
-        assert_eq!(h["x-forwarded-host"], "example.com");
-        forwarded_headers(&mut trusted, true, &peer, &proto);
-        assert_eq!(trusted["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
+        h.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("forged"));
+        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let untrusted = forwarded(h.clone(), false);
+        assert_eq!(untrusted["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(untrusted["x-forwarded-host"], "example.com");
+        assert_eq!(untrusted["via"], "1.1 nrdot");
+        assert!(
+            untrusted.get(header::EXPECT).is_none(),
+            "Expect is met by nrdot"
+        );
+        assert_eq!(
+            untrusted[header::CONTENT_LENGTH],
+            "5",
+            "the body's length goes on"
+        );
+        let trusted = forwarded(h, true);
+        assert_eq!(trusted["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.1");
+        assert_eq!(trusted["x-forwarded-host"], "forged");
+    }
+
+    #[test]
+    fn fields_named_by_connection_go_but_framing_fields_stay() {
+        let mut connection = ConnectionFields::default();
+        assert!(connection.push(b"keep-alive, X-Secret, Content-Length"));
+        let w = Forwarding {
+            connection: &connection,
+            trusted: false,
+            peer: b"10.0.0.1",
+            proto: b"https",
+            host: b"a",
+            upgrade: Some(b"websocket"),
+            length: BodyLength::Is(3),
+            via: b"1.1 nrdot",
+        };
+        let raw = b"GET / HTTP/1.1\r\nX-Secret: 1\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\nTE: trailers\r\n\r\n";
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut fields);
+        req.parse(raw).expect("a head");
+        let mut out = Vec::new();
+        forward_fields(req.headers.iter(), &w, &mut out).expect("no chain");
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "X-Kept: 1\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: https\r\nx-forwarded-host: a\r\nupgrade: websocket\r\nconnection: upgrade\r\ncontent-length: 3\r\nvia: 1.1 nrdot\r\n"
+        );
     }
 }
