@@ -8,6 +8,9 @@ pub(crate) const READ_BUFFER: usize = 8192;
 
 thread_local! {
     /// Read buffers this worker reuses: large allocations are the slow ones in malloc.
+    /// Per worker, and a thread-local rather than a value passed down: connection tasks must
+    /// be `Send` (tokio's `spawn`), so they cannot hold a reference to `RefCell` state, and a
+    /// mutex would cost an atomic read-modify-write on every take and give.
     static BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

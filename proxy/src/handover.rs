@@ -19,7 +19,9 @@ use crate::listener::Shared;
 use crate::service::ConnService;
 
 thread_local! {
-    /// This worker's watcher of hyper connections, taken when the worker stops.
+    /// This worker's watcher of hyper connections, taken when the worker stops. A
+    /// thread-local because the native path hands connections over from inside its `Send`
+    /// tasks, which cannot hold a reference to `RefCell` state.
     static GRACEFUL: std::cell::RefCell<Option<GracefulShutdown>> =
         const { std::cell::RefCell::new(None) };
 }
@@ -45,6 +47,7 @@ where
     let io = TokioIo::new(crate::linger::Linger::new(Inspected::new(
         stream,
         limits.client_header_timeout,
+        limits.max_request_line,
         Arc::clone(&verdict),
     )));
     let service = ConnService::new(Arc::clone(shared), peer, verdict);

@@ -80,6 +80,10 @@ pin_project_lite::pin_project! {
         deadline: Option<Pin<Box<Sleep>>>,
         verdict: Arc<Verdict>,
         rewrite: Option<(Vec<u8>, usize)>,
+        // `max_request_line`, and whether the head being collected already has a longer
+        // target: hyper answers such a head 431 (its buffer is full), rewritten as 414.
+        max_target: u64,
+        long_target: bool,
     }
 }
 
@@ -105,7 +109,7 @@ impl<IO> Inspected<IO> {
         self.io
     }
 
-    pub fn new(io: IO, header_timeout: Duration, verdict: Arc<Verdict>) -> Self {
+    pub fn new(io: IO, header_timeout: Duration, max_target: u64, verdict: Arc<Verdict>) -> Self {
         Inspected {
             io,
             state: State::Head { started: false },
@@ -117,6 +121,8 @@ impl<IO> Inspected<IO> {
             deadline: None,
             verdict,
             rewrite: None,
+            max_target,
+            long_target: false,
         }
     }
 }
@@ -302,10 +308,20 @@ impl<IO: AsyncRead> AsyncRead for Inspected<IO> {
                         // the socket runs dry, which a well-behaved client almost never causes.
                         State::Head { started: true } if f.head_started => {
                             *this.head_deadline = Some(Instant::now() + *this.header_timeout);
+                            *this.long_target = false;
                         }
                         // Still collecting the same head: keep its clock.
                         State::Head { started: true } => {}
                         _ => *this.head_deadline = None,
+                    }
+                    // A head still incomplete past the target limit is rare: only then is its
+                    // request line measured.
+                    if matches!(this.state, State::Head { started: true })
+                        && this.line.len() as u64 > *this.max_target
+                        && !*this.long_target
+                    {
+                        *this.long_target =
+                            crate::rules::target_too_long(this.line, *this.max_target);
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -340,15 +356,21 @@ impl<IO: AsyncRead> AsyncRead for Inspected<IO> {
 }
 
 /// hyper's canned error answer rewritten as nrdot's, or `None` for any other write.
-fn canned_error(buf: &[u8]) -> Option<Vec<u8>> {
+fn canned_error(buf: &[u8], long_target: bool) -> Option<Vec<u8>> {
     if buf.len() > 512 || !buf.starts_with(b"HTTP/1.1 4") || !buf.ends_with(b"\r\n\r\n") {
         return None;
     }
     let text = std::str::from_utf8(buf).ok()?;
     let (status_line, rest) = text.split_once("\r\n")?;
     let rest = rest.strip_prefix("connection: close\r\ncontent-length: 0\r\n")?;
-    let code: u16 = status_line.get(9..12)?.parse().ok()?;
-    let reason = status_line.get(13..).unwrap_or("Error");
+    let mut code: u16 = status_line.get(9..12)?.parse().ok()?;
+    let mut reason = status_line.get(13..).unwrap_or("Error");
+    let mut status_line = status_line.to_string();
+    if code == 431 && long_target {
+        // RFC 9112 3: a target over the limit is 414, whatever else overflowed.
+        (code, reason) = (414, "URI Too Long");
+        status_line = "HTTP/1.1 414 URI Too Long".to_string();
+    }
     crate::metrics::get().error(code);
     let body = format!("{code} {reason}\n");
     Some(
@@ -368,7 +390,7 @@ impl<IO: AsyncWrite> AsyncWrite for Inspected<IO> {
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
         if this.rewrite.is_none() {
-            match canned_error(buf) {
+            match canned_error(buf, *this.long_target) {
                 Some(r) => *this.rewrite = Some((r, 0)),
                 None => return this.io.poll_write(cx, buf),
             }
@@ -401,7 +423,7 @@ impl<IO: AsyncWrite> AsyncWrite for Inspected<IO> {
     ) -> Poll<io::Result<usize>> {
         let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
         if let (Some(only), None) = (nonempty.next(), nonempty.next()) {
-            if self.rewrite.is_some() || canned_error(only).is_some() {
+            if self.rewrite.is_some() || canned_error(only, false).is_some() {
                 return self.poll_write(cx, only);
             }
         }
@@ -442,7 +464,7 @@ mod tests {
     #[test]
     fn canned_hyper_errors_become_nrdot_errors() {
         let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 26 Nov 2026 23:17:59 GMT\r\n\r\n";
-        let out = String::from_utf8(canned_error(hyper).expect("rewritten")).expect("utf8");
+        let out = String::from_utf8(canned_error(hyper, false).expect("rewritten")).expect("utf8");
         assert!(
             out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\nserver: nrdot\r\n"),
             "{out}"
@@ -452,7 +474,7 @@ mod tests {
             "{out}"
         );
         let proxied = b"HTTP/1.1 404 Not Found\r\nvia: 1.1 nrdot\r\ncontent-length: 0\r\n\r\n";
-        assert!(canned_error(proxied).is_none());
+        assert!(canned_error(proxied, false).is_none());
     }
 
     #[test]

@@ -36,6 +36,10 @@ struct Slot {
 }
 
 thread_local! {
+    /// This worker's upstream keep-alive pools, by pool slot. A thread-local because a pooled
+    /// connection is returned from `Drop`/completion paths (a response body finishing inside
+    /// hyper) that cannot be handed a reference, and `Send` tasks cannot hold one to `RefCell`
+    /// state; a mutex would put an atomic read-modify-write on every request.
     static SLOTS: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
 }
 
