@@ -248,7 +248,9 @@ async fn proxy(
                 reused: false,
                 resp: None,
             };
-            send_streamed(answer, x, client_upgrade, log).await
+            // Boxed: the rarer path (streamed bodies, upgrades) would otherwise widen every
+            // request's future, which is copied whole into its box.
+            Box::pin(send_streamed(answer, x, client_upgrade, log)).await
         }
     }
 }
