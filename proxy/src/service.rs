@@ -315,13 +315,7 @@ fn rewrite_request(
             .ok_or(ProxyError::BadRequest)?;
         h.insert(header::HOST, host);
     }
-    // Every Connection field's tokens, as one list (a message may carry any number of them).
-    let tokens = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect::<Vec<_>>()
-        .join(&b","[..]);
+    let tokens = rules::connection_tokens(&h);
     let mut connection = ConnectionFields::default();
     connection.push(&tokens);
     let host = h

@@ -296,18 +296,23 @@ pub(crate) fn join_cookie_crumbs(h: &mut HeaderMap) {
     }
 }
 
+/// Every Connection field's tokens, as one list for [`ConnectionFields`] (a message may carry
+/// any number of Connection fields).
+pub(crate) fn connection_tokens(h: &HeaderMap) -> Vec<u8> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b","[..])
+}
+
 /// Removes hop-by-hop fields from a header map (RFC 9110 7.6.1), by the same rules the native
 /// path applies to bytes: [`hop_by_hop`], every field the Connection tokens name except the
 /// body's length, and Transfer-Encoding (hyper frames the body itself). `Trailer` stays: it
 /// describes the message end to end. A relayed upgrade keeps `Upgrade` and gets
 /// `Connection: upgrade`.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let tokens = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect::<Vec<_>>()
-        .join(&b","[..]);
+    let tokens = connection_tokens(h);
     let mut connection = ConnectionFields::default();
     connection.push(&tokens);
     let mut gone: Vec<HeaderName> = Vec::new();
