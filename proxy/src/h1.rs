@@ -728,6 +728,7 @@ impl<'b> RequestFields<'b> {
     /// GET's, a missing or repeated Host).
     fn scan(&mut self, headers: &[httparse::Header<'b>], method: &str) -> bool {
         let (mut host, mut hosts) = (None, 0);
+        let hop_limited = rules::hop_limited(method);
         let v10 = self.v10;
         let f = self;
         for h in headers {
@@ -763,6 +764,9 @@ impl<'b> RequestFields<'b> {
                 f.chunked = true;
             } else if is(h.name, "connection") && !f.connection.push(h.value) {
                 // more Connection fields than kept is unusual enough for the full path
+                return false;
+            } else if hop_limited && is(h.name, "max-forwards") {
+                // TRACE or OPTIONS with a hop limit: the full path applies the rule.
                 return false;
             }
         }

@@ -33,7 +33,7 @@ use crate::rules::route::{
     decide, https_redirect, peer_value, redirect_port, request_host, Decision, Lookup,
 };
 use crate::rules::{
-    strip_hop_by_hop, via_value, wants_upgrade, BodyLength, ConnectionFields, Forwarding,
+    strip_hop_by_hop, via_value, wants_upgrade, BodyLength, ConnectionFields, Forwarding, Hop,
 };
 use crate::{relay, rules, upstream};
 
@@ -179,6 +179,16 @@ async fn proxy(
         Ok(h) => h,
         Err(e) => fail!(e),
     };
+    let hops = req
+        .headers()
+        .get(header::MAX_FORWARDS)
+        .map(|v| v.as_bytes());
+    let hops = match rules::max_forwards(req.method().as_str(), hops) {
+        Hop::Forward => None,
+        Hop::Decrement(n) => Some(n),
+        Hop::Answer => return Ok(final_recipient(req.method(), log)),
+        Hop::Invalid => fail!(ProxyError::BadRequest),
+    };
     // Route and split with this one table; only indexes leave this block.
     let headers = req.headers();
     let Some(route) = table.route(&host, req.uri().path(), |name| headers.header(name)) else {
@@ -201,6 +211,11 @@ async fn proxy(
         Ok(p) => p,
         Err(e) => fail!(e),
     };
+    if let Some(n) = hops {
+        parts
+            .headers
+            .insert(header::MAX_FORWARDS, HeaderValue::from(n));
+    }
     let limits = &table.config.limits;
     let started = RequestBody::start(
         body,
@@ -253,6 +268,31 @@ async fn proxy(
             Box::pin(send_streamed(answer, x, client_upgrade, log)).await
         }
     }
+}
+
+/// nrdot's answer as the final recipient of a TRACE or OPTIONS request whose Max-Forwards
+/// ran out (RFC 9110 7.6.2): OPTIONS gets the methods nrdot forwards; TRACE, which would
+/// reflect the request's fields (cookies, credentials) back, is not supported here, as nginx
+/// refuses it.
+fn final_recipient(method: &Method, log: Option<Box<LogFields>>) -> Response<ProxyBody> {
+    let status = if method == Method::OPTIONS {
+        StatusCode::OK
+    } else {
+        StatusCode::METHOD_NOT_ALLOWED
+    };
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::SERVER, HeaderValue::from_static("nrdot"));
+    h.insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if let Some(l) = log {
+        l.write(status.as_u16(), 0);
+    }
+    resp
 }
 
 /// What every request is checked for before it is routed; the host it is for.

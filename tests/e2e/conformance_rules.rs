@@ -228,3 +228,53 @@ fn title_case(date: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// RFC 9110 7.6.2: a TRACE or OPTIONS request with Max-Forwards: 0 is answered by nrdot as the
+/// final recipient and never forwarded; a larger value goes on decremented. Other methods
+/// ignore the field. On HTTP/1.1 (the native path hands these rare requests over) and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_forwards_binds_trace_and_options() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let ask = |req: &'static str| raw(n.addr, req.as_bytes(), Duration::from_secs(5));
+    let options0 =
+        ask("OPTIONS /echo HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n")
+            .await;
+    assert!(options0.starts_with("HTTP/1.1 200"), "{options0}");
+    assert!(
+        options0.to_lowercase().contains("\r\nallow: get"),
+        "{options0}"
+    );
+    let trace0 =
+        ask("TRACE /echo HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n")
+            .await;
+    assert!(trace0.starts_with("HTTP/1.1 405"), "{trace0}");
+    let bad =
+        ask("OPTIONS /echo HTTP/1.1\r\nHost: a\r\nMax-Forwards: x\r\nConnection: close\r\n\r\n")
+            .await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    assert_eq!(o.hits(), 0, "a request out of hops reached the origin");
+    let options5 =
+        ask("OPTIONS /echo HTTP/1.1\r\nHost: a\r\nMax-Forwards: 5\r\nConnection: close\r\n\r\n")
+            .await;
+    assert!(options5.contains("\"max-forwards\":[\"4\"]"), "{options5}");
+    let get0 =
+        ask("GET /echo HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n").await;
+    assert!(get0.contains("\"max-forwards\":[\"0\"]"), "{get0}");
+    let mut h2 = h2_connect(n.addr).await;
+    for (hops, want) in [("0", 200), ("3", 200)] {
+        let req = http::Request::builder()
+            .method("OPTIONS")
+            .uri("http://a/echo")
+            .header("max-forwards", hops)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let resp = h2.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), want);
+    }
+    assert_eq!(
+        o.hits(),
+        3,
+        "OPTIONS 5, GET 0 and HTTP/2 OPTIONS 3 reached the origin"
+    );
+}

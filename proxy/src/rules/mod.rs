@@ -279,6 +279,43 @@ pub(crate) fn target_too_long(buf: &[u8], max: u64) -> bool {
     target.len() as u64 > max
 }
 
+/// What an intermediary does with a request's Max-Forwards (RFC 9110 7.6.2): it binds only
+/// TRACE and OPTIONS, which a chain of proxies must not pass on forever.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Hop {
+    /// Forward as it is (another method, or no Max-Forwards).
+    Forward,
+    /// Forward with Max-Forwards set to this (the received value less one).
+    Decrement(u64),
+    /// The value is zero: nrdot is the final recipient and answers itself.
+    Answer,
+    /// Not a number: a malformed request.
+    Invalid,
+}
+
+/// The Max-Forwards rule for `method` with the field's value, if it has one.
+pub(crate) fn max_forwards(method: &str, value: Option<&[u8]>) -> Hop {
+    if !hop_limited(method) {
+        return Hop::Forward;
+    }
+    let Some(v) = value else {
+        return Hop::Forward;
+    };
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Hop::Invalid;
+    }
+    match v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')) {
+        0 => Hop::Answer,
+        n => Hop::Decrement(n - 1),
+    }
+}
+
+/// Methods Max-Forwards applies to.
+pub(crate) fn hop_limited(method: &str) -> bool {
+    matches!(method, "TRACE" | "OPTIONS")
+}
+
 /// Joins HTTP/2 cookie crumbs into the one field HTTP/1.1 allows, with "; " (RFC 9113 8.2.3).
 pub(crate) fn join_cookie_crumbs(h: &mut HeaderMap) {
     let mut all = h.get_all(header::COOKIE).iter();
@@ -368,6 +405,16 @@ pub(crate) fn via_value(v: Version) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_forwards_binds_only_trace_and_options() {
+        assert_eq!(max_forwards("GET", Some(b"0")), Hop::Forward);
+        assert_eq!(max_forwards("OPTIONS", None), Hop::Forward);
+        assert_eq!(max_forwards("OPTIONS", Some(b"0")), Hop::Answer);
+        assert_eq!(max_forwards("TRACE", Some(b" 5 ")), Hop::Decrement(4));
+        assert_eq!(max_forwards("TRACE", Some(b"-1")), Hop::Invalid);
+        assert_eq!(max_forwards("OPTIONS", Some(b"")), Hop::Invalid);
+    }
 
     #[test]
     fn only_websocket_upgrades_pass() {
