@@ -1321,7 +1321,7 @@ fn response_head(
         if hop_by_hop(h.name)
             || (connection.names(h.name) && !framing_field(h.name))
             || (hsts.is_some() && is(h.name, "strict-transport-security"))
-            || (chunked && is(h.name, "content-length"))
+            || ((chunked || !rules::length_allowed(status)) && is(h.name, "content-length"))
             || (decode && is(h.name, "transfer-encoding"))
         {
             continue;

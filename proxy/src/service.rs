@@ -431,6 +431,9 @@ impl Answer<'_> {
     /// Counts the status and rewrites the response head for the client.
     fn head(&mut self, status: u16, h: &mut HeaderMap, upgraded: bool) {
         self.table.routes[self.d.route].counters[self.d.entry].count(status);
+        if !rules::length_allowed(status) {
+            h.remove(header::CONTENT_LENGTH);
+        }
         let sticky = self.d.new_sticky.take();
         response_fields(h, upgraded, self.via.clone(), self.hsts, sticky);
     }

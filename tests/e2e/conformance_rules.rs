@@ -278,3 +278,53 @@ async fn max_forwards_binds_trace_and_options() {
         "OPTIONS 5, GET 0 and HTTP/2 OPTIONS 3 reached the origin"
     );
 }
+
+/// RFC 9110 8.6, 15.3.5, 15.4.5 and RFC 9112 6.3, from a misbehaving origin: a 204 ends at its
+/// head and carries no Content-Length to the client (a sender MUST NOT send one); a 304 ends at
+/// its head (its Content-Length describes the representation and may stay) and bytes the origin
+/// sent after it are not relayed; HEAD gets no body. The client's connection stays usable, on
+/// the native path, on a handed-over connection and over HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_body_on_204_304_and_head_whatever_the_origin_sends() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    // Native path, then the same requests after a hand-over on one connection.
+    let handover =
+        "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nx-t: 1\r\n\r\n";
+    for prefix in ["", handover] {
+        let mut c = KeepAlive::connect(n.addr).await;
+        if !prefix.is_empty() {
+            c.send(prefix.as_bytes()).await;
+            let (status, _, _) = c.response().await;
+            assert_eq!(status, 200);
+        }
+        c.send(b"GET /no-content-length HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await;
+        let (status, head, body) = c.response_without_body().await;
+        assert_eq!(status, 204, "{head}");
+        assert!(
+            !head.contains("content-length"),
+            "a 204 with a length: {head}"
+        );
+        assert!(body.is_empty());
+        c.send(b"GET /not-modified-body HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await;
+        let (status, head, body) = c.response_without_body().await;
+        assert_eq!(status, 304, "{head}");
+        assert!(body.is_empty(), "a body after a 304 was relayed");
+        c.send(b"HEAD /head HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let (status, head, _) = c.response_without_body().await;
+        assert_eq!(status, 200);
+        assert!(head.contains("content-length: 5"), "{head}");
+        // The connection is still in step: the next answer is the next request's.
+        let (status, _, body) = c.get("/").await;
+        assert_eq!((status, &body[..]), (200, &b"hi"[..]), "prefix {prefix:?}");
+    }
+    let mut h2 = h2_connect(n.addr).await;
+    let (status, fields, body) = h2_request(&mut h2, "GET", "/no-content-length").await;
+    assert_eq!(status, 204);
+    assert!(fields.get("content-length").is_none(), "{fields:?}");
+    assert_eq!(body.expect("body"), b"");
+    let (status, _, body) = h2_request(&mut h2, "GET", "/not-modified-body").await;
+    assert_eq!((status, body.expect("body")), (304, Vec::new()));
+}

@@ -835,6 +835,38 @@ impl KeepAlive {
         }
     }
 
+    /// Reads the next response to a request whose answer has no body (HEAD, 204, 304), however
+    /// it is framed: (status, lower-cased head, whatever arrived after the head within 200 ms,
+    /// which should be nothing).
+    pub async fn response_without_body(&mut self) -> (u16, String, Vec<u8>) {
+        let mut chunk = [0u8; 16384];
+        let end = loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                .await
+                .expect("response timed out")
+                .expect("read");
+            assert!(n > 0, "connection closed before a head");
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_lowercase();
+        self.buf.drain(..end + 4);
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), self.stream.read(&mut chunk)).await
+        {
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let extra = std::mem::take(&mut self.buf);
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        (status, head, extra)
+    }
+
     /// Reads until `marker` has arrived and returns everything up to and including it.
     pub async fn read_through(&mut self, marker: &[u8]) -> Vec<u8> {
         let mut chunk = [0u8; 16384];

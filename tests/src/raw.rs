@@ -58,6 +58,10 @@ impl RawOrigin {
                             // No body, and no length to say so.
                             "/no-content" => (b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", false),
                             "/not-modified" => (b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n", false),
+                            // Misbehaving: a length on a 204 (RFC 9110 8.6 forbids it), and a
+                            // body after a 304 (which ends at its head, RFC 9112 6.3).
+                            "/no-content-length" => (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", false),
+                            "/not-modified-body" => (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 4\r\n\r\nbody", false),
                             // For HEAD: a length and no body.
                             "/head" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
                             "/chunked" => (

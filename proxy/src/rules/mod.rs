@@ -316,6 +316,13 @@ pub(crate) fn hop_limited(method: &str) -> bool {
     matches!(method, "TRACE" | "OPTIONS")
 }
 
+/// Whether a response with `status` may carry Content-Length (RFC 9110 8.6: a sender MUST NOT
+/// send it on 1xx or 204). An origin's stray one is dropped; a 304's stays (it describes the
+/// representation).
+pub(crate) fn length_allowed(status: u16) -> bool {
+    !(100..200).contains(&status) && status != 204
+}
+
 /// Joins HTTP/2 cookie crumbs into the one field HTTP/1.1 allows, with "; " (RFC 9113 8.2.3).
 pub(crate) fn join_cookie_crumbs(h: &mut HeaderMap) {
     let mut all = h.get_all(header::COOKIE).iter();
