@@ -14,6 +14,12 @@ pub enum ProxyError {
     /// Request target longer than `max_request_line` (source: client).
     #[error("request target too long")]
     UriTooLong,
+    /// A method nrdot does not forward: CONNECT, as nrdot is no forward proxy (source: client).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A transfer coding nrdot does not understand (source: client).
+    #[error("transfer coding not implemented")]
+    NotImplemented,
     /// Body larger than `client_max_body_size` (source: client).
     #[error("request body too large")]
     BodyTooLarge,
@@ -43,6 +49,8 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -59,6 +67,8 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest
             | ProxyError::UriTooLong
+            | ProxyError::MethodNotAllowed
+            | ProxyError::NotImplemented
             | ProxyError::BodyTooLarge
             | ProxyError::ClientTimeout => "client",
             ProxyError::NoRoute | ProxyError::NoAvailableBackend | ProxyError::Overloaded => {
@@ -74,6 +84,9 @@ impl ProxyError {
         self.source_label() == "client"
     }
 }
+
+/// The methods nrdot forwards, for `Allow` in its own 405 and OPTIONS answers.
+pub(crate) const ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// A short plain-text response with `Server: nrdot`, counted in the error metrics.
 pub fn response(status: StatusCode, close: bool) -> Response<Full<Bytes>> {
@@ -94,6 +107,9 @@ pub fn answer(status: StatusCode, close: bool) -> (http::response::Parts, Bytes)
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+    }
     if close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

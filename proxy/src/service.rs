@@ -176,7 +176,8 @@ async fn proxy(
         };
     }
     let host = match check(conn, table, &req, index) {
-        Ok(h) => h,
+        Ok(Checked::Host(h)) => h,
+        Ok(Checked::Server) => return Ok(final_recipient(req.method(), log)),
         Err(e) => fail!(e),
     };
     let hops = req
@@ -270,8 +271,9 @@ async fn proxy(
     }
 }
 
-/// nrdot's answer as the final recipient of a TRACE or OPTIONS request whose Max-Forwards
-/// ran out (RFC 9110 7.6.2): OPTIONS gets the methods nrdot forwards; TRACE, which would
+/// nrdot's answer as the final recipient: of a TRACE or OPTIONS request whose Max-Forwards
+/// ran out (RFC 9110 7.6.2), and of `OPTIONS *` (RFC 9112 3.2.4). OPTIONS gets the methods
+/// nrdot forwards; TRACE, which would
 /// reflect the request's fields (cookies, credentials) back, is not supported here, as nginx
 /// refuses it.
 fn final_recipient(method: &Method, log: Option<Box<LogFields>>) -> Response<ProxyBody> {
@@ -284,10 +286,7 @@ fn final_recipient(method: &Method, log: Option<Box<LogFields>>) -> Response<Pro
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static("nrdot"));
-    h.insert(
-        header::ALLOW,
-        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-    );
+    h.insert(header::ALLOW, HeaderValue::from_static(error::ALLOW));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     if let Some(l) = log {
         l.write(status.as_u16(), 0);
@@ -295,16 +294,29 @@ fn final_recipient(method: &Method, log: Option<Box<LogFields>>) -> Response<Pro
     resp
 }
 
-/// What every request is checked for before it is routed; the host it is for.
+/// What a request is for, once checked.
+enum Checked {
+    /// Routed by this host.
+    Host(String),
+    /// The server as a whole (`OPTIONS *`): nrdot answers.
+    Server,
+}
+
+/// What every request is checked for before it is routed.
 fn check(
     conn: &Conn,
     table: &RouteTable,
     req: &Request<Incoming>,
     index: u64,
-) -> Result<String, ProxyError> {
+) -> Result<Checked, ProxyError> {
     let limits = &table.config.limits;
     if req.version() != Version::HTTP_2 && conn.verdict.is_bad(index) {
         return Err(ProxyError::BadRequest);
+    }
+    let asterisk = req.uri().authority().is_none() && req.uri().path() == "*";
+    let codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    if rules::request_form(req.method().as_str(), asterisk, codings)? {
+        return Ok(Checked::Server);
     }
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target as u64 > limits.max_request_line {
@@ -316,7 +328,7 @@ fn check(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    Ok(host)
+    Ok(Checked::Host(host))
 }
 
 /// Rewrites the request head for the upstream as an intermediary must (RFC 9110 7.6, with

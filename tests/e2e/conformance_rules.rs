@@ -328,3 +328,41 @@ async fn no_body_on_204_304_and_head_whatever_the_origin_sends() {
     let (status, _, body) = h2_request(&mut h2, "GET", "/not-modified-body").await;
     assert_eq!((status, body.expect("body")), (304, Vec::new()));
 }
+
+/// Request forms and methods a gateway does not serve by forwarding (RFC 9110 9.3.6, RFC 9112
+/// 3.2.3, 3.2.4, 6.1, 7): CONNECT gets 405 (nrdot is not a forward proxy); an asterisk-form
+/// target is only for OPTIONS, answered by nrdot for the server as a whole; a transfer coding
+/// other than chunked is 501 (not understood), and chunked not last is 400. None reaches the
+/// origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_asterisk_form_and_unknown_transfer_codings_are_answered_by_nrdot() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    for (what, req, want) in [
+        ("CONNECT", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", "405"),
+        ("OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "200"),
+        ("GET *", "GET * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "400"),
+        (
+            "gzip, chunked",
+            "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+            "501",
+        ),
+        (
+            "chunked, gzip",
+            "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\nConnection: close\r\n\r\n0\r\n\r\n",
+            "400",
+        ),
+    ] {
+        let resp = raw(n.addr, req.as_bytes(), Duration::from_secs(3)).await;
+        assert!(
+            resp.starts_with(&format!("HTTP/1.1 {want}")),
+            "{what}: {}",
+            &resp[..resp.len().min(300)]
+        );
+    }
+    assert_eq!(
+        o.hits(),
+        0,
+        "a request nrdot must answer itself reached the origin"
+    );
+}

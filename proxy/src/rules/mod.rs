@@ -6,6 +6,8 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
+use crate::error::ProxyError;
+
 pub(crate) mod retry;
 pub(crate) mod route;
 
@@ -316,6 +318,38 @@ pub(crate) fn hop_limited(method: &str) -> bool {
     matches!(method, "TRACE" | "OPTIONS")
 }
 
+/// The request forms a gateway serves (RFC 9110 9.3.6, RFC 9112 3.2 and 6.1): CONNECT is for
+/// forward proxies (405); an asterisk-form target only goes with OPTIONS (`Ok(true)`: nrdot
+/// answers for the server as a whole); a transfer coding other than a final chunked is not
+/// understood (501), and chunked anywhere but last cannot be framed (400).
+pub(crate) fn request_form(
+    method: &str,
+    asterisk: bool,
+    codings: impl Iterator<Item = impl AsRef<[u8]>>,
+) -> Result<bool, ProxyError> {
+    if method == "CONNECT" {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    if asterisk && method != "OPTIONS" {
+        return Err(ProxyError::BadRequest);
+    }
+    let (mut count, mut last_chunked) = (0, false);
+    for v in codings {
+        for t in tokens(v.as_ref()) {
+            count += 1;
+            last_chunked = t.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+    match (count, last_chunked) {
+        (0, _) | (1, true) => Ok(asterisk),
+        // Another coding under the chunked framing: nrdot would pass on a body it does not
+        // understand as if it were plain.
+        (_, true) => Err(ProxyError::NotImplemented),
+        // Chunked not last (or not at all): the body's end cannot be found (RFC 9112 6.3).
+        (_, false) => Err(ProxyError::BadRequest),
+    }
+}
+
 /// Whether a response with `status` may carry Content-Length (RFC 9110 8.6: a sender MUST NOT
 /// send it on 1xx or 204). An origin's stray one is dropped; a 304's stays (it describes the
 /// representation).
@@ -421,6 +455,26 @@ mod tests {
         assert_eq!(max_forwards("TRACE", Some(b" 5 ")), Hop::Decrement(4));
         assert_eq!(max_forwards("TRACE", Some(b"-1")), Hop::Invalid);
         assert_eq!(max_forwards("OPTIONS", Some(b"")), Hop::Invalid);
+    }
+
+    #[test]
+    fn request_forms_a_gateway_does_not_forward() {
+        let none: [&[u8]; 0] = [];
+        assert_eq!(request_form("GET", false, none.iter()), Ok(false));
+        assert_eq!(request_form("OPTIONS", true, none.iter()), Ok(true));
+        assert_eq!(
+            request_form("GET", true, none.iter()),
+            Err(ProxyError::BadRequest)
+        );
+        assert_eq!(
+            request_form("CONNECT", false, none.iter()),
+            Err(ProxyError::MethodNotAllowed)
+        );
+        let te = |v: &'static [u8]| request_form("POST", false, [v].into_iter());
+        assert_eq!(te(b"chunked"), Ok(false));
+        assert_eq!(te(b"gzip, chunked"), Err(ProxyError::NotImplemented));
+        assert_eq!(te(b"chunked, gzip"), Err(ProxyError::BadRequest));
+        assert_eq!(te(b"gzip"), Err(ProxyError::BadRequest));
     }
 
     #[test]
