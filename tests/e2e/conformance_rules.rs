@@ -366,3 +366,23 @@ async fn connect_asterisk_form_and_unknown_transfer_codings_are_answered_by_nrdo
         "a request nrdot must answer itself reached the origin"
     );
 }
+
+/// RFC 9113 8.3.1: an HTTP/2 request whose Host names another authority than `:authority` is
+/// malformed (routing by one and forwarding the other would let a client reach a route it was
+/// not routed to): 400. The same Host is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_host_must_match_authority() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let mut h2 = h2_connect(n.addr).await;
+    for (host, want) in [("a", 200), ("A:80", 200), ("b", 400)] {
+        let req = http::Request::builder()
+            .uri("http://a:80/echo")
+            .header("host", host)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let resp = h2.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), want, "Host {host} with :authority a:80");
+    }
+    assert_eq!(o.hits(), 2);
+}

@@ -162,6 +162,12 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Option<String> {
         return None;
     }
     let raw: &str = match (req.uri().authority(), from_header) {
+        // HTTP/2 with both: they must name the same host (RFC 9113 8.3.1), or the request
+        // would be routed by one and reach the upstream with the other.
+        (Some(a), Some(h)) if req.version() == Version::HTTP_2 => {
+            let host = host_of(a.as_str())?;
+            return (host_of(h.to_str().ok()?)? == host).then_some(host);
+        }
         (Some(a), _) => a.as_str(),
         (None, Some(h)) => h.to_str().ok()?,
         // HTTP/1.0 predates Host: such requests match routes without a host.
