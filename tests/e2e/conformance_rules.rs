@@ -386,3 +386,52 @@ async fn http2_host_must_match_authority() {
     }
     assert_eq!(o.hits(), 2);
 }
+
+/// RFC 9112 2.2: message parsing robustness. A bare CR in a field and whitespace between the
+/// request line and the first field MUST be rejected (or handled without processing them);
+/// empty lines before a request line SHOULD be ignored; bare LF line ends MAY be accepted.
+/// nrdot rejects the first two with 400 and never forwards them, and accepts the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_parsing_robustness() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    for (what, req, want) in [
+        (
+            "bare CR in a value",
+            &b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\rb\r\nConnection: close\r\n\r\n"[..],
+            "400",
+        ),
+        (
+            "whitespace before the first field",
+            b"GET / HTTP/1.1\r\n Host: a\r\nConnection: close\r\n\r\n",
+            "400",
+        ),
+        (
+            "whitespace after a field name",
+            b"GET / HTTP/1.1\r\nHost : a\r\nConnection: close\r\n\r\n",
+            "400",
+        ),
+        (
+            "empty lines before the request",
+            b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            "200",
+        ),
+        (
+            "bare LF line ends",
+            b"GET / HTTP/1.1\nHost: a\nConnection: close\n\n",
+            "200",
+        ),
+    ] {
+        let resp = raw(n.addr, req, Duration::from_secs(3)).await;
+        assert!(
+            resp.starts_with(&format!("HTTP/1.1 {want}")),
+            "{what}: {}",
+            &resp[..resp.len().min(200)]
+        );
+    }
+    assert_eq!(
+        o.hits(),
+        2,
+        "only the two well-formed requests reached the origin"
+    );
+}
