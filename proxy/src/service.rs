@@ -34,6 +34,7 @@ use crate::rules::route::{
 };
 use crate::rules::{
     strip_hop_by_hop, via_value, wants_upgrade, BodyLength, ConnectionFields, Forwarding, Hop,
+    Target,
 };
 use crate::{relay, rules, upstream};
 
@@ -313,9 +314,14 @@ fn check(
     if req.version() != Version::HTTP_2 && conn.verdict.is_bad(index) {
         return Err(ProxyError::BadRequest);
     }
-    let asterisk = req.uri().authority().is_none() && req.uri().path() == "*";
+    let uri = req.uri();
+    let target = match (uri.scheme(), uri.authority()) {
+        (None, Some(_)) => Target::Authority,
+        (None, None) if uri.path() == "*" => Target::Asterisk,
+        _ => Target::Resource,
+    };
     let codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
-    if rules::request_form(req.method().as_str(), asterisk, codings)? {
+    if rules::request_form(req.method().as_str(), target, codings)? {
         return Ok(Checked::Server);
     }
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());

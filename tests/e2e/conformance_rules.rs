@@ -343,6 +343,11 @@ async fn connect_asterisk_form_and_unknown_transfer_codings_are_answered_by_nrdo
         ("OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "200"),
         ("GET *", "GET * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "400"),
         (
+            "GET authority-form",
+            "GET a:80 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            "400",
+        ),
+        (
             "gzip, chunked",
             "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
             "501",

@@ -318,21 +318,35 @@ pub(crate) fn hop_limited(method: &str) -> bool {
     matches!(method, "TRACE" | "OPTIONS")
 }
 
+/// The form of a request target (RFC 9112 3.2), as far as the rules need it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// origin-form or absolute-form: a resource.
+    Resource,
+    /// `*`: the server as a whole.
+    Asterisk,
+    /// `host:port`.
+    Authority,
+}
+
 /// The request forms a gateway serves (RFC 9110 9.3.6, RFC 9112 3.2 and 6.1): CONNECT is for
 /// forward proxies (405); an asterisk-form target only goes with OPTIONS (`Ok(true)`: nrdot
 /// answers for the server as a whole); a transfer coding other than a final chunked is not
 /// understood (501), and chunked anywhere but last cannot be framed (400).
 pub(crate) fn request_form(
     method: &str,
-    asterisk: bool,
+    target: Target,
     codings: impl Iterator<Item = impl AsRef<[u8]>>,
 ) -> Result<bool, ProxyError> {
     if method == "CONNECT" {
         return Err(ProxyError::MethodNotAllowed);
     }
-    if asterisk && method != "OPTIONS" {
-        return Err(ProxyError::BadRequest);
-    }
+    // Authority-form is CONNECT's alone (RFC 9112 3.2.3).
+    let asterisk = match target {
+        Target::Asterisk if method != "OPTIONS" => return Err(ProxyError::BadRequest),
+        Target::Authority => return Err(ProxyError::BadRequest),
+        t => t == Target::Asterisk,
+    };
     let (mut count, mut last_chunked) = (0, false);
     for v in codings {
         for t in tokens(v.as_ref()) {
@@ -460,17 +474,22 @@ mod tests {
     #[test]
     fn request_forms_a_gateway_does_not_forward() {
         let none: [&[u8]; 0] = [];
-        assert_eq!(request_form("GET", false, none.iter()), Ok(false));
-        assert_eq!(request_form("OPTIONS", true, none.iter()), Ok(true));
+        let (res, star, auth) = (Target::Resource, Target::Asterisk, Target::Authority);
+        assert_eq!(request_form("GET", res, none.iter()), Ok(false));
+        assert_eq!(request_form("OPTIONS", star, none.iter()), Ok(true));
         assert_eq!(
-            request_form("GET", true, none.iter()),
+            request_form("GET", star, none.iter()),
             Err(ProxyError::BadRequest)
         );
         assert_eq!(
-            request_form("CONNECT", false, none.iter()),
+            request_form("GET", auth, none.iter()),
+            Err(ProxyError::BadRequest)
+        );
+        assert_eq!(
+            request_form("CONNECT", auth, none.iter()),
             Err(ProxyError::MethodNotAllowed)
         );
-        let te = |v: &'static [u8]| request_form("POST", false, [v].into_iter());
+        let te = |v: &'static [u8]| request_form("POST", res, [v].into_iter());
         assert_eq!(te(b"chunked"), Ok(false));
         assert_eq!(te(b"gzip, chunked"), Err(ProxyError::NotImplemented));
         assert_eq!(te(b"chunked, gzip"), Err(ProxyError::BadRequest));
