@@ -6,15 +6,15 @@
 //! upstream (through [`crate::relay::send`]), and the response is relayed from the upstream
 //! socket with its own framing (length, chunked, or until close). No request or header map is
 //! built, no second task or channel sits between client and upstream, and an idle connection
-//! holds no buffer. The response-side parsers (head, framing, chunks) live here too; the hyper
-//! path decodes with them.
+//! holds no buffer. The parsers it uses (heads, framing, chunks) are [`crate::http1`]'s, and
+//! the intermediary rules [`crate::rules`]', shared with the hyper path.
 //!
 //! HTTP/1.0 requests are served here too (keep-alive when asked for, chunked answers decoded).
 //! Anything else (larger bodies, chunked ones with trailers, other expectations, other
 //! upgrades, HTTP/2, anything malformed) is handed, with the bytes already read, to the
-//! hyper-based path in [`crate::service`] for the rest of the connection,
-//! so every rule that path enforces still holds. Routing, splitting, retries and passive health
-//! are the same functions both paths call.
+//! hyper-based path ([`crate::handover`], [`crate::service`]) for the rest of the connection,
+//! so every rule that path enforces still holds. Routing, splitting, the request rewrite, and
+//! the attempt loop with its retries and passive health are the same functions both paths call.
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;

@@ -5,10 +5,10 @@
 //! It reads routing tables and never writes them: the control plane publishes tables through
 //! [`nrdot_config::swap`], and this crate never names the control plane.
 //!
-//! `accept -> h1 (native HTTP/1.1: parse in place -> table.route -> pick -> relay::send;
-//! a 101 -> tunnel)`, handing unusual requests to
-//! `inspect (HTTP/1 framing) -> hyper -> Service::call -> table.route -> pick -> relay::send`
-//! (hyper's client only for streamed bodies and the hyper path's upgrades)
+//! `accept -> h1 (native HTTP/1.1: parse in place -> rules -> relay::send(Whole); a 101 ->
+//! tunnel)`, handing unusual requests and HTTP/2 to `handover -> inspect -> hyper ->
+//! service -> rules -> relay::send(Whole | Streamed)`. Modules import only downward; the
+//! layers are drawn in `docs/architecture.md`.
 
 pub mod accesslog;
 mod buffers;

@@ -1,10 +1,10 @@
-//! nrdot's own HTTP/1.1 client over the pooled upstream connections: one request written
-//! in one piece, the response head read and checked, retried on another server where that is
-//! safe. Both server paths send through [`send`]: the native HTTP/1.1 path relays the response
-//! bytes itself, the hyper path (HTTP/2, HTTP/1.0, other bodies) gets the head as a header map
-//! and the body as a [`crate::body::RawBody`]. Upstreams are plain or TLS
-//! ([`crate::upstream::UpStream`]); only streamed request bodies and the hyper path's upgrades
-//! still go through hyper's client.
+//! The one attempt loop and nrdot's own HTTP/1.1 client. [`send`] picks a server, connects or
+//! reuses a pooled connection, runs one attempt, and retries on another server where the
+//! pool's policy and budget allow, charging passive health as it goes; an [`Exchange`] is how
+//! one attempt is made. [`Whole`] is nrdot's own client (a request written in one piece, the
+//! response head read and checked), used by the native path and by the hyper path for
+//! requests held whole (its body comes back as a [`crate::respbody::RawBody`]); hyper's client
+//! (`service::Streamed`) serves streamed request bodies and the hyper path's upgrades.
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
