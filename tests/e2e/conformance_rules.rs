@@ -440,3 +440,105 @@ async fn message_parsing_robustness() {
         "only the two well-formed requests reached the origin"
     );
 }
+
+/// One HTTP/2 request written frame by frame (the h2 library refuses to send malformed ones):
+/// the connection preface, an empty SETTINGS, then HEADERS with `fields` as HPACK literals
+/// (and a DATA frame when `data` is given, ending the stream). Returns the type of the first
+/// frame the server sends on stream 1, or of a GOAWAY.
+async fn raw_h2(addr: std::net::SocketAddr, fields: &[(&str, &str)], data: Option<&[u8]>) -> u8 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        // Literal without indexing, new name, no Huffman coding (RFC 7541 6.2.2).
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    let end_stream = if data.is_some() { 0 } else { 1 };
+    out.extend(frame(1, 4 | end_stream, 1, &block));
+    if let Some(d) = data {
+        out.extend(frame(0, 1, 1, d));
+    }
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&out).await.expect("write");
+    loop {
+        let mut head = [0u8; 9];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head)).await;
+        let Ok(Ok(_)) = read else { return 0 };
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.expect("frame payload");
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        // A GOAWAY, or anything on the request's stream (HEADERS, RST_STREAM, DATA).
+        if head[3] == 7 || (stream == 1 && head[3] != 4) {
+            return head[3];
+        }
+        if head[3] == 4 && head[4] & 1 == 0 {
+            s.write_all(&frame(4, 1, 0, &[]))
+                .await
+                .expect("settings ack");
+        }
+    }
+}
+
+/// RFC 9113 8.1, 8.2.1, 8.2.2: malformed HTTP/2 requests (connection-specific fields, `te`
+/// other than `trailers`, upper-case names, a body that disagrees with its content-length) are
+/// refused (stream reset, or nrdot's 400) and never reach an origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http2_requests_never_reach_an_origin() {
+    const HEADERS: u8 = 1;
+    const RST_STREAM: u8 = 3;
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let base = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/echo"),
+        (":authority", "a"),
+    ];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut f = base.to_vec();
+        f.push(extra);
+        f
+    };
+    for (what, fields) in [
+        ("connection", with(("connection", "keep-alive"))),
+        ("transfer-encoding", with(("transfer-encoding", "chunked"))),
+        ("te: gzip", with(("te", "gzip"))),
+        ("upper-case name", with(("X-Upper", "1"))),
+    ] {
+        let kind = raw_h2(n.addr, &fields, None).await;
+        assert!(
+            kind == RST_STREAM || kind == 7 || kind == HEADERS,
+            "{what}: frame type {kind}"
+        );
+    }
+    let post = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/echo"),
+        (":authority", "a"),
+        ("content-length", "5"),
+    ];
+    let kind = raw_h2(n.addr, &post, Some(b"hi")).await;
+    assert!(
+        kind == RST_STREAM || kind == 7 || kind == HEADERS,
+        "short body: frame type {kind}"
+    );
+    assert_eq!(o.hits(), 0, "a malformed HTTP/2 request reached the origin");
+    // The same client, well-formed: answered by the origin (the raw client itself works).
+    let kind = raw_h2(n.addr, &with(("te", "trailers")), None).await;
+    assert_eq!(kind, HEADERS);
+    assert_eq!(o.hits(), 1);
+}
