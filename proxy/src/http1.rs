@@ -138,19 +138,18 @@ pub(crate) fn serialize(parts: &http::response::Parts, body: &[u8]) -> Vec<u8> {
     for (name, value) in &parts.headers {
         put(&mut out, name.as_str(), value.as_bytes());
     }
-    put(
-        &mut out,
-        "date",
-        httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
-    );
-    put(
-        &mut out,
-        "content-length",
-        body.len().to_string().as_bytes(),
-    );
+    put(&mut out, "date", &crate::clock::http_date());
+    end_with_body(&mut out, body, true);
+    out
+}
+
+/// Ends a head: its `content-length` (when `length`), the empty line, then the body.
+pub(crate) fn end_with_body(out: &mut Vec<u8>, body: &[u8], length: bool) {
+    if length {
+        put(out, "content-length", body.len().to_string().as_bytes());
+    }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-    out
 }
 
 pub(crate) fn itoa3(status: u16) -> [u8; 3] {

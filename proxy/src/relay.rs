@@ -319,15 +319,8 @@ pub(crate) fn request_bytes(
         crate::http1::put(&mut out, name.as_str(), value.as_bytes());
     }
     // As hyper's client does: a length for any body, and 0 where a body is expected.
-    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        crate::http1::put(
-            &mut out,
-            "content-length",
-            body.len().to_string().as_bytes(),
-        );
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
+    let length = !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH");
+    crate::http1::end_with_body(&mut out, body, length);
     out
 }
 
