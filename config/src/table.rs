@@ -8,7 +8,7 @@ use http::uri::Authority;
 
 use std::sync::atomic::Ordering;
 
-use crate::model::{Config, HeaderMatch, Lb, Pool, Sticky, WhenUnavailable};
+use crate::model::{Config, HeaderMatch, Lb, Pool, Route, Sticky, WhenUnavailable};
 use crate::split::Split;
 use crate::state::{BackendState, PoolState, RouteState, StatusCounters};
 
@@ -169,21 +169,7 @@ impl RouteTable {
         generation: u64,
         previous: Option<&RouteTable>,
     ) -> RouteTable {
-        let mut old_pools: HashMap<&str, &Arc<PoolState>> = HashMap::new();
-        let mut old_backends: HashMap<(&str, &str), &Arc<BackendState>> = HashMap::new();
-        let mut old_routes: HashMap<&str, &Arc<RouteState>> = HashMap::new();
-        if let Some(prev) = previous {
-            for p in &prev.pools {
-                old_pools.insert(&p.config.name, &p.state);
-                for b in &p.backends {
-                    old_backends.insert((&p.config.name, &b.state.address), &b.state);
-                }
-            }
-            for r in &prev.routes {
-                old_routes.insert(&r.name, &r.state);
-            }
-        }
-
+        let old = Survivors::of(previous);
         let mut pool_index = HashMap::new();
         let pools: Vec<PoolEntry> = config
             .pools
@@ -191,95 +177,15 @@ impl RouteTable {
             .enumerate()
             .map(|(i, p)| {
                 pool_index.insert(p.name.as_str(), i);
-                let state = old_pools
-                    .get(p.name.as_str())
-                    .map(|s| Arc::clone(s))
-                    .unwrap_or_else(|| Arc::new(PoolState::new(&p.name)));
-                let backends: Vec<BackendEntry> = p
-                    .servers
-                    .iter()
-                    .map(|s| BackendEntry {
-                        authority: Authority::try_from(s.address.as_str())
-                            .expect("validated addresses are valid authorities"),
-                        weight: s.weight,
-                        state: old_backends
-                            .get(&(p.name.as_str(), s.address.as_str()))
-                            .map(|s| Arc::clone(s))
-                            .unwrap_or_else(|| Arc::new(BackendState::new(&p.name, &s.address))),
-                    })
-                    .collect();
-                let weights: Vec<u32> = p.servers.iter().map(|s| s.weight).collect();
-                let maglev = (p.lb == Lb::Hash && p.servers.len() < u16::MAX as usize).then(|| {
-                    let names: Vec<(&str, u32)> = p
-                        .servers
-                        .iter()
-                        .map(|s| (s.address.as_str(), s.weight))
-                        .collect();
-                    maglev(&names, MAGLEV_SIZE)
-                });
-                PoolEntry {
-                    config: p.clone(),
-                    state,
-                    backends,
-                    order: Split::new(&weights),
-                    maglev,
-                    tls_client: None,
-                }
+                old.pool(p)
             })
             .collect();
-
         let routes: Vec<RouteEntry> = config
             .routes
             .iter()
-            .map(|r| RouteEntry {
-                name: r.name.as_str().into(),
-                state: old_routes
-                    .get(r.name.as_str())
-                    .map(|s| Arc::clone(s))
-                    .unwrap_or_else(|| Arc::new(RouteState::new(&r.name))),
-                pools: r
-                    .split
-                    .iter()
-                    .map(|e| pool_index[e.pool.as_str()])
-                    .collect(),
-                counters: r
-                    .split
-                    .iter()
-                    .map(|e| StatusCounters::new(&r.name, &e.pool))
-                    .collect(),
-                split: Split::new(&r.split.iter().map(|e| e.weight).collect::<Vec<_>>()),
-                header: r.header.clone(),
-                sticky: r.sticky.clone(),
-                override_header: r.override_header.as_deref().map(Into::into),
-                override_cookie: r.override_cookie.as_deref().map(Into::into),
-                retry_unsafe: r.retry_unsafe,
-                https_redirect: r.https_redirect,
-                hsts: r
-                    .hsts
-                    .as_deref()
-                    .and_then(|h| http::HeaderValue::from_str(h).ok()),
-            })
+            .map(|r| old.route(r, &pool_index))
             .collect();
-
-        let mut exact: HashMap<Box<str>, HostIndex> = HashMap::new();
-        let mut wildcard: HashMap<Box<str>, HostIndex> = HashMap::new();
-        let mut any = HostIndex::default();
-        for (i, r) in config.routes.iter().enumerate() {
-            if r.hosts.is_empty() {
-                any.add(&r.path, i);
-            }
-            for h in &r.hosts {
-                match h.strip_prefix('*') {
-                    Some(suffix) => wildcard.entry(suffix.into()).or_default().add(&r.path, i),
-                    None => exact.entry(h.as_str().into()).or_default().add(&r.path, i),
-                }
-            }
-        }
-        for idx in exact.values_mut().chain(wildcard.values_mut()) {
-            idx.finish(&routes);
-        }
-        any.finish(&routes);
-
+        let (exact, wildcard, any) = index_hosts(&config, &routes);
         let https_port = config
             .listeners
             .iter()
@@ -514,6 +420,136 @@ fn mix(roll: u64, i: usize) -> u64 {
 
 /// Size of a Maglev lookup table (prime, much larger than any pool).
 pub const MAGLEV_SIZE: usize = 65_537;
+
+/// The long-lived state of the previous table, by name, for the objects that survive a swap.
+#[derive(Default)]
+struct Survivors<'a> {
+    pools: HashMap<&'a str, &'a Arc<PoolState>>,
+    backends: HashMap<(&'a str, &'a str), &'a Arc<BackendState>>,
+    routes: HashMap<&'a str, &'a Arc<RouteState>>,
+}
+
+impl<'a> Survivors<'a> {
+    fn of(previous: Option<&'a RouteTable>) -> Survivors<'a> {
+        let mut old = Survivors::default();
+        let Some(prev) = previous else {
+            return old;
+        };
+        for p in &prev.pools {
+            old.pools.insert(&p.config.name, &p.state);
+            for b in &p.backends {
+                old.backends
+                    .insert((&p.config.name, &b.state.address), &b.state);
+            }
+        }
+        for r in &prev.routes {
+            old.routes.insert(&r.name, &r.state);
+        }
+        old
+    }
+
+    /// A pool compiled, with its servers and their state carried over where they survive.
+    fn pool(&self, p: &Pool) -> PoolEntry {
+        let state = self
+            .pools
+            .get(p.name.as_str())
+            .map(|s| Arc::clone(s))
+            .unwrap_or_else(|| Arc::new(PoolState::new(&p.name)));
+        let backends: Vec<BackendEntry> = p
+            .servers
+            .iter()
+            .map(|s| BackendEntry {
+                authority: Authority::try_from(s.address.as_str())
+                    .expect("validated addresses are valid authorities"),
+                weight: s.weight,
+                state: self
+                    .backends
+                    .get(&(p.name.as_str(), s.address.as_str()))
+                    .map(|s| Arc::clone(s))
+                    .unwrap_or_else(|| Arc::new(BackendState::new(&p.name, &s.address))),
+            })
+            .collect();
+        let weights: Vec<u32> = p.servers.iter().map(|s| s.weight).collect();
+        let maglev = (p.lb == Lb::Hash && p.servers.len() < u16::MAX as usize).then(|| {
+            let names: Vec<(&str, u32)> = p
+                .servers
+                .iter()
+                .map(|s| (s.address.as_str(), s.weight))
+                .collect();
+            maglev(&names, MAGLEV_SIZE)
+        });
+        PoolEntry {
+            config: p.clone(),
+            state,
+            backends,
+            order: Split::new(&weights),
+            maglev,
+            tls_client: None,
+        }
+    }
+
+    /// A route compiled; `pool_index` maps pool names to their place in the table.
+    fn route(&self, r: &Route, pool_index: &HashMap<&str, usize>) -> RouteEntry {
+        RouteEntry {
+            name: r.name.as_str().into(),
+            state: self
+                .routes
+                .get(r.name.as_str())
+                .map(|s| Arc::clone(s))
+                .unwrap_or_else(|| Arc::new(RouteState::new(&r.name))),
+            pools: r
+                .split
+                .iter()
+                .map(|e| pool_index[e.pool.as_str()])
+                .collect(),
+            counters: r
+                .split
+                .iter()
+                .map(|e| StatusCounters::new(&r.name, &e.pool))
+                .collect(),
+            split: Split::new(&r.split.iter().map(|e| e.weight).collect::<Vec<_>>()),
+            header: r.header.clone(),
+            sticky: r.sticky.clone(),
+            override_header: r.override_header.as_deref().map(Into::into),
+            override_cookie: r.override_cookie.as_deref().map(Into::into),
+            retry_unsafe: r.retry_unsafe,
+            https_redirect: r.https_redirect,
+            hsts: r
+                .hsts
+                .as_deref()
+                .and_then(|h| http::HeaderValue::from_str(h).ok()),
+        }
+    }
+}
+
+/// Host indexes: exact names, `*.` suffixes, and the routes without a host.
+type HostIndexes = (
+    HashMap<Box<str>, HostIndex>,
+    HashMap<Box<str>, HostIndex>,
+    HostIndex,
+);
+
+fn index_hosts(config: &Config, routes: &[RouteEntry]) -> HostIndexes {
+    let mut exact: HashMap<Box<str>, HostIndex> = HashMap::new();
+    let mut wildcard: HashMap<Box<str>, HostIndex> = HashMap::new();
+    let mut any = HostIndex::default();
+    for (i, r) in config.routes.iter().enumerate() {
+        if r.hosts.is_empty() {
+            any.add(&r.path, i);
+        }
+        for h in &r.hosts {
+            match h.strip_prefix('*') {
+                Some(suffix) => wildcard.entry(suffix.into()).or_default().add(&r.path, i),
+                None => exact.entry(h.as_str().into()).or_default().add(&r.path, i),
+            }
+        }
+    }
+    for idx in exact.values_mut().chain(wildcard.values_mut()) {
+        idx.finish(routes);
+    }
+    any.finish(routes);
+    (exact, wildcard, any)
+}
 
 /// Builds a Maglev lookup table (Eisenbud et al., NSDI 2016) for servers named `names` with
 /// weights: each server fills slots in its own pseudo-random order, taking turns in proportion
