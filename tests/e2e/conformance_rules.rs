@@ -338,7 +338,7 @@ async fn no_body_on_204_304_and_head_whatever_the_origin_sends() {
 async fn connect_asterisk_form_and_unknown_transfer_codings_are_answered_by_nrdot() {
     let o = Origin::start("o").await;
     let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
-    for (what, req, want) in [
+    let cases = [
         ("CONNECT", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", "405"),
         ("OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "200"),
         ("GET *", "GET * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "400"),
@@ -357,14 +357,8 @@ async fn connect_asterisk_form_and_unknown_transfer_codings_are_answered_by_nrdo
             "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\nConnection: close\r\n\r\n0\r\n\r\n",
             "400",
         ),
-    ] {
-        let resp = raw(n.addr, req.as_bytes(), Duration::from_secs(3)).await;
-        assert!(
-            resp.starts_with(&format!("HTTP/1.1 {want}")),
-            "{what}: {}",
-            &resp[..resp.len().min(300)]
-        );
-    }
+    ];
+    answers(n.addr, &cases).await;
     assert_eq!(
         o.hits(),
         0,
@@ -400,7 +394,7 @@ async fn http2_host_must_match_authority() {
 async fn message_parsing_robustness() {
     let o = Origin::start("o").await;
     let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
-    for (what, req, want) in [
+    let cases: [(&str, &[u8], &str); 5] = [
         (
             "bare CR in a value",
             &b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\rb\r\nConnection: close\r\n\r\n"[..],
@@ -426,14 +420,8 @@ async fn message_parsing_robustness() {
             b"GET / HTTP/1.1\nHost: a\nConnection: close\n\n",
             "200",
         ),
-    ] {
-        let resp = raw(n.addr, req, Duration::from_secs(3)).await;
-        assert!(
-            resp.starts_with(&format!("HTTP/1.1 {want}")),
-            "{what}: {}",
-            &resp[..resp.len().min(200)]
-        );
-    }
+    ];
+    answers(n.addr, &cases).await;
     assert_eq!(
         o.hits(),
         2,
@@ -541,4 +529,16 @@ async fn malformed_http2_requests_never_reach_an_origin() {
     let kind = raw_h2(n.addr, &with(("te", "trailers")), None).await;
     assert_eq!(kind, HEADERS);
     assert_eq!(o.hits(), 1);
+}
+
+/// Sends each raw request on its own connection and checks the status nrdot answers with.
+async fn answers(addr: std::net::SocketAddr, cases: &[(&str, impl AsRef<[u8]>, &str)]) {
+    for (what, req, want) in cases {
+        let resp = raw(addr, req.as_ref(), Duration::from_secs(3)).await;
+        assert!(
+            resp.starts_with(&format!("HTTP/1.1 {want}")),
+            "{what}: {}",
+            &resp[..resp.len().min(300)]
+        );
+    }
 }
