@@ -766,23 +766,7 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
             ],
         );
         let name = unique_name(v, t, &path, &tspan, "pool", &mut names);
-        let lb = match v.str(t, "lb", &path) {
-            None => Lb::RoundRobin,
-            Some((s, span)) => match s.as_str() {
-                "round_robin" => Lb::RoundRobin,
-                "random" => Lb::Random,
-                "least_requests" => Lb::LeastRequests,
-                "hash" => Lb::Hash,
-                _ => {
-                    v.push(
-                        &format!("{path}.lb"),
-                        &span,
-                        format!("unknown policy {s:?} (expected round_robin, random, least_requests or hash)"),
-                    );
-                    Lb::RoundRobin
-                }
-            },
-        };
+        let lb = lb_policy(v, t, &path);
         let keepalive = v
             .int(t, "keepalive", &path, 0..100_001)
             .map(|n| n as usize)
@@ -800,51 +784,7 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
                 v.push(&format!("{path}.{key}"), &span, "must be greater than zero");
             }
         }
-        let mut servers = Vec::new();
-        let mut seen = HashSet::new();
-        let server_tables = v.tables(t, "server", &path);
-        if server_tables.is_empty() {
-            v.push(&path, &tspan, "a pool needs at least one [[pool.server]]");
-        }
-        for (j, (s, sspan)) in server_tables.into_iter().enumerate() {
-            let spath = format!("{path}.server[{j}]");
-            v.keys(s, &spath, &["address", "weight"]);
-            let weight = v
-                .int(s, "weight", &spath, 0..MAX_WEIGHT + 1)
-                .map(|n| n as u32)
-                .unwrap_or(1);
-            match v.str(s, "address", &spath) {
-                Some((addr, span)) => {
-                    if !valid_address(&addr) {
-                        v.push(
-                            &format!("{spath}.address"),
-                            &span,
-                            format!(
-                                "invalid address {addr:?}: expected host:port, like 10.0.0.5:8080"
-                            ),
-                        );
-                    } else if !seen.insert(addr.clone()) {
-                        v.push(
-                            &format!("{spath}.address"),
-                            &span,
-                            format!("duplicate server {addr:?} in pool {name:?}"),
-                        );
-                    }
-                    servers.push(Server {
-                        address: addr,
-                        weight,
-                    });
-                }
-                None => v.push(&spath, &sspan, "missing key \"address\""),
-            }
-        }
-        if !servers.is_empty() && servers.iter().all(|s| s.weight == 0) {
-            v.push(
-                &path,
-                &tspan,
-                format!("all servers of pool {name:?} have weight 0: it could never serve"),
-            );
-        }
+        let servers = servers(v, t, &path, &tspan, &name);
         let r = resilience::pool(v, t, &path, &tspan, lb);
         out.push(Pool {
             name,
@@ -868,6 +808,75 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
         });
     }
     out
+}
+
+/// A pool's `lb` policy (round robin when absent or unknown, the latter reported).
+fn lb_policy(v: &mut V<'_>, t: &dyn TableLike, path: &str) -> Lb {
+    match v.str(t, "lb", path) {
+        None => Lb::RoundRobin,
+        Some((s, span)) => match s.as_str() {
+            "round_robin" => Lb::RoundRobin,
+            "random" => Lb::Random,
+            "least_requests" => Lb::LeastRequests,
+            "hash" => Lb::Hash,
+            _ => {
+                v.push(
+                    &format!("{path}.lb"),
+                    &span,
+                    format!("unknown policy {s:?} (expected round_robin, random, least_requests or hash)"),
+                );
+                Lb::RoundRobin
+            }
+        },
+    }
+}
+
+/// A pool's `[[pool.server]]` entries: addresses well-formed and unique, not all of weight 0.
+fn servers(v: &mut V<'_>, t: &dyn TableLike, path: &str, tspan: &Span, name: &str) -> Vec<Server> {
+    let mut servers = Vec::new();
+    let mut seen = HashSet::new();
+    let server_tables = v.tables(t, "server", path);
+    if server_tables.is_empty() {
+        v.push(path, tspan, "a pool needs at least one [[pool.server]]");
+    }
+    for (j, (s, sspan)) in server_tables.into_iter().enumerate() {
+        let spath = format!("{path}.server[{j}]");
+        v.keys(s, &spath, &["address", "weight"]);
+        let weight = v
+            .int(s, "weight", &spath, 0..MAX_WEIGHT + 1)
+            .map(|n| n as u32)
+            .unwrap_or(1);
+        match v.str(s, "address", &spath) {
+            Some((addr, span)) => {
+                if !valid_address(&addr) {
+                    v.push(
+                        &format!("{spath}.address"),
+                        &span,
+                        format!("invalid address {addr:?}: expected host:port, like 10.0.0.5:8080"),
+                    );
+                } else if !seen.insert(addr.clone()) {
+                    v.push(
+                        &format!("{spath}.address"),
+                        &span,
+                        format!("duplicate server {addr:?} in pool {name:?}"),
+                    );
+                }
+                servers.push(Server {
+                    address: addr,
+                    weight,
+                });
+            }
+            None => v.push(&spath, &sspan, "missing key \"address\""),
+        }
+    }
+    if !servers.is_empty() && servers.iter().all(|s| s.weight == 0) {
+        v.push(
+            path,
+            tspan,
+            format!("all servers of pool {name:?} have weight 0: it could never serve"),
+        );
+    }
+    servers
 }
 
 /// Reads `name`: present, well-formed and unique among `names` (`kind` words the errors).
