@@ -986,68 +986,9 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
             }
             None => "/".to_string(),
         };
-        let header = match v.table(t, "header", &path) {
-            Some((h, hspan)) => {
-                let hp = format!("{path}.header");
-                v.keys(h, &hp, &["name", "value"]);
-                match v.str(h, "name", &hp) {
-                    Some((n, span)) => {
-                        if !valid_header_name(&n) {
-                            v.push(
-                                &format!("{hp}.name"),
-                                &span,
-                                format!("invalid header name {n:?}"),
-                            );
-                        }
-                        Some(HeaderMatch {
-                            name: n.to_ascii_lowercase(),
-                            value: v.str(h, "value", &hp).map(|(s, _)| s),
-                        })
-                    }
-                    None => {
-                        v.push(&hp, &hspan, "missing key \"name\"");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
+        let header = route_header(v, t, &path);
         let split = route_split(v, t, &path, &tspan, &pool_names);
-        let sticky = match v.table(t, "sticky", &path) {
-            Some((s, sspan)) => {
-                let sp = format!("{path}.sticky");
-                v.keys(s, &sp, &["cookie", "header"]);
-                let cookie = v.str(s, "cookie", &sp);
-                let header = v.str(s, "header", &sp);
-                match (cookie, header) {
-                    (Some((c, span)), None) => {
-                        if !valid_header_name(&c) {
-                            v.push(
-                                &format!("{sp}.cookie"),
-                                &span,
-                                format!("invalid cookie name {c:?}"),
-                            );
-                        }
-                        Some(Sticky::Cookie(c))
-                    }
-                    (None, Some((h, span))) => {
-                        if !valid_header_name(&h) {
-                            v.push(
-                                &format!("{sp}.header"),
-                                &span,
-                                format!("invalid header name {h:?}"),
-                            );
-                        }
-                        Some(Sticky::Header(h.to_ascii_lowercase()))
-                    }
-                    _ => {
-                        v.push(&sp, &sspan, "set exactly one of \"cookie\" or \"header\"");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
+        let sticky = route_sticky(v, t, &path);
         let (mut override_header, mut override_cookie) = (None, None);
         if let Some((o, ospan)) = v.table(t, "override", &path) {
             let op = format!("{path}.override");
@@ -1112,6 +1053,75 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
         });
     }
     out
+}
+
+/// A route's `header` condition: a valid name, and a value to match or none (presence).
+fn route_header(v: &mut V<'_>, t: &dyn TableLike, path: &str) -> Option<HeaderMatch> {
+    match v.table(t, "header", path) {
+        Some((h, hspan)) => {
+            let hp = format!("{path}.header");
+            v.keys(h, &hp, &["name", "value"]);
+            match v.str(h, "name", &hp) {
+                Some((n, span)) => {
+                    if !valid_header_name(&n) {
+                        v.push(
+                            &format!("{hp}.name"),
+                            &span,
+                            format!("invalid header name {n:?}"),
+                        );
+                    }
+                    Some(HeaderMatch {
+                        name: n.to_ascii_lowercase(),
+                        value: v.str(h, "value", &hp).map(|(s, _)| s),
+                    })
+                }
+                None => {
+                    v.push(&hp, &hspan, "missing key \"name\"");
+                    None
+                }
+            }
+        }
+        None => None,
+    }
+}
+
+/// A route's `sticky` key: exactly one of a cookie or a header, with a valid name.
+fn route_sticky(v: &mut V<'_>, t: &dyn TableLike, path: &str) -> Option<Sticky> {
+    match v.table(t, "sticky", path) {
+        Some((s, sspan)) => {
+            let sp = format!("{path}.sticky");
+            v.keys(s, &sp, &["cookie", "header"]);
+            let cookie = v.str(s, "cookie", &sp);
+            let header = v.str(s, "header", &sp);
+            match (cookie, header) {
+                (Some((c, span)), None) => {
+                    if !valid_header_name(&c) {
+                        v.push(
+                            &format!("{sp}.cookie"),
+                            &span,
+                            format!("invalid cookie name {c:?}"),
+                        );
+                    }
+                    Some(Sticky::Cookie(c))
+                }
+                (None, Some((h, span))) => {
+                    if !valid_header_name(&h) {
+                        v.push(
+                            &format!("{sp}.header"),
+                            &span,
+                            format!("invalid header name {h:?}"),
+                        );
+                    }
+                    Some(Sticky::Header(h.to_ascii_lowercase()))
+                }
+                _ => {
+                    v.push(&sp, &sspan, "set exactly one of \"cookie\" or \"header\"");
+                    None
+                }
+            }
+        }
+        None => None,
+    }
 }
 
 fn route_split(
