@@ -116,6 +116,15 @@ impl Audit {
         })
     }
 
+    /// Re-reads the chain's head from disk, after another process (a binary upgrade's new
+    /// process that then failed) may have appended to it.
+    pub fn resync(&self) {
+        match recover(&self.path, &self.head_path) {
+            Ok(head) => *self.head.lock().expect("audit poisoned") = head,
+            Err(e) => tracing::error!(error = %e, "audit log unreadable after a failed upgrade"),
+        }
+    }
+
     /// Appends one event durably.
     pub fn record(&self, e: Event) -> Result<(), AuditError> {
         let mut head = self.head.lock().expect("audit poisoned");

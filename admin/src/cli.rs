@@ -85,6 +85,19 @@ pub enum Command {
         /// `history`: every configuration version, newest first.
         #[command(subcommand)]
         command: Option<VersionCommand>,
+        /// Print only this binary's version, one line, without asking the running nrdot.
+        #[arg(long)]
+        short: bool,
+    },
+    /// Replace the running nrdot's binary without closing a port or dropping a request.
+    Upgrade {
+        /// The new binary (default: the path the running one was started from, which a
+        /// package or `install.sh` has overwritten).
+        #[arg(long, conflicts_with = "rollback")]
+        binary: Option<PathBuf>,
+        /// Go back to the binary that served before the current one.
+        #[arg(long)]
+        rollback: bool,
     },
     /// The audit log: last entries, or `verify` its hash chain.
     Audit {
@@ -227,6 +240,9 @@ pub enum VersionCommand {
         /// Only ids.
         #[arg(long, short)]
         quiet: bool,
+        /// List the binaries of past upgrades instead (kept under `state_dir/bin/`).
+        #[arg(long)]
+        binaries: bool,
     },
 }
 

@@ -494,6 +494,74 @@ pub fn history(c: &Client, quiet: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `nrdot upgrade [--binary PATH | --rollback]`: answers once the new process serves, or
+/// with why the old one keeps serving (exit 1).
+pub fn upgrade(c: &Client, binary: Option<std::path::PathBuf>, rollback: bool) -> ExitCode {
+    let binary = binary.map(|b| std::path::absolute(&b).unwrap_or(b));
+    let req = crate::upgrade::UpgradeRequest { binary, rollback };
+    let payload = serde_json::to_vec(&req).unwrap_or_default();
+    let (status, body) = call_or_exit!(c.call(
+        Method::POST,
+        "/api/v2/upgrade",
+        Some(("application/json", payload)),
+        &[]
+    ));
+    if !status.is_success() {
+        return fail(status, &body);
+    }
+    if c.json {
+        c.print_json(&body);
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_value::<crate::upgrade::Outcome>(body) {
+        Ok(o) => {
+            println!(
+                "upgraded: PID {} ({} {}) -> PID {} ({} {}); the old process drains and exits",
+                o.from_pid,
+                o.from.version,
+                &o.from.sha256[..12.min(o.from.sha256.len())],
+                o.to_pid,
+                o.to.version,
+                &o.to.sha256[..12.min(o.to.sha256.len())],
+            );
+            println!("previous binary kept at {}", o.from.path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nrdot: unexpected answer: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `nrdot version history --binaries`: past upgrades, newest first.
+pub fn binaries(c: &Client) -> ExitCode {
+    let (status, body) = call_or_exit!(c.call(Method::GET, "/api/v2/binaries", None, &[]));
+    if !status.is_success() {
+        return fail(status, &body);
+    }
+    if c.json {
+        c.print_json(&body);
+        return ExitCode::SUCCESS;
+    }
+    let records: Vec<crate::binaries::Record> =
+        serde_json::from_value(body["binaries"].clone()).unwrap_or_default();
+    for r in records.iter().rev() {
+        println!(
+            "{}\t{}\t{} {} -> {} {}\t{}\tkept: {}",
+            r.time,
+            r.kind,
+            r.from.version,
+            &r.from.sha256[..12.min(r.from.sha256.len())],
+            r.to.version,
+            &r.to.sha256[..12.min(r.to.sha256.len())],
+            r.outcome,
+            r.from.path.display()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 /// `nrdot config apply --file F -m MSG`.
 pub fn apply(c: &Client, file: &Path, message: &str, if_match: Option<u64>) -> ExitCode {
     let text = match std::fs::read(file) {

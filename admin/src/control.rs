@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use nrdot_config::state::Health;
 use nrdot_config::swap::{self, Publisher, Reader};
 use nrdot_config::{Config, RouteTable, ValidationError};
 use serde::{Deserialize, Serialize};
@@ -587,6 +588,35 @@ impl Control {
                 })
             })
             .collect()
+    }
+
+    /// Each backend's active health, for a binary upgrade to carry over.
+    pub fn health_snapshot(&self) -> Vec<(String, String)> {
+        self.backends()
+            .into_iter()
+            .map(|b| (b.id, b.health.to_string()))
+            .collect()
+    }
+
+    /// Sets health from a snapshot taken by the process this one replaces, so a backend that
+    /// was failing stays out and a healthy one needs no new `rise` passes.
+    pub fn restore_health(&self, snapshot: &[(String, String)]) {
+        let by_id: std::collections::HashMap<&str, &str> = snapshot
+            .iter()
+            .map(|(id, h)| (id.as_str(), h.as_str()))
+            .collect();
+        let table = self.current();
+        for p in &table.pools {
+            for b in &p.backends {
+                let id = format!("{}/{}", p.config.name, b.state.address);
+                let h = match by_id.get(id.as_str()) {
+                    Some(&"healthy") => Health::Healthy,
+                    Some(&"unhealthy") => Health::Unhealthy,
+                    _ => continue,
+                };
+                b.state.set_health(h);
+            }
+        }
     }
 
     /// Enables or disables every backend matching `selector` (`pool/address`, `address`, or a

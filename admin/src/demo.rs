@@ -94,6 +94,8 @@ pub fn config_text(
 pub fn run(listen: SocketAddr, admin: SocketAddr, state_dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir)?;
     let state_dir = state_dir.canonicalize()?;
+    // Claimed before anything is written there: a second demo must not touch the first's files.
+    let claim = crate::run::claim(&state_dir)?;
     let origins = start_origins()?;
     let text = config_text(listen, admin, &state_dir, &origins);
     let path = state_dir.join("demo.toml");
@@ -111,5 +113,5 @@ pub fn run(listen: SocketAddr, admin: SocketAddr, state_dir: &Path) -> anyhow::R
         state_dir.display(),
         state_dir.join("access.log").display()
     );
-    crate::run::serve(Some(path), &text, None)
+    crate::run::serve_claimed(Some(path), &text, None, Some(claim))
 }

@@ -62,9 +62,13 @@ pub struct Admin {
     pub url: String,
     /// The rollout controller.
     pub rollouts: Arc<crate::rollout::Rollouts>,
+    /// Binary upgrades.
+    pub upgrader: Arc<crate::upgrade::Upgrader>,
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves.
+/// Serves the admin API on `listener` until `shutdown` resolves, then lets the requests in
+/// flight finish (each answered with `Connection: close`) and closes idle connections; it
+/// returns when none is left, so callers bound the wait.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -72,6 +76,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -82,9 +87,9 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
         };
-        let (admin, tls) = (Arc::clone(&admin), tls.clone());
+        let (admin, tls, watcher) = (Arc::clone(&admin), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = Arc::clone(&admin);
@@ -93,9 +98,8 @@ pub async fn serve(
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match tls {
                 None => {
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
                 }
                 Some(acceptor) => {
                     let Ok(Ok(stream)) =
@@ -104,13 +108,14 @@ pub async fn serve(
                     else {
                         return;
                     };
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
                 }
             }
         });
     }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
@@ -276,7 +281,57 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
             format!("this call needs the {needed:?} role").to_lowercase(),
         );
     }
+    match (req.method(), segments.as_slice()) {
+        (&Method::POST, ["upgrade"]) => return upgrade(admin, &actor, req).await,
+        (&Method::GET, ["binaries"]) => {
+            let history = crate::binaries::history(&admin.control.current().config.state_dir);
+            return json_response(StatusCode::OK, json!({ "binaries": history }));
+        }
+        _ if mutating && admin.upgrader.busy() => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "a binary upgrade is in progress; retry in a few seconds (the new process answers then)",
+            )
+        }
+        _ => {}
+    }
     api(admin, &actor, req, &segments).await
+}
+
+/// `POST /api/v2/upgrade`: replaces this process's binary; answers once the new process
+/// serves (200) or with why this one keeps serving.
+async fn upgrade(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use crate::upgrade::UpgradeError;
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let request: crate::upgrade::UpgradeRequest = if body.is_empty() {
+        Default::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad upgrade request: {e}")),
+        }
+    };
+    match admin
+        .upgrader
+        .run(&admin.control, &admin.rollouts, request, &actor.name)
+        .await
+    {
+        Ok(outcome) => json_response(StatusCode::OK, json!(outcome)),
+        Err(e) => {
+            let status = match e {
+                UpgradeError::Busy => StatusCode::CONFLICT,
+                UpgradeError::Binary(_) | UpgradeError::NoPrevious => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                UpgradeError::Failed(_) => StatusCode::BAD_GATEWAY,
+                UpgradeError::Local(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, e.to_string())
+        }
+    }
 }
 
 fn required_role(method: &Method, segments: &[&str]) -> Role {

@@ -11,17 +11,22 @@
 
 pub mod audit;
 pub mod auth;
+pub mod binaries;
 pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod control;
 pub mod demo;
 pub mod durable;
+pub mod handoff;
 pub mod health;
 pub mod http;
+pub mod lock;
 pub mod offline;
 pub mod openapi;
 pub mod rollout;
 pub mod run;
 pub mod scrape;
 pub mod store;
+pub mod supervise;
+pub mod upgrade;

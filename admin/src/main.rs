@@ -114,10 +114,22 @@ fn main() -> ExitCode {
         } => {
             with_client!(|c| client::health_check(&c, server.as_deref()))
         }
-        Command::Version { command } => match command {
+        Command::Version { short: true, .. } => {
+            println!("{}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Version { command, .. } => match command {
             None => with_client!(|c| client::version(&c)),
-            Some(VersionCommand::History { quiet }) => with_client!(|c| client::history(&c, quiet)),
+            Some(VersionCommand::History { binaries: true, .. }) => {
+                with_client!(|c| client::binaries(&c))
+            }
+            Some(VersionCommand::History { quiet, .. }) => {
+                with_client!(|c| client::history(&c, quiet))
+            }
         },
+        Command::Upgrade { binary, rollback } => {
+            with_client!(|c| client::upgrade(&c, binary, rollback))
+        }
         Command::Audit { command, limit } => match command {
             None => with_client!(|c| client::audit(&c, limit)),
             Some(AuditCommand::Verify) => with_client!(|c| client::audit_verify(&c)),

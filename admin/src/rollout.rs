@@ -200,6 +200,10 @@ pub struct Rollouts {
     sampler: Mutex<Sampler>,
     /// Results of rolling hooks, filled by their tasks: (rollout, batch) -> result.
     hooks: HookResults,
+    /// Set during a binary upgrade: no step runs, so the new process resumes from the files.
+    frozen: std::sync::atomic::AtomicBool,
+    /// Held while a tick's steps run; [`Rollouts::freeze`] waits for it.
+    stepping: tokio::sync::Mutex<()>,
 }
 
 type HookResults = Arc<Mutex<HashMap<(u64, usize), Option<Result<(), String>>>>>;
@@ -277,6 +281,8 @@ impl Rollouts {
             }),
             sampler: Mutex::new(Sampler::default()),
             hooks: Arc::new(Mutex::new(HashMap::new())),
+            frozen: std::sync::atomic::AtomicBool::new(false),
+            stepping: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -649,6 +655,25 @@ impl Rollouts {
         Ok(())
     }
 
+    /// Stops stepping and persists every rollout as it stands (the elapsed time of the current
+    /// step included), once any step in progress has finished: a binary upgrade's new process
+    /// then resumes exactly there.
+    pub async fn freeze(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _quiet = self.stepping.lock().await;
+        let all: Vec<Rollout> = self.list();
+        for r in all.iter().filter(|r| r.phase.active()) {
+            self.save(r);
+        }
+    }
+
+    /// Steps again (the upgrade failed and this process keeps serving).
+    pub fn thaw(&self) {
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
     /// Runs the controller until the runtime stops.
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -658,6 +683,10 @@ impl Rollouts {
             tick.tick().await;
             let dt = last.elapsed().as_millis() as u64;
             last = Instant::now();
+            let _stepping = self.stepping.lock().await;
+            if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
             self.sampler
                 .lock()
                 .expect("sampler poisoned")

@@ -83,8 +83,13 @@ fn proxy_path(c: &mut Criterion) {
          [[route]]\nname = \"r\"\npool = \"o\"\n"
     );
     let config = Config::from_toml(&text).expect("valid");
-    let listeners =
-        Listeners::bind(&config.listeners, 1, &Default::default()).expect("bind listener");
+    let listeners = Listeners::bind(
+        &config.listeners,
+        1,
+        &Default::default(),
+        &mut Default::default(),
+    )
+    .expect("bind listener");
     let proxy = listeners.local_addrs()[0].1;
     let table = RouteTable::compile(Arc::new(config), 1, None);
     let (_publisher, reader) = swap::channel(table);

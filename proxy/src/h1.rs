@@ -39,7 +39,7 @@ use crate::http1::{
     serialize, BodyScan, Chunks, Framing, ResponseFraming, MAX_RESPONSE_FIELDS, NATIVE_BODY_MAX,
 };
 use crate::listener::Shared;
-use crate::local::{Busy, IdleSlot};
+use crate::local::{Busy, IdleSlot, Open};
 use crate::rules::retry::{idempotent, ActiveGuard};
 use crate::rules::route::{self, Lookup};
 use crate::rules::{
@@ -136,6 +136,7 @@ pub(crate) fn spawn<S: ClientIo>(mut s: S, cx: Ctx) {
     // twice): this future is most of what an idle connection costs, and at up to 152 bytes
     // the task fits tokio's 256-byte cell.
     tokio::spawn(async move {
+        let _open = Open::begin();
         crate::metrics::get().open_connections.increment(1.0);
         let mut buf: Vec<u8> = Vec::new();
         let mut index = 0u64;
@@ -279,7 +280,7 @@ impl<S: ClientIo> Future for IdleRead<'_, S> {
         match &this.slot {
             None => {
                 let deadline = clock::recent() + Duration::from_millis(this.keepalive.into());
-                this.slot = Some(IdleSlot::new(deadline, c.waker()));
+                this.slot = Some(IdleSlot::new(deadline, c.waker(), true));
             }
             Some(slot) if slot.expired() => {
                 return Poll::Ready(Err(io::ErrorKind::TimedOut.into()))

@@ -32,7 +32,7 @@ mod tunnel;
 mod upstream;
 pub mod worker;
 
-pub use worker::{DataPlane, Listeners};
+pub use worker::{DataPlane, Exported, Inherited, Listeners};
 
 #[doc(hidden)]
 pub use h1::relay_parse;

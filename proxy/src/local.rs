@@ -9,28 +9,68 @@ use std::time::Instant;
 
 use crate::clock;
 
-/// A worker's count of exchanges in flight on this path, and whether it is stopping.
+/// A worker's count of exchanges in flight and of open native connections, and whether it is
+/// stopping.
 #[derive(Default)]
 pub(crate) struct Drain {
     stopping: AtomicBool,
     busy: AtomicUsize,
+    open: AtomicUsize,
     done: tokio::sync::Notify,
 }
 
 impl Drain {
-    pub fn stop(&self) {
+    /// From now on answers carry `Connection: close`; idle keep-alive connections close at
+    /// `close_idle_at` unless a request comes first (see [`CLOSE_IDLE_AT`]).
+    pub fn stop(&self, close_idle_at: Instant) {
+        CLOSE_IDLE_AT.with(|c| c.set(Some(close_idle_at)));
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Resolves once no exchange is in flight.
+    /// Resolves once no exchange is in flight and no native connection is open.
     pub async fn idle(&self) {
         loop {
             let notified = self.done.notified();
-            if self.busy.load(Ordering::Acquire) == 0 {
+            if self.busy.load(Ordering::Acquire) == 0 && self.open.load(Ordering::Acquire) == 0 {
                 return;
             }
             notified.await;
         }
+    }
+
+    fn left(&self, counter: &AtomicUsize) {
+        if counter.fetch_sub(1, Ordering::Release) == 1 && self.stopping.load(Ordering::Relaxed) {
+            self.done.notify_waiters();
+        }
+    }
+}
+
+thread_local! {
+    /// When a stopping worker closes its idle keep-alive connections. Not at once: a client
+    /// may be sending its next request on one right now, and would see the close instead of
+    /// an answer (the race every keep-alive client must survive, and most do not for POSTs).
+    /// Until then a request is still served and answered with `Connection: close`, which
+    /// tells the client cleanly to go elsewhere, as HAProxy's `idle-close-on-response` does;
+    /// busy clients leave this way within a request, quiet ones are closed at this time.
+    static CLOSE_IDLE_AT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// How long a stopping worker keeps idle keep-alive connections open (at most the grace).
+pub(crate) const CLOSE_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One open native connection on this worker; the stopping worker waits for them all.
+pub(crate) struct Open;
+
+impl Open {
+    pub(crate) fn begin() -> Open {
+        DRAIN.with(|d| d.open.fetch_add(1, Ordering::Relaxed));
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let _ = DRAIN.try_with(|d| d.left(&d.open));
     }
 }
 
@@ -61,11 +101,7 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let _ = DRAIN.try_with(|d| {
-            if d.busy.fetch_sub(1, Ordering::Release) == 1 && d.stopping.load(Ordering::Relaxed) {
-                d.done.notify_waiters();
-            }
-        });
+        let _ = DRAIN.try_with(|d| d.left(&d.busy));
     }
 }
 
@@ -81,18 +117,25 @@ thread_local! {
 }
 
 struct IdleSlab {
-    entries: Vec<Option<(Instant, Waker)>>,
+    /// Deadline, waker, and whether it is a keep-alive wait (which a stopping worker ends
+    /// early) rather than a tunnel's idle timer (which keeps the grace period).
+    entries: Vec<Option<(Instant, Waker, bool)>>,
     free: Vec<u32>,
+}
+
+/// Whether an entry is due at `now`.
+fn due(deadline: Instant, keepalive: bool, now: Instant) -> bool {
+    deadline <= now || (keepalive && CLOSE_IDLE_AT.with(|c| c.get().is_some_and(|at| at <= now)))
 }
 
 /// A connection's place in [`IDLE`] while it waits; removed when dropped.
 pub(crate) struct IdleSlot(u32);
 
 impl IdleSlot {
-    pub(crate) fn new(deadline: Instant, waker: &Waker) -> IdleSlot {
+    pub(crate) fn new(deadline: Instant, waker: &Waker, keepalive: bool) -> IdleSlot {
         IDLE.with(|i| {
             let mut i = i.borrow_mut();
-            let entry = Some((deadline, waker.clone()));
+            let entry = Some((deadline, waker.clone(), keepalive));
             match i.free.pop() {
                 Some(n) => {
                     i.entries[n as usize] = entry;
@@ -110,7 +153,7 @@ impl IdleSlot {
     /// Moves the deadline (a tunnel that saw traffic since it was set).
     pub(crate) fn set_deadline(&self, deadline: Instant) {
         IDLE.with(|i| {
-            if let Some(Some((d, _))) = i.borrow_mut().entries.get_mut(self.0 as usize) {
+            if let Some(Some((d, _, _))) = i.borrow_mut().entries.get_mut(self.0 as usize) {
                 *d = deadline;
             }
         });
@@ -118,7 +161,7 @@ impl IdleSlot {
 
     pub(crate) fn set_waker(&self, waker: &Waker) {
         IDLE.with(|i| {
-            if let Some(Some((_, w))) = i.borrow_mut().entries.get_mut(self.0 as usize) {
+            if let Some(Some((_, w, _))) = i.borrow_mut().entries.get_mut(self.0 as usize) {
                 if !w.will_wake(waker) {
                     *w = waker.clone();
                 }
@@ -129,7 +172,7 @@ impl IdleSlot {
     /// The deadline has passed.
     pub(crate) fn expired(&self) -> bool {
         IDLE.with(|i| match i.borrow().entries.get(self.0 as usize) {
-            Some(Some((deadline, _))) => clock::recent() >= *deadline,
+            Some(Some((deadline, _, keepalive))) => due(*deadline, *keepalive, clock::recent()),
             _ => true,
         })
     }
@@ -156,8 +199,8 @@ pub(crate) fn sweep_idle() {
             .entries
             .iter()
             .flatten()
-            .filter(|(deadline, _)| *deadline <= now)
-            .map(|(_, w)| w.clone())
+            .filter(|(deadline, _, keepalive)| due(*deadline, *keepalive, now))
+            .map(|(_, w, _)| w.clone())
             .collect()
     });
     for w in due {

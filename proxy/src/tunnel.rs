@@ -180,7 +180,7 @@ where
             }
             let due = this.last + this.idle;
             match &this.slot {
-                None => this.slot = Some(IdleSlot::new(due, cx.waker())),
+                None => this.slot = Some(IdleSlot::new(due, cx.waker(), false)),
                 // Woken with nothing to move: the sweep found the deadline passed, or a
                 // spurious wake. Traffic since the deadline was set moves it on.
                 Some(slot) if !moved && slot.expired() => {

@@ -20,30 +20,88 @@ use crate::{handover, local};
 /// Bound client-facing sockets: per listener, one socket per worker, and the TLS
 /// configuration of HTTPS listeners.
 pub struct Listeners {
-    sockets: Vec<(
-        String,
-        Option<Arc<rustls::ServerConfig>>,
-        Vec<std::net::TcpListener>,
-    )>,
+    sockets: Vec<Bound>,
+}
+
+struct Bound {
+    name: String,
+    /// The configured address (its port may be 0), which names the socket in a handover.
+    configured: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    sockets: Vec<std::net::TcpListener>,
+}
+
+/// Listening sockets handed over by the process this one replaces (a binary upgrade), by
+/// listener name and configured address. A listener whose name and address both match takes
+/// them over instead of binding, so the port is never closed; what nobody takes is closed.
+#[derive(Default)]
+pub struct Inherited(std::collections::HashMap<(String, SocketAddr), Vec<std::net::TcpListener>>);
+
+impl Inherited {
+    /// Adds the sockets of one listener.
+    pub fn insert(
+        &mut self,
+        name: String,
+        configured: SocketAddr,
+        sockets: Vec<std::net::TcpListener>,
+    ) {
+        self.0
+            .entry((name, configured))
+            .or_default()
+            .extend(sockets);
+    }
+
+    fn take(&mut self, name: &str, configured: SocketAddr) -> Vec<std::net::TcpListener> {
+        self.0
+            .remove(&(name.to_string(), configured))
+            .unwrap_or_default()
+    }
+}
+
+/// One listener's sockets, duplicated for a handover: the descriptors refer to the same
+/// sockets, so the kernel's accept queues are shared, not copied.
+pub struct Exported {
+    /// Listener name.
+    pub name: String,
+    /// Configured address.
+    pub configured: SocketAddr,
+    /// The sockets.
+    pub sockets: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Listeners {
-    /// Binds every configured listener once per worker. `tls` gives the server configuration
-    /// of each HTTPS listener by name.
+    /// Binds every configured listener once per worker, or takes over the sockets `inherited`
+    /// holds for it. `tls` gives the server configuration of each HTTPS listener by name.
     pub fn bind(
         listeners: &[nrdot_config::Listener],
         workers: usize,
         tls: &std::collections::HashMap<String, Arc<rustls::ServerConfig>>,
+        inherited: &mut Inherited,
     ) -> io::Result<Listeners> {
         let mut sockets = Vec::new();
         for l in listeners {
-            let s = crate::listener::bind(l.bind, workers, l.defer_accept).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("listener {:?} on {}: {e}", l.name, l.bind),
-                )
-            })?;
-            sockets.push((l.name.clone(), tls.get(&l.name).cloned(), s));
+            let mut s = inherited.take(&l.name, l.bind);
+            // Workers beyond the inherited sockets join the same port with sockets of their own.
+            let missing = workers.max(1).saturating_sub(s.len());
+            if missing > 0 {
+                let addr = match s.first() {
+                    Some(first) => first.local_addr()?,
+                    None => l.bind,
+                };
+                let more = crate::listener::bind(addr, missing, l.defer_accept).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("listener {:?} on {}: {e}", l.name, l.bind),
+                    )
+                })?;
+                s.extend(more);
+            }
+            sockets.push(Bound {
+                name: l.name.clone(),
+                configured: l.bind,
+                tls: tls.get(&l.name).cloned(),
+                sockets: s,
+            });
         }
         Ok(Listeners { sockets })
     }
@@ -52,7 +110,25 @@ impl Listeners {
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.sockets
             .iter()
-            .filter_map(|(name, _, s)| Some((name.clone(), s.first()?.local_addr().ok()?)))
+            .filter_map(|b| Some((b.name.clone(), b.sockets.first()?.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// Duplicates of every socket, for handing them to a new binary.
+    pub fn export(&self) -> io::Result<Vec<Exported>> {
+        self.sockets
+            .iter()
+            .map(|b| {
+                Ok(Exported {
+                    name: b.name.clone(),
+                    configured: b.configured,
+                    sockets: b
+                        .sockets
+                        .iter()
+                        .map(|s| s.try_clone().map(std::os::fd::OwnedFd::from))
+                        .collect::<io::Result<_>>()?,
+                })
+            })
             .collect()
     }
 }
@@ -78,10 +154,13 @@ impl DataPlane {
         let https_port = listeners
             .sockets
             .iter()
-            .find(|(_, tls, _)| tls.is_some())
-            .and_then(|(_, _, s)| s.first()?.local_addr().ok())
+            .find(|b| b.tls.is_some())
+            .and_then(|b| b.sockets.first()?.local_addr().ok())
             .map(|a| a.port());
-        for (name, tls, sockets) in listeners.sockets {
+        for Bound {
+            name, tls, sockets, ..
+        } in listeners.sockets
+        {
             let shared = Arc::new(Shared {
                 reader: reader.clone(),
                 log: log.clone(),
@@ -178,14 +257,15 @@ fn worker(
                 break Duration::ZERO;
             }
         };
-        drain.stop();
+        drain.stop(tokio::time::Instant::now().into_std() + grace.min(local::CLOSE_IDLE_AFTER));
         for l in accept_loops {
             let _ = l.await; // drops the listening sockets
         }
         // In-flight exchanges finish (answered with `Connection: close`); hyper's connections
-        // finish theirs; idle native connections are dropped with the runtime, as nginx closes
-        // idle keep-alive connections. This task runs on the worker's only thread, so once it
-        // sees no exchange in flight none can start before the runtime is gone.
+        // finish theirs; idle native connections get a few seconds to send one more request
+        // (see `local::CLOSE_IDLE_AT`), tunnels the whole grace. This task runs on the
+        // worker's only thread, so once it sees nothing open nothing can start before the
+        // runtime is gone.
         let deadline = tokio::time::Instant::now() + grace;
         let graceful = handover::stop_watching();
         let finished = tokio::time::timeout_at(deadline, async {

@@ -12,6 +12,7 @@ mod rollout;
 mod routing;
 mod swap;
 mod tls;
+mod upgrade;
 
 /// Path of the binary under test, built by Cargo for this test target.
 pub const BIN: &str = env!("CARGO_BIN_EXE_nrdot");

@@ -542,9 +542,13 @@ impl Nrdot {
             .unwrap_or(0.0)
     }
 
-    /// PID of the process.
+    /// PID of the serving process: the one the state-directory lock names (after a binary
+    /// upgrade that is not the process this harness started), else the child's.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        std::fs::read_to_string(self.state_dir().join("nrdot.lock"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or_else(|| self.child.id())
     }
 
     /// Writes a new body (same prelude) to the config file and sends SIGHUP.
@@ -634,9 +638,24 @@ impl Nrdot {
 
 impl Drop for Nrdot {
     fn drop(&mut self) {
+        let serving = self.pid();
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        // A process started by a binary upgrade is not our child: stop it by its PID.
+        if serving != self.child.id() && std::path::Path::new(&format!("/proc/{serving}")).exists()
+        {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(serving.to_string())
+                .status();
+            for _ in 0..100 {
+                if !std::path::Path::new(&format!("/proc/{serving}")).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
