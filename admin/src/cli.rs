@@ -89,6 +89,16 @@ pub enum Command {
         #[arg(long)]
         short: bool,
     },
+    /// Check this machine for nrdot: ports, fd limit, kernel tuning, state dir, certificates,
+    /// configuration. One line per finding with its fix; exit 1 on a failure.
+    Doctor {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = "/etc/nrdot/nrdot.toml")]
+        config: PathBuf,
+        /// Exit 1 on warnings (tuning) too.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Replace the running nrdot's binary without closing a port or dropping a request.
     Upgrade {
         /// The new binary (default: the path the running one was started from, which a

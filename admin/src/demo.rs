@@ -92,7 +92,7 @@ pub fn config_text(
 
 /// `nrdot demo`: starts the origins, writes the demo configuration, prints what to try, serves.
 pub fn run(listen: SocketAddr, admin: SocketAddr, state_dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
+    crate::durable::ensure_dir(state_dir)?;
     let state_dir = state_dir.canonicalize()?;
     // Claimed before anything is written there: a second demo must not touch the first's files.
     let claim = crate::run::claim(&state_dir)?;

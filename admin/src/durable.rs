@@ -54,9 +54,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates `dir` (and parents) if missing.
+/// Creates `dir` (and parents) if missing, readable by the owner only: the state directory
+/// holds credential hashes and every configuration. An existing directory keeps its mode
+/// (`nrdot doctor` reports a loose one).
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// SHA-256 of `bytes`, hex encoded.

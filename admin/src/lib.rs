@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod demo;
+pub mod doctor;
 pub mod durable;
 pub mod handoff;
 pub mod health;

@@ -7,7 +7,7 @@ use nrdot_admin::cli::{
     RolloutCommand, VersionCommand,
 };
 use nrdot_admin::client::{self, Client};
-use nrdot_admin::{demo, offline, run};
+use nrdot_admin::{demo, doctor, offline, run};
 use serde_json::json;
 
 /// jemalloc instead of glibc's malloc: tokio's task cells and I/O registrations are
@@ -127,6 +127,7 @@ fn main() -> ExitCode {
                 with_client!(|c| client::history(&c, quiet))
             }
         },
+        Command::Doctor { config, strict } => doctor::run(&config, json, strict),
         Command::Upgrade { binary, rollback } => {
             with_client!(|c| client::upgrade(&c, binary, rollback))
         }

@@ -76,7 +76,7 @@ pub fn lint(file: &Path, environment: Option<&str>, strict: bool, json_out: bool
 }
 
 /// Certificates that expire within two weeks, or cannot be loaded at all.
-fn certificate_warnings(config: &Config) -> Vec<nrdot_config::lint::Warning> {
+pub fn certificate_warnings(config: &Config) -> Vec<nrdot_config::lint::Warning> {
     let mut out = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let Some(tls) = &l.tls else { continue };

@@ -4,6 +4,7 @@ mod cli;
 mod config_cli;
 mod conformance_rules;
 mod control;
+mod dist;
 mod intermediary;
 mod lifecycle;
 mod native;
