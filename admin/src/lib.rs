@@ -23,6 +23,7 @@ pub mod handoff;
 pub mod health;
 pub mod http;
 pub mod lock;
+pub mod logging;
 pub mod offline;
 pub mod openapi;
 pub mod rollout;

@@ -18,13 +18,10 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` and `demo` set up their log from the configuration's `[log]`.
+    if !matches!(args.command, Command::Serve { .. } | Command::Demo { .. }) {
+        let _ = nrdot_admin::logging::init(&Default::default());
+    }
     let opts = args.client;
     let json = opts.json;
     let client = || Client::new(&opts);

@@ -60,6 +60,8 @@ pub fn serve_claimed(
     // The file names the state directory, so it must at least validate.
     let bootstrap = Config::from_toml_env(text, environment.as_deref())
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{}", e.render(&label).trim_end()))?;
+    crate::logging::init(&bootstrap.log)
+        .with_context(|| format!("cannot open log file {}", bootstrap.log.file))?;
     raise_fd_limit();
     let claim = match claimed {
         Some(c) => c,
@@ -195,6 +197,7 @@ impl Started {
         };
         let upgrader = Arc::new(Upgrader::new(&state_dir, handles));
         let addrs = listeners.local_addrs();
+        let access_log = log.clone();
         let data_plane = DataPlane::start(listeners, control.reader(), log, workers)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -211,6 +214,7 @@ impl Started {
             state_dir,
             workers,
             addrs,
+            access_log,
         };
         rt.block_on(plane.run(data_plane, incoming))?;
         drop(lock);

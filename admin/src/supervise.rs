@@ -31,6 +31,7 @@ pub struct Plane {
     pub(crate) state_dir: PathBuf,
     pub(crate) workers: usize,
     pub(crate) addrs: Vec<(String, SocketAddr)>,
+    pub(crate) access_log: nrdot_proxy::accesslog::AccessLog,
 }
 
 impl Plane {
@@ -45,6 +46,7 @@ impl Plane {
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         let mut usr2 = signal(SignalKind::user_defined2())?;
         let control = Arc::clone(&self.control);
         let rollouts = Arc::new(Rollouts::open(Arc::clone(&control), &self.state_dir)?);
@@ -89,6 +91,14 @@ impl Plane {
         loop {
             tokio::select! {
                 _ = hup.recv() => reload(&control, &self.upgrader),
+                _ = usr1.recv() => {
+                    // logrotate: both logs reopen their files by path.
+                    self.access_log.reopen();
+                    match crate::logging::reopen() {
+                        Ok(()) => tracing::info!("log files reopened"),
+                        Err(e) => tracing::error!("cannot reopen the log file, still writing the old one: {e}"),
+                    }
+                }
                 _ = usr2.recv() => {
                     let admin = Arc::clone(&admin);
                     tokio::spawn(async move {

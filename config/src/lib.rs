@@ -23,8 +23,8 @@ mod validate;
 pub use error::{ConfigError, ValidationError};
 pub use model::{
     AccessLog, AccessLogFormat, Agent, CertFiles, CheckKind, Config, HashKey, HeaderMatch,
-    HealthCheck, Lb, Limits, Listener, ListenerTls, Outlier, Pool, RetryOn, Route, Server, SniCert,
-    SplitEntry, Sticky, UpstreamTls, WhenUnavailable,
+    HealthCheck, Lb, Limits, Listener, ListenerTls, LogFormat, Logging, Outlier, Pool, RetryOn,
+    Route, Server, SniCert, SplitEntry, Sticky, UpstreamTls, WhenUnavailable,
 };
 pub use split::Split;
 pub use table::{RouteTable, Target};

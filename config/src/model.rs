@@ -26,6 +26,8 @@ pub struct Config {
     pub limits: Limits,
     /// Access log settings.
     pub access_log: AccessLog,
+    /// nrdot's own log (`[log]`).
+    pub log: Logging,
     /// Peers whose X-Forwarded-* headers are believed and appended to.
     pub trusted_proxies: Vec<Cidr>,
     /// Upstream pools, in file order.
@@ -111,6 +113,9 @@ pub struct Limits {
     /// How long an upgraded connection (WebSocket) may pass no byte either way before it is
     /// closed (HAProxy's `timeout tunnel`; nginx applies `proxy_read_timeout`, 60 s).
     pub tunnel_idle_timeout: Duration,
+    /// Client connections per worker (nginx `worker_connections`); 0 is unlimited. At the
+    /// limit the oldest idle keep-alive connection is closed, else new ones wait in the backlog.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -125,8 +130,39 @@ impl Default for Limits {
             max_header_size: 32 * 1024,
             max_headers: 100,
             tunnel_idle_timeout: Duration::from_secs(3600),
+            max_connections: 0,
         }
     }
+}
+
+/// nrdot's own log: level, destination, format (the access log is separate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// File to append to (reopened on SIGUSR1); `-` is standard error.
+    pub file: String,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            level: "info".into(),
+            file: "-".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Format of nrdot's own log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Access log settings.

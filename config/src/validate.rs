@@ -294,6 +294,7 @@ const OVERRIDABLE: &[&str] = &[
     "listener",
     "limits",
     "access_log",
+    "log",
     "trusted_proxies",
     "pool",
     "route",
@@ -417,7 +418,7 @@ fn overlay(root: &toml_edit::Table, name: &str) -> toml_edit::Table {
             .key(k)
             .cloned()
             .unwrap_or_else(|| toml_edit::Key::new(k));
-        let mergeable = matches!(k, "admin" | "limits" | "access_log");
+        let mergeable = matches!(k, "admin" | "limits" | "access_log" | "log");
         let mut value = item.clone();
         if mergeable {
             if let (Some(base), Some(over)) = (merged.get(k).cloned(), item.as_table_like()) {
@@ -497,6 +498,7 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
     let listeners = listeners(&mut v, root, admin_bind);
     let limits = limits(&mut v, root);
     let access_log = access_log(&mut v, root);
+    let log = log(&mut v, root);
     let trusted_proxies = trusted(&mut v, root);
     let pools = pools(&mut v, root);
     let routes = routes(&mut v, root, &pools);
@@ -514,6 +516,7 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
         listeners,
         limits,
         access_log,
+        log,
         trusted_proxies,
         pools,
         routes,
@@ -614,6 +617,7 @@ fn limits(v: &mut V<'_>, root: &dyn TableLike) -> Limits {
             "max_header_size",
             "max_headers",
             "tunnel_idle_timeout",
+            "max_connections",
         ],
     );
     let mut limits = Limits {
@@ -632,6 +636,10 @@ fn limits(v: &mut V<'_>, root: &dyn TableLike) -> Limits {
             .map(|n| n as usize)
             .unwrap_or(d.max_headers),
         tunnel_idle_timeout: v.duration(t, "tunnel_idle_timeout", p, d.tunnel_idle_timeout),
+        max_connections: v
+            .int(t, "max_connections", p, 0..100_000_001)
+            .map(|n| n as usize)
+            .unwrap_or(d.max_connections),
     };
     // hyper cannot buffer a request head in less than 8 KiB; smaller values would only
     // pretend to be enforced.
@@ -678,6 +686,46 @@ fn access_log(v: &mut V<'_>, root: &dyn TableLike) -> AccessLog {
                 "access_log.format",
                 &span,
                 format!("unknown format {f:?} (expected \"combined\" or \"json\")"),
+            ),
+        }
+    }
+    log
+}
+
+fn log(v: &mut V<'_>, root: &dyn TableLike) -> Logging {
+    let mut log = Logging::default();
+    let Some((t, _)) = v.table(root, "log", "") else {
+        return log;
+    };
+    v.keys(t, "log", &["level", "file", "format"]);
+    if let Some((l, span)) = v.str(t, "level", "log") {
+        match l.as_str() {
+            "error" | "warn" | "info" | "debug" | "trace" => log.level = l,
+            _ => v.push(
+                "log.level",
+                &span,
+                format!("unknown level {l:?} (expected error, warn, info, debug or trace)"),
+            ),
+        }
+    }
+    if let Some((f, span)) = v.str(t, "file", "log") {
+        if f.is_empty() {
+            v.push(
+                "log.file",
+                &span,
+                "must not be empty (use \"-\" for stderr)",
+            );
+        }
+        log.file = f;
+    }
+    if let Some((f, span)) = v.str(t, "format", "log") {
+        match f.as_str() {
+            "text" => log.format = LogFormat::Text,
+            "json" => log.format = LogFormat::Json,
+            _ => v.push(
+                "log.format",
+                &span,
+                format!("unknown format {f:?} (expected \"text\" or \"json\")"),
             ),
         }
     }

@@ -56,27 +56,42 @@ impl AccessLog {
         if !settings.enabled {
             return Ok(AccessLog::disabled());
         }
-        let mut out: Box<dyn Write + Send> = if settings.path == "-" {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&settings.path)?,
-            )
+        let path = settings.path.clone();
+        let open = move || -> std::io::Result<Box<dyn Write + Send>> {
+            Ok(if path == "-" {
+                Box::new(std::io::stdout())
+            } else {
+                Box::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)?,
+                )
+            })
         };
+        let first = open()?;
         let (tx, rx) = sync_channel::<String>(16 * 1024);
         std::thread::Builder::new()
             .name("nrdot-access-log".into())
             .spawn(move || {
-                let mut buf = std::io::BufWriter::with_capacity(64 * 1024, &mut out);
+                let mut buf = std::io::BufWriter::with_capacity(64 * 1024, first);
                 while let Ok(line) = rx.recv() {
-                    let _ = buf.write_all(line.as_bytes());
                     // Write out whenever the queue is momentarily empty, so lines show up
                     // promptly at low load and in large writes at high load.
-                    while let Ok(line) = rx.try_recv() {
-                        let _ = buf.write_all(line.as_bytes());
+                    let mut next = Some(line);
+                    while let Some(line) = next.take() {
+                        if line.is_empty() {
+                            // The reopen mark (a log line is never empty): logrotate moved
+                            // the file; what came before goes to the old one.
+                            let _ = buf.flush();
+                            match open() {
+                                Ok(out) => buf = std::io::BufWriter::with_capacity(64 * 1024, out),
+                                Err(e) => tracing::error!(error = %e, "cannot reopen the access log; still writing the old file"),
+                            }
+                        } else {
+                            let _ = buf.write_all(line.as_bytes());
+                        }
+                        next = rx.try_recv().ok();
                     }
                     let _ = buf.flush();
                 }
@@ -85,6 +100,14 @@ impl AccessLog {
             tx: Some(tx),
             format: settings.format,
         })
+    }
+
+    /// Reopens the file by its path (SIGUSR1, after logrotate moved it). Lines queued before
+    /// still go to the old file.
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(String::new());
+        }
     }
 
     /// Whether lines are written at all; callers skip collecting fields when not.

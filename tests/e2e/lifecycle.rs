@@ -62,3 +62,43 @@ async fn health_reports_pools_and_generation() {
     assert_eq!(h["pools"][0]["available"], 1);
     assert_eq!(h["config_checksum"].as_str().map(str::len), Some(64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_both_logs_after_logrotate_moved_them() {
+    let o = Origin::start("o").await;
+    let dir = nrdot_tests::temp_dir("logs");
+    let (log, access) = (dir.join("nrdot.log"), dir.join("access.log"));
+    let body = format!(
+        "{}[log]\nlevel = \"info\"\nfile = {:?}\nformat = \"json\"\n[access_log]\nenabled = true\npath = {:?}\n",
+        pool_route(&[o.addr]),
+        log.display().to_string(),
+        access.display().to_string()
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    assert_eq!(get(&n.url("/first"), &[]).await.status, 200);
+    // nrdot's own log is JSON lines in its file (the fd limit is logged at start).
+    let wait_for = |path: std::path::PathBuf, needle: &'static str| async move {
+        for _ in 0..100 {
+            if std::fs::read_to_string(&path).unwrap_or_default().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(wait_for(access.clone(), "/first").await);
+    let first = std::fs::read_to_string(&log).expect("nrdot.log");
+    let line = first.lines().find(|l| l.contains("open-file limit")).expect("limit line");
+    let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+    assert!(v["fields"]["limit"].as_u64().is_some(), "{line}");
+    // logrotate: move both away, then USR1.
+    std::fs::rename(&log, dir.join("nrdot.log.1")).expect("rotate");
+    std::fs::rename(&access, dir.join("access.log.1")).expect("rotate");
+    n.signal("USR1");
+    assert!(wait_for(log.clone(), "log files reopened").await, "nrdot.log not reopened");
+    assert_eq!(get(&n.url("/second"), &[]).await.status, 200);
+    assert!(wait_for(access.clone(), "/second").await, "access.log not reopened");
+    let old = std::fs::read_to_string(dir.join("access.log.1")).expect("old access log");
+    assert!(old.contains("/first") && !old.contains("/second"), "{old}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -669,13 +669,18 @@ type Spawned = (
 );
 
 fn spawn(bin: &str, config: &std::path::Path) -> Spawned {
-    let mut child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env(
+    let mut command = Command::new(bin);
+    command.args(["serve", "--config"]).arg(config);
+    // A test that configures `[log]` gets its level; the others log warnings only.
+    if std::fs::read_to_string(config).is_ok_and(|t| t.contains("\n[log]")) {
+        command.env_remove("RUST_LOG");
+    } else {
+        command.env(
             "RUST_LOG",
             std::env::var("NRDOT_TEST_LOG").unwrap_or("warn".into()),
-        )
+        );
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
