@@ -39,7 +39,7 @@ use crate::http1::{
     serialize, BodyScan, Chunks, Framing, ResponseFraming, MAX_RESPONSE_FIELDS, NATIVE_BODY_MAX,
 };
 use crate::listener::Shared;
-use crate::local::{Busy, IdleSlot, Open};
+use crate::local::{Busy, IdleSlot, Kind, Open};
 use crate::rules::retry::{idempotent, ActiveGuard};
 use crate::rules::route::{self, Lookup};
 use crate::rules::{
@@ -280,7 +280,7 @@ impl<S: ClientIo> Future for IdleRead<'_, S> {
         match &this.slot {
             None => {
                 let deadline = clock::recent() + Duration::from_millis(this.keepalive.into());
-                this.slot = Some(IdleSlot::new(deadline, c.waker(), true));
+                this.slot = Some(IdleSlot::new(deadline, c.waker(), Kind::KeepAlive));
             }
             Some(slot) if slot.expired() => {
                 return Poll::Ready(Err(io::ErrorKind::TimedOut.into()))

@@ -17,6 +17,9 @@ pub(crate) struct Drain {
     busy: AtomicUsize,
     open: AtomicUsize,
     done: tokio::sync::Notify,
+    /// Set while the accept loop waits for a connection to close (`[limits] max_connections`).
+    full: AtomicBool,
+    freed: tokio::sync::Notify,
 }
 
 impl Drain {
@@ -70,8 +73,62 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        let _ = DRAIN.try_with(|d| d.left(&d.open));
+        let _ = DRAIN.try_with(|d| {
+            d.left(&d.open);
+            if d.full.load(Ordering::Relaxed) {
+                d.freed.notify_waiters();
+            }
+        });
     }
+}
+
+/// Open native connections on this worker.
+pub(crate) fn open_connections() -> usize {
+    DRAIN.with(|d| d.open.load(Ordering::Relaxed))
+}
+
+/// Resolves once this worker has fewer than `max` open connections: the oldest idle
+/// keep-alive connection is closed to make room, and when none is idle the caller waits
+/// (new connections stay in the kernel's backlog meanwhile), as nginx does at
+/// `worker_connections`.
+pub(crate) async fn room(max: usize) {
+    let d = drain();
+    loop {
+        let freed = d.freed.notified();
+        if d.open.load(Ordering::Relaxed) < max {
+            d.full.store(false, Ordering::Relaxed);
+            return;
+        }
+        d.full.store(true, Ordering::Relaxed);
+        close_oldest_idle();
+        // The connection told to close may have had a request arriving instead; look again
+        // soon rather than wait for a close that may not come.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), freed).await;
+    }
+}
+
+/// Asks the keep-alive connection idle for the longest to close; false when none is idle.
+/// The kernel's backlog holds new connections meanwhile.
+/// Its keep-alive deadline is the earliest, since every one is its idle start plus the same
+/// timeout (per table).
+fn close_oldest_idle() -> bool {
+    IDLE.with(|i| {
+        let mut i = i.borrow_mut();
+        let oldest = i
+            .entries
+            .iter_mut()
+            .flatten()
+            .filter(|(_, _, kind)| *kind == Kind::KeepAlive)
+            .min_by_key(|(deadline, _, _)| *deadline);
+        match oldest {
+            Some((_, waker, kind)) => {
+                *kind = Kind::Closing;
+                waker.wake_by_ref();
+                true
+            }
+            None => false,
+        }
+    })
 }
 
 thread_local! {
@@ -117,25 +174,40 @@ thread_local! {
 }
 
 struct IdleSlab {
-    /// Deadline, waker, and whether it is a keep-alive wait (which a stopping worker ends
-    /// early) rather than a tunnel's idle timer (which keeps the grace period).
-    entries: Vec<Option<(Instant, Waker, bool)>>,
+    entries: Vec<Option<(Instant, Waker, Kind)>>,
     free: Vec<u32>,
 }
 
+/// What an idle entry waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A keep-alive connection's next request: a stopping worker ends it early.
+    KeepAlive,
+    /// A tunnel's idle timer: it keeps the whole grace period.
+    Tunnel,
+    /// A keep-alive connection told to close to make room (`max_connections`).
+    Closing,
+}
+
 /// Whether an entry is due at `now`.
-fn due(deadline: Instant, keepalive: bool, now: Instant) -> bool {
-    deadline <= now || (keepalive && CLOSE_IDLE_AT.with(|c| c.get().is_some_and(|at| at <= now)))
+fn due(deadline: Instant, kind: Kind, now: Instant) -> bool {
+    match kind {
+        Kind::Closing => true,
+        Kind::Tunnel => deadline <= now,
+        Kind::KeepAlive => {
+            deadline <= now || CLOSE_IDLE_AT.with(|c| c.get().is_some_and(|at| at <= now))
+        }
+    }
 }
 
 /// A connection's place in [`IDLE`] while it waits; removed when dropped.
 pub(crate) struct IdleSlot(u32);
 
 impl IdleSlot {
-    pub(crate) fn new(deadline: Instant, waker: &Waker, keepalive: bool) -> IdleSlot {
+    pub(crate) fn new(deadline: Instant, waker: &Waker, kind: Kind) -> IdleSlot {
         IDLE.with(|i| {
             let mut i = i.borrow_mut();
-            let entry = Some((deadline, waker.clone(), keepalive));
+            let entry = Some((deadline, waker.clone(), kind));
             match i.free.pop() {
                 Some(n) => {
                     i.entries[n as usize] = entry;
@@ -172,7 +244,7 @@ impl IdleSlot {
     /// The deadline has passed.
     pub(crate) fn expired(&self) -> bool {
         IDLE.with(|i| match i.borrow().entries.get(self.0 as usize) {
-            Some(Some((deadline, _, keepalive))) => due(*deadline, *keepalive, clock::recent()),
+            Some(Some((deadline, _, kind))) => due(*deadline, *kind, clock::recent()),
             _ => true,
         })
     }
@@ -199,7 +271,7 @@ pub(crate) fn sweep_idle() {
             .entries
             .iter()
             .flatten()
-            .filter(|(deadline, _, keepalive)| due(*deadline, *keepalive, now))
+            .filter(|(deadline, _, kind)| due(*deadline, *kind, now))
             .map(|(_, w, _)| w.clone())
             .collect()
     });

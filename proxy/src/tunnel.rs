@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::buffers::{give_buffer, take_buffer};
 use crate::clock;
-use crate::local::IdleSlot;
+use crate::local::{IdleSlot, Kind};
 
 /// Joins `a` and `b`; resolves when both directions have ended (each end's EOF is passed on
 /// as a write shutdown of the other), either side failed, or nothing moved for `idle`. `to_b`
@@ -180,7 +180,7 @@ where
             }
             let due = this.last + this.idle;
             match &this.slot {
-                None => this.slot = Some(IdleSlot::new(due, cx.waker(), false)),
+                None => this.slot = Some(IdleSlot::new(due, cx.waker(), Kind::Tunnel)),
                 // Woken with nothing to move: the sweep found the deadline passed, or a
                 // spurious wake. Traffic since the deadline was set moves it on.
                 Some(slot) if !moved && slot.expired() => {

@@ -236,7 +236,19 @@ fn worker(
                 loop {
                     tokio::select! {
                         r = listener.accept() => match r {
-                            Ok((stream, peer)) => serve(stream, peer, &shared),
+                            Ok((stream, peer)) => {
+                                // At `max_connections`, the oldest idle connection makes room;
+                                // with none idle this one waits, and the next ones wait in the
+                                // backlog, until one closes.
+                                let max = shared.reader.load().config.limits.max_connections;
+                                if max > 0 && local::open_connections() >= max {
+                                    tokio::select! {
+                                        _ = local::room(max) => {}
+                                        _ = stop.changed() => break,
+                                    }
+                                }
+                                serve(stream, peer, &shared)
+                            }
                             Err(e) => {
                                 // Out of descriptors or memory: back off instead of spinning.
                                 tracing::warn!(error = %e, "accept failed");

@@ -399,8 +399,13 @@ impl Nrdot {
         } else {
             "shutdown_grace = \"10s\"\n"
         };
+        let workers = if prelude.contains("worker_threads") {
+            ""
+        } else {
+            "worker_threads = 2\n"
+        };
         let prelude = format!(
-            "state_dir = {:?}\n{grace}worker_threads = 2\n{prelude}\n[admin]\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"http\"\nbind = \"127.0.0.1:0\"\n",
+            "state_dir = {:?}\n{grace}{workers}{prelude}\n[admin]\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"http\"\nbind = \"127.0.0.1:0\"\n",
             dir.join("state").display().to_string()
         );
         let text = format!("{prelude}\n{body}");
