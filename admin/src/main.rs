@@ -54,49 +54,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| "./nrdot-state".into());
             exit(demo::run(listen, admin, &dir))
         }
-        Command::Config { command } => match command {
-            ConfigCommand::Validate { file, environment } => worst(
-                file.iter()
-                    .map(|f| offline::validate(f, environment.as_deref(), json)),
-            ),
-            ConfigCommand::Lint {
-                file,
-                environment,
-                strict,
-            } => worst(
-                file.iter()
-                    .map(|f| offline::lint(f, environment.as_deref(), strict, json)),
-            ),
-            ConfigCommand::Test {
-                file,
-                environment,
-                cases,
-                request,
-                headers,
-                expect_route,
-                expect_pool,
-            } => offline::test(
-                &file,
-                environment.as_deref(),
-                cases.as_deref(),
-                request,
-                &headers,
-                expect_route,
-                expect_pool,
-                json,
-            ),
-            ConfigCommand::Apply {
-                file,
-                message,
-                if_match,
-            } => {
-                with_client!(|c| client::apply(&c, &file, &message, if_match))
-            }
-            ConfigCommand::Rollback { version, message } => {
-                with_client!(|c| client::rollback(&c, version, message.as_deref()))
-            }
-            ConfigCommand::Diff { a, b } => with_client!(|c| client::diff(&c, a, b)),
-        },
+        Command::Config { command } => config(command, json, client),
         Command::Backend { command } => match command {
             BackendCommand::List => with_client!(|c| client::backend_list(&c)),
             BackendCommand::Enable { server } => {
@@ -139,6 +97,69 @@ fn main() -> ExitCode {
                 with_client!(|c| client::token(&c, &name, Some(&role)))
             }
         },
+    }
+}
+
+/// `nrdot config …`: the offline checks, and the changes made through a running nrdot.
+fn config(
+    command: ConfigCommand,
+    json: bool,
+    client: impl Fn() -> Result<Client, client::ClientError>,
+) -> ExitCode {
+    match command {
+        ConfigCommand::Validate { file, environment } => worst(
+            file.iter()
+                .map(|f| offline::validate(f, environment.as_deref(), json)),
+        ),
+        ConfigCommand::Lint {
+            file,
+            environment,
+            strict,
+        } => worst(
+            file.iter()
+                .map(|f| offline::lint(f, environment.as_deref(), strict, json)),
+        ),
+        ConfigCommand::Test {
+            file,
+            environment,
+            cases,
+            request,
+            headers,
+            expect_route,
+            expect_pool,
+        } => offline::test(
+            &file,
+            environment.as_deref(),
+            cases.as_deref(),
+            request,
+            &headers,
+            expect_route,
+            expect_pool,
+            json,
+        ),
+        ConfigCommand::Apply {
+            file,
+            message,
+            if_match,
+        } => with_client(&client, |c| client::apply(&c, &file, &message, if_match)),
+        ConfigCommand::Rollback { version, message } => with_client(&client, |c| {
+            client::rollback(&c, version, message.as_deref())
+        }),
+        ConfigCommand::Diff { a, b } => with_client(&client, |c| client::diff(&c, a, b)),
+    }
+}
+
+/// Runs `f` with a client, or reports why there is none.
+fn with_client(
+    client: &impl Fn() -> Result<Client, client::ClientError>,
+    f: impl FnOnce(Client) -> ExitCode,
+) -> ExitCode {
+    match client() {
+        Ok(c) => f(c),
+        Err(e) => {
+            eprintln!("nrdot: {e}");
+            e.exit()
+        }
     }
 }
 
