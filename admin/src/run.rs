@@ -174,45 +174,35 @@ impl Started {
 
     /// Serves until stopped or replaced.
     fn run(self, lock: StateLock, incoming: Option<Box<Incoming>>) -> anyhow::Result<()> {
-        let Started {
-            control,
-            certs,
-            listeners,
-            admin_std,
-            admin_url,
-            admin_tls,
-            auth,
-            log,
-            workers,
-            prometheus,
-        } = self;
+        let control = self.control;
         let state_dir = control.current().config.state_dir.clone();
         let handles = Handles {
-            listeners: listeners.export()?,
+            listeners: self.listeners.export()?,
             admin: (
                 control.current().config.admin_bind,
-                admin_std.try_clone()?.into(),
+                self.admin_std.try_clone()?.into(),
             ),
             lock: lock.share()?,
         };
         let upgrader = Arc::new(Upgrader::new(&state_dir, handles));
-        let addrs = listeners.local_addrs();
-        let access_log = log.clone();
-        let data_plane = DataPlane::start(listeners, control.reader(), log, workers)?;
+        let addrs = self.listeners.local_addrs();
+        let access_log = self.log.clone();
+        let data_plane =
+            DataPlane::start(self.listeners, control.reader(), self.log, self.workers)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let plane = crate::supervise::Plane {
             control,
-            certs,
-            admin_std,
-            admin_url,
-            admin_tls,
-            auth,
-            prometheus,
+            certs: self.certs,
+            admin_std: self.admin_std,
+            admin_url: self.admin_url,
+            admin_tls: self.admin_tls,
+            auth: self.auth,
+            prometheus: self.prometheus,
             upgrader,
             state_dir,
-            workers,
+            workers: self.workers,
             addrs,
             access_log,
         };

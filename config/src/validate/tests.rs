@@ -227,3 +227,31 @@ fn environment_errors_are_found_without_selecting_it() {
         .iter()
         .any(|e| e.path == "environment.staging.colour"));
 }
+
+#[test]
+fn log_and_max_connections_are_read_and_bad_values_are_placed() {
+    let text = format!(
+        "{VALID}\n[log]\nlevel = \"debug\"\nfile = \"/var/log/nrdot/nrdot.log\"\nformat = \"json\"\n[limits]\nmax_connections = 1024\n"
+    );
+    let c = config(&text, None).expect("valid");
+    assert_eq!(c.log.level, "debug");
+    assert_eq!(c.log.file, "/var/log/nrdot/nrdot.log");
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.limits.max_connections, 1024);
+    let defaults = config(VALID, None).expect("valid");
+    assert_eq!(defaults.log, Logging::default());
+    assert_eq!(defaults.limits.max_connections, 0);
+    let bad = format!(
+        "{VALID}\n[log]\nlevel = \"loud\"\nformat = \"xml\"\n[limits]\nmax_connections = -1\n"
+    );
+    let p = problems(&bad);
+    let paths: Vec<&str> = p.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["log.level", "log.format", "limits.max_connections"],
+        "{p:?}"
+    );
+    let at = bad.find("level = \"loud\"").expect("in text");
+    assert_eq!(p[0].line, bad[..at].matches('\n').count() + 1, "{p:?}");
+    assert_eq!(p[0].column, 9, "{p:?}");
+}
