@@ -99,6 +99,12 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Backups of the state directory, configuration and certificates: encrypted, verified.
+    Backup {
+        /// Backup verb.
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// Replace the running nrdot's binary without closing a port or dropping a request.
     Upgrade {
         /// The new binary (default: the path the running one was started from, which a
@@ -129,6 +135,51 @@ pub enum Command {
         /// Admin verb.
         #[command(subcommand)]
         command: AdminCommand,
+    },
+}
+
+/// `nrdot backup …`
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Write one archive (AES-256-GCM; the key file is created on first use).
+    Create {
+        /// Configuration file: names the state directory and the TLS files, and is archived.
+        #[arg(long, short, default_value = "/etc/nrdot/nrdot.toml")]
+        config: PathBuf,
+        /// Directory the archive goes to.
+        #[arg(long, short, default_value = crate::backup_cmd::DEFAULT_DIR)]
+        output: PathBuf,
+        /// Key file (64 hex digits, mode 0600).
+        #[arg(long, default_value = crate::backup_cmd::DEFAULT_KEY)]
+        key_file: PathBuf,
+    },
+    /// The archives in a directory, newest first.
+    List {
+        /// Directory.
+        #[arg(long, short, default_value = crate::backup_cmd::DEFAULT_DIR)]
+        output: PathBuf,
+    },
+    /// Decrypt and check every component of an archive; changes nothing.
+    Verify {
+        /// The archive.
+        archive: PathBuf,
+        /// Key file.
+        #[arg(long, default_value = crate::backup_cmd::DEFAULT_KEY)]
+        key_file: PathBuf,
+    },
+    /// Rebuild a stopped node's state directory from an archive.
+    Restore {
+        /// The archive.
+        archive: PathBuf,
+        /// Configuration file naming the state directory (or pass --state-dir).
+        #[arg(long, short, default_value = "/etc/nrdot/nrdot.toml")]
+        config: PathBuf,
+        /// Key file.
+        #[arg(long, default_value = crate::backup_cmd::DEFAULT_KEY)]
+        key_file: PathBuf,
+        /// Say what would be restored, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -11,6 +11,8 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
+pub mod backup_cmd;
 pub mod binaries;
 pub mod certs;
 pub mod cli;

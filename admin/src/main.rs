@@ -3,8 +3,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nrdot_admin::cli::{
-    AdminCommand, Args, AuditCommand, BackendCommand, Command, ConfigCommand, HealthCommand,
-    RolloutCommand, VersionCommand,
+    AdminCommand, Args, AuditCommand, BackendCommand, BackupCommand, Command, ConfigCommand,
+    HealthCommand, RolloutCommand, VersionCommand,
 };
 use nrdot_admin::client::{self, Client};
 use nrdot_admin::{demo, doctor, offline, run};
@@ -83,6 +83,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Doctor { config, strict } => doctor::run(&config, json, strict),
+        Command::Backup { command } => backup(command, opts.state_dir.as_deref(), json),
         Command::Upgrade { binary, rollback } => {
             with_client!(|c| client::upgrade(&c, binary, rollback))
         }
@@ -146,6 +147,32 @@ fn config(
             client::rollback(&c, version, message.as_deref())
         }),
         ConfigCommand::Diff { a, b } => with_client(&client, |c| client::diff(&c, a, b)),
+    }
+}
+
+/// `nrdot backup …`: offline, on the node's host.
+fn backup(command: BackupCommand, state_dir: Option<&std::path::Path>, json: bool) -> ExitCode {
+    use nrdot_admin::backup_cmd as b;
+    match command {
+        BackupCommand::Create {
+            config,
+            output,
+            key_file,
+        } => match b::state_dir(state_dir, &config) {
+            Ok(dir) => b::create(&dir, &config, &output, &key_file, json),
+            Err(code) => code,
+        },
+        BackupCommand::List { output } => b::list(&output),
+        BackupCommand::Verify { archive, key_file } => b::verify(&archive, &key_file, json),
+        BackupCommand::Restore {
+            archive,
+            config,
+            key_file,
+            dry_run,
+        } => match b::state_dir(state_dir, &config) {
+            Ok(dir) => b::restore(&archive, &key_file, &dir, dry_run),
+            Err(code) => code,
+        },
     }
 }
 

@@ -1,4 +1,5 @@
 //! End-to-end tests: the real `nrdot` binary, real origin servers, loopback sockets on free ports.
+mod backup;
 mod bad_input;
 mod cli;
 mod config_cli;

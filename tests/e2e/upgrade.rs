@@ -360,6 +360,25 @@ async fn sigusr2_upgrades_in_place_and_a_second_upgrade_waits_its_turn() {
     }
     assert_ne!(n.pid(), second, "SIGUSR2 started no new process");
     assert_eq!(nrdot_tests::get(&n.url("/"), &[]).await.status, 200);
+    // And the command line, as an operator runs it.
+    let third = n.pid();
+    let out = n.cli(&["upgrade"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains(&format!("upgraded: PID {third}")), "{said}");
+    assert_ne!(n.pid(), third);
     let out = n.cli(&["version", "history", "--binaries"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let short = std::process::Command::new(BIN)
+        .args(["version", "--short"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        String::from_utf8_lossy(&short.stdout).trim(),
+        env!("CARGO_PKG_VERSION")
+    );
 }

@@ -1,0 +1,316 @@
+//! Backups end to end: an archive taken from a running node brings back the same version,
+//! checksum, drained backend, rollout, audit chain and tokens after the state directory is
+//! lost; damaged archives, wrong keys, newer formats and a running target are refused with
+//! nothing changed.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use nrdot_tests::{pool, Nrdot, Origin};
+
+use crate::BIN;
+
+fn run(args: &[&str], extra: &[&Path]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    for p in extra {
+        c.arg(p);
+    }
+    c.output().expect("run nrdot")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Every file under `dir` with its content, to show that nothing changed.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_state_dir_comes_back_from_a_backup_with_versions_drains_rollouts_and_tokens() {
+    let (a, b, c) = (
+        Origin::start("a").await,
+        Origin::start("b").await,
+        Origin::start("c").await,
+    );
+    let body = format!(
+        "{}{}[[route]]\nname = \"app\"\nsplit = [{{ pool = \"stable\", weight = 100 }}, {{ pool = \"canary\", weight = 0 }}]\n",
+        pool("stable", &[a.addr, b.addr]),
+        pool("canary", &[c.addr])
+    );
+    let mut n = Nrdot::start(BIN, "", &body);
+    let token = n.token();
+    // Changes: a drained backend and a canary in progress (each step is a config version).
+    let r = n
+        .api(
+            "POST",
+            &format!("/api/v2/backends/stable%2F{}/disable", b.addr),
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = n
+        .api(
+            "POST",
+            "/api/v2/rollouts",
+            r#"{"kind":"canary","route":"app","to":"canary","steps":"10,100","interval":"1h"}"#,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let rollout = r.json()["id"].as_u64().expect("id");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let before = n.api("GET", "/api/v2/version", "", None).await.json();
+    assert!(before["config_version"].as_u64() >= Some(2), "{before}");
+
+    let dir = n.dir.clone();
+    let (out, key) = (dir.join("backups"), dir.join("keys/backup.key"));
+    let created = run(
+        &["backup", "create", "--config"],
+        &[
+            &n.config,
+            Path::new("--output"),
+            &out,
+            Path::new("--key-file"),
+            &key,
+        ],
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).expect("key").permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        text(&created).contains("created backup key"),
+        "{}",
+        text(&created)
+    );
+    let archive = std::fs::read_dir(&out)
+        .expect("out")
+        .flatten()
+        .next()
+        .expect("archive")
+        .path();
+    let verified = run(
+        &["backup", "verify"],
+        &[&archive, Path::new("--key-file"), &key],
+    );
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        text(&verified).contains(&format!("config version {}", before["config_version"])),
+        "{}",
+        text(&verified)
+    );
+    let listed = run(&["backup", "list", "--output"], &[&out]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 1);
+
+    // Restoring over the running node is refused, and changes nothing.
+    let state = n.state_dir();
+    let untouched = snapshot(&state);
+    let busy = run(
+        &["backup", "restore"],
+        &[
+            &archive,
+            Path::new("--config"),
+            &n.config,
+            Path::new("--key-file"),
+            &key,
+        ],
+    );
+    assert_eq!(busy.status.code(), Some(1), "{}", text(&busy));
+    assert!(
+        text(&busy).contains("in use by nrdot PID"),
+        "{}",
+        text(&busy)
+    );
+    assert_eq!(snapshot(&state).len(), untouched.len());
+
+    // The node stops and its state directory is lost.
+    assert!(n.terminate().success());
+    std::fs::remove_dir_all(&state).expect("wipe");
+    let dry = run(
+        &["backup", "restore", "--dry-run"],
+        &[
+            &archive,
+            Path::new("--config"),
+            &n.config,
+            Path::new("--key-file"),
+            &key,
+        ],
+    );
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(!state.exists(), "a dry run wrote the state directory");
+    let restored = run(
+        &["backup", "restore"],
+        &[
+            &archive,
+            Path::new("--config"),
+            &n.config,
+            Path::new("--key-file"),
+            &key,
+        ],
+    );
+    assert!(restored.status.success(), "{}", text(&restored));
+    n.restart();
+
+    // Same version and checksum, the drain, the rollout, a whole audit chain, the old token.
+    let after = n.api("GET", "/api/v2/version", "", Some(&token)).await;
+    assert_eq!(after.status, 200, "the old token no longer works");
+    let after = after.json();
+    assert_eq!(after["config_version"], before["config_version"]);
+    assert_eq!(after["config_checksum"], before["config_checksum"]);
+    let backends = n
+        .api("GET", "/api/v2/backends", "", Some(&token))
+        .await
+        .json();
+    let drained = backends["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|x| x["address"] == b.addr.to_string())
+        .expect("b")
+        .clone();
+    assert_eq!(drained["admin_state"], "disabled", "{backends}");
+    let r = n
+        .api(
+            "GET",
+            &format!("/api/v2/rollouts/{rollout}"),
+            "",
+            Some(&token),
+        )
+        .await
+        .json();
+    assert_eq!(r["phase"], "progressing", "{r}");
+    let verify = n.api("GET", "/api/v2/audit/verify", "", Some(&token)).await;
+    assert_eq!(
+        verify.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&verify.body)
+    );
+}
+
+#[test]
+fn damaged_archives_wrong_keys_and_newer_formats_are_refused_with_nothing_changed() {
+    let dir = nrdot_tests::temp_dir("backup-bad");
+    let state = dir.join("state");
+    std::fs::create_dir_all(state.join("versions")).expect("state");
+    std::fs::write(state.join("runtime.json"), "{}").expect("runtime");
+    let config = dir.join("nrdot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[[listener]]\nname = \"h\"\nbind = \"127.0.0.1:0\"\n[[pool]]\nname = \"o\"\n[[pool.server]]\naddress = \"127.0.0.1:1\"\n[[route]]\nname = \"r\"\npool = \"o\"\n",
+            state.display().to_string()
+        ),
+    )
+    .expect("config");
+    let (out, key, other) = (dir.join("out"), dir.join("key"), dir.join("other.key"));
+    let created = run(
+        &["backup", "create", "--config"],
+        &[
+            &config,
+            Path::new("--output"),
+            &out,
+            Path::new("--key-file"),
+            &key,
+        ],
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    let archive = std::fs::read_dir(&out)
+        .expect("out")
+        .flatten()
+        .next()
+        .expect("archive")
+        .path();
+    let good = std::fs::read(&archive).expect("read");
+    std::fs::write(&other, format!("{}\n", "ab".repeat(32))).expect("other key");
+    let before = snapshot(&state);
+    let restore = |archive: &Path, key: &Path| {
+        run(
+            &["backup", "restore"],
+            &[
+                archive,
+                Path::new("--config"),
+                &config,
+                Path::new("--key-file"),
+                key,
+            ],
+        )
+    };
+    let variants: Vec<(&str, Vec<u8>, &Path, &str)> = vec![
+        ("wrong key", good.clone(), &other, "cannot decrypt"),
+        (
+            "truncated",
+            good[..good.len() - 100].to_vec(),
+            &key,
+            "cannot decrypt",
+        ),
+        (
+            "bit flip",
+            {
+                let mut b = good.clone();
+                let i = b.len() / 2;
+                b[i] ^= 0x10;
+                b
+            },
+            &key,
+            "cannot decrypt",
+        ),
+        (
+            "newer format",
+            {
+                let mut b = good.clone();
+                b[7] = 9;
+                b
+            },
+            &key,
+            "archive format 9 is newer",
+        ),
+        (
+            "not an archive",
+            b"hello, world, this is no archive at all".to_vec(),
+            &key,
+            "not an nrdot backup archive",
+        ),
+    ];
+    for (what, bytes, k, why) in variants {
+        let bad = dir.join(format!("{}.nrbk", what.replace(' ', "-")));
+        std::fs::write(&bad, bytes).expect("write");
+        for verb in ["verify", "restore"] {
+            let o = if verb == "verify" {
+                run(&["backup", "verify"], &[&bad, Path::new("--key-file"), k])
+            } else {
+                restore(&bad, k)
+            };
+            assert_eq!(o.status.code(), Some(1), "{what} {verb}: {}", text(&o));
+            assert!(text(&o).contains(why), "{what} {verb}: {}", text(&o));
+        }
+        assert_eq!(
+            snapshot(&state),
+            before,
+            "{what} changed the state directory"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
