@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::backup::{self, BackupError, Manifest};
+use crate::backup::{self, BackupError};
 
 /// Where archives go by default.
 pub const DEFAULT_DIR: &str = "/var/backups/nrdot";
@@ -47,28 +47,8 @@ pub fn create(
     key_file: &Path,
     json: bool,
 ) -> ExitCode {
-    let run = || -> Result<(Manifest, PathBuf), BackupError> {
-        let key = backup::key(key_file, true)?;
-        let config = config.exists().then_some(config);
-        let (manifest, bytes) = backup::create(state_dir, config, &key)?;
-        crate::durable::ensure_dir(out).map_err(|source| BackupError::Io {
-            path: out.to_path_buf(),
-            source,
-        })?;
-        let name = format!(
-            "nrdot-{}-{}-v{}.{}",
-            manifest.hostname,
-            manifest.time.replace(':', ""),
-            manifest.config_version,
-            backup::EXTENSION
-        );
-        let path = out.join(name);
-        crate::durable::write(&path, &bytes, 0o600).map_err(|source| BackupError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Ok((manifest, path))
-    };
+    let config = config.exists().then_some(config);
+    let run = || backup::write_archive(state_dir, config, out, key_file);
     match run() {
         Ok((m, path)) => {
             if json {
@@ -90,25 +70,29 @@ pub fn create(
 
 /// `backup list`: the archives in `dir`, newest first.
 pub fn list(dir: &Path) -> ExitCode {
-    let mut names: Vec<(std::time::SystemTime, PathBuf, u64)> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some(backup::EXTENSION))
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                Some((m.modified().ok()?, e.path(), m.len()))
-            })
-            .collect(),
-        Err(e) => {
-            eprintln!("nrdot: {}: {e}", dir.display());
-            return ExitCode::from(2);
+    match backup::archives(dir) {
+        Ok(list) => {
+            for (_, path, len) in list {
+                println!("{}\t{len} bytes", path.display());
+            }
+            ExitCode::SUCCESS
         }
-    };
-    names.sort();
-    for (_, path, len) in names.iter().rev() {
-        println!("{}\t{len} bytes", path.display());
+        Err(e) => fail(&e),
     }
-    ExitCode::SUCCESS
+}
+
+/// `backup prune`: applies the retention by hand.
+pub fn prune(dir: &Path, keep_days: u64, keep_last: usize) -> ExitCode {
+    match backup::prune(dir, keep_days, keep_last, std::time::SystemTime::now()) {
+        Ok(removed) => {
+            for p in &removed {
+                println!("removed {}", p.display());
+            }
+            println!("{} archive(s) removed", removed.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 fn open(archive: &Path, key_file: &Path) -> Result<backup::Opened, BackupError> {

@@ -159,6 +159,18 @@ pub enum BackupCommand {
         #[arg(long, short, default_value = crate::backup_cmd::DEFAULT_DIR)]
         output: PathBuf,
     },
+    /// Remove archives by the retention: older than --keep-days, except the newest --keep-last.
+    Prune {
+        /// Directory.
+        #[arg(long, short, default_value = crate::backup_cmd::DEFAULT_DIR)]
+        output: PathBuf,
+        /// Keep archives younger than this many days (0: age keeps none).
+        #[arg(long, default_value_t = 30)]
+        keep_days: u64,
+        /// Keep the newest this many whatever their age.
+        #[arg(long, default_value_t = 0)]
+        keep_last: usize,
+    },
     /// Decrypt and check every component of an archive; changes nothing.
     Verify {
         /// The archive.

@@ -590,6 +590,16 @@ impl Control {
             .collect()
     }
 
+    /// The configuration file this node was started with, if any.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     /// Each backend's active health, for a binary upgrade to carry over.
     pub fn health_snapshot(&self) -> Vec<(String, String)> {
         self.backends()

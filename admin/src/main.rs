@@ -163,6 +163,11 @@ fn backup(command: BackupCommand, state_dir: Option<&std::path::Path>, json: boo
             Err(code) => code,
         },
         BackupCommand::List { output } => b::list(&output),
+        BackupCommand::Prune {
+            output,
+            keep_days,
+            keep_last,
+        } => b::prune(&output, keep_days, keep_last),
         BackupCommand::Verify { archive, key_file } => b::verify(&archive, &key_file, json),
         BackupCommand::Restore {
             archive,

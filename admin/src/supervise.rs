@@ -74,6 +74,7 @@ impl Plane {
             tokio::spawn(crate::health::run(Arc::clone(&control))),
             tokio::spawn(watch_certs(Arc::clone(&control), self.certs)),
             tokio::spawn(upkeep(self.prometheus)),
+            tokio::spawn(scheduled_backups(Arc::clone(&control))),
         ];
         for (name, addr) in &self.addrs {
             println!("nrdot: listener {name} on {addr}");
@@ -204,6 +205,73 @@ async fn watch_certs(control: Arc<Control>, certs: Arc<crate::certs::Certs>) {
                     "certificates",
                     &format!("{e}; the old certificates keep serving"),
                 ),
+            }
+        }
+    }
+}
+
+/// `[backup]`: one archive every `interval`, then the retention, off the admin thread's
+/// runtime (a slow or full disk never blocks the API, let alone the proxy). The section is
+/// re-read each time, so a reload changes the schedule.
+async fn scheduled_backups(control: Arc<Control>) {
+    let failures = metrics::counter!("nrdot_backup_failures_total");
+    failures.absolute(0);
+    loop {
+        let Some(settings) = control.current().config.backup.clone() else {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        };
+        tokio::time::sleep(settings.interval).await;
+        let (state_dir, config) = (
+            control.state_dir().to_path_buf(),
+            control.config_file().map(std::path::Path::to_path_buf),
+        );
+        let s = settings.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let (manifest, path) =
+                crate::backup::write_archive(&state_dir, config.as_deref(), &s.dir, &s.key_file)?;
+            let removed = crate::backup::prune(
+                &s.dir,
+                s.keep_days,
+                s.keep_last,
+                std::time::SystemTime::now(),
+            )?;
+            Ok::<_, crate::backup::BackupError>((manifest, path, removed))
+        })
+        .await;
+        match result {
+            Ok(Ok((manifest, path, removed))) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                metrics::gauge!("nrdot_backup_last_success_timestamp_seconds").set(now);
+                control.event(
+                    "backup.created",
+                    &path.display().to_string(),
+                    &format!(
+                        "config version {}, {} components, {} old archive(s) removed",
+                        manifest.config_version,
+                        manifest.components.len(),
+                        removed.len()
+                    ),
+                );
+            }
+            Ok(Err(e)) => {
+                failures.increment(1);
+                control.event(
+                    "backup.failed",
+                    &settings.dir.display().to_string(),
+                    &e.to_string(),
+                );
+            }
+            Err(e) => {
+                failures.increment(1);
+                control.event(
+                    "backup.failed",
+                    &settings.dir.display().to_string(),
+                    &e.to_string(),
+                );
             }
         }
     }

@@ -22,7 +22,7 @@ mod validate;
 
 pub use error::{ConfigError, ValidationError};
 pub use model::{
-    AccessLog, AccessLogFormat, Agent, CertFiles, CheckKind, Config, HashKey, HeaderMatch,
+    AccessLog, AccessLogFormat, Agent, Backup, CertFiles, CheckKind, Config, HashKey, HeaderMatch,
     HealthCheck, Lb, Limits, Listener, ListenerTls, LogFormat, Logging, Outlier, Pool, RetryOn,
     Route, Server, SniCert, SplitEntry, Sticky, UpstreamTls, WhenUnavailable,
 };

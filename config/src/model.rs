@@ -28,6 +28,8 @@ pub struct Config {
     pub access_log: AccessLog,
     /// nrdot's own log (`[log]`).
     pub log: Logging,
+    /// Scheduled backups (`[backup]`); none without the section.
+    pub backup: Option<Backup>,
     /// Peers whose X-Forwarded-* headers are believed and appended to.
     pub trusted_proxies: Vec<Cidr>,
     /// Upstream pools, in file order.
@@ -152,6 +154,33 @@ impl Default for Logging {
             level: "info".into(),
             file: "-".into(),
             format: LogFormat::Text,
+        }
+    }
+}
+
+/// Scheduled backups, run by the admin thread, and their retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    /// Time between two backups.
+    pub interval: Duration,
+    /// Directory the archives go to.
+    pub dir: PathBuf,
+    /// Archives older than this many days are removed (0: never by age).
+    pub keep_days: u64,
+    /// The newest this many archives are kept whatever their age (0: no such floor).
+    pub keep_last: usize,
+    /// The encryption key (created on first use).
+    pub key_file: PathBuf,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Backup {
+            interval: Duration::from_secs(24 * 3600),
+            dir: PathBuf::from("/var/backups/nrdot"),
+            keep_days: 30,
+            keep_last: 0,
+            key_file: PathBuf::from("/etc/nrdot/backup.key"),
         }
     }
 }

@@ -295,6 +295,7 @@ const OVERRIDABLE: &[&str] = &[
     "limits",
     "access_log",
     "log",
+    "backup",
     "trusted_proxies",
     "pool",
     "route",
@@ -418,7 +419,7 @@ fn overlay(root: &toml_edit::Table, name: &str) -> toml_edit::Table {
             .key(k)
             .cloned()
             .unwrap_or_else(|| toml_edit::Key::new(k));
-        let mergeable = matches!(k, "admin" | "limits" | "access_log" | "log");
+        let mergeable = matches!(k, "admin" | "limits" | "access_log" | "log" | "backup");
         let mut value = item.clone();
         if mergeable {
             if let (Some(base), Some(over)) = (merged.get(k).cloned(), item.as_table_like()) {
@@ -499,6 +500,7 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
     let limits = limits(&mut v, root);
     let access_log = access_log(&mut v, root);
     let log = log(&mut v, root);
+    let backup = backup(&mut v, root);
     let trusted_proxies = trusted(&mut v, root);
     let pools = pools(&mut v, root);
     let routes = routes(&mut v, root, &pools);
@@ -517,6 +519,7 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
         limits,
         access_log,
         log,
+        backup,
         trusted_proxies,
         pools,
         routes,
@@ -730,6 +733,41 @@ fn log(v: &mut V<'_>, root: &dyn TableLike) -> Logging {
         }
     }
     log
+}
+
+fn backup(v: &mut V<'_>, root: &dyn TableLike) -> Option<Backup> {
+    let (t, _) = v.table(root, "backup", "")?;
+    let p = "backup";
+    v.keys(
+        t,
+        p,
+        &["interval", "dir", "keep_days", "keep_last", "key_file"],
+    );
+    let d = Backup::default();
+    let interval = v.duration(t, "interval", p, d.interval);
+    if interval < Duration::from_secs(1) {
+        let span = v.get(t, "interval").and_then(|(_, s)| s);
+        v.push("backup.interval", &span, "must be at least 1s");
+    }
+    Some(Backup {
+        interval,
+        dir: v
+            .str(t, "dir", p)
+            .map(|(s, _)| PathBuf::from(s))
+            .unwrap_or(d.dir),
+        keep_days: v
+            .int(t, "keep_days", p, 0..36_501)
+            .map(|n| n as u64)
+            .unwrap_or(d.keep_days),
+        keep_last: v
+            .int(t, "keep_last", p, 0..1_000_001)
+            .map(|n| n as usize)
+            .unwrap_or(d.keep_last),
+        key_file: v
+            .str(t, "key_file", p)
+            .map(|(s, _)| PathBuf::from(s))
+            .unwrap_or(d.key_file),
+    })
 }
 
 fn trusted(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Cidr> {

@@ -314,3 +314,59 @@ fn damaged_archives_wrong_keys_and_newer_formats_are_refused_with_nothing_change
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_run_from_the_config_keep_the_retention_and_report_failures() {
+    let o = Origin::start("o").await;
+    let dir = nrdot_tests::temp_dir("scheduled");
+    let (out, key) = (dir.join("archives"), dir.join("backup.key"));
+    let body = format!(
+        "{}[backup]\ninterval = \"1s\"\ndir = {:?}\nkeep_days = 0\nkeep_last = 2\nkey_file = {:?}\n",
+        nrdot_tests::pool_route(&[o.addr]),
+        out.display().to_string(),
+        key.display().to_string()
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    tokio::time::sleep(std::time::Duration::from_millis(3600)).await;
+    let archives: Vec<_> = std::fs::read_dir(&out)
+        .expect("archives")
+        .flatten()
+        .collect();
+    assert_eq!(
+        archives.len(),
+        2,
+        "retention keeps the newest two: {archives:?}"
+    );
+    let events = n.api("GET", "/api/v2/events", "", None).await.json();
+    let created = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "backup.created")
+        .count();
+    assert!(created >= 3, "{events}");
+    assert!(
+        n.metric("nrdot_backup_last_success_timestamp_seconds")
+            .await
+            > 1.7e9
+    );
+    assert_eq!(n.metric("nrdot_backup_failures_total").await, 0.0);
+    let newest = &archives[0].path();
+    let verified = run(
+        &["backup", "verify"],
+        &[newest, Path::new("--key-file"), &key],
+    );
+    assert!(verified.status.success(), "{}", text(&verified));
+    // A destination that cannot be written: counted, reported, and the proxy is unaffected.
+    let blocked = dir.join("a-file");
+    std::fs::write(&blocked, "x").expect("file");
+    let body = body.replace(
+        &format!("{:?}", out.display().to_string()),
+        &format!("{:?}", blocked.join("sub").display().to_string()),
+    );
+    n.rewrite_and_reload(&body);
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    assert!(n.metric("nrdot_backup_failures_total").await >= 1.0);
+    assert_eq!(nrdot_tests::get(&n.url("/"), &[]).await.status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
