@@ -305,6 +305,45 @@ fn seal(key: &[u8; 32], plain: &[u8]) -> Result<Vec<u8>, BackupError> {
     Ok(out)
 }
 
+/// What a live restore sends to a running node: the archive's current configuration and its
+/// drained backends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveRestore {
+    /// The archive's file name, for the version message and the audit log.
+    pub archive: String,
+    /// The version id it had on the node backed up.
+    pub version: u64,
+    /// Its SHA-256, checked on arrival.
+    pub checksum: String,
+    /// The configuration text.
+    pub content: String,
+    /// Backend ids disabled at backup time.
+    pub disabled: Vec<String>,
+}
+
+impl LiveRestore {
+    /// Takes the current version and runtime state out of an opened archive.
+    pub fn from_archive(name: &str, opened: &Opened) -> Result<LiveRestore, BackupError> {
+        let (manifest, components) = opened;
+        let file = |n: &str| components.iter().find(|(c, _)| c.name == n).map(|(_, b)| b);
+        let version_name = format!("state/versions/{:08}.json", manifest.config_version);
+        let version: serde_json::Value = file(&version_name)
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .ok_or_else(|| BackupError::Archive(format!("the archive lacks {version_name}")))?;
+        let disabled = file("state/runtime.json")
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|v| serde_json::from_value(v["disabled"].clone()).ok())
+            .unwrap_or_default();
+        Ok(LiveRestore {
+            archive: name.to_string(),
+            version: manifest.config_version,
+            checksum: manifest.config_checksum.clone(),
+            content: version["content"].as_str().unwrap_or_default().to_string(),
+            disabled,
+        })
+    }
+}
+
 /// An opened archive: its manifest and each component with its bytes.
 pub type Opened = (Manifest, Vec<(Component, Vec<u8>)>);
 

@@ -192,6 +192,10 @@ pub enum BackupCommand {
         /// Say what would be restored, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Against a running node, through its admin API (admin role): the archive's
+        /// configuration becomes a new version and its drained backends are drained again.
+        #[arg(long, conflicts_with = "dry_run")]
+        live: bool,
     },
 }
 

@@ -534,6 +534,50 @@ pub fn upgrade(c: &Client, binary: Option<std::path::PathBuf>, rollback: bool) -
     }
 }
 
+/// `nrdot backup restore ARCHIVE --live`: opens and verifies the archive here, then sends its
+/// configuration and drained backends to the running node.
+pub fn restore_live(c: &Client, archive: &Path, key_file: &Path) -> ExitCode {
+    let opened = crate::backup::key(key_file, false).and_then(|k| {
+        let bytes = std::fs::read(archive).map_err(|source| crate::backup::BackupError::Io {
+            path: archive.to_path_buf(),
+            source,
+        })?;
+        crate::backup::open(&bytes, &k)
+    });
+    let name = archive
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("archive");
+    let live = match opened.and_then(|o| crate::backup::LiveRestore::from_archive(name, &o)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("nrdot: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let payload = serde_json::to_vec(&live).unwrap_or_default();
+    let (status, body) = call_or_exit!(c.call(
+        Method::POST,
+        "/api/v2/restore",
+        Some(("application/json", payload)),
+        &[]
+    ));
+    if !status.is_success() {
+        return fail(status, &body);
+    }
+    if c.json {
+        c.print_json(&body);
+    } else {
+        println!(
+            "restored {name}: its configuration (version {} on the node backed up) is version {} here; backends changed: {}",
+            live.version,
+            s(&body["version"]["id"]),
+            body["backends_changed"]
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 /// `nrdot version history --binaries`: past upgrades, newest first.
 pub fn binaries(c: &Client) -> ExitCode {
     let (status, body) = call_or_exit!(c.call(Method::GET, "/api/v2/binaries", None, &[]));

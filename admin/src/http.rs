@@ -283,6 +283,9 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
     }
     match (req.method(), segments.as_slice()) {
         (&Method::POST, ["upgrade"]) => return upgrade(admin, &actor, req).await,
+        (&Method::POST, ["restore"]) if !admin.upgrader.busy() => {
+            return restore(admin, &actor, req).await
+        }
         (&Method::GET, ["binaries"]) => {
             let history = crate::binaries::history(&admin.control.current().config.state_dir);
             return json_response(StatusCode::OK, json!({ "binaries": history }));
@@ -296,6 +299,59 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
         _ => {}
     }
     api(admin, &actor, req, &segments).await
+}
+
+/// `POST /api/v2/restore` (admin): makes a backup's configuration the current one, as a new
+/// version, and its drained backends drained again. The CLI opens and verifies the archive
+/// (the key never leaves the operator's host) and sends what it holds.
+async fn restore(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let r: crate::backup::LiveRestore = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad restore request: {e}")),
+    };
+    if crate::durable::sha256_hex(r.content.as_bytes()) != r.checksum {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the configuration does not match its checksum",
+        );
+    }
+    let control = &admin.control;
+    let message = format!(
+        "restore of {} (version {}, {})",
+        r.archive,
+        r.version,
+        r.checksum.get(..12).unwrap_or("")
+    );
+    let meta = match control.apply(&r.content, &actor.name, &message, None) {
+        Ok(m) => m,
+        Err(e) => return admin_error(&e),
+    };
+    let mut changed = Vec::new();
+    for b in control.backends() {
+        let want_enabled = !r.disabled.contains(&b.id);
+        if want_enabled != (b.admin_state == "enabled") {
+            if let Ok(ids) = control.set_enabled(&b.id, want_enabled, &actor.name) {
+                changed.extend(ids);
+            }
+        }
+    }
+    let _ = control.audit().record(Event {
+        actor: actor.name.clone(),
+        action: "backup.restore".into(),
+        target: r.archive.clone(),
+        version_after: Some(meta.id),
+        outcome: "ok".into(),
+        detail: format!("{message}; backends changed: {changed:?}"),
+        ..Event::default()
+    });
+    json_response(
+        StatusCode::OK,
+        json!({ "version": meta, "backends_changed": changed }),
+    )
 }
 
 /// `POST /api/v2/upgrade`: replaces this process's binary; answers once the new process

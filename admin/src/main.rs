@@ -83,6 +83,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Doctor { config, strict } => doctor::run(&config, json, strict),
+        Command::Backup {
+            command:
+                BackupCommand::Restore {
+                    archive,
+                    key_file,
+                    live: true,
+                    ..
+                },
+        } => with_client!(|c| client::restore_live(&c, &archive, &key_file)),
         Command::Backup { command } => backup(command, opts.state_dir.as_deref(), json),
         Command::Upgrade { binary, rollback } => {
             with_client!(|c| client::upgrade(&c, binary, rollback))
@@ -174,6 +183,7 @@ fn backup(command: BackupCommand, state_dir: Option<&std::path::Path>, json: boo
             config,
             key_file,
             dry_run,
+            ..
         } => match b::state_dir(state_dir, &config) {
             Ok(dir) => b::restore(&archive, &key_file, &dir, dry_run),
             Err(code) => code,

@@ -133,6 +133,7 @@ pub fn document() -> Value {
             "/api/v2/openapi.json": { "get": op("This document", "viewer", &[("200", "OpenAPI 3")]) },
             "/api/v2/version": { "get": op("Binary and running config version", "viewer", &[("200", "versions")]) },
             "/api/v2/upgrade": { "post": op("Replace the binary without closing a port: body {\"binary\": PATH} or {\"rollback\": true} or empty (the path nrdot was started from); answers once the new process serves", "admin", &[("200", "from/to PID, version and checksum"), ("409", "an upgrade is already running"), ("422", "not an nrdot binary, or no earlier binary"), ("502", "the new binary failed; the old process keeps serving")]) },
+            "/api/v2/restore": { "post": op("Live restore: a backup's configuration (content, checksum, version, archive name) becomes a new version and its drained backends are drained again; audited", "admin", &[("200", "the new version and the backends changed"), ("422", "content does not match its checksum, or invalid")]) },
             "/api/v2/binaries": { "get": op("Binary history: every upgrade with the binaries' versions, checksums and kept copies", "viewer", &[("200", "records")]) },
             "/api/v2/config": {
                 "get": op("Current configuration (TOML and JSON) with version and checksum", "viewer", &[("200", "the configuration")]),

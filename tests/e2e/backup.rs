@@ -370,3 +370,113 @@ async fn scheduled_backups_run_from_the_config_keep_the_retention_and_report_fai
     assert_eq!(nrdot_tests::get(&n.url("/"), &[]).await.status, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_restore_brings_back_the_config_and_drains_as_a_new_audited_version() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let body = |target: &str| {
+        format!(
+            "{}{}[[route]]\nname = \"r\"\npool = \"{target}\"\n",
+            pool("one", &[a.addr]),
+            pool("two", &[b.addr])
+        )
+    };
+    let n = Nrdot::start(BIN, "", &body("one"));
+    let r = n
+        .api(
+            "POST",
+            &format!("/api/v2/backends/two%2F{}/disable", b.addr),
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let dir = n.dir.clone();
+    let (out, key) = (dir.join("backups"), dir.join("backup.key"));
+    let created = run(
+        &["backup", "create", "--config"],
+        &[
+            &n.config,
+            Path::new("--output"),
+            &out,
+            Path::new("--key-file"),
+            &key,
+        ],
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    let archive = std::fs::read_dir(&out)
+        .expect("out")
+        .flatten()
+        .next()
+        .expect("archive")
+        .path();
+    let backed_up = n.api("GET", "/api/v2/version", "", None).await.json();
+    // Later changes: another route target and the backend back in.
+    let config = std::fs::read_to_string(&n.config)
+        .expect("config")
+        .replace("pool = \"one\"", "pool = \"two\"");
+    let r = n.api("PUT", "/api/v2/config", &config, None).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = n
+        .api(
+            "POST",
+            &format!("/api/v2/backends/two%2F{}/enable", b.addr),
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // A viewer may not restore; nothing changes.
+    let viewer = n
+        .api(
+            "POST",
+            "/api/v2/tokens",
+            r#"{"name":"v","role":"viewer"}"#,
+            None,
+        )
+        .await
+        .json();
+    let viewer = viewer["token"].as_str().expect("token").to_string();
+    let restore = |token: Option<String>| {
+        let mut c = Command::new(BIN);
+        c.args(["--state-dir"])
+            .arg(n.state_dir())
+            .args(["--admin-url", &format!("http://{}", n.admin)]);
+        if let Some(t) = token {
+            c.args(["--token", &t]);
+        }
+        c.args(["backup", "restore", "--live", "--key-file"])
+            .arg(&key)
+            .arg(&archive);
+        c.output().expect("restore")
+    };
+    let refused = restore(Some(viewer));
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    let before = n.api("GET", "/api/v2/version", "", None).await.json();
+    let done = restore(None);
+    assert!(done.status.success(), "{}", text(&done));
+    let now = n.api("GET", "/api/v2/version", "", None).await.json();
+    assert_eq!(
+        now["config_checksum"], backed_up["config_checksum"],
+        "{now}"
+    );
+    assert!(
+        now["config_version"].as_u64() > before["config_version"].as_u64(),
+        "a new version"
+    );
+    assert_eq!(
+        nrdot_tests::get(&n.url("/"), &[]).await.header("x-origin"),
+        "a"
+    );
+    let backends = n.api("GET", "/api/v2/backends", "", None).await.json();
+    let two = backends["backends"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|x| x["pool"] == "two")
+        .expect("two")
+        .clone();
+    assert_eq!(two["admin_state"], "disabled", "{backends}");
+    let audit = n.api("GET", "/api/v2/audit?limit=5", "", None).await.json();
+    assert!(audit.to_string().contains("backup.restore"), "{audit}");
+}
