@@ -503,7 +503,35 @@ pub fn write_archive(
         path = out.join(name.replace(&format!(".{EXTENSION}"), &format!("-{n}.{EXTENSION}")));
     }
     durable::write(&path, &bytes, 0o600).map_err(io(&path))?;
+    let last = LastBackup {
+        time: manifest.time.clone(),
+        config_version: manifest.config_version,
+        archive: path.clone(),
+    };
+    let marker = state_dir.join(LAST_BACKUP);
+    let json = serde_json::to_vec(&last).map_err(|e| BackupError::Archive(e.to_string()))?;
+    durable::write(&marker, &json, 0o600).map_err(io(&marker))?;
     Ok((manifest, path))
+}
+
+/// Where the last successful backup is recorded in the state directory: the version store
+/// prunes only versions an archive holds.
+pub const LAST_BACKUP: &str = "backup.json";
+
+/// The last successful backup of a state directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastBackup {
+    /// When.
+    pub time: String,
+    /// The current config version it holds (it holds every version up to this one).
+    pub config_version: u64,
+    /// Where it was written.
+    pub archive: PathBuf,
+}
+
+/// Reads [`LAST_BACKUP`].
+pub fn last_backup(state_dir: &Path) -> Option<LastBackup> {
+    serde_json::from_slice(&std::fs::read(state_dir.join(LAST_BACKUP)).ok()?).ok()
 }
 
 /// The archives in `dir`, newest first, with their modification times.

@@ -478,6 +478,7 @@ pub fn history(c: &Client, quiet: bool) -> ExitCode {
         .map(|a| a.iter().collect())
         .unwrap_or_default();
     versions.reverse();
+    let oldest = versions.last().and_then(|v| v["id"].as_u64()).unwrap_or(1);
     for v in versions {
         if quiet {
             println!("{}", s(&v["id"]));
@@ -490,6 +491,12 @@ pub fn history(c: &Client, quiet: bool) -> ExitCode {
                 s(&v["message"])
             );
         }
+    }
+    if oldest > 1 && !quiet {
+        eprintln!(
+            "versions 1 to {} were pruned ([store] keep_versions); they are in the backups (nrdot backup list)",
+            oldest - 1
+        );
     }
     ExitCode::SUCCESS
 }

@@ -442,8 +442,28 @@ impl Control {
         if let (Some(certs), Some(prepared)) = (self.certs.get(), tls) {
             certs.commit(prepared, &config);
         }
+        let keep = config.keep_versions;
         self.publish_locked(state, config, meta.clone());
+        self.prune_versions(keep);
         Ok(meta)
+    }
+
+    /// `[store] keep_versions`: drops the oldest versions that a backup already holds.
+    fn prune_versions(&self, keep: usize) {
+        let backed_up = crate::backup::last_backup(&self.state_dir).map_or(0, |b| b.config_version);
+        match self.store.prune(keep, backed_up) {
+            Ok(removed) if !removed.is_empty() => self.event(
+                "store.pruned",
+                "versions",
+                &format!(
+                    "versions {}..={} removed (keep_versions = {keep}); they are in the backups",
+                    removed[0],
+                    removed[removed.len() - 1]
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!("cannot prune old versions: {e}"),
+        }
     }
 
     fn publish_locked(&self, state: &mut State, config: Config, meta: VersionMeta) {

@@ -28,7 +28,7 @@ pub enum StoreError {
         why: String,
     },
     /// No such version.
-    #[error("no version {0}")]
+    #[error("no version {0} (versions older than [store] keep_versions are pruned once a backup holds them: nrdot backup list)")]
     NotFound(u64),
 }
 
@@ -70,6 +70,9 @@ pub trait Store: Send + Sync {
         -> Result<VersionMeta, StoreError>;
     /// The current version's id, if any version exists.
     fn current(&self) -> Result<Option<u64>, StoreError>;
+    /// Removes the oldest versions beyond `keep`, never the current or newest one nor any
+    /// above `protect_above` (not yet in a backup); the ids removed.
+    fn prune(&self, keep: usize, protect_above: u64) -> Result<Vec<u64>, StoreError>;
 }
 
 /// Versions as files under a directory.
@@ -219,6 +222,31 @@ impl Store for LocalStore {
         durable::write(&pp, &pbytes, 0o600)
             .map_err(|source| StoreError::Io { path: pp, source })?;
         Ok(meta)
+    }
+
+    fn prune(&self, keep: usize, protect_above: u64) -> Result<Vec<u64>, StoreError> {
+        let ids = self.ids()?;
+        if keep == 0 || ids.len() <= keep {
+            return Ok(Vec::new());
+        }
+        let current = self.current()?.unwrap_or(0);
+        let newest = ids.last().copied().unwrap_or(0);
+        let mut removed = Vec::new();
+        for id in ids.iter().take(ids.len() - keep) {
+            if *id == current || *id == newest || *id > protect_above {
+                continue;
+            }
+            let path = self.version_path(*id);
+            std::fs::remove_file(&path).map_err(|source| StoreError::Io { path, source })?;
+            removed.push(*id);
+        }
+        if !removed.is_empty() {
+            durable::sync_dir(&self.dir).map_err(|source| StoreError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
+        }
+        Ok(removed)
     }
 
     fn current(&self) -> Result<Option<u64>, StoreError> {

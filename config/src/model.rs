@@ -30,6 +30,9 @@ pub struct Config {
     pub log: Logging,
     /// Scheduled backups (`[backup]`); none without the section.
     pub backup: Option<Backup>,
+    /// `[store] keep_versions`: the version store prunes its oldest versions beyond this
+    /// many (0: never), sparing the current one and any not yet in a backup.
+    pub keep_versions: usize,
     /// Peers whose X-Forwarded-* headers are believed and appended to.
     pub trusted_proxies: Vec<Cidr>,
     /// Upstream pools, in file order.
@@ -157,6 +160,9 @@ impl Default for Logging {
         }
     }
 }
+
+/// Default of `[store] keep_versions`.
+pub const DEFAULT_KEEP_VERSIONS: usize = 1000;
 
 /// Scheduled backups, run by the admin thread, and their retention.
 #[derive(Debug, Clone, PartialEq, Eq)]

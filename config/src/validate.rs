@@ -296,6 +296,7 @@ const OVERRIDABLE: &[&str] = &[
     "access_log",
     "log",
     "backup",
+    "store",
     "trusted_proxies",
     "pool",
     "route",
@@ -419,7 +420,10 @@ fn overlay(root: &toml_edit::Table, name: &str) -> toml_edit::Table {
             .key(k)
             .cloned()
             .unwrap_or_else(|| toml_edit::Key::new(k));
-        let mergeable = matches!(k, "admin" | "limits" | "access_log" | "log" | "backup");
+        let mergeable = matches!(
+            k,
+            "admin" | "limits" | "access_log" | "log" | "backup" | "store"
+        );
         let mut value = item.clone();
         if mergeable {
             if let (Some(base), Some(over)) = (merged.get(k).cloned(), item.as_table_like()) {
@@ -501,6 +505,15 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
     let access_log = access_log(&mut v, root);
     let log = log(&mut v, root);
     let backup = backup(&mut v, root);
+    let keep_versions = match v.table(root, "store", "") {
+        Some((t, _)) => {
+            v.keys(t, "store", &["keep_versions"]);
+            v.int(t, "keep_versions", "store", 0..1_000_000_001)
+                .map(|n| n as usize)
+                .unwrap_or(DEFAULT_KEEP_VERSIONS)
+        }
+        None => DEFAULT_KEEP_VERSIONS,
+    };
     let trusted_proxies = trusted(&mut v, root);
     let pools = pools(&mut v, root);
     let routes = routes(&mut v, root, &pools);
@@ -520,6 +533,7 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
         access_log,
         log,
         backup,
+        keep_versions,
         trusted_proxies,
         pools,
         routes,

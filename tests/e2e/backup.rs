@@ -480,3 +480,93 @@ async fn a_live_restore_brings_back_the_config_and_drains_as_a_new_audited_versi
     let audit = n.api("GET", "/api/v2/audit?limit=5", "", None).await.json();
     assert!(audit.to_string().contains("backup.restore"), "{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_versions_prunes_only_what_a_backup_holds() {
+    let o = Origin::start("o").await;
+    let body = format!(
+        "{}[store]\nkeep_versions = 3\n",
+        nrdot_tests::pool_route(&[o.addr])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let base = std::fs::read_to_string(&n.config).expect("config");
+    let n = &n;
+    let put = |i: u32| {
+        let t = format!("{base}\n# change {i}\n");
+        async move { n.api("PUT", "/api/v2/config", &t, None).await.status }
+    };
+    for i in 0..5 {
+        assert_eq!(put(i).await, 200);
+    }
+    let ids = |v: serde_json::Value| -> Vec<u64> {
+        v["versions"]
+            .as_array()
+            .expect("versions")
+            .iter()
+            .filter_map(|x| x["id"].as_u64())
+            .collect()
+    };
+    // Nothing is in a backup yet: every version stays.
+    assert_eq!(
+        ids(n
+            .api("GET", "/api/v2/config/versions", "", None)
+            .await
+            .json())
+        .len(),
+        6
+    );
+    let (out, key) = (n.dir.join("b"), n.dir.join("k"));
+    let created = run(
+        &["backup", "create", "--config"],
+        &[
+            &n.config,
+            Path::new("--output"),
+            &out,
+            Path::new("--key-file"),
+            &key,
+        ],
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    assert_eq!(put(5).await, 200);
+    assert_eq!(
+        ids(n
+            .api("GET", "/api/v2/config/versions", "", None)
+            .await
+            .json()),
+        [5, 6, 7]
+    );
+    let history = n.cli(&["version", "history"]);
+    assert!(
+        String::from_utf8_lossy(&history.stderr).contains("versions 1 to 4 were pruned"),
+        "{}",
+        text(&history)
+    );
+    let gone = n
+        .api("POST", "/api/v2/config/rollback", r#"{"version":1}"#, None)
+        .await;
+    assert_eq!(gone.status, 404, "{}", String::from_utf8_lossy(&gone.body));
+    assert!(String::from_utf8_lossy(&gone.body).contains("keep_versions"));
+    // The archive still has them all.
+    let archive = std::fs::read_dir(&out)
+        .expect("out")
+        .flatten()
+        .next()
+        .expect("archive")
+        .path();
+    let v = run(
+        &["--json", "backup", "verify"],
+        &[&archive, Path::new("--key-file"), &key],
+    );
+    let m: serde_json::Value = serde_json::from_slice(&v.stdout).expect("json");
+    let versions = m["manifest"]["components"]
+        .as_array()
+        .expect("c")
+        .iter()
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("state/versions/0"))
+        })
+        .count();
+    assert_eq!(versions, 6);
+}
