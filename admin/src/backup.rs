@@ -50,7 +50,7 @@ pub enum BackupError {
     InUse(String),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
     move |source| BackupError::Io {
         path: path.to_path_buf(),
         source,
@@ -479,41 +479,6 @@ pub fn restore(
     Ok(kept)
 }
 
-/// Writes one archive of `state_dir` (and `config`) into `out`: its path and manifest.
-pub fn write_archive(
-    state_dir: &Path,
-    config: Option<&Path>,
-    out: &Path,
-    key_file: &Path,
-) -> Result<(Manifest, PathBuf), BackupError> {
-    let key = key(key_file, true)?;
-    let (manifest, bytes) = create(state_dir, config, &key)?;
-    durable::ensure_dir(out).map_err(io(out))?;
-    let name = format!(
-        "nrdot-{}-{}-v{}.{EXTENSION}",
-        manifest.hostname,
-        manifest.time.replace(':', ""),
-        manifest.config_version,
-    );
-    // Two archives within one second get distinct names.
-    let mut path = out.join(&name);
-    let mut n = 1;
-    while path.exists() {
-        n += 1;
-        path = out.join(name.replace(&format!(".{EXTENSION}"), &format!("-{n}.{EXTENSION}")));
-    }
-    durable::write(&path, &bytes, 0o600).map_err(io(&path))?;
-    let last = LastBackup {
-        time: manifest.time.clone(),
-        config_version: manifest.config_version,
-        archive: path.clone(),
-    };
-    let marker = state_dir.join(LAST_BACKUP);
-    let json = serde_json::to_vec(&last).map_err(|e| BackupError::Archive(e.to_string()))?;
-    durable::write(&marker, &json, 0o600).map_err(io(&marker))?;
-    Ok((manifest, path))
-}
-
 /// Where the last successful backup is recorded in the state directory: the version store
 /// prunes only versions an archive holds.
 pub const LAST_BACKUP: &str = "backup.json";
@@ -525,53 +490,13 @@ pub struct LastBackup {
     pub time: String,
     /// The current config version it holds (it holds every version up to this one).
     pub config_version: u64,
-    /// Where it was written.
-    pub archive: PathBuf,
+    /// Where it was written (a path or an `s3://` URL).
+    pub archive: String,
 }
 
 /// Reads [`LAST_BACKUP`].
 pub fn last_backup(state_dir: &Path) -> Option<LastBackup> {
     serde_json::from_slice(&std::fs::read(state_dir.join(LAST_BACKUP)).ok()?).ok()
-}
-
-/// The archives in `dir`, newest first, with their modification times.
-pub fn archives(dir: &Path) -> Result<Vec<(std::time::SystemTime, PathBuf, u64)>, BackupError> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
-        .flatten()
-        .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some(EXTENSION))
-        .filter_map(|e| {
-            let m = e.metadata().ok()?;
-            Some((m.modified().ok()?, e.path(), m.len()))
-        })
-        .collect();
-    out.sort_by(|a, b| b.cmp(a));
-    Ok(out)
-}
-
-/// Retention: an archive stays while it is younger than `keep_days` or among the newest
-/// `keep_last`; the newest always stays, and with both at 0 every archive does. Returns
-/// what was removed.
-pub fn prune(
-    dir: &Path,
-    keep_days: u64,
-    keep_last: usize,
-    now: std::time::SystemTime,
-) -> Result<Vec<PathBuf>, BackupError> {
-    if keep_days == 0 && keep_last == 0 {
-        return Ok(Vec::new());
-    }
-    let max_age = std::time::Duration::from_secs(keep_days * 86_400);
-    let mut removed = Vec::new();
-    for (i, (modified, path, _)) in archives(dir)?.into_iter().enumerate() {
-        let young = keep_days > 0 && now.duration_since(modified).unwrap_or_default() < max_age;
-        let recent = i < keep_last.max(1);
-        if !young && !recent {
-            std::fs::remove_file(&path).map_err(io(&path))?;
-            removed.push(path);
-        }
-    }
-    Ok(removed)
 }
 
 #[cfg(test)]
@@ -632,32 +557,6 @@ mod tests {
             .expect_err("extra")
             .to_string()
             .contains("lists 1 components"));
-    }
-
-    #[test]
-    fn retention_keeps_young_archives_and_the_newest_few() {
-        use std::time::{Duration, SystemTime};
-        let dir = std::env::temp_dir().join(format!("nrdot-prune-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let now = SystemTime::now();
-        for (i, days) in [0u64, 1, 10, 40, 50].iter().enumerate() {
-            let p = dir.join(format!("a{i}.{EXTENSION}"));
-            std::fs::write(&p, b"x").expect("write");
-            let f = std::fs::File::options().write(true).open(&p).expect("open");
-            f.set_modified(now - Duration::from_secs(days * 86_400 + 60))
-                .expect("mtime");
-        }
-        std::fs::write(dir.join("notes.txt"), b"not an archive").expect("write");
-        assert!(prune(&dir, 0, 0, now).expect("prune").is_empty());
-        // 30 days: the two older ones go.
-        let gone = prune(&dir, 30, 0, now).expect("prune");
-        assert_eq!(gone.len(), 2, "{gone:?}");
-        // Only the newest two, whatever their age.
-        let gone = prune(&dir, 0, 2, now).expect("prune");
-        assert_eq!(gone.len(), 1, "{gone:?}");
-        assert_eq!(archives(&dir).expect("list").len(), 2);
-        assert!(dir.join("notes.txt").exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::archives::{self, Destination};
 use crate::backup::{self, BackupError};
 
 /// Where archives go by default.
@@ -48,15 +49,15 @@ pub fn create(
     json: bool,
 ) -> ExitCode {
     let config = config.exists().then_some(config);
-    let run = || backup::write_archive(state_dir, config, out, key_file);
-    match run() {
+    let out = Destination::parse(&out.to_string_lossy());
+    match archives::write_archive(state_dir, config, &out, key_file) {
         Ok((m, path)) => {
             if json {
                 println!("{}", serde_json::json!({ "archive": path, "manifest": m }));
             } else {
                 println!(
                     "{}: config version {} ({}), {} components",
-                    path.display(),
+                    path,
                     m.config_version,
                     m.config_checksum.get(..12).unwrap_or(""),
                     m.components.len()
@@ -68,12 +69,13 @@ pub fn create(
     }
 }
 
-/// `backup list`: the archives in `dir`, newest first.
+/// `backup list`: the archives in a directory or an `s3://` prefix, newest first.
 pub fn list(dir: &Path) -> ExitCode {
-    match backup::archives(dir) {
+    let out = Destination::parse(&dir.to_string_lossy());
+    match out.list() {
         Ok(list) => {
-            for (_, path, len) in list {
-                println!("{}\t{len} bytes", path.display());
+            for (_, name, len) in list {
+                println!("{}\t{len} bytes", out.locate(&name));
             }
             ExitCode::SUCCESS
         }
@@ -83,10 +85,11 @@ pub fn list(dir: &Path) -> ExitCode {
 
 /// `backup prune`: applies the retention by hand.
 pub fn prune(dir: &Path, keep_days: u64, keep_last: usize) -> ExitCode {
-    match backup::prune(dir, keep_days, keep_last, std::time::SystemTime::now()) {
+    let out = Destination::parse(&dir.to_string_lossy());
+    match archives::prune(&out, keep_days, keep_last, std::time::SystemTime::now()) {
         Ok(removed) => {
             for p in &removed {
-                println!("removed {}", p.display());
+                println!("removed {p}");
             }
             println!("{} archive(s) removed", removed.len());
             ExitCode::SUCCESS
@@ -95,12 +98,10 @@ pub fn prune(dir: &Path, keep_days: u64, keep_last: usize) -> ExitCode {
     }
 }
 
-fn open(archive: &Path, key_file: &Path) -> Result<backup::Opened, BackupError> {
+/// Reads (from a path or `s3://`), decrypts and checks an archive.
+pub fn open(archive: &Path, key_file: &Path) -> Result<backup::Opened, BackupError> {
     let key = backup::key(key_file, false)?;
-    let bytes = std::fs::read(archive).map_err(|source| BackupError::Io {
-        path: archive.to_path_buf(),
-        source,
-    })?;
+    let bytes = archives::read(&archive.to_string_lossy())?;
     backup::open(&bytes, &key)
 }
 

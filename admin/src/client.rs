@@ -544,13 +544,7 @@ pub fn upgrade(c: &Client, binary: Option<std::path::PathBuf>, rollback: bool) -
 /// `nrdot backup restore ARCHIVE --live`: opens and verifies the archive here, then sends its
 /// configuration and drained backends to the running node.
 pub fn restore_live(c: &Client, archive: &Path, key_file: &Path) -> ExitCode {
-    let opened = crate::backup::key(key_file, false).and_then(|k| {
-        let bytes = std::fs::read(archive).map_err(|source| crate::backup::BackupError::Io {
-            path: archive.to_path_buf(),
-            source,
-        })?;
-        crate::backup::open(&bytes, &k)
-    });
+    let opened = crate::backup_cmd::open(archive, key_file);
     let name = archive
         .file_name()
         .and_then(|n| n.to_str())

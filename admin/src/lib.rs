@@ -9,6 +9,7 @@
 // The OpenAPI document is one large `json!` literal.
 #![recursion_limit = "512"]
 
+pub mod archives;
 pub mod audit;
 pub mod auth;
 pub mod backup;
@@ -30,6 +31,7 @@ pub mod offline;
 pub mod openapi;
 pub mod rollout;
 pub mod run;
+pub mod s3;
 pub mod scrape;
 pub mod store;
 pub mod supervise;

@@ -228,10 +228,11 @@ async fn scheduled_backups(control: Arc<Control>) {
         );
         let s = settings.clone();
         let result = tokio::task::spawn_blocking(move || {
+            let out = crate::archives::Destination::parse(&s.dir.to_string_lossy());
             let (manifest, path) =
-                crate::backup::write_archive(&state_dir, config.as_deref(), &s.dir, &s.key_file)?;
-            let removed = crate::backup::prune(
-                &s.dir,
+                crate::archives::write_archive(&state_dir, config.as_deref(), &out, &s.key_file)?;
+            let removed = crate::archives::prune(
+                &out,
                 s.keep_days,
                 s.keep_last,
                 std::time::SystemTime::now(),
@@ -248,7 +249,7 @@ async fn scheduled_backups(control: Arc<Control>) {
                 metrics::gauge!("nrdot_backup_last_success_timestamp_seconds").set(now);
                 control.event(
                     "backup.created",
-                    &path.display().to_string(),
+                    &path,
                     &format!(
                         "config version {}, {} components, {} old archive(s) removed",
                         manifest.config_version,

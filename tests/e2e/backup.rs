@@ -570,3 +570,148 @@ async fn keep_versions_prunes_only_what_a_backup_holds() {
         .count();
     assert_eq!(versions, 6);
 }
+
+/// A local S3-compatible server (moto, from PyPI: `pip install "moto[server]"`) on a free port,
+/// stopped when dropped.
+struct Moto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Moto {
+    async fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install \"moto[server]\") must be installed");
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Moto { child, url };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("moto_server did not listen on {port}");
+    }
+
+    async fn bucket(&self, name: &str) {
+        let req = http::Request::put(format!("{}/{name}", self.url))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let r = nrdot_tests::send(&nrdot_tests::http_client(), req).await;
+        assert!(r.status.is_success(), "create bucket: {}", r.status);
+    }
+
+    fn env(&self, c: &mut Command) {
+        c.env("AWS_ENDPOINT_URL", &self.url)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1");
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_go_to_an_s3_bucket_and_come_back_from_it() {
+    let moto = Moto::start().await;
+    moto.bucket("nrdot-backups").await;
+    let o = Origin::start("o").await;
+    let mut n = Nrdot::start(BIN, "", &nrdot_tests::pool_route(&[o.addr]));
+    let token = n.token();
+    let base = std::fs::read_to_string(&n.config).expect("config");
+    assert_eq!(
+        n.api("PUT", "/api/v2/config", &format!("{base}\n# v2\n"), None)
+            .await
+            .status,
+        200
+    );
+    let before = n.api("GET", "/api/v2/version", "", None).await.json();
+    let key = n.dir.join("backup.key");
+    let s3 = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(args);
+        moto.env(&mut c);
+        c.output().expect("run")
+    };
+    let cfg = n.config.display().to_string();
+    let k = key.display().to_string();
+    let created = s3(&[
+        "backup",
+        "create",
+        "--config",
+        &cfg,
+        "--output",
+        "s3://nrdot-backups/edge-1",
+        "--key-file",
+        &k,
+    ]);
+    assert!(created.status.success(), "{}", text(&created));
+    let listed = s3(&["backup", "list", "--output", "s3://nrdot-backups/edge-1"]);
+    let url = String::from_utf8_lossy(&listed.stdout)
+        .split('\t')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        url.starts_with("s3://nrdot-backups/edge-1/nrdot-"),
+        "{}",
+        text(&listed)
+    );
+    let verified = s3(&["backup", "verify", &url, "--key-file", &k]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    // The node is lost and comes back from the bucket.
+    assert!(n.terminate().success());
+    std::fs::remove_dir_all(n.state_dir()).expect("wipe");
+    let restored = s3(&[
+        "backup",
+        "restore",
+        &url,
+        "--config",
+        &cfg,
+        "--key-file",
+        &k,
+    ]);
+    assert!(restored.status.success(), "{}", text(&restored));
+    n.restart();
+    let after = n
+        .api("GET", "/api/v2/version", "", Some(&token))
+        .await
+        .json();
+    assert_eq!(after["config_version"], before["config_version"]);
+    assert_eq!(after["config_checksum"], before["config_checksum"]);
+    // An unreachable store fails the backup with the reason; nothing is written.
+    let mut c = Command::new(BIN);
+    c.args([
+        "backup",
+        "create",
+        "--config",
+        &cfg,
+        "--output",
+        "s3://nrdot-backups/x",
+        "--key-file",
+        &k,
+    ]);
+    moto.env(&mut c);
+    c.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    let down = c.output().expect("run");
+    assert_eq!(down.status.code(), Some(1), "{}", text(&down));
+    assert!(text(&down).contains("S3 upload"), "{}", text(&down));
+}
