@@ -506,20 +506,15 @@ pub fn history(c: &Client, quiet: bool) -> ExitCode {
 pub fn upgrade(c: &Client, binary: Option<std::path::PathBuf>, rollback: bool) -> ExitCode {
     let binary = binary.map(|b| std::path::absolute(&b).unwrap_or(b));
     let req = crate::upgrade::UpgradeRequest { binary, rollback };
-    let payload = serde_json::to_vec(&req).unwrap_or_default();
-    let (status, body) = call_or_exit!(c.call(
+    let body = match request(
+        c,
         Method::POST,
         "/api/v2/upgrade",
-        Some(("application/json", payload)),
-        &[]
-    ));
-    if !status.is_success() {
-        return fail(status, &body);
-    }
-    if c.json {
-        c.print_json(&body);
-        return ExitCode::SUCCESS;
-    }
+        serde_json::to_value(&req).ok(),
+    ) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
     match serde_json::from_value::<crate::upgrade::Outcome>(body) {
         Ok(o) => {
             println!(
@@ -556,26 +551,21 @@ pub fn restore_live(c: &Client, archive: &Path, key_file: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let payload = serde_json::to_vec(&live).unwrap_or_default();
-    let (status, body) = call_or_exit!(c.call(
+    let body = match request(
+        c,
         Method::POST,
         "/api/v2/restore",
-        Some(("application/json", payload)),
-        &[]
-    ));
-    if !status.is_success() {
-        return fail(status, &body);
-    }
-    if c.json {
-        c.print_json(&body);
-    } else {
-        println!(
-            "restored {name}: its configuration (version {} on the node backed up) is version {} here; backends changed: {}",
-            live.version,
-            s(&body["version"]["id"]),
-            body["backends_changed"]
-        );
-    }
+        serde_json::to_value(&live).ok(),
+    ) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    println!(
+        "restored {name}: its configuration (version {} on the node backed up) is version {} here; backends changed: {}",
+        live.version,
+        s(&body["version"]["id"]),
+        body["backends_changed"]
+    );
     ExitCode::SUCCESS
 }
 

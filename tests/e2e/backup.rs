@@ -18,6 +18,30 @@ fn run(args: &[&str], extra: &[&Path]) -> Output {
     c.output().expect("run nrdot")
 }
 
+/// `nrdot backup create` with the given configuration, destination and key.
+fn create(config: &Path, out: &Path, key: &Path) -> Output {
+    run(
+        &["backup", "create", "--config"],
+        &[
+            config,
+            Path::new("--output"),
+            out,
+            Path::new("--key-file"),
+            key,
+        ],
+    )
+}
+
+/// An archive in `dir` (the tests write one).
+fn first_archive(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .expect("archive directory")
+        .flatten()
+        .next()
+        .expect("an archive")
+        .path()
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -84,16 +108,7 @@ async fn a_lost_state_dir_comes_back_from_a_backup_with_versions_drains_rollouts
 
     let dir = n.dir.clone();
     let (out, key) = (dir.join("backups"), dir.join("keys/backup.key"));
-    let created = run(
-        &["backup", "create", "--config"],
-        &[
-            &n.config,
-            Path::new("--output"),
-            &out,
-            Path::new("--key-file"),
-            &key,
-        ],
-    );
+    let created = create(&n.config, &out, &key);
     assert!(created.status.success(), "{}", text(&created));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -105,12 +120,7 @@ async fn a_lost_state_dir_comes_back_from_a_backup_with_versions_drains_rollouts
         "{}",
         text(&created)
     );
-    let archive = std::fs::read_dir(&out)
-        .expect("out")
-        .flatten()
-        .next()
-        .expect("archive")
-        .path();
+    let archive = first_archive(&out);
     let verified = run(
         &["backup", "verify"],
         &[&archive, Path::new("--key-file"), &key],
@@ -226,23 +236,9 @@ fn damaged_archives_wrong_keys_and_newer_formats_are_refused_with_nothing_change
     )
     .expect("config");
     let (out, key, other) = (dir.join("out"), dir.join("key"), dir.join("other.key"));
-    let created = run(
-        &["backup", "create", "--config"],
-        &[
-            &config,
-            Path::new("--output"),
-            &out,
-            Path::new("--key-file"),
-            &key,
-        ],
-    );
+    let created = create(&config, &out, &key);
     assert!(created.status.success(), "{}", text(&created));
-    let archive = std::fs::read_dir(&out)
-        .expect("out")
-        .flatten()
-        .next()
-        .expect("archive")
-        .path();
+    let archive = first_archive(&out);
     let good = std::fs::read(&archive).expect("read");
     std::fs::write(&other, format!("{}\n", "ab".repeat(32))).expect("other key");
     let before = snapshot(&state);
@@ -393,23 +389,9 @@ async fn a_live_restore_brings_back_the_config_and_drains_as_a_new_audited_versi
     assert_eq!(r.status, 200);
     let dir = n.dir.clone();
     let (out, key) = (dir.join("backups"), dir.join("backup.key"));
-    let created = run(
-        &["backup", "create", "--config"],
-        &[
-            &n.config,
-            Path::new("--output"),
-            &out,
-            Path::new("--key-file"),
-            &key,
-        ],
-    );
+    let created = create(&n.config, &out, &key);
     assert!(created.status.success(), "{}", text(&created));
-    let archive = std::fs::read_dir(&out)
-        .expect("out")
-        .flatten()
-        .next()
-        .expect("archive")
-        .path();
+    let archive = first_archive(&out);
     let backed_up = n.api("GET", "/api/v2/version", "", None).await.json();
     // Later changes: another route target and the backend back in.
     let config = std::fs::read_to_string(&n.config)
@@ -516,16 +498,7 @@ async fn keep_versions_prunes_only_what_a_backup_holds() {
         6
     );
     let (out, key) = (n.dir.join("b"), n.dir.join("k"));
-    let created = run(
-        &["backup", "create", "--config"],
-        &[
-            &n.config,
-            Path::new("--output"),
-            &out,
-            Path::new("--key-file"),
-            &key,
-        ],
-    );
+    let created = create(&n.config, &out, &key);
     assert!(created.status.success(), "{}", text(&created));
     assert_eq!(put(5).await, 200);
     assert_eq!(
@@ -547,12 +520,7 @@ async fn keep_versions_prunes_only_what_a_backup_holds() {
     assert_eq!(gone.status, 404, "{}", String::from_utf8_lossy(&gone.body));
     assert!(String::from_utf8_lossy(&gone.body).contains("keep_versions"));
     // The archive still has them all.
-    let archive = std::fs::read_dir(&out)
-        .expect("out")
-        .flatten()
-        .next()
-        .expect("archive")
-        .path();
+    let archive = first_archive(&out);
     let v = run(
         &["--json", "backup", "verify"],
         &[&archive, Path::new("--key-file"), &key],
