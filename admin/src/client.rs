@@ -771,6 +771,39 @@ fn print_rollout(r: &Value) {
     );
 }
 
+/// A canary's steps with their planned and elapsed times.
+fn print_plan(r: &Value) {
+    let plan = &r["plan"];
+    if plan["kind"] != "canary" {
+        return;
+    }
+    let interval = plan["interval_ms"].as_u64().unwrap_or(0);
+    let durations: Vec<u64> = plan["durations_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let current = r["step"].as_u64().unwrap_or(0) as usize;
+    let finished = r["phase"] == "completed";
+    for (i, w) in items(plan, "steps").iter().enumerate() {
+        let planned = crate::rollout::step_ms(&durations, interval, i);
+        let elapsed = match i.cmp(&current) {
+            std::cmp::Ordering::Less => "done".to_string(),
+            std::cmp::Ordering::Equal if finished => "done".to_string(),
+            std::cmp::Ordering::Equal => format!(
+                "{}s elapsed",
+                r["step_elapsed_ms"].as_u64().unwrap_or(0) / 1000
+            ),
+            std::cmp::Ordering::Greater => "pending".to_string(),
+        };
+        println!(
+            "  step {}: {}% planned {}s, {elapsed}",
+            i + 1,
+            s(w),
+            planned / 1000
+        );
+    }
+}
+
 fn terminal(phase: &str) -> bool {
     matches!(
         phase,
@@ -849,6 +882,7 @@ pub fn rollout_status(c: &Client, id: u64) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     print_rollout(&r);
+    print_plan(&r);
     if let Some(m) = r["measured"].as_object() {
         println!(
             "  analysis: error rate {:.2}% ({} of {} requests), p99 {} ms, healthy {:.0}%, memory {:.1}%",

@@ -37,8 +37,12 @@ pub enum Plan {
         from: String,
         /// Canary weights in percent, e.g. 10, 50, 100.
         steps: Vec<u32>,
-        /// Observation time per step.
+        /// Observation time per step without a time of its own.
         interval_ms: u64,
+        /// Observation time of each step (`--steps 10:30m,50:1h,100`); empty or 0: the
+        /// interval. Absent in rollouts persisted before per-step plans.
+        #[serde(default)]
+        durations_ms: Vec<u64>,
         /// Triggers.
         analysis: Analysis,
     },
@@ -226,6 +230,56 @@ fn parse_percent(v: &Value, default: f64) -> Result<f64, RolloutError> {
     }
 }
 
+/// A canary plan: `"10:30m,50:1h,100"`, or a list of such items or bare numbers. Each step
+/// is a weight with an optional observation time (none: `--interval`). Weights must increase
+/// and end at 100, so a plan always finishes with the new version serving everything.
+pub fn parse_steps(v: &Value) -> Result<(Vec<u32>, Vec<u64>), RolloutError> {
+    let items: Vec<String> = match v {
+        Value::Null => vec!["10".into(), "50".into(), "100".into()],
+        Value::String(t) => t.split(',').map(|x| x.trim().to_string()).collect(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| match x {
+                Value::String(t) => t.trim().to_string(),
+                other => other.to_string(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let bad = || {
+        RolloutError::Invalid(
+            "steps must be increasing percentages ending at 100, each with an optional time: 10:30m,50:1h,100"
+                .into(),
+        )
+    };
+    let (mut steps, mut durations) = (Vec::new(), Vec::new());
+    for item in &items {
+        let (w, d) = item.split_once(':').unwrap_or((item, ""));
+        let w: u32 = w.trim().trim_end_matches('%').parse().map_err(|_| bad())?;
+        let d = if d.trim().is_empty() {
+            0
+        } else {
+            nrdot_config::units::parse_duration(d.trim())
+                .map_err(|e| RolloutError::Invalid(format!("step {item:?}: {e}")))?
+                .as_millis() as u64
+        };
+        steps.push(w);
+        durations.push(d);
+    }
+    if steps.is_empty() || steps.last() != Some(&100) || steps.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(bad());
+    }
+    Ok((steps, durations))
+}
+
+/// How long step `i` is observed.
+pub fn step_ms(durations_ms: &[u64], interval_ms: u64, i: usize) -> u64 {
+    match durations_ms.get(i) {
+        Some(&d) if d > 0 => d,
+        _ => interval_ms,
+    }
+}
+
 fn parse_ms(v: &Value, default: u64) -> Result<u64, RolloutError> {
     match v {
         Value::Null => Ok(default),
@@ -356,31 +410,13 @@ impl Rollouts {
                     ));
                 }
                 if kind == "canary" {
-                    let steps: Vec<u32> = match &body["steps"] {
-                        Value::Array(a) => a
-                            .iter()
-                            .filter_map(|v| v.as_u64().map(|n| n as u32))
-                            .collect(),
-                        Value::String(t) => t
-                            .split(',')
-                            .filter_map(|x| x.trim().trim_end_matches('%').parse().ok())
-                            .collect(),
-                        Value::Null => vec![10, 50, 100],
-                        _ => Vec::new(),
-                    };
-                    if steps.is_empty()
-                        || steps.iter().any(|&w| w > 100)
-                        || steps.windows(2).any(|w| w[0] >= w[1])
-                    {
-                        return Err(RolloutError::Invalid(
-                            "steps must be increasing percentages, like 10,50,100".into(),
-                        ));
-                    }
+                    let (steps, durations_ms) = parse_steps(&body["steps"])?;
                     Plan::Canary {
                         route,
                         to,
                         from,
                         steps,
+                        durations_ms,
                         interval_ms: parse_ms(&body["interval"], 30 * 60_000)?,
                         analysis: Analysis {
                             max_error_rate: parse_percent(&body["max_error_rate"], 0.05)?,
@@ -739,17 +775,14 @@ impl Rollouts {
                 from,
                 steps,
                 interval_ms,
+                durations_ms,
                 analysis,
-            } => self.step_canary(
-                &mut r,
-                dt,
-                &route,
-                &to,
-                &from,
-                &steps,
-                interval_ms,
-                &analysis,
-            ),
+            } => {
+                let observe_ms = step_ms(&durations_ms, interval_ms, r.step);
+                self.step_canary(
+                    &mut r, dt, &route, &to, &from, &steps, observe_ms, &analysis,
+                )
+            }
             Plan::BlueGreen {
                 route,
                 to,
@@ -1206,12 +1239,24 @@ fn describe(p: &Plan) -> String {
             from,
             steps,
             interval_ms,
+            durations_ms,
             ..
-        } => format!(
-            "canary of {to} on route {route} (from {from}), steps {:?}, {}s each",
-            steps,
-            interval_ms / 1000
-        ),
+        } => {
+            let plan: Vec<String> = steps
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    format!(
+                        "{w}% for {}s",
+                        step_ms(durations_ms, *interval_ms, i) / 1000
+                    )
+                })
+                .collect();
+            format!(
+                "canary of {to} on route {route} (from {from}): {}",
+                plan.join(", ")
+            )
+        }
         Plan::BlueGreen {
             route,
             to,

@@ -516,3 +516,70 @@ async fn sticky_clients_never_flip_back_while_the_canary_grows() {
     }
     assert!(on_canary.values().all(|c| *c));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_step_plan_takes_its_planned_times() {
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let n = Nrdot::start(BIN, "", &app(&stable, &canary, ""));
+    // Plans that do not increase or do not end at 100 are refused before anything starts.
+    for bad in ["10,50", "50,10,100", "10:xs,100", "10:1s,100:1s,100"] {
+        let r = n
+            .api(
+                "POST",
+                "/api/v2/rollouts",
+                &json!({"kind": "canary", "route": "app", "to": "canary", "steps": bad})
+                    .to_string(),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(
+        n.api("GET", "/api/v2/rollouts", "", None).await.json()["rollouts"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    let load = Load::start(n.url("/"), 2);
+    let t0 = Instant::now();
+    let id = start(&n, json!({"kind": "canary", "route": "app", "to": "canary", "steps": "30:1s,60:3s,100", "interval": "1s", "min_requests": 1})).await;
+    // When each step began, as seen from outside.
+    let mut began = vec![Duration::ZERO];
+    let status = loop {
+        let r = n
+            .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+            .await
+            .json();
+        let step = r["step"].as_u64().unwrap_or(0) as usize;
+        while began.len() <= step {
+            began.push(t0.elapsed());
+        }
+        if r["phase"] != "progressing" || t0.elapsed() > Duration::from_secs(20) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let done = t0.elapsed();
+    let seen = load.finish().await;
+    let failed: u64 = seen
+        .iter()
+        .filter(|((_, s), _)| *s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!("per-step plan: steps began at {began:?}, completed at {done:?}; {failed} failed requests of {}", seen.values().sum::<u64>());
+    assert_eq!(status["phase"], "completed", "{status}");
+    assert_eq!(failed, 0);
+    let first = began[1] - began[0];
+    let second = began[2] - began[1];
+    assert!(
+        first >= Duration::from_millis(900) && first < Duration::from_millis(2500),
+        "step 1 took {first:?}"
+    );
+    assert!(
+        second >= Duration::from_millis(2900) && second < Duration::from_millis(4500),
+        "step 2 took {second:?}"
+    );
+    let out = n.cli(&["rollout", "status", &id.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("step 2: 60% planned 3s, done"), "{text}");
+}
