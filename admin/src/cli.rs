@@ -430,6 +430,9 @@ pub enum RolloutCommand {
         /// Longest wait for a drain, a hook, or a health check.
         #[arg(long, default_value = "300s")]
         wait: String,
+        /// Pause between batches (the playbook's `sleep 300`).
+        #[arg(long, default_value = "0s")]
+        pause: String,
         /// Wait until the rollout ends.
         #[arg(long)]
         follow: bool,

@@ -259,10 +259,11 @@ fn rollout(
             batch,
             hook,
             wait,
+            pause,
             follow,
         } => client::rollout_create(
             &c,
-            json!({ "kind": "rolling", "pool": pool, "batch": batch, "hook": hook, "wait": wait }),
+            json!({ "kind": "rolling", "pool": pool, "batch": batch, "hook": hook, "wait": wait, "pause": pause }),
             follow,
         ),
         RolloutCommand::Promote { id } => client::rollout_command(&c, id, "promote"),

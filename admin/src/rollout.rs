@@ -69,6 +69,9 @@ pub enum Plan {
         hook: String,
         /// Longest wait for a drain, a hook, or a health check.
         wait_ms: u64,
+        /// Pause after each batch but the last (the playbook's `sleep 300`).
+        #[serde(default)]
+        pause_ms: u64,
     },
 }
 
@@ -123,6 +126,8 @@ pub enum Stage {
     Hook,
     /// Waiting for the health check to pass.
     Health,
+    /// The batch is done; pausing before the next one.
+    Pause,
 }
 
 /// One thing that happened to a rollout.
@@ -454,6 +459,7 @@ impl Rollouts {
                     batch: body["batch"].as_u64().unwrap_or(1).max(1) as usize,
                     hook,
                     wait_ms: parse_ms(&body["wait"], 300_000)?,
+                    pause_ms: parse_ms(&body["pause"], 0)?,
                 }
             }
             other => {
@@ -797,8 +803,9 @@ impl Rollouts {
                 batch,
                 hook,
                 wait_ms,
+                pause_ms,
             } => {
-                self.step_rolling(&mut r, dt, &pool, batch, &hook, wait_ms)
+                self.step_rolling(&mut r, dt, &pool, batch, &hook, (wait_ms, pause_ms))
                     .await
             }
         };
@@ -1037,7 +1044,7 @@ impl Rollouts {
         pool: &str,
         batch: usize,
         hook: &str,
-        wait_ms: u64,
+        (wait_ms, pause_ms): (u64, u64),
     ) -> Result<(), RolloutError> {
         let table = self.control.current();
         let Some(p) = table.pools.iter().find(|p| p.config.name == pool) else {
@@ -1073,6 +1080,18 @@ impl Rollouts {
             Ok(())
         };
         match r.stage {
+            Some(Stage::Pause) => {
+                if r.step_elapsed_ms >= pause_ms {
+                    r.stage = None;
+                    r.step_elapsed_ms = 0;
+                    self.record(
+                        r,
+                        "pause_over",
+                        &format!("batch {} next", r.step + 1),
+                        json!({}),
+                    );
+                }
+            }
             None => {
                 for id in &ids {
                     self.control.set_enabled(id, false, &actor)?;
@@ -1177,7 +1196,9 @@ impl Rollouts {
                         json!({}),
                     );
                     r.step += 1;
-                    r.stage = None;
+                    // The playbook's pause between batches; none after the last.
+                    let more = r.step < batches.len();
+                    r.stage = (pause_ms > 0 && more).then_some(Stage::Pause);
                     r.step_elapsed_ms = 0;
                 } else if r.step_elapsed_ms >= wait_ms {
                     return fail(

@@ -583,3 +583,56 @@ async fn a_per_step_plan_takes_its_planned_times() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("step 2: 60% planned 3s, done"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_pauses_between_batches_but_not_after_the_last() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let body = format!(
+        "{}[[route]]\nname = \"r\"\npool = \"web\"\n",
+        pool("web", &[a.addr, b.addr])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let load = Load::start(n.url("/"), 2);
+    let t0 = Instant::now();
+    let id = start(&n, json!({"kind": "rolling", "pool": "web", "batch": 1, "hook": "true", "wait": "10s", "pause": "2s"})).await;
+    let (mut paused_at, mut resumed_at) = (None, None);
+    let status = loop {
+        let r = n
+            .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+            .await
+            .json();
+        match (r["stage"].as_str(), paused_at, resumed_at) {
+            (Some("pause"), None, _) => paused_at = Some(t0.elapsed()),
+            (s, Some(_), None) if s != Some("pause") => resumed_at = Some(t0.elapsed()),
+            _ => {}
+        }
+        if r["phase"] != "progressing" || t0.elapsed() > Duration::from_secs(20) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let seen = load.finish().await;
+    let failed: u64 = seen
+        .iter()
+        .filter(|((_, s), _)| *s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!(
+        "rolling with pause: paused {paused_at:?} to {resumed_at:?}; {failed} failed of {}",
+        seen.values().sum::<u64>()
+    );
+    assert_eq!(status["phase"], "completed", "{status}");
+    assert_eq!(failed, 0);
+    let pause = resumed_at.expect("resumed") - paused_at.expect("paused");
+    assert!(
+        pause >= Duration::from_millis(1900) && pause < Duration::from_millis(3500),
+        "{pause:?}"
+    );
+    let pauses = status["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "pause_over")
+        .count();
+    assert_eq!(pauses, 1, "one pause for two batches: {status}");
+}
