@@ -412,6 +412,10 @@ pub enum RolloutCommand {
         /// How long the old pool stays configured (and `rollback` stays instant).
         #[arg(long, default_value = "24h")]
         keep_old: String,
+        /// Shell command that must exit 0 before traffic moves (smoke or load tests);
+        /// `{pool}` is the new pool's name.
+        #[arg(long)]
+        check: Option<String>,
         /// Wait until the rollout ends.
         #[arg(long)]
         follow: bool,

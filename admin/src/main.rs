@@ -248,10 +248,11 @@ fn rollout(
             to,
             from,
             keep_old,
+            check,
             follow,
         } => client::rollout_create(
             &c,
-            json!({ "kind": "blue-green", "route": route, "to": to, "from": from, "keep_old": keep_old }),
+            json!({ "kind": "blue-green", "route": route, "to": to, "from": from, "keep_old": keep_old, "check": check }),
             follow,
         ),
         RolloutCommand::Rolling {

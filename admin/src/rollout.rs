@@ -57,6 +57,10 @@ pub enum Plan {
         from: String,
         /// Keep window.
         keep_old_ms: u64,
+        /// Shell command that must exit 0 before traffic moves (the playbook's smoke and
+        /// load tests); `{pool}` is replaced by the new pool's name.
+        #[serde(default)]
+        check: Option<String>,
     },
     /// Upgrade the servers of `pool` `batch` at a time: drain, run `hook`, wait for health,
     /// enable.
@@ -277,6 +281,30 @@ pub fn parse_steps(v: &Value) -> Result<(Vec<u32>, Vec<u64>), RolloutError> {
     Ok((steps, durations))
 }
 
+/// Refuses a check command whose program cannot be found, before anything starts.
+fn runnable(cmd: &str) -> Result<String, RolloutError> {
+    let program = cmd.split_whitespace().next().unwrap_or("");
+    let found = !program.is_empty()
+        && std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "command -v -- '{}' >/dev/null",
+                program.replace('\'', "")
+            ))
+            .status()
+            .is_ok_and(|s| s.success());
+    if found {
+        Ok(cmd.to_string())
+    } else {
+        Err(RolloutError::Invalid(format!(
+            "check {cmd:?} cannot be run: {program:?} is not a command here"
+        )))
+    }
+}
+
+/// The key under which a blue-green check's result is kept beside the rolling hooks'.
+const CHECK: usize = usize::MAX;
+
 /// How long step `i` is observed.
 pub fn step_ms(durations_ms: &[u64], interval_ms: u64, i: usize) -> u64 {
     match durations_ms.get(i) {
@@ -443,6 +471,10 @@ impl Rollouts {
                         to,
                         from,
                         keep_old_ms: parse_ms(&body["keep_old"], 24 * 3_600_000)?,
+                        check: match s("check") {
+                            Some(cmd) => Some(runnable(&cmd)?),
+                            None => None,
+                        },
                     }
                 }
             }
@@ -794,9 +826,14 @@ impl Rollouts {
                 to,
                 from,
                 keep_old_ms,
+                check,
             } => {
-                self.step_blue_green(&mut r, dt, &route, &to, &from, keep_old_ms)
-                    .await
+                if r.step == 0 && !self.checked(&mut r, &to, &from, check.as_deref()) {
+                    Ok(())
+                } else {
+                    self.step_blue_green(&mut r, dt, &route, &to, &from, keep_old_ms)
+                        .await
+                }
             }
             Plan::Rolling {
                 pool,
@@ -1215,6 +1252,54 @@ impl Rollouts {
         Ok(())
     }
 
+    /// The blue-green pre-switch check: true once it passed (or there is none). Started when
+    /// first asked; a failure ends the rollout with the traffic still on `from`.
+    fn checked(&self, r: &mut Rollout, to: &str, from: &str, check: Option<&str>) -> bool {
+        let Some(cmd) = check else { return true };
+        let key = (r.id, CHECK);
+        let state = self
+            .hooks
+            .lock()
+            .expect("hooks poisoned")
+            .get(&key)
+            .cloned();
+        match state {
+            None => {
+                self.hooks.lock().expect("hooks poisoned").insert(key, None);
+                let cmd = cmd.replace("{pool}", to);
+                self.record(
+                    r,
+                    "checking",
+                    &format!("running {cmd:?} before the switch"),
+                    json!({}),
+                );
+                let shared = self.hook_results();
+                tokio::spawn(async move {
+                    let result = run_hooks(&cmd, &[String::new()], Duration::from_secs(300)).await;
+                    shared
+                        .lock()
+                        .expect("hooks poisoned")
+                        .insert(key, Some(result));
+                });
+                false
+            }
+            Some(None) => false,
+            Some(Some(Ok(()))) => {
+                if !r.events.iter().any(|e| e.kind == "check_passed") {
+                    self.record(r, "check_passed", "pre-switch check passed", json!({}));
+                }
+                true
+            }
+            Some(Some(Err(e))) => {
+                r.phase = Phase::Failed;
+                r.reason = format!("pre-switch check failed, traffic stays on {from}: {e}");
+                let why = r.reason.clone();
+                self.record(r, "failed", &why, json!({}));
+                false
+            }
+        }
+    }
+
     fn hook_results(&self) -> HookResults {
         Arc::clone(&self.hooks)
     }
@@ -1283,9 +1368,14 @@ fn describe(p: &Plan) -> String {
             to,
             from,
             keep_old_ms,
+            check,
         } => format!(
-            "blue-green of route {route} from {from} to {to}, keeping {from} {}s",
-            keep_old_ms / 1000
+            "blue-green of route {route} from {from} to {to}, keeping {from} {}s{}",
+            keep_old_ms / 1000,
+            check
+                .as_ref()
+                .map(|c| format!(", after {c:?} passes"))
+                .unwrap_or_default()
         ),
         Plan::Rolling {
             pool, batch, hook, ..

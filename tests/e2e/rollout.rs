@@ -636,3 +636,73 @@ async fn rolling_pauses_between_batches_but_not_after_the_last() {
         .count();
     assert_eq!(pauses, 1, "one pause for two batches: {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_moves_traffic_only_after_its_check_passes() {
+    let (blue, green) = (Origin::start("blue").await, Origin::start("green").await);
+    let body = format!(
+        "{}{}[[route]]\nname = \"app\"\npool = \"blue\"\n",
+        pool("blue", &[blue.addr]),
+        pool("green", &[green.addr])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let load = Load::start(n.url("/"), 2);
+    // A check that cannot run is refused before anything starts.
+    let r = n
+        .api("POST", "/api/v2/rollouts", &json!({"kind": "blue-green", "route": "app", "to": "green", "check": "no-such-smoke-test --all"}).to_string(), None)
+        .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("cannot be run"));
+    // A failing check: the rollout fails and traffic never moves.
+    let failing = start(&n, json!({"kind": "blue-green", "route": "app", "to": "green", "check": "sh -c 'echo smoke failed on {pool} >&2; exit 1'"})).await;
+    let r = wait_phase(&n, failing, "failed", Duration::from_secs(10)).await;
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("smoke failed on green"),
+        "{r}"
+    );
+    assert_eq!(
+        nrdot_tests::get(&n.url("/"), &[]).await.header("x-origin"),
+        "blue"
+    );
+    // A check that takes a second and passes: the switch waits for it.
+    let t = Instant::now();
+    let passing = start(&n, json!({"kind": "blue-green", "route": "app", "to": "green", "keep_old": "1h", "check": "sleep 1"})).await;
+    let r = wait_phase_or_switched(&n, passing).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "switched before the check ended: {r}"
+    );
+    assert_eq!(
+        nrdot_tests::get(&n.url("/"), &[]).await.header("x-origin"),
+        "green"
+    );
+    let seen = load.finish().await;
+    let failed: u64 = seen
+        .iter()
+        .filter(|((_, s), _)| *s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!(
+        "blue-green with check: {failed} failed of {}",
+        seen.values().sum::<u64>()
+    );
+    assert_eq!(failed, 0);
+}
+
+/// Waits until a blue-green rollout has switched (step 1).
+async fn wait_phase_or_switched(n: &Nrdot, id: u64) -> Value {
+    let t = Instant::now();
+    loop {
+        let r = n
+            .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+            .await
+            .json();
+        if r["step"].as_u64() >= Some(1) || t.elapsed() > Duration::from_secs(15) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
