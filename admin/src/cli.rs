@@ -258,6 +258,9 @@ pub enum ConfigCommand {
         /// Only apply if this version is the current one.
         #[arg(long)]
         if_match: Option<u64>,
+        /// Watch the pools the change touches for this long; a trigger reverts it (exit 1).
+        #[arg(long)]
+        guard: Option<String>,
     },
     /// Make an old version current again (as a new version).
     Rollback {

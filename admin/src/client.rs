@@ -598,7 +598,13 @@ pub fn binaries(c: &Client) -> ExitCode {
 }
 
 /// `nrdot config apply --file F -m MSG`.
-pub fn apply(c: &Client, file: &Path, message: &str, if_match: Option<u64>) -> ExitCode {
+pub fn apply(
+    c: &Client,
+    file: &Path,
+    message: &str,
+    if_match: Option<u64>,
+    guard: Option<&str>,
+) -> ExitCode {
     let text = match std::fs::read(file) {
         Ok(t) => t,
         Err(e) => {
@@ -609,6 +615,9 @@ pub fn apply(c: &Client, file: &Path, message: &str, if_match: Option<u64>) -> E
     let mut headers = vec![("x-nrdot-message", message.to_string())];
     if let Some(v) = if_match {
         headers.push(("if-match", format!("\"{v}\"")));
+    }
+    if let Some(g) = guard {
+        headers.push(("x-nrdot-guard", g.to_string()));
     }
     let (status, body) = call_or_exit!(c.call(
         Method::PUT,
@@ -631,7 +640,19 @@ pub fn apply(c: &Client, file: &Path, message: &str, if_match: Option<u64>) -> E
                         .collect::<String>()
                 );
             }
-            ExitCode::SUCCESS
+            // A guarded change: watch it through its window; a revert exits 1.
+            match body["guard"]["rollout"].as_u64() {
+                Some(id) => {
+                    if !c.json {
+                        println!(
+                            "guarded by rollout {id}: {}",
+                            s(&body["guard"]["plan"]["pools"])
+                        );
+                    }
+                    follow_rollout(c, id)
+                }
+                None => ExitCode::SUCCESS,
+            }
         }
         StatusCode::UNPROCESSABLE_ENTITY => {
             if !c.json {
@@ -830,7 +851,11 @@ pub fn rollout_create(c: &Client, body: Value, follow: bool) -> ExitCode {
     if !follow {
         return ExitCode::SUCCESS;
     }
-    let id = r["id"].as_u64().unwrap_or(0);
+    follow_rollout(c, r["id"].as_u64().unwrap_or(0))
+}
+
+/// Prints a rollout's events as they come; exit 0 when it completes, 1 otherwise.
+fn follow_rollout(c: &Client, id: u64) -> ExitCode {
     let mut shown = 0;
     loop {
         std::thread::sleep(Duration::from_millis(500));

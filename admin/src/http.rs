@@ -354,6 +354,33 @@ async fn restore(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Respon
     )
 }
 
+/// The guard a change asks for (`X-Nrdot-Guard: 5m`) or its configuration's `[guard] window`
+/// gives it, with the thresholds of that configuration; checked before the change applies.
+fn guard_request(
+    header: Option<&str>,
+    text: &str,
+    control: &Control,
+) -> Result<Option<(Duration, nrdot_config::Guard)>, crate::rollout::RolloutError> {
+    use crate::rollout::RolloutError;
+    let settings = nrdot_config::Config::from_toml_env(text, control.environment())
+        .map(|c| c.guard)
+        .unwrap_or_default();
+    let window = match header {
+        Some(h) => Some(
+            nrdot_config::units::parse_duration(h.trim())
+                .map_err(|e| RolloutError::Invalid(format!("X-Nrdot-Guard: {e}")))?,
+        ),
+        None => settings.window,
+    };
+    match window {
+        Some(w) if !w.is_zero() => {
+            crate::rollout::guard::check_window(w, &settings)?;
+            Ok(Some((w, settings)))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// `POST /api/v2/upgrade`: replaces this process's binary; answers once the new process
 /// serves (200) or with why this one keeps serving.
 async fn upgrade(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -751,6 +778,11 @@ async fn put_config(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Res
             Err(_) => return error(StatusCode::BAD_REQUEST, "If-Match must carry a version id"),
         },
     };
+    let guard_header = req
+        .headers()
+        .get("x-nrdot-guard")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let header_message = req
         .headers()
         .get("x-nrdot-message")
@@ -784,9 +816,30 @@ async fn put_config(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Res
         }
     };
     let message = message.unwrap_or_else(|| "configuration change through the admin API".into());
+    let before = admin.control.current();
+    let before_id = admin.control.version().id;
+    // The guard is settled before anything changes: a bad window refuses the change.
+    let guard = match guard_request(guard_header.as_deref(), &text, &admin.control) {
+        Ok(g) => g,
+        Err(e) => return rollout_error(&e),
+    };
     match admin.control.apply(&text, &actor.name, &message, if_match) {
         Ok(meta) => {
-            let mut r = json_response(StatusCode::OK, json!({ "version": meta }));
+            let guarded = guard.and_then(|(window, settings)| {
+                let after = admin.control.current();
+                let pools = crate::rollout::guard::touched(&before.config, &after.config);
+                if pools.is_empty() {
+                    return None;
+                }
+                admin
+                    .rollouts
+                    .guard(before_id, meta.id, pools, window, &settings, &actor.name)
+                    .ok()
+            });
+            let mut r = json_response(
+                StatusCode::OK,
+                json!({ "version": meta, "guard": guarded.map(|g| json!({"rollout": g.id, "plan": g.plan})) }),
+            );
             if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", meta.id)) {
                 r.headers_mut().insert(header::ETAG, v);
             }

@@ -151,7 +151,10 @@ fn config(
             file,
             message,
             if_match,
-        } => with_client(&client, |c| client::apply(&c, &file, &message, if_match)),
+            guard,
+        } => with_client(&client, |c| {
+            client::apply(&c, &file, &message, if_match, guard.as_deref())
+        }),
         ConfigCommand::Rollback { version, message } => with_client(&client, |c| {
             client::rollback(&c, version, message.as_deref())
         }),

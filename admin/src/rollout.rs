@@ -20,6 +20,7 @@ use crate::control::{AdminError, Control};
 use crate::durable;
 
 mod analysis;
+pub mod guard;
 use analysis::Sampler;
 pub use analysis::{Analysis, Measured};
 
@@ -76,6 +77,19 @@ pub enum Plan {
         /// Pause after each batch but the last (the playbook's `sleep 300`).
         #[serde(default)]
         pause_ms: u64,
+    },
+    /// Watch the pools a configuration change touched; revert to `before` on a trigger.
+    Guard {
+        /// The version before the change, made current again on a trigger.
+        before: u64,
+        /// The guarded version.
+        after: u64,
+        /// Pools watched.
+        pools: Vec<String>,
+        /// How long.
+        window_ms: u64,
+        /// Triggers.
+        analysis: Analysis,
     },
 }
 
@@ -500,6 +514,11 @@ impl Rollouts {
                 )))
             }
         };
+        self.insert_new(plan, author)
+    }
+
+    /// Registers a new rollout of `plan`, unless one is already running on its target.
+    fn insert_new(&self, plan: Plan, author: &str) -> Result<Rollout, RolloutError> {
         let mut inner = self.inner.lock().expect("rollouts poisoned");
         let target = plan_target(&plan);
         if let Some(busy) = inner
@@ -616,9 +635,9 @@ impl Rollouts {
                             json!({}),
                         );
                     }
-                    Plan::Rolling { .. } => {
+                    Plan::Rolling { .. } | Plan::Guard { .. } => {
                         return Err(RolloutError::Conflict(
-                            "rolling rollouts have no steps to promote".into(),
+                            "rolling rollouts and guards have no steps to promote".into(),
                         ))
                     }
                 }
@@ -684,6 +703,13 @@ impl Rollouts {
                 r.weight = 0;
             }
             Plan::Rolling { .. } => {}
+            Plan::Guard { before, after, .. } => {
+                if phase == Phase::RolledBack {
+                    let msg =
+                        format!("guard of version {after}: {reason}; back to version {before}");
+                    self.control.rollback(*before, "guard", Some(&msg))?;
+                }
+            }
         }
         r.phase = phase;
         r.reason = reason.to_string();
@@ -835,6 +861,13 @@ impl Rollouts {
                         .await
                 }
             }
+            Plan::Guard {
+                after,
+                pools,
+                window_ms,
+                analysis,
+                ..
+            } => self.step_guard(&mut r, dt, after, &pools, window_ms, &analysis),
             Plan::Rolling {
                 pool,
                 batch,
@@ -1334,6 +1367,7 @@ fn plan_target(p: &Plan) -> String {
     match p {
         Plan::Canary { route, .. } | Plan::BlueGreen { route, .. } => format!("route {route}"),
         Plan::Rolling { pool, .. } => format!("pool {pool}"),
+        Plan::Guard { after, .. } => format!("config version {after}"),
     }
 }
 
@@ -1380,5 +1414,16 @@ fn describe(p: &Plan) -> String {
         Plan::Rolling {
             pool, batch, hook, ..
         } => format!("rolling upgrade of pool {pool}, {batch} at a time, hook {hook:?}"),
+        Plan::Guard {
+            before,
+            after,
+            pools,
+            window_ms,
+            ..
+        } => format!(
+            "guard of config version {after} (back to {before} on a trigger) watching {} for {}s",
+            pools.join(", "),
+            window_ms / 1000
+        ),
     }
 }

@@ -30,6 +30,8 @@ pub struct Config {
     pub log: Logging,
     /// Scheduled backups (`[backup]`); none without the section.
     pub backup: Option<Backup>,
+    /// `[guard]`: how changes are watched after they go live.
+    pub guard: Guard,
     /// `[store] keep_versions`: the version store prunes its oldest versions beyond this
     /// many (0: never), sparing the current one and any not yet in a backup.
     pub keep_versions: usize,
@@ -157,6 +159,38 @@ impl Default for Logging {
             level: "info".into(),
             file: "-".into(),
             format: LogFormat::Text,
+        }
+    }
+}
+
+/// Guarded changes: after a configuration change goes live, the pools it touched are watched
+/// with the canary's triggers, and a trigger reverts the change. Thresholds are the
+/// playbook's; `window` set makes every API change guarded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    /// Guard every API change for this long (none: only changes that ask).
+    pub window: Option<Duration>,
+    /// Revert when the error rate over `error_for` exceeds this (0.05).
+    pub max_error_rate: f64,
+    /// Window of the error rate (5 minutes).
+    pub error_for: Duration,
+    /// A window with fewer requests says nothing (20).
+    pub min_requests: u64,
+    /// Revert when fewer than this share of a pool's servers are healthy (0.5)…
+    pub min_healthy: f64,
+    /// …for this long (2 minutes).
+    pub healthy_for: Duration,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard {
+            window: None,
+            max_error_rate: 0.05,
+            error_for: Duration::from_secs(300),
+            min_requests: 20,
+            min_healthy: 0.5,
+            healthy_for: Duration::from_secs(120),
         }
     }
 }

@@ -297,6 +297,7 @@ const OVERRIDABLE: &[&str] = &[
     "log",
     "backup",
     "store",
+    "guard",
     "trusted_proxies",
     "pool",
     "route",
@@ -505,6 +506,7 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
     let access_log = access_log(&mut v, root);
     let log = log(&mut v, root);
     let backup = backup(&mut v, root);
+    let guard = guard(&mut v, root);
     let keep_versions = match v.table(root, "store", "") {
         Some((t, _)) => {
             v.keys(t, "store", &["keep_versions"]);
@@ -533,6 +535,7 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
         access_log,
         log,
         backup,
+        guard,
         keep_versions,
         trusted_proxies,
         pools,
@@ -782,6 +785,63 @@ fn backup(v: &mut V<'_>, root: &dyn TableLike) -> Option<Backup> {
             .map(|(s, _)| PathBuf::from(s))
             .unwrap_or(d.key_file),
     })
+}
+
+fn guard(v: &mut V<'_>, root: &dyn TableLike) -> Guard {
+    let d = Guard::default();
+    let Some((t, _)) = v.table(root, "guard", "") else {
+        return d;
+    };
+    let p = "guard";
+    v.keys(
+        t,
+        p,
+        &[
+            "window",
+            "max_error_rate",
+            "error_for",
+            "min_requests",
+            "min_healthy",
+            "healthy_for",
+        ],
+    );
+    let window = v
+        .get(t, "window")
+        .map(|_| v.duration(t, "window", p, Duration::ZERO));
+    let percent = |v: &mut V<'_>, key: &str, default: f64| -> f64 {
+        match v.str(t, key, p) {
+            None => default,
+            Some((s, span)) => match s.trim().trim_end_matches('%').parse::<f64>() {
+                Ok(x) if (0.0..=100.0).contains(&x) => x / 100.0,
+                _ => {
+                    v.push(
+                        &format!("guard.{key}"),
+                        &span,
+                        format!("{s:?} is not a percentage like \"5%\""),
+                    );
+                    default
+                }
+            },
+        }
+    };
+    let g = Guard {
+        window,
+        max_error_rate: percent(v, "max_error_rate", d.max_error_rate),
+        error_for: v.duration(t, "error_for", p, d.error_for),
+        min_requests: v
+            .int(t, "min_requests", p, 0..i64::MAX)
+            .map(|n| n as u64)
+            .unwrap_or(d.min_requests),
+        min_healthy: percent(v, "min_healthy", d.min_healthy),
+        healthy_for: v.duration(t, "healthy_for", p, d.healthy_for),
+    };
+    if let Some(w) = g.window {
+        if w < g.error_for {
+            let span = v.get(t, "window").and_then(|(_, s)| s);
+            v.push("guard.window", &span, "must be at least error_for: a shorter guard could never see a whole analysis window");
+        }
+    }
+    g
 }
 
 fn trusted(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Cidr> {

@@ -706,3 +706,117 @@ async fn wait_phase_or_switched(n: &Nrdot, id: u64) -> Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_change_that_breaks_a_pool_is_reverted_and_a_good_one_is_kept() {
+    let (good, bad, good2) = (
+        Origin::start("good").await,
+        Origin::start("bad").await,
+        Origin::start("good2").await,
+    );
+    bad.set_status(500);
+    let body = format!(
+        "{}{}{}[guard]\nerror_for = \"1s\"\nmin_requests = 5\n[[route]]\nname = \"app\"\npool = \"good\"\n",
+        pool("good", &[good.addr]),
+        pool("bad", &[bad.addr]),
+        pool("good2", &[good2.addr])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let original = std::fs::read_to_string(&n.config).expect("config");
+    let v1 = n.api("GET", "/api/v2/version", "", None).await.json();
+    let load = Load::start(n.url("/"), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let to = |p: &str| original.replace("pool = \"good\"", &format!("pool = \"{p}\""));
+    // A window shorter than the analysis is refused, and nothing changes.
+    let short = n
+        .api_with(
+            "PUT",
+            "/api/v2/config",
+            &to("bad"),
+            None,
+            &[("x-nrdot-guard", "500ms")],
+        )
+        .await;
+    assert_eq!(
+        short.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&short.body)
+    );
+    assert!(String::from_utf8_lossy(&short.body).contains("shorter than the analysis window"));
+    assert_eq!(
+        n.api("GET", "/api/v2/version", "", None).await.json()["config_version"],
+        v1["config_version"]
+    );
+    // A change that sends the route to a failing pool: reverted within the window.
+    let t = Instant::now();
+    let r = n
+        .api_with(
+            "PUT",
+            "/api/v2/config",
+            &to("bad"),
+            None,
+            &[("x-nrdot-guard", "10s")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let guard = r.json()["guard"]["rollout"]
+        .as_u64()
+        .expect("guard rollout");
+    let reverted = wait_phase(&n, guard, "rolled_back", Duration::from_secs(10)).await;
+    let took = t.elapsed();
+    assert!(
+        reverted["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pool bad: error rate"),
+        "{reverted}"
+    );
+    assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "good");
+    let now = n.api("GET", "/api/v2/version", "", None).await.json();
+    assert_eq!(
+        now["config_checksum"], v1["config_checksum"],
+        "the old content is back"
+    );
+    let audit = n
+        .api("GET", "/api/v2/audit?limit=20", "", None)
+        .await
+        .json()
+        .to_string();
+    assert!(
+        audit.contains("rollout.rollback") && audit.contains("window_requests"),
+        "{audit}"
+    );
+    let seen = load.finish().await;
+    let failed: u64 = seen
+        .iter()
+        .filter(|((_, s), _)| *s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    // A good change, guarded from the command line: kept, exit 0 after its window.
+    let file = n.dir.join("good2.toml");
+    std::fs::write(&file, to("good2")).expect("write");
+    let t2 = Instant::now();
+    let out = n.cli(&[
+        "config",
+        "apply",
+        "--file",
+        file.to_str().expect("path"),
+        "-m",
+        "to good2",
+        "--guard",
+        "2s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t2.elapsed() >= Duration::from_secs(2));
+    assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "good2");
+    eprintln!(
+        "guarded apply: the bad change was reverted after {took:?}; {failed} of {} requests failed meanwhile",
+        seen.values().sum::<u64>()
+    );
+}
