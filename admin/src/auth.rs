@@ -201,6 +201,7 @@ impl Auth {
     /// How long to wait before answering a failed attempt from `ip`, counting this one:
     /// nothing for the first three, then doubling from 100 ms up to 5 s.
     pub fn failure_delay(&self, ip: IpAddr) -> Duration {
+        metrics::counter!("nrdot_admin_auth_failures_total").increment(1);
         let mut f = self.failures.lock().expect("failures poisoned");
         if f.len() > 10_000 {
             f.clear(); // bounded memory under a spray of addresses

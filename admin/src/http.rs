@@ -118,6 +118,17 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
+/// The standard `process_*` series (CPU, resident memory, open and maximum fds, threads,
+/// start time), read from `/proc` at each scrape.
+fn process_metrics() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(|| {
+        let c = metrics_process::Collector::default();
+        c.describe();
+        c
+    })
+}
+
 fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
@@ -220,6 +231,10 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
         (&Method::GET, "/metrics") => {
             return match &admin.prometheus {
                 Some(p) => {
+                    process_metrics().collect();
+                    // The memory trigger's own number, for the alert that mirrors it.
+                    metrics::gauge!("nrdot_memory_usage_ratio")
+                        .set(crate::rollout::memory_fraction());
                     let mut text = p.render();
                     crate::scrape::render_atomics(&admin.control.current(), &mut text);
                     let mut r = Response::new(Full::new(Bytes::from(text)));
@@ -230,7 +245,7 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
                     r
                 }
                 None => error(StatusCode::SERVICE_UNAVAILABLE, "metrics disabled"),
-            }
+            };
         }
         (_, "/health" | "/metrics") => {
             return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

@@ -22,7 +22,7 @@ use crate::durable;
 mod analysis;
 pub mod guard;
 use analysis::Sampler;
-pub use analysis::{Analysis, Measured};
+pub use analysis::{memory_fraction, Analysis, Measured};
 
 /// What a rollout does.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

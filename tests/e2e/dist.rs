@@ -209,3 +209,58 @@ async fn doctor_passes_a_good_setup_and_names_the_fix_for_a_bad_one() {
     drop(squatter);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_pass_promtool_and_name_series_nrdot_exports() {
+    let dir = repo().join("dist/monitoring");
+    for args in [
+        ["check", "rules", "nrdot-alerts.yml"],
+        ["test", "rules", "nrdot-alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian package prometheus) must be installed");
+        assert!(out.status.success(), "promtool {args:?}: {}", text(&out));
+    }
+    let dashboard: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("grafana-dashboard.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 6));
+    // Every series the rules read is on a running node's /metrics.
+    let o = Origin::start("o").await;
+    let body = format!(
+        "{}[backup]\ninterval = \"1h\"\ndir = {:?}\n",
+        pool_route(&[o.addr]),
+        temp_dir("alerts-backup").display().to_string()
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let _ = nrdot_tests::get(&n.url("/"), &[]).await;
+    let _ = n
+        .api("GET", "/api/v2/version", "", Some("wrong-token"))
+        .await;
+    let metrics = n.metrics_text().await;
+    let rules = std::fs::read_to_string(dir.join("nrdot-alerts.yml")).expect("rules");
+    for series in [
+        "nrdot_backend_failures_total",
+        "nrdot_backend_requests_total",
+        "nrdot_backend_health",
+        "nrdot_backend_up",
+        "nrdot_memory_usage_ratio",
+        "nrdot_admin_auth_failures_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+        if series.starts_with("nrdot_") {
+            assert!(
+                rules.contains(series)
+                    || series == "nrdot_backend_requests_total"
+                    || dashboard.to_string().contains(series)
+            );
+        }
+    }
+}
