@@ -419,6 +419,18 @@ pub enum RolloutCommand {
         /// `{pool}` is the new pool's name.
         #[arg(long)]
         check: Option<String>,
+        /// After the switch, watch the new pool this long; a trigger switches back at once.
+        #[arg(long)]
+        guard: Option<String>,
+        /// Guard trigger: error rate (default 5%).
+        #[arg(long)]
+        max_error_rate: Option<String>,
+        /// Guard trigger: error-rate window (default 5m; at most the guard).
+        #[arg(long)]
+        error_for: Option<String>,
+        /// Guard: fewest requests a window needs to judge (default 20).
+        #[arg(long)]
+        min_requests: Option<u64>,
         /// Wait until the rollout ends.
         #[arg(long)]
         follow: bool,

@@ -252,10 +252,15 @@ fn rollout(
             from,
             keep_old,
             check,
+            guard,
+            max_error_rate,
+            error_for,
+            min_requests,
             follow,
         } => client::rollout_create(
             &c,
-            json!({ "kind": "blue-green", "route": route, "to": to, "from": from, "keep_old": keep_old, "check": check }),
+            json!({ "kind": "blue-green", "route": route, "to": to, "from": from, "keep_old": keep_old, "check": check,
+                    "guard": guard, "max_error_rate": max_error_rate, "error_for": error_for, "min_requests": min_requests }),
             follow,
         ),
         RolloutCommand::Rolling {

@@ -62,6 +62,12 @@ pub enum Plan {
         /// load tests); `{pool}` is replaced by the new pool's name.
         #[serde(default)]
         check: Option<String>,
+        /// After the switch, watch the new pool this long; a trigger switches back.
+        #[serde(default)]
+        guard_ms: u64,
+        /// The guard's triggers.
+        #[serde(default)]
+        analysis: Option<Analysis>,
     },
     /// Upgrade the servers of `pool` `batch` at a time: drain, run `hook`, wait for health,
     /// enable.
@@ -295,6 +301,45 @@ pub fn parse_steps(v: &Value) -> Result<(Vec<u32>, Vec<u64>), RolloutError> {
     Ok((steps, durations))
 }
 
+/// The triggers of a canary or a guarded switch, from the request (the playbook's defaults).
+fn parse_analysis(body: &Value) -> Result<Analysis, RolloutError> {
+    Ok(Analysis {
+        max_error_rate: parse_percent(&body["max_error_rate"], 0.05)?,
+        error_for_ms: parse_ms(&body["error_for"], 5 * 60_000)?,
+        min_healthy: parse_percent(&body["min_healthy"], 0.5)?,
+        healthy_for_ms: parse_ms(&body["healthy_for"], 2 * 60_000)?,
+        max_memory: parse_percent(&body["memory_threshold"], 0.9)?,
+        memory_for_ms: parse_ms(&body["memory_for"], 10 * 60_000)?,
+        max_p99_ms: match &body["max_p99"] {
+            Value::Null => None,
+            v => Some(parse_ms(v, 0)?),
+        },
+        min_requests: body["min_requests"].as_u64().unwrap_or(20),
+    })
+}
+
+/// A blue-green switch's guard: its window and triggers, checked against the keep window.
+fn parse_bg_guard(body: &Value, keep_old_ms: u64) -> Result<(u64, Option<Analysis>), RolloutError> {
+    let guard_ms = parse_ms(&body["guard"], 0)?;
+    if guard_ms == 0 {
+        return Ok((0, None));
+    }
+    let a = parse_analysis(body)?;
+    if guard_ms < a.error_for_ms {
+        return Err(RolloutError::Invalid(format!(
+            "guard window {}s is shorter than the analysis window (error_for {}s)",
+            guard_ms / 1000,
+            a.error_for_ms / 1000
+        )));
+    }
+    if guard_ms > keep_old_ms {
+        return Err(RolloutError::Invalid(
+            "guard window is longer than the keep window: the old pool must still be there to switch back to".into(),
+        ));
+    }
+    Ok((guard_ms, Some(a)))
+}
+
 /// Refuses a check command whose program cannot be found, before anything starts.
 fn runnable(cmd: &str) -> Result<String, RolloutError> {
     let program = cmd.split_whitespace().next().unwrap_or("");
@@ -465,26 +510,18 @@ impl Rollouts {
                         steps,
                         durations_ms,
                         interval_ms: parse_ms(&body["interval"], 30 * 60_000)?,
-                        analysis: Analysis {
-                            max_error_rate: parse_percent(&body["max_error_rate"], 0.05)?,
-                            error_for_ms: parse_ms(&body["error_for"], 5 * 60_000)?,
-                            min_healthy: parse_percent(&body["min_healthy"], 0.5)?,
-                            healthy_for_ms: parse_ms(&body["healthy_for"], 2 * 60_000)?,
-                            max_memory: parse_percent(&body["memory_threshold"], 0.9)?,
-                            memory_for_ms: parse_ms(&body["memory_for"], 10 * 60_000)?,
-                            max_p99_ms: match &body["max_p99"] {
-                                Value::Null => None,
-                                v => Some(parse_ms(v, 0)?),
-                            },
-                            min_requests: body["min_requests"].as_u64().unwrap_or(20),
-                        },
+                        analysis: parse_analysis(body)?,
                     }
                 } else {
+                    let keep_old_ms = parse_ms(&body["keep_old"], 24 * 3_600_000)?;
+                    let (guard_ms, analysis) = parse_bg_guard(body, keep_old_ms)?;
                     Plan::BlueGreen {
                         route,
                         to,
                         from,
-                        keep_old_ms: parse_ms(&body["keep_old"], 24 * 3_600_000)?,
+                        keep_old_ms,
+                        guard_ms,
+                        analysis,
                         check: match s("check") {
                             Some(cmd) => Some(runnable(&cmd)?),
                             None => None,
@@ -853,9 +890,13 @@ impl Rollouts {
                 from,
                 keep_old_ms,
                 check,
+                guard_ms,
+                analysis,
             } => {
                 if r.step == 0 && !self.checked(&mut r, &to, &from, check.as_deref()) {
                     Ok(())
+                } else if r.step == 1 && r.step_elapsed_ms < guard_ms {
+                    self.guard_switch(&mut r, dt, &to, guard_ms, analysis.as_ref())
                 } else {
                     self.step_blue_green(&mut r, dt, &route, &to, &from, keep_old_ms)
                         .await
@@ -1076,6 +1117,7 @@ impl Rollouts {
                     r.id
                 );
                 self.set_split(route, &[(from.to_string(), 0), (to.to_string(), 100)], &msg)?;
+                self.sampler.lock().expect("sampler poisoned").reset(to);
                 r.step = 1;
                 r.weight = 100;
                 r.applied = true;
@@ -1403,6 +1445,7 @@ fn describe(p: &Plan) -> String {
             from,
             keep_old_ms,
             check,
+            ..
         } => format!(
             "blue-green of route {route} from {from} to {to}, keeping {from} {}s{}",
             keep_old_ms / 1000,

@@ -820,3 +820,40 @@ async fn a_guarded_change_that_breaks_a_pool_is_reverted_and_a_good_one_is_kept(
         seen.values().sum::<u64>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_blue_green_switch_to_a_failing_pool_switches_back_on_its_own() {
+    let (blue, green) = (Origin::start("blue").await, Origin::start("green").await);
+    green.set_status(500);
+    let body = format!(
+        "{}{}[[route]]\nname = \"app\"\npool = \"blue\"\n",
+        pool("blue", &[blue.addr]),
+        pool("green", &[green.addr])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    // A guard shorter than its analysis window is refused.
+    let r = n
+        .api("POST", "/api/v2/rollouts", &json!({"kind": "blue-green", "route": "app", "to": "green", "guard": "1s", "error_for": "5s"}).to_string(), None)
+        .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let load = Load::start(n.url("/"), 2);
+    let t = Instant::now();
+    let id = start(&n, json!({"kind": "blue-green", "route": "app", "to": "green", "keep_old": "1h", "guard": "10s", "error_for": "1s", "min_requests": 5})).await;
+    let r = wait_phase(&n, id, "rolled_back", Duration::from_secs(10)).await;
+    let took = t.elapsed();
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pool green: error rate"),
+        "{r}"
+    );
+    assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "blue");
+    let seen = load.finish().await;
+    let failed: u64 = seen
+        .iter()
+        .filter(|((_, s), _)| *s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!("guarded blue-green: switched back after {took:?}; {failed} of {} requests failed meanwhile", seen.values().sum::<u64>());
+}

@@ -122,6 +122,32 @@ impl Rollouts {
         Ok(())
     }
 
+    /// A blue-green switch's guard window: the new pool is watched, a trigger switches back.
+    pub(super) fn guard_switch(
+        &self,
+        r: &mut Rollout,
+        dt: u64,
+        to: &str,
+        guard_ms: u64,
+        analysis: Option<&Analysis>,
+    ) -> Result<(), RolloutError> {
+        let Some(a) = analysis else { return Ok(()) };
+        if let Some((why, numbers)) = self.guard_trigger(r, &[to.to_string()], a) {
+            return self.revert(r, Phase::RolledBack, &why, numbers);
+        }
+        // The keep window's clock runs on; the guard ends with its own window.
+        r.step_elapsed_ms = r.step_elapsed_ms.saturating_add(dt);
+        if r.step_elapsed_ms >= guard_ms {
+            self.record(
+                r,
+                "guard_passed",
+                &format!("{to} held for {}s", guard_ms / 1000),
+                json!({}),
+            );
+        }
+        Ok(())
+    }
+
     /// The first trigger that fires on any watched pool, with its numbers.
     fn guard_trigger(
         &self,
