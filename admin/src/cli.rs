@@ -452,6 +452,15 @@ pub enum RolloutCommand {
         /// Pause between batches (the playbook's `sleep 300`).
         #[arg(long, default_value = "0s")]
         pause: String,
+        /// Between batches, stop when the pool's error rate is above this (default 5%).
+        #[arg(long)]
+        max_error_rate: Option<String>,
+        /// Window of that error rate (default 5m).
+        #[arg(long)]
+        error_for: Option<String>,
+        /// Fewest requests a window needs to judge (default 20).
+        #[arg(long)]
+        min_requests: Option<u64>,
         /// Wait until the rollout ends.
         #[arg(long)]
         follow: bool,

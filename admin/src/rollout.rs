@@ -83,6 +83,10 @@ pub enum Plan {
         /// Pause after each batch but the last (the playbook's `sleep 300`).
         #[serde(default)]
         pause_ms: u64,
+        /// Triggers judged on the pool between batches: a batch that raises the error rate
+        /// stops the rollout.
+        #[serde(default)]
+        analysis: Option<Analysis>,
     },
     /// Watch the pools a configuration change touched; revert to `before` on a trigger.
     Guard {
@@ -543,6 +547,7 @@ impl Rollouts {
                     hook,
                     wait_ms: parse_ms(&body["wait"], 300_000)?,
                     pause_ms: parse_ms(&body["pause"], 0)?,
+                    analysis: Some(parse_analysis(body)?),
                 }
             }
             other => {
@@ -909,12 +914,18 @@ impl Rollouts {
                 analysis,
                 ..
             } => self.step_guard(&mut r, dt, after, &pools, window_ms, &analysis),
+            Plan::Rolling { pool, analysis, .. }
+                if self.batch_raised_errors(&mut r, &pool, analysis.as_ref()) =>
+            {
+                Ok(())
+            }
             Plan::Rolling {
                 pool,
                 batch,
                 hook,
                 wait_ms,
                 pause_ms,
+                ..
             } => {
                 self.step_rolling(&mut r, dt, &pool, batch, &hook, (wait_ms, pause_ms))
                     .await
@@ -1296,6 +1307,8 @@ impl Rollouts {
                     for id in &ids {
                         self.control.set_enabled(id, true, &actor)?;
                     }
+                    // The next judgement covers this batch's servers only.
+                    self.sampler.lock().expect("sampler poisoned").reset(pool);
                     self.record(
                         r,
                         "batch_done",

@@ -857,3 +857,66 @@ async fn a_guarded_blue_green_switch_to_a_failing_pool_switches_back_on_its_own(
         .sum();
     eprintln!("guarded blue-green: switched back after {took:?}; {failed} of {} requests failed meanwhile", seen.values().sum::<u64>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_batch_that_raises_errors_stops_the_rollout_and_leaves_the_rest() {
+    let (a, b, c) = (
+        Origin::start("a").await,
+        Origin::start("b").await,
+        Origin::start("c").await,
+    );
+    let body = format!(
+        "{}[[route]]\nname = \"r\"\npool = \"web\"\n",
+        pool("web", &[a.addr, b.addr, c.addr])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    // The hook marks the server it "upgraded"; the new version of a answers 500.
+    let marks = n.dir.join("upgraded");
+    std::fs::create_dir_all(&marks).expect("marks");
+    let a = Arc::new(a);
+    let watcher = {
+        let (a, mark) = (Arc::clone(&a), marks.join(a.addr.to_string()));
+        tokio::spawn(async move {
+            while !mark.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            a.set_status(500);
+        })
+    };
+    let load = Load::start(n.url("/"), 2);
+    let hook = format!("touch {}/{{server}}", marks.display());
+    let id = start(&n, json!({"kind": "rolling", "pool": "web", "batch": 1, "hook": hook, "wait": "10s", "pause": "5s", "error_for": "1s", "min_requests": 5, "max_error_rate": "10%"})).await;
+    let r = wait_phase(&n, id, "failed", Duration::from_secs(15)).await;
+    watcher.abort();
+    let seen = load.finish().await;
+    let failed: u64 = seen
+        .iter()
+        .filter(|((_, s), _)| *s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!(
+        "rolling with a bad batch: {} ; {failed} of {} requests failed",
+        r["reason"],
+        seen.values().sum::<u64>()
+    );
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("batch 1 raised the error rate"),
+        "{r}"
+    );
+    assert!(
+        !marks.join(b.addr.to_string()).exists() && !marks.join(c.addr.to_string()).exists(),
+        "later batches ran"
+    );
+    let backends = n.api("GET", "/api/v2/backends", "", None).await.json();
+    assert!(
+        backends["backends"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|x| x["admin_state"] == "enabled"),
+        "{backends}"
+    );
+}

@@ -148,6 +148,32 @@ impl Rollouts {
         Ok(())
     }
 
+    /// Between batches of a rolling rollout (pausing, or about to start the next): whether the
+    /// last batch raised the pool's error rate, in which case the rollout stops here and the
+    /// remaining servers stay untouched.
+    pub(super) fn batch_raised_errors(
+        &self,
+        r: &mut Rollout,
+        pool: &str,
+        analysis: Option<&Analysis>,
+    ) -> bool {
+        let between = r.step > 0 && matches!(r.stage, None | Some(super::Stage::Pause));
+        let Some(a) = analysis.filter(|_| between) else {
+            return false;
+        };
+        let Some((why, numbers)) = self.guard_trigger(r, &[pool.to_string()], a) else {
+            return false;
+        };
+        r.phase = Phase::Failed;
+        r.reason = format!(
+            "batch {} raised the error rate, {why}; the remaining servers are untouched",
+            r.step
+        );
+        let reason = r.reason.clone();
+        self.record(r, "failed", &reason, numbers);
+        true
+    }
+
     /// The first trigger that fires on any watched pool, with its numbers.
     fn guard_trigger(
         &self,
