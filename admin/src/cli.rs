@@ -269,6 +269,9 @@ pub enum ConfigCommand {
         /// Why.
         #[arg(long, short)]
         message: Option<String>,
+        /// Watch the pools the rollback touches for this long; a trigger reverts it (exit 1).
+        #[arg(long)]
+        guard: Option<String>,
     },
     /// Unified diff between two versions (B defaults to the current one).
     Diff {

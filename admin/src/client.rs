@@ -675,10 +675,13 @@ pub fn apply(
 }
 
 /// `nrdot config rollback VERSION`.
-pub fn rollback(c: &Client, version: u64, message: Option<&str>) -> ExitCode {
+pub fn rollback(c: &Client, version: u64, message: Option<&str>, guard: Option<&str>) -> ExitCode {
     let mut body = serde_json::json!({ "version": version });
     if let Some(m) = message {
         body["message"] = Value::String(m.to_string());
+    }
+    if let Some(g) = guard {
+        body["guard"] = Value::String(g.to_string());
     }
     let resp = match request(c, Method::POST, "/api/v2/config/rollback", Some(body)) {
         Ok(r) => r,
@@ -688,7 +691,16 @@ pub fn rollback(c: &Client, version: u64, message: Option<&str>) -> ExitCode {
         "rolled back to the content of version {version}: now version {}",
         s(&resp["version"]["id"])
     );
-    ExitCode::SUCCESS
+    match resp["guard"]["rollout"].as_u64() {
+        Some(id) => {
+            println!(
+                "guarded by rollout {id}: {}",
+                s(&resp["guard"]["plan"]["pools"])
+            );
+            follow_rollout(c, id)
+        }
+        None => ExitCode::SUCCESS,
+    }
 }
 
 /// `nrdot config diff A [B]`.

@@ -369,6 +369,72 @@ async fn restore(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Respon
     )
 }
 
+/// Starts the guard of a change that went live (from `before`, version `before_id`, to
+/// version `after`), when one was asked for and the change touched a pool.
+fn start_guard(
+    admin: &Admin,
+    actor: &Actor,
+    before: &nrdot_config::RouteTable,
+    before_id: u64,
+    after: u64,
+    guard: Option<(Duration, nrdot_config::Guard)>,
+) -> Option<Value> {
+    let (window, settings) = guard?;
+    let now = admin.control.current();
+    let pools = crate::rollout::guard::touched(&before.config, &now.config);
+    if pools.is_empty() {
+        return None;
+    }
+    let g = admin
+        .rollouts
+        .guard(before_id, after, pools, window, &settings, &actor.name)
+        .ok()?;
+    Some(json!({ "rollout": g.id, "plan": g.plan }))
+}
+
+/// `POST /api/v2/config/rollback` `{"version": N, "message"?, "guard"?: "5m"}` (or the
+/// `X-Nrdot-Guard` header): version N's content, live again as a new version.
+async fn rollback_config(
+    admin: &Admin,
+    actor: &Actor,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let header = req
+        .headers()
+        .get("x-nrdot-guard")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let usage = "body must be JSON: {\"version\": N}";
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, usage);
+    };
+    let Some(id) = v["version"].as_u64() else {
+        return error(StatusCode::BAD_REQUEST, usage);
+    };
+    let control = &admin.control;
+    let spec = v["guard"].as_str().map(str::to_string).or(header);
+    let text = match control.store().get(id) {
+        Ok(version) => version.content,
+        Err(e) => return admin_error(&AdminError::from(e)),
+    };
+    let guard = match guard_request(spec.as_deref(), &text, control) {
+        Ok(g) => g,
+        Err(e) => return rollout_error(&e),
+    };
+    let (before, before_id) = (control.current(), control.version().id);
+    match control.rollback(id, &actor.name, v["message"].as_str()) {
+        Ok(meta) => {
+            let guarded = start_guard(admin, actor, &before, before_id, meta.id, guard);
+            json_response(StatusCode::OK, json!({ "version": meta, "guard": guarded }))
+        }
+        Err(e) => admin_error(&e),
+    }
+}
+
 /// The guard a change asks for (`X-Nrdot-Guard: 5m`) or its configuration's `[guard] window`
 /// gives it, with the thresholds of that configuration; checked before the change applies.
 fn guard_request(
@@ -527,28 +593,7 @@ async fn api(
                 (Err(e), _) | (_, Err(e)) => admin_error(&e.into()),
             }
         }
-        (Method::POST, ["config", "rollback"]) => {
-            let body = match read_body(req).await {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
-            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "body must be JSON: {\"version\": N}",
-                );
-            };
-            let Some(id) = v["version"].as_u64() else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "body must be JSON: {\"version\": N}",
-                );
-            };
-            match control.rollback(id, &actor.name, v["message"].as_str()) {
-                Ok(meta) => json_response(StatusCode::OK, json!({ "version": meta })),
-                Err(e) => admin_error(&e),
-            }
-        }
+        (Method::POST, ["config", "rollback"]) => rollback_config(admin, actor, req).await,
         (Method::GET, ["backends"]) => {
             json_response(StatusCode::OK, json!({ "backends": control.backends() }))
         }
@@ -840,21 +885,8 @@ async fn put_config(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Res
     };
     match admin.control.apply(&text, &actor.name, &message, if_match) {
         Ok(meta) => {
-            let guarded = guard.and_then(|(window, settings)| {
-                let after = admin.control.current();
-                let pools = crate::rollout::guard::touched(&before.config, &after.config);
-                if pools.is_empty() {
-                    return None;
-                }
-                admin
-                    .rollouts
-                    .guard(before_id, meta.id, pools, window, &settings, &actor.name)
-                    .ok()
-            });
-            let mut r = json_response(
-                StatusCode::OK,
-                json!({ "version": meta, "guard": guarded.map(|g| json!({"rollout": g.id, "plan": g.plan})) }),
-            );
+            let guarded = start_guard(admin, actor, &before, before_id, meta.id, guard);
+            let mut r = json_response(StatusCode::OK, json!({ "version": meta, "guard": guarded }));
             if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", meta.id)) {
                 r.headers_mut().insert(header::ETAG, v);
             }

@@ -155,8 +155,12 @@ fn config(
         } => with_client(&client, |c| {
             client::apply(&c, &file, &message, if_match, guard.as_deref())
         }),
-        ConfigCommand::Rollback { version, message } => with_client(&client, |c| {
-            client::rollback(&c, version, message.as_deref())
+        ConfigCommand::Rollback {
+            version,
+            message,
+            guard,
+        } => with_client(&client, |c| {
+            client::rollback(&c, version, message.as_deref(), guard.as_deref())
         }),
         ConfigCommand::Diff { a, b } => with_client(&client, |c| client::diff(&c, a, b)),
     }

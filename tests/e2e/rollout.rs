@@ -760,6 +760,7 @@ async fn a_guarded_change_that_breaks_a_pool_is_reverted_and_a_good_one_is_kept(
         )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let bad_version = r.json()["version"]["id"].as_u64().expect("version");
     let guard = r.json()["guard"]["rollout"]
         .as_u64()
         .expect("guard rollout");
@@ -814,6 +815,23 @@ async fn a_guarded_change_that_breaks_a_pool_is_reverted_and_a_good_one_is_kept(
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(t2.elapsed() >= Duration::from_secs(2));
+    assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "good2");
+    // A guarded rollback to the bad version is reverted too, and the command says so.
+    let load = Load::start(n.url("/"), 2);
+    let out = n.cli(&[
+        "config",
+        "rollback",
+        &bad_version.to_string(),
+        "--guard",
+        "10s",
+    ]);
+    let _ = load.finish().await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "good2");
     eprintln!(
         "guarded apply: the bad change was reverted after {took:?}; {failed} of {} requests failed meanwhile",
