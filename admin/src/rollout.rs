@@ -821,6 +821,7 @@ impl Rollouts {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = Instant::now();
+        let mut watch = guard::Watch::default();
         loop {
             tick.tick().await;
             let dt = last.elapsed().as_millis() as u64;
@@ -845,6 +846,7 @@ impl Rollouts {
             for id in ids {
                 self.step(id, dt).await;
             }
+            self.watch_steady(&mut watch);
             self.export_metrics();
         }
     }

@@ -938,3 +938,53 @@ async fn a_rolling_batch_that_raises_errors_stops_the_rollout_and_leaves_the_res
         "{backends}"
     );
 }
+
+/// Whether `series` is 1 on `/metrics` (None: not there).
+async fn firing(n: &Nrdot, series: &str) -> Option<bool> {
+    n.metrics_text()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series).map(|v| v.trim() == "1"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_rollouts_the_triggers_raise_events_and_a_gauge() {
+    let o = Origin::start("o").await;
+    let body = format!(
+        "{}[guard]\nerror_for = \"1s\"\nmin_requests = 5\n",
+        nrdot_tests::pool_route(&[o.addr])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let load = Load::start(n.url("/"), 2);
+    let series = "nrdot_trigger_firing{trigger=\"error_rate\",pool=\"o\"}";
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        firing(&n, series).await,
+        Some(false),
+        "quiet while the pool answers 200"
+    );
+    o.set_status(503);
+    let t = Instant::now();
+    while firing(&n, series).await != Some(true) && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fired_after = t.elapsed();
+    assert_eq!(firing(&n, series).await, Some(true));
+    o.set_status(200);
+    let t = Instant::now();
+    while firing(&n, series).await != Some(false) && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(firing(&n, series).await, Some(false));
+    let _ = load.finish().await;
+    let events = n
+        .api("GET", "/api/v2/events", "", None)
+        .await
+        .json()
+        .to_string();
+    assert!(
+        events.contains("trigger.firing") && events.contains("trigger.resolved"),
+        "{events}"
+    );
+    eprintln!("steady-state watch: fired {fired_after:?} after the pool began failing");
+}

@@ -233,6 +233,110 @@ impl Rollouts {
     }
 }
 
+/// What the steady-state watch remembers between ticks: which triggers fire, and since when
+/// each held condition has held.
+#[derive(Default)]
+pub struct Watch {
+    firing: std::collections::HashMap<(String, &'static str), bool>,
+    since: std::collections::HashMap<(String, &'static str), std::time::Instant>,
+    last: Option<std::time::Instant>,
+}
+
+impl Watch {
+    /// Whether `cond` has held for `for_ms` (a condition that stops holding starts over).
+    fn held(&mut self, key: (String, &'static str), cond: bool, for_ms: u64) -> bool {
+        if !cond {
+            self.since.remove(&key);
+            return false;
+        }
+        let since = *self
+            .since
+            .entry(key)
+            .or_insert_with(std::time::Instant::now);
+        since.elapsed() >= Duration::from_millis(for_ms)
+    }
+}
+
+impl Rollouts {
+    /// The playbook's triggers outside any rollout, once a second: every pool's error rate and
+    /// healthy share, and the process's memory, with the `[guard]` thresholds (memory: 90 %
+    /// for 10 minutes). They act on nothing; they raise `trigger.firing` / `trigger.resolved`
+    /// events and set `nrdot_trigger_firing{trigger, pool}`.
+    pub(super) fn watch_steady(&self, w: &mut Watch) {
+        if w.last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        w.last = Some(std::time::Instant::now());
+        let table = self.control.current();
+        let a = analysis(&table.config.guard);
+        let measured: Vec<(String, super::Measured)> = {
+            let sampler = self.sampler.lock().expect("sampler poisoned");
+            table
+                .pools
+                .iter()
+                .map(|p| {
+                    (
+                        p.config.name.clone(),
+                        sampler.measure(&table, &p.config.name, &a),
+                    )
+                })
+                .collect()
+        };
+        for (pool, m) in &measured {
+            let errors = m.window_requests >= a.min_requests && m.error_rate > a.max_error_rate;
+            let detail = format!(
+                "error rate {:.1}% over {}s ({} of {} requests)",
+                m.error_rate * 100.0,
+                a.error_for_ms / 1000,
+                m.window_errors,
+                m.window_requests
+            );
+            self.set_trigger(w, pool, "error_rate", errors, &detail);
+            let unhealthy = w.held(
+                (pool.clone(), "healthy"),
+                m.healthy_fraction < a.min_healthy,
+                a.healthy_for_ms,
+            );
+            let detail = format!("{:.0}% of backends healthy", m.healthy_fraction * 100.0);
+            self.set_trigger(w, pool, "healthy_backends", unhealthy, &detail);
+        }
+        let memory = super::memory_fraction();
+        let high = w.held((String::new(), "memory"), memory > 0.9, 10 * 60_000);
+        let detail = format!("memory {:.1}% of the limit", memory * 100.0);
+        self.set_trigger(w, "", "memory", high, &detail);
+    }
+
+    fn set_trigger(
+        &self,
+        w: &mut Watch,
+        pool: &str,
+        trigger: &'static str,
+        firing: bool,
+        detail: &str,
+    ) {
+        metrics::gauge!("nrdot_trigger_firing", "trigger" => trigger, "pool" => pool.to_string())
+            .set(if firing { 1.0 } else { 0.0 });
+        let was = w
+            .firing
+            .insert((pool.to_string(), trigger), firing)
+            .unwrap_or(false);
+        if was != firing {
+            let target = if pool.is_empty() {
+                trigger.to_string()
+            } else {
+                format!("pool {pool}")
+            };
+            let kind = if firing {
+                "trigger.firing"
+            } else {
+                "trigger.resolved"
+            };
+            self.control
+                .event(kind, &target, &format!("{trigger}: {detail}"));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
