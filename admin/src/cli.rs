@@ -225,13 +225,16 @@ pub enum ConfigCommand {
     },
     /// Run request → expected route/pool cases against the compiled table.
     Test {
-        /// Configuration file (TOML).
+        /// Configuration file (TOML; default ./nrdot.toml when present, else
+        /// /etc/nrdot/nrdot.toml).
         #[arg(long, short)]
-        file: PathBuf,
+        file: Option<PathBuf>,
         /// Environment overlay.
         #[arg(long)]
         environment: Option<String>,
-        /// Cases file (TOML, `[[case]]` with request, headers, expect_route, expect_pool, expect_status).
+        /// Cases file (TOML, `[[case]]` with request, headers, expect_route, expect_pool,
+        /// expect_status; default: `cases/ENVIRONMENT.toml`, else `cases.toml`, beside the
+        /// configuration file).
         #[arg(long)]
         cases: Option<PathBuf>,
         /// One request, e.g. 'GET http://shop.example.com/api/items'.

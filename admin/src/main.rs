@@ -117,18 +117,26 @@ fn config(
     client: impl Fn() -> Result<Client, client::ClientError>,
 ) -> ExitCode {
     match command {
-        ConfigCommand::Validate { file, environment } => worst(
-            file.iter()
-                .map(|f| offline::validate(f, environment.as_deref(), json)),
-        ),
+        ConfigCommand::Validate { file, environment } => match offline::expand(&file) {
+            Ok(files) => worst(
+                files
+                    .iter()
+                    .map(|f| offline::validate(f, environment.as_deref(), json)),
+            ),
+            Err(code) => code,
+        },
         ConfigCommand::Lint {
             file,
             environment,
             strict,
-        } => worst(
-            file.iter()
-                .map(|f| offline::lint(f, environment.as_deref(), strict, json)),
-        ),
+        } => match offline::expand(&file) {
+            Ok(files) => worst(
+                files
+                    .iter()
+                    .map(|f| offline::lint(f, environment.as_deref(), strict, json)),
+            ),
+            Err(code) => code,
+        },
         ConfigCommand::Test {
             file,
             environment,
@@ -137,16 +145,32 @@ fn config(
             headers,
             expect_route,
             expect_pool,
-        } => offline::test(
-            &file,
-            environment.as_deref(),
-            cases.as_deref(),
-            request,
-            &headers,
-            expect_route,
-            expect_pool,
-            json,
-        ),
+        } => {
+            // The playbook's `config test --environment staging`: validate, lint, then the
+            // routing cases, for that environment.
+            let (file, cases) = offline::test_inputs(file, environment.as_deref(), cases);
+            let linted = offline::lint(&file, environment.as_deref(), false, json);
+            if linted != ExitCode::SUCCESS {
+                return linted;
+            }
+            if cases.is_none() && request.is_none() {
+                println!(
+                    "{}: no routing cases (cases/ENVIRONMENT.toml or cases.toml beside it)",
+                    file.display()
+                );
+                return ExitCode::SUCCESS;
+            }
+            offline::test(
+                &file,
+                environment.as_deref(),
+                cases.as_deref(),
+                request,
+                &headers,
+                expect_route,
+                expect_pool,
+                json,
+            )
+        }
         ConfigCommand::Apply {
             file,
             message,

@@ -24,6 +24,58 @@ fn load(file: &Path, environment: Option<&str>) -> Result<Config, ExitCode> {
     })
 }
 
+/// Expands quoted globs (`--file 'config/*.toml'`, as the playbook's CI step writes them);
+/// other paths pass as they are. A pattern that matches nothing is an error.
+pub fn expand(files: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>, ExitCode> {
+    let mut out = Vec::new();
+    for f in files {
+        let text = f.to_string_lossy();
+        if !text.contains(['*', '?', '[']) {
+            out.push(f.clone());
+            continue;
+        }
+        let matched: Vec<_> = glob::glob(&text)
+            .map_err(|e| {
+                eprintln!("nrdot: bad pattern {text:?}: {e}");
+                ExitCode::from(2)
+            })?
+            .flatten()
+            .collect();
+        if matched.is_empty() {
+            eprintln!("nrdot: no file matches {text:?}");
+            return Err(ExitCode::from(2));
+        }
+        out.extend(matched);
+    }
+    Ok(out)
+}
+
+/// `config test`'s defaults: the file (`./nrdot.toml`, else `/etc/nrdot/nrdot.toml`) and its
+/// cases (`cases/ENV.toml`, else `cases.toml`, beside it), when not given.
+pub fn test_inputs(
+    file: Option<std::path::PathBuf>,
+    environment: Option<&str>,
+    cases: Option<std::path::PathBuf>,
+) -> (std::path::PathBuf, Option<std::path::PathBuf>) {
+    let file = file.unwrap_or_else(|| {
+        let local = std::path::PathBuf::from("nrdot.toml");
+        if local.exists() {
+            local
+        } else {
+            std::path::PathBuf::from("/etc/nrdot/nrdot.toml")
+        }
+    });
+    let cases = cases.or_else(|| {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let per_env = environment.map(|e| dir.join("cases").join(format!("{e}.toml")));
+        per_env
+            .into_iter()
+            .chain([dir.join("cases.toml")])
+            .find(|p| p.exists())
+    });
+    (file, cases)
+}
+
 /// `config validate`: 0 valid, 1 invalid (every problem printed), 2 unreadable.
 pub fn validate(file: &Path, environment: Option<&str>, json_out: bool) -> ExitCode {
     match load(file, environment) {

@@ -191,3 +191,60 @@ fn environments_select_an_overlay() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn config_test_for_an_environment_finds_its_file_and_cases_and_globs_expand() {
+    let dir = nrdot_tests::temp_dir("envtest");
+    let config = "[[listener]]\nname = \"http\"\nbind = \"0.0.0.0:80\"\n[[pool]]\nname = \"web\"\n[[pool.server]]\naddress = \"10.0.0.1:80\"\n[[pool]]\nname = \"beta\"\n[[pool.server]]\naddress = \"10.0.0.2:80\"\n[[route]]\nname = \"r\"\npool = \"web\"\n[environment.staging]\n[[environment.staging.route]]\nname = \"r\"\npool = \"beta\"\n";
+    std::fs::write(dir.join("nrdot.toml"), config).expect("config");
+    std::fs::create_dir_all(dir.join("cases")).expect("cases dir");
+    let cases = |pool: &str| {
+        format!("[[case]]\nrequest = \"GET http://any.example.com/\"\nexpect_route = \"r\"\nexpect_pool = \"{pool}\"\n")
+    };
+    std::fs::write(dir.join("cases/staging.toml"), cases("beta")).expect("cases");
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run")
+    };
+    // As the playbook's CI writes it: the file and the cases are found by themselves.
+    let ok = run(&["config", "test", "--environment", "staging"]);
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("warning"),
+        "lint ran"
+    );
+    // The staging overlay routes to beta, so the base's expectation fails there.
+    std::fs::write(dir.join("cases/staging.toml"), cases("web")).expect("cases");
+    let bad = run(&["config", "test", "--environment", "staging"]);
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+    // Quoted globs expand; a pattern that matches nothing is an error.
+    std::fs::write(dir.join("second.toml"), config).expect("second");
+    let both = run(&["config", "validate", "--file", "*.toml"]);
+    assert!(
+        both.status.success(),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&both.stdout)
+            .matches(": OK")
+            .count(),
+        2
+    );
+    let none = run(&["config", "lint", "--file", "nothing/*.toml"]);
+    assert_eq!(none.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
