@@ -988,3 +988,37 @@ async fn outside_rollouts_the_triggers_raise_events_and_a_gauge() {
     );
     eprintln!("steady-state watch: fired {fired_after:?} after the pool began failing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_window_in_the_config_guards_every_api_change() {
+    let (good, bad) = (Origin::start("good").await, Origin::start("bad").await);
+    bad.set_status(500);
+    let body = format!(
+        "{}{}[guard]\nwindow = \"5s\"\nerror_for = \"1s\"\nmin_requests = 5\n[[route]]\nname = \"app\"\npool = \"good\"\n",
+        pool("good", &[good.addr]),
+        pool("bad", &[bad.addr])
+    );
+    let n = Nrdot::start(BIN, "", &body);
+    let load = Load::start(n.url("/"), 2);
+    let text = std::fs::read_to_string(&n.config)
+        .expect("config")
+        .replace("pool = \"good\"", "pool = \"bad\"");
+    // No header: the configuration's [guard] window applies.
+    let r = n.api("PUT", "/api/v2/config", &text, None).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let guard = r.json()["guard"]["rollout"]
+        .as_u64()
+        .expect("guarded by default");
+    wait_phase(&n, guard, "rolled_back", Duration::from_secs(10)).await;
+    let seen = load.finish().await;
+    let failed: u64 = seen
+        .iter()
+        .filter(|((_, s), _)| *s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!(
+        "[guard] window: reverted; {failed} of {} requests failed",
+        seen.values().sum::<u64>()
+    );
+    assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "good");
+}
