@@ -199,6 +199,31 @@ pub enum BackupCommand {
     },
 }
 
+/// Error-rate triggers of a guarded blue-green switch or of rolling batches.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct Triggers {
+    /// Error rate that fires (default 5%).
+    #[arg(long)]
+    pub max_error_rate: Option<String>,
+    /// Window of the error rate (default 5m; a guard must be at least this long).
+    #[arg(long)]
+    pub error_for: Option<String>,
+    /// Fewest requests a window needs to judge (default 20).
+    #[arg(long)]
+    pub min_requests: Option<u64>,
+}
+
+impl Triggers {
+    /// As the fields of a rollout request.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "max_error_rate": self.max_error_rate,
+            "error_for": self.error_for,
+            "min_requests": self.min_requests,
+        })
+    }
+}
+
 /// `nrdot config …`
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -428,15 +453,9 @@ pub enum RolloutCommand {
         /// After the switch, watch the new pool this long; a trigger switches back at once.
         #[arg(long)]
         guard: Option<String>,
-        /// Guard trigger: error rate (default 5%).
-        #[arg(long)]
-        max_error_rate: Option<String>,
-        /// Guard trigger: error-rate window (default 5m; at most the guard).
-        #[arg(long)]
-        error_for: Option<String>,
-        /// Guard: fewest requests a window needs to judge (default 20).
-        #[arg(long)]
-        min_requests: Option<u64>,
+        /// The guard's triggers.
+        #[command(flatten)]
+        triggers: Triggers,
         /// Wait until the rollout ends.
         #[arg(long)]
         follow: bool,
@@ -458,15 +477,9 @@ pub enum RolloutCommand {
         /// Pause between batches (the playbook's `sleep 300`).
         #[arg(long, default_value = "0s")]
         pause: String,
-        /// Between batches, stop when the pool's error rate is above this (default 5%).
-        #[arg(long)]
-        max_error_rate: Option<String>,
-        /// Window of that error rate (default 5m).
-        #[arg(long)]
-        error_for: Option<String>,
-        /// Fewest requests a window needs to judge (default 20).
-        #[arg(long)]
-        min_requests: Option<u64>,
+        /// Triggers judged on the pool between batches.
+        #[command(flatten)]
+        triggers: Triggers,
         /// Wait until the rollout ends.
         #[arg(long)]
         follow: bool,

@@ -281,14 +281,14 @@ fn rollout(
             keep_old,
             check,
             guard,
-            max_error_rate,
-            error_for,
-            min_requests,
+            triggers,
             follow,
         } => client::rollout_create(
             &c,
-            json!({ "kind": "blue-green", "route": route, "to": to, "from": from, "keep_old": keep_old, "check": check,
-                    "guard": guard, "max_error_rate": max_error_rate, "error_for": error_for, "min_requests": min_requests }),
+            merged(
+                json!({ "kind": "blue-green", "route": route, "to": to, "from": from, "keep_old": keep_old, "check": check, "guard": guard }),
+                triggers.json(),
+            ),
             follow,
         ),
         RolloutCommand::Rolling {
@@ -297,14 +297,14 @@ fn rollout(
             hook,
             wait,
             pause,
-            max_error_rate,
-            error_for,
-            min_requests,
+            triggers,
             follow,
         } => client::rollout_create(
             &c,
-            json!({ "kind": "rolling", "pool": pool, "batch": batch, "hook": hook, "wait": wait, "pause": pause,
-                    "max_error_rate": max_error_rate, "error_for": error_for, "min_requests": min_requests }),
+            merged(
+                json!({ "kind": "rolling", "pool": pool, "batch": batch, "hook": hook, "wait": wait, "pause": pause }),
+                triggers.json(),
+            ),
             follow,
         ),
         RolloutCommand::Promote { id } => client::rollout_command(&c, id, "promote"),
@@ -316,6 +316,14 @@ fn rollout(
         RolloutCommand::Status { id } => client::rollout_status(&c, id),
         RolloutCommand::List => client::rollout_list(&c),
     }
+}
+
+/// `a` with `b`'s fields added.
+fn merged(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
 }
 
 /// The first failing exit code of several runs, or success.

@@ -21,6 +21,15 @@ fn app(stable: &Origin, canary: &Origin, sticky: &str) -> String {
     )
 }
 
+/// Pools blue and green, route `app` on blue.
+fn blue_green(blue: &Origin, green: &Origin) -> String {
+    format!(
+        "{}{}[[route]]\nname = \"app\"\npool = \"blue\"\n",
+        pool("blue", &[blue.addr]),
+        pool("green", &[green.addr])
+    )
+}
+
 /// Steady traffic until stopped; counts answers by origin and status.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -251,11 +260,7 @@ async fn memory_trigger_pauses_for_approval_and_approve_continues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_switches_then_rolls_back_at_once_inside_the_keep_window() {
     let (blue, green) = (Origin::start("blue").await, Origin::start("green").await);
-    let body = format!(
-        "{}{}[[route]]\nname = \"app\"\npool = \"blue\"\n",
-        pool("blue", &[blue.addr]),
-        pool("green", &[green.addr])
-    );
+    let body = blue_green(&blue, &green);
     let n = Nrdot::start(BIN, "", &body);
     let out = n.cli(&[
         "rollout",
@@ -640,11 +645,7 @@ async fn rolling_pauses_between_batches_but_not_after_the_last() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_moves_traffic_only_after_its_check_passes() {
     let (blue, green) = (Origin::start("blue").await, Origin::start("green").await);
-    let body = format!(
-        "{}{}[[route]]\nname = \"app\"\npool = \"blue\"\n",
-        pool("blue", &[blue.addr]),
-        pool("green", &[green.addr])
-    );
+    let body = blue_green(&blue, &green);
     let n = Nrdot::start(BIN, "", &body);
     let load = Load::start(n.url("/"), 2);
     // A check that cannot run is refused before anything starts.
@@ -843,11 +844,7 @@ async fn a_guarded_change_that_breaks_a_pool_is_reverted_and_a_good_one_is_kept(
 async fn a_guarded_blue_green_switch_to_a_failing_pool_switches_back_on_its_own() {
     let (blue, green) = (Origin::start("blue").await, Origin::start("green").await);
     green.set_status(500);
-    let body = format!(
-        "{}{}[[route]]\nname = \"app\"\npool = \"blue\"\n",
-        pool("blue", &[blue.addr]),
-        pool("green", &[green.addr])
-    );
+    let body = blue_green(&blue, &green);
     let n = Nrdot::start(BIN, "", &body);
     // A guard shorter than its analysis window is refused.
     let r = n
