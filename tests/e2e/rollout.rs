@@ -67,6 +67,17 @@ impl Load {
         Load { stop, tasks, seen }
     }
 
+    /// Stops; (answers other than 200, all answers).
+    async fn failures(self) -> (u64, u64) {
+        let seen = self.finish().await;
+        let failed = seen
+            .iter()
+            .filter(|((_, s), _)| *s != 200)
+            .map(|(_, n)| n)
+            .sum();
+        (failed, seen.values().sum())
+    }
+
     async fn finish(self) -> HashMap<(String, u16), u64> {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks {
@@ -565,13 +576,8 @@ async fn a_per_step_plan_takes_its_planned_times() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let done = t0.elapsed();
-    let seen = load.finish().await;
-    let failed: u64 = seen
-        .iter()
-        .filter(|((_, s), _)| *s != 200)
-        .map(|(_, n)| n)
-        .sum();
-    eprintln!("per-step plan: steps began at {began:?}, completed at {done:?}; {failed} failed requests of {}", seen.values().sum::<u64>());
+    let (failed, total) = load.failures().await;
+    eprintln!("per-step plan: steps began at {began:?}, completed at {done:?}; {failed} failed requests of {}", total);
     assert_eq!(status["phase"], "completed", "{status}");
     assert_eq!(failed, 0);
     let first = began[1] - began[0];
@@ -616,15 +622,10 @@ async fn rolling_pauses_between_batches_but_not_after_the_last() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let seen = load.finish().await;
-    let failed: u64 = seen
-        .iter()
-        .filter(|((_, s), _)| *s != 200)
-        .map(|(_, n)| n)
-        .sum();
+    let (failed, total) = load.failures().await;
     eprintln!(
         "rolling with pause: paused {paused_at:?} to {resumed_at:?}; {failed} failed of {}",
-        seen.values().sum::<u64>()
+        total
     );
     assert_eq!(status["phase"], "completed", "{status}");
     assert_eq!(failed, 0);
@@ -680,16 +681,8 @@ async fn blue_green_moves_traffic_only_after_its_check_passes() {
         nrdot_tests::get(&n.url("/"), &[]).await.header("x-origin"),
         "green"
     );
-    let seen = load.finish().await;
-    let failed: u64 = seen
-        .iter()
-        .filter(|((_, s), _)| *s != 200)
-        .map(|(_, n)| n)
-        .sum();
-    eprintln!(
-        "blue-green with check: {failed} failed of {}",
-        seen.values().sum::<u64>()
-    );
+    let (failed, total) = load.failures().await;
+    eprintln!("blue-green with check: {failed} failed of {}", total);
     assert_eq!(failed, 0);
 }
 
@@ -789,12 +782,7 @@ async fn a_guarded_change_that_breaks_a_pool_is_reverted_and_a_good_one_is_kept(
         audit.contains("rollout.rollback") && audit.contains("window_requests"),
         "{audit}"
     );
-    let seen = load.finish().await;
-    let failed: u64 = seen
-        .iter()
-        .filter(|((_, s), _)| *s != 200)
-        .map(|(_, n)| n)
-        .sum();
+    let (failed, total) = load.failures().await;
     // A good change, guarded from the command line: kept, exit 0 after its window.
     let file = n.dir.join("good2.toml");
     std::fs::write(&file, to("good2")).expect("write");
@@ -836,7 +824,7 @@ async fn a_guarded_change_that_breaks_a_pool_is_reverted_and_a_good_one_is_kept(
     assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "good2");
     eprintln!(
         "guarded apply: the bad change was reverted after {took:?}; {failed} of {} requests failed meanwhile",
-        seen.values().sum::<u64>()
+        total
     );
 }
 
@@ -864,13 +852,8 @@ async fn a_guarded_blue_green_switch_to_a_failing_pool_switches_back_on_its_own(
         "{r}"
     );
     assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "blue");
-    let seen = load.finish().await;
-    let failed: u64 = seen
-        .iter()
-        .filter(|((_, s), _)| *s != 200)
-        .map(|(_, n)| n)
-        .sum();
-    eprintln!("guarded blue-green: switched back after {took:?}; {failed} of {} requests failed meanwhile", seen.values().sum::<u64>());
+    let (failed, total) = load.failures().await;
+    eprintln!("guarded blue-green: switched back after {took:?}; {failed} of {} requests failed meanwhile", total);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -903,16 +886,10 @@ async fn a_rolling_batch_that_raises_errors_stops_the_rollout_and_leaves_the_res
     let id = start(&n, json!({"kind": "rolling", "pool": "web", "batch": 1, "hook": hook, "wait": "10s", "pause": "5s", "error_for": "1s", "min_requests": 5, "max_error_rate": "10%"})).await;
     let r = wait_phase(&n, id, "failed", Duration::from_secs(15)).await;
     watcher.abort();
-    let seen = load.finish().await;
-    let failed: u64 = seen
-        .iter()
-        .filter(|((_, s), _)| *s != 200)
-        .map(|(_, n)| n)
-        .sum();
+    let (failed, total) = load.failures().await;
     eprintln!(
         "rolling with a bad batch: {} ; {failed} of {} requests failed",
-        r["reason"],
-        seen.values().sum::<u64>()
+        r["reason"], total
     );
     assert!(
         r["reason"]
@@ -1007,15 +984,10 @@ async fn a_guard_window_in_the_config_guards_every_api_change() {
         .as_u64()
         .expect("guarded by default");
     wait_phase(&n, guard, "rolled_back", Duration::from_secs(10)).await;
-    let seen = load.finish().await;
-    let failed: u64 = seen
-        .iter()
-        .filter(|((_, s), _)| *s != 200)
-        .map(|(_, n)| n)
-        .sum();
+    let (failed, total) = load.failures().await;
     eprintln!(
         "[guard] window: reverted; {failed} of {} requests failed",
-        seen.values().sum::<u64>()
+        total
     );
     assert_eq!(get(&n.url("/"), &[]).await.header("x-origin"), "good");
 }
