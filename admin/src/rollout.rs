@@ -996,16 +996,10 @@ impl Rollouts {
         r.measured = Some(measured.clone());
         let numbers = serde_json::to_value(&measured).unwrap_or(Value::Null);
         let mut inner = self.inner.lock().expect("rollouts poisoned");
-        let mut held = |key: &'static str, cond: bool, for_ms: u64| -> bool {
-            if !cond {
-                inner.since.remove(&(r.id, key));
-                return false;
-            }
-            let since = *inner.since.entry((r.id, key)).or_insert_with(Instant::now);
-            since.elapsed() >= Duration::from_millis(for_ms)
+        let mut held = |key: &'static str, cond: bool, for_ms: u64| {
+            crate::rollout::analysis::held(&mut inner.since, (r.id, key), cond, for_ms)
         };
-        let error_bad = measured.window_requests >= analysis.min_requests
-            && measured.error_rate > analysis.max_error_rate;
+        let error_bad = analysis.errors_exceeded(&measured);
         let p99_bad = analysis.max_p99_ms.is_some_and(|max| {
             measured.window_requests >= analysis.min_requests && measured.p99_ms > max
         });
@@ -1063,9 +1057,7 @@ impl Rollouts {
             return Ok(());
         }
         // A step passes only when the analysis held for the whole interval.
-        if measured.window_requests >= analysis.min_requests
-            && measured.error_rate > analysis.max_error_rate
-        {
+        if analysis.errors_exceeded(&measured) {
             r.step_elapsed_ms = 0;
         } else {
             r.step_elapsed_ms = r.step_elapsed_ms.saturating_add(dt);

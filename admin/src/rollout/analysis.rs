@@ -28,6 +28,29 @@ pub struct Analysis {
     pub min_requests: u64,
 }
 
+impl Analysis {
+    /// The error-rate trigger: enough requests in the window, and too many of them failed.
+    pub fn errors_exceeded(&self, m: &Measured) -> bool {
+        m.window_requests >= self.min_requests && m.error_rate > self.max_error_rate
+    }
+}
+
+/// Whether `cond` has held for `for_ms`, remembering since when under `key` in `since`; a
+/// condition that stops holding starts over. One clock for every "… for 2m" trigger.
+pub fn held<K: std::hash::Hash + Eq>(
+    since: &mut HashMap<K, Instant>,
+    key: K,
+    cond: bool,
+    for_ms: u64,
+) -> bool {
+    if !cond {
+        since.remove(&key);
+        return false;
+    }
+    let start = *since.entry(key).or_insert_with(Instant::now);
+    start.elapsed() >= Duration::from_millis(for_ms)
+}
+
 /// One analysis result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Measured {

@@ -194,7 +194,7 @@ impl Rollouts {
             .min_by(|x, y| x.1.healthy_fraction.total_cmp(&y.1.healthy_fraction))
             .cloned();
         for (pool, m) in &measured {
-            if m.window_requests >= a.min_requests && m.error_rate > a.max_error_rate {
+            if a.errors_exceeded(m) {
                 r.measured = Some(m.clone());
                 let why = format!(
                     "pool {pool}: error rate {:.1}% > {:.1}% over the last {}s ({} of {} requests)",
@@ -210,15 +210,10 @@ impl Rollouts {
         let (pool, m) = worst_health?;
         let mut inner = self.inner.lock().expect("rollouts poisoned");
         let bad = m.healthy_fraction < a.min_healthy;
-        if !bad {
-            inner.since.remove(&(r.id, "healthy"));
-            return None;
-        }
-        let since = *inner
-            .since
-            .entry((r.id, "healthy"))
-            .or_insert_with(std::time::Instant::now);
-        (since.elapsed() >= Duration::from_millis(a.healthy_for_ms)).then(|| {
+        let fired =
+            super::analysis::held(&mut inner.since, (r.id, "healthy"), bad, a.healthy_for_ms);
+        drop(inner);
+        fired.then(|| {
             r.measured = Some(m.clone());
             (
                 format!(
@@ -243,17 +238,8 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Whether `cond` has held for `for_ms` (a condition that stops holding starts over).
     fn held(&mut self, key: (String, &'static str), cond: bool, for_ms: u64) -> bool {
-        if !cond {
-            self.since.remove(&key);
-            return false;
-        }
-        let since = *self
-            .since
-            .entry(key)
-            .or_insert_with(std::time::Instant::now);
-        since.elapsed() >= Duration::from_millis(for_ms)
+        super::analysis::held(&mut self.since, key, cond, for_ms)
     }
 }
 
@@ -283,7 +269,7 @@ impl Rollouts {
                 .collect()
         };
         for (pool, m) in &measured {
-            let errors = m.window_requests >= a.min_requests && m.error_rate > a.max_error_rate;
+            let errors = a.errors_exceeded(m);
             let detail = format!(
                 "error rate {:.1}% over {}s ({} of {} requests)",
                 m.error_rate * 100.0,
