@@ -84,6 +84,32 @@ impl<'t> V<'t> {
         }
     }
 
+    /// A string that must be one of `options`' names; the value it stands for.
+    fn choice<T: Copy>(
+        &mut self,
+        t: &dyn TableLike,
+        key: &str,
+        path: &str,
+        options: &[(&str, T)],
+    ) -> Option<T> {
+        let (s, span) = self.str(t, key, path)?;
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == s) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let expected = match names.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        self.push(
+            &join(path, key),
+            &span,
+            format!("unknown {key} {s:?} (expected {expected})"),
+        );
+        None
+    }
+
     fn int(&mut self, t: &dyn TableLike, key: &str, path: &str, range: Range<i64>) -> Option<i64> {
         let (item, span) = self.get(t, key)?;
         match item.as_integer() {
@@ -698,16 +724,12 @@ fn access_log(v: &mut V<'_>, root: &dyn TableLike) -> AccessLog {
         }
         log.path = p;
     }
-    if let Some((f, span)) = v.str(t, "format", "access_log") {
-        match f.as_str() {
-            "combined" => log.format = AccessLogFormat::Combined,
-            "json" => log.format = AccessLogFormat::Json,
-            _ => v.push(
-                "access_log.format",
-                &span,
-                format!("unknown format {f:?} (expected \"combined\" or \"json\")"),
-            ),
-        }
+    let formats = [
+        ("combined", AccessLogFormat::Combined),
+        ("json", AccessLogFormat::Json),
+    ];
+    if let Some(f) = v.choice(t, "format", "access_log", &formats) {
+        log.format = f;
     }
     log
 }
@@ -718,15 +740,9 @@ fn log(v: &mut V<'_>, root: &dyn TableLike) -> Logging {
         return log;
     };
     v.keys(t, "log", &["level", "file", "format"]);
-    if let Some((l, span)) = v.str(t, "level", "log") {
-        match l.as_str() {
-            "error" | "warn" | "info" | "debug" | "trace" => log.level = l,
-            _ => v.push(
-                "log.level",
-                &span,
-                format!("unknown level {l:?} (expected error, warn, info, debug or trace)"),
-            ),
-        }
+    let levels = ["error", "warn", "info", "debug", "trace"].map(|l| (l, l));
+    if let Some(l) = v.choice(t, "level", "log", &levels) {
+        log.level = l.to_string();
     }
     if let Some((f, span)) = v.str(t, "file", "log") {
         if f.is_empty() {
@@ -738,16 +754,9 @@ fn log(v: &mut V<'_>, root: &dyn TableLike) -> Logging {
         }
         log.file = f;
     }
-    if let Some((f, span)) = v.str(t, "format", "log") {
-        match f.as_str() {
-            "text" => log.format = LogFormat::Text,
-            "json" => log.format = LogFormat::Json,
-            _ => v.push(
-                "log.format",
-                &span,
-                format!("unknown format {f:?} (expected \"text\" or \"json\")"),
-            ),
-        }
+    let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
+    if let Some(f) = v.choice(t, "format", "log", &formats) {
+        log.format = f;
     }
     log
 }
