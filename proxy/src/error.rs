@@ -20,6 +20,9 @@ pub enum ProxyError {
     /// A transfer coding nrdot does not understand (source: client).
     #[error("transfer coding not implemented")]
     NotImplemented,
+    /// An HTTP major version other than 1 in an HTTP/1 request line (source: client).
+    #[error("HTTP version not supported")]
+    VersionNotSupported,
     /// Body larger than `client_max_body_size` (source: client).
     #[error("request body too large")]
     BodyTooLarge,
@@ -51,6 +54,7 @@ impl ProxyError {
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -69,6 +73,7 @@ impl ProxyError {
             | ProxyError::UriTooLong
             | ProxyError::MethodNotAllowed
             | ProxyError::NotImplemented
+            | ProxyError::VersionNotSupported
             | ProxyError::BodyTooLarge
             | ProxyError::ClientTimeout => "client",
             ProxyError::NoRoute | ProxyError::NoAvailableBackend | ProxyError::Overloaded => {

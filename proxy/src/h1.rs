@@ -42,6 +42,7 @@ use crate::listener::Shared;
 use crate::local::{Busy, IdleSlot, Kind, Open};
 use crate::rules::retry::{idempotent, ActiveGuard};
 use crate::rules::route::{self, Lookup};
+use crate::rules::target::LineVersion;
 use crate::rules::{
     framing_field, hop_by_hop, is, tokens, BodyLength, ConnectionFields, Forwarding,
 };
@@ -481,6 +482,9 @@ enum Step {
         consumed: usize,
     },
     Forward(Prepared),
+    /// An `HTTP/1.x` line with x above 1: the minor digit at this offset is made `1` and the
+    /// head parsed again (RFC 9110 6.2).
+    NewerMinor(usize),
 }
 
 /// What the client's request says about the response it can take.
@@ -599,8 +603,15 @@ fn prepare(
                 expect: false,
             }
         }
-        _ if rules::target_too_long(buf, limits.max_request_line) => {
+        _ if rules::target::target_too_long(buf, limits.max_request_line) => {
             return refuse(cx, ProxyError::UriTooLong, buf.len())
+        }
+        Err(httparse::Error::Version) => {
+            return match rules::target::line_version(buf) {
+                LineVersion::NewerMinor(at) => Step::NewerMinor(at),
+                LineVersion::Unsupported => refuse(cx, ProxyError::VersionNotSupported, buf.len()),
+                LineVersion::Invalid => Step::Handoff,
+            }
         }
         _ => return Step::Handoff,
     };
@@ -609,6 +620,9 @@ fn prepare(
     };
     if target.len() as u64 > limits.max_request_line {
         return refuse(cx, ProxyError::UriTooLong, buf.len());
+    }
+    if !rules::target::fragment_free(target.as_bytes()) {
+        return refuse(cx, ProxyError::BadRequest, buf.len());
     }
     if head_len as u64 > limits.max_header_size
         || req.headers.len() > limits.max_headers
@@ -916,6 +930,16 @@ async fn forward<S: ClientIo>(
 ) -> Forwarded {
     // No await inside this match: the step is gone before the first suspension, so the
     // request's fields are stored once in this future.
+    let step = match prepare(buf, cx, table, index, stopping, scan) {
+        Step::NewerMinor(at) => {
+            buf[at] = b'1';
+            match prepare(buf, cx, table, index, stopping, scan) {
+                Step::NewerMinor(_) => return Forwarded::Done(Next::Handoff),
+                step => step,
+            }
+        }
+        step => step,
+    };
     let Prepared {
         head_len,
         body,
@@ -928,8 +952,8 @@ async fn forward<S: ClientIo>(
         close,
         last,
         mut log,
-    } = match prepare(buf, cx, table, index, stopping, scan) {
-        Step::Handoff => return Forwarded::Done(Next::Handoff),
+    } = match step {
+        Step::NewerMinor(_) | Step::Handoff => return Forwarded::Done(Next::Handoff),
         Step::Partial { body, expect } => return Forwarded::More { body, expect },
         Step::Reply {
             bytes,
@@ -1335,7 +1359,12 @@ fn response_head(
         }
         put(&mut head, h.name, h.value);
     }
-    head.extend_from_slice(b"via: 1.1 nrdot\r\n");
+    // Via names the protocol the response was received in (RFC 9110 7.6.3).
+    head.extend_from_slice(if resp.version == Some(0) {
+        b"via: 1.0 nrdot\r\n"
+    } else {
+        b"via: 1.1 nrdot\r\n"
+    });
     if !dated {
         put(&mut head, "date", &clock::http_date());
     }

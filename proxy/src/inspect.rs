@@ -28,18 +28,29 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::rules::target;
+
 /// Shared with the connection's service: the index of the first request whose framing was
 /// ambiguous (`u64::MAX` while none was).
 #[derive(Debug)]
 pub struct Verdict {
     first_bad: AtomicU64,
+    /// The latest request that is `OPTIONS` with an absolute-form target and an empty path
+    /// (`u64::MAX` while none was): hyper's URI makes that path `/`, so only the bytes tell.
+    asks_server: AtomicU64,
 }
 
 impl Verdict {
     pub fn new() -> Arc<Verdict> {
         Arc::new(Verdict {
             first_bad: AtomicU64::new(u64::MAX),
+            asks_server: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Whether request number `index` asks about the server as a whole (RFC 9112 3.2.4).
+    pub fn asks_server(&self, index: u64) -> bool {
+        self.asks_server.load(Ordering::Relaxed) == index
     }
 
     /// Whether request number `index` (0-based, in arrival order) must be refused.
@@ -243,6 +254,13 @@ fn head_framing(head: &[u8], index: u64, verdict: &Verdict) -> State {
     if req.method == Some("CONNECT") {
         return State::Off;
     }
+    let (method, target) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
+    if !target::fragment_free(target.as_bytes()) {
+        // hyper's URI would drop the fragment; the request line is invalid (RFC 9112 3.2).
+        verdict.first_bad.fetch_min(index, Ordering::Relaxed);
+    } else if target::options_for_server(method.as_bytes(), target.as_bytes()) {
+        verdict.asks_server.store(index, Ordering::Relaxed);
+    }
     let (mut te, mut cl, mut upgrade) = (false, None, false);
     let mut chunked = 0;
     for h in req.headers.iter() {
@@ -320,8 +338,7 @@ impl<IO: AsyncRead> AsyncRead for Inspected<IO> {
                         && this.line.len() as u64 > *this.max_target
                         && !*this.long_target
                     {
-                        *this.long_target =
-                            crate::rules::target_too_long(this.line, *this.max_target);
+                        *this.long_target = target::target_too_long(this.line, *this.max_target);
                     }
                 }
                 Poll::Ready(Ok(()))

@@ -333,6 +333,8 @@ pub(crate) struct RawHead {
     pub framing: Framing,
     /// The server will close the connection after this response.
     pub upstream_close: bool,
+    /// The version the response came in, for `Via`.
+    pub version: http::Version,
 }
 
 /// Parses the final response head at the start of `buf` into a header map, with the framing
@@ -368,6 +370,11 @@ pub(crate) fn raw_head(buf: &[u8], head_request: bool) -> Option<RawHead> {
         len,
         framing: f.framing,
         upstream_close: f.upstream_close,
+        version: if resp.version == Some(0) {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        },
     })
 }
 

@@ -240,12 +240,7 @@ async fn proxy(
         .hsts
         .as_ref()
         .filter(|_| conn.shared.tls.is_some());
-    let answer = Answer {
-        table,
-        d,
-        via: via_value(parts.version),
-        hsts,
-    };
+    let answer = Answer { table, d, hsts };
     pool_entry.state.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(&pool_entry.state.active);
     match payload {
@@ -315,13 +310,25 @@ fn check(
         return Err(ProxyError::BadRequest);
     }
     let uri = req.uri();
+    if uri
+        .scheme_str()
+        .is_some_and(|s| !rules::target::scheme_served(s))
+    {
+        return Err(ProxyError::BadRequest);
+    }
     let target = match (uri.scheme(), uri.authority()) {
         (None, Some(_)) => Target::Authority,
         (None, None) if uri.path() == "*" => Target::Asterisk,
         _ => Target::Resource,
     };
     let codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
-    if rules::request_form(req.method().as_str(), target, codings)? {
+    let http1 = req.version() != Version::HTTP_2;
+    if !http1 && !rules::values_trimmed(req.headers()) {
+        return Err(ProxyError::BadRequest);
+    }
+    if rules::request_form(req.method().as_str(), target, codings)?
+        || (http1 && conn.verdict.asks_server(index))
+    {
         return Ok(Checked::Server);
     }
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
@@ -401,11 +408,20 @@ fn rewrite_request(
     });
     rules::forward_fields(fields, &w, &mut out).map_err(|_| ProxyError::BadRequest)?;
     parts.headers = out;
-    Ok(parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/")))
+    Ok(origin_form(&parts.uri))
+}
+
+/// The target in origin-form: an absolute-form target's empty path is sent as `/`, also in
+/// front of a query (RFC 9112 3.2.1); hyper's URI would give `?q` alone.
+fn origin_form(uri: &Uri) -> PathAndQuery {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('?') => {
+            PathAndQuery::try_from(format!("/{}", pq.as_str()))
+                .unwrap_or_else(|_| PathAndQuery::from_static("/"))
+        }
+        Some(pq) => pq.clone(),
+        None => PathAndQuery::from_static("/"),
+    }
 }
 
 /// The request body as the attempts will send it. Bodies are buffered where that is cheap or
@@ -440,20 +456,20 @@ async fn payload(
 struct Answer<'a> {
     table: &'a Arc<RouteTable>,
     d: Decision,
-    via: HeaderValue,
     /// The route's HSTS, on HTTPS listeners.
     hsts: Option<&'a HeaderValue>,
 }
 
 impl Answer<'_> {
-    /// Counts the status and rewrites the response head for the client.
-    fn head(&mut self, status: u16, h: &mut HeaderMap, upgraded: bool) {
+    /// Counts the status and rewrites the response head, received in `version`, for the
+    /// client.
+    fn head(&mut self, status: u16, h: &mut HeaderMap, upgraded: bool, version: Version) {
         self.table.routes[self.d.route].counters[self.d.entry].count(status);
         if !rules::length_allowed(status) {
             h.remove(header::CONTENT_LENGTH);
         }
         let sticky = self.d.new_sticky.take();
-        response_fields(h, upgraded, self.via.clone(), self.hsts, sticky);
+        response_fields(h, upgraded, via_value(version), self.hsts, sticky);
     }
 
     fn completion(
@@ -495,7 +511,7 @@ async fn send_whole(
     let mut resp = Response::new(());
     *resp.status_mut() = head.status;
     *resp.headers_mut() = head.headers;
-    a.head(sent.status, resp.headers_mut(), false);
+    a.head(sent.status, resp.headers_mut(), false, head.version);
     let completion = a.completion(sent.backend, sent.status, None, log);
     let pcfg = &a.table.pools[pool].config;
     let body = RawBody::new(
@@ -526,10 +542,12 @@ async fn send_streamed(
     let mut resp = sent.head;
     let status = resp.status();
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let version = resp.version();
     a.head(
         status.as_u16(),
         resp.headers_mut(),
         switching && client_upgrade.is_some(),
+        version,
     );
     let upstream = (!switching).then_some(sent.conn);
     let completion = a.completion(sent.backend, status.as_u16(), upstream, log);

@@ -4,7 +4,9 @@
 //! field, a request line over `max_request_line` is 414, and every response carries `Date`.
 use std::time::Duration;
 
-use nrdot_tests::{h2_connect, h2_request, pool_route, raw, KeepAlive, Nrdot, Origin, RawOrigin};
+use nrdot_tests::{
+    answers, h2_connect, h2_request, pool_route, raw, raw_h2, KeepAlive, Nrdot, Origin, RawOrigin,
+};
 
 use crate::BIN;
 
@@ -429,57 +431,6 @@ async fn message_parsing_robustness() {
     );
 }
 
-/// One HTTP/2 request written frame by frame (the h2 library refuses to send malformed ones):
-/// the connection preface, an empty SETTINGS, then HEADERS with `fields` as HPACK literals
-/// (and a DATA frame when `data` is given, ending the stream). Returns the type of the first
-/// frame the server sends on stream 1, or of a GOAWAY.
-async fn raw_h2(addr: std::net::SocketAddr, fields: &[(&str, &str)], data: Option<&[u8]>) -> u8 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-    let mut block = Vec::new();
-    for (name, value) in fields {
-        // Literal without indexing, new name, no Huffman coding (RFC 7541 6.2.2).
-        block.push(0);
-        block.push(name.len() as u8);
-        block.extend_from_slice(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
-    }
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(4, 0, 0, &[]));
-    let end_stream = if data.is_some() { 0 } else { 1 };
-    out.extend(frame(1, 4 | end_stream, 1, &block));
-    if let Some(d) = data {
-        out.extend(frame(0, 1, 1, d));
-    }
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(&out).await.expect("write");
-    loop {
-        let mut head = [0u8; 9];
-        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head)).await;
-        let Ok(Ok(_)) = read else { return 0 };
-        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-        let mut payload = vec![0u8; len];
-        s.read_exact(&mut payload).await.expect("frame payload");
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        // A GOAWAY, or anything on the request's stream (HEADERS, RST_STREAM, DATA).
-        if head[3] == 7 || (stream == 1 && head[3] != 4) {
-            return head[3];
-        }
-        if head[3] == 4 && head[4] & 1 == 0 {
-            s.write_all(&frame(4, 1, 0, &[]))
-                .await
-                .expect("settings ack");
-        }
-    }
-}
-
 /// RFC 9113 8.1, 8.2.1, 8.2.2: malformed HTTP/2 requests (connection-specific fields, `te`
 /// other than `trailers`, upper-case names, a body that disagrees with its content-length) are
 /// refused (stream reset, or nrdot's 400) and never reach an origin.
@@ -529,16 +480,4 @@ async fn malformed_http2_requests_never_reach_an_origin() {
     let kind = raw_h2(n.addr, &with(("te", "trailers")), None).await;
     assert_eq!(kind, HEADERS);
     assert_eq!(o.hits(), 1);
-}
-
-/// Sends each raw request on its own connection and checks the status nrdot answers with.
-async fn answers(addr: std::net::SocketAddr, cases: &[(&str, impl AsRef<[u8]>, &str)]) {
-    for (what, req, want) in cases {
-        let resp = raw(addr, req.as_ref(), Duration::from_secs(3)).await;
-        assert!(
-            resp.starts_with(&format!("HTTP/1.1 {want}")),
-            "{what}: {}",
-            &resp[..resp.len().min(300)]
-        );
-    }
 }

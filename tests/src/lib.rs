@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod raw;
-pub use raw::{big_chunk, h2_connect, h2_request, h2_send, RawOrigin};
+pub use raw::{big_chunk, h2_connect, h2_request, h2_send, raw_h2, RawOrigin};
 
 /// A test origin. Paths choose behaviour:
 /// - `/status/N` answers status N;
@@ -984,4 +984,16 @@ pub async fn send_blindly(
         sent,
         read.map(|_| String::from_utf8_lossy(&got).into_owned()),
     )
+}
+
+/// Sends each raw request on its own connection and checks the status nrdot answers with.
+pub async fn answers(addr: SocketAddr, cases: &[(&str, impl AsRef<[u8]>, &str)]) {
+    for (what, req, want) in cases {
+        let resp = raw(addr, req.as_ref(), Duration::from_secs(3)).await;
+        assert!(
+            resp.starts_with(&format!("HTTP/1.1 {want}")),
+            "{what}: {}",
+            &resp[..resp.len().min(300)]
+        );
+    }
 }

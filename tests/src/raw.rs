@@ -101,6 +101,23 @@ impl RawOrigin {
                                 b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 4\r\n\r\nnope",
                                 false,
                             ),
+                            // RFC 9110 7.6.3: the Via nrdot adds names the version received.
+                            "/http10" => (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", true),
+                            // Heads a client could not read as nrdot does: 502.
+                            "/nul-field" => (b"HTTP/1.1 200 OK\r\nX-Bad: a\x00b\r\nContent-Length: 2\r\n\r\nhi", true),
+                            "/space-colon" => (b"HTTP/1.1 200 OK\r\nX-Bad : a\r\nContent-Length: 2\r\n\r\nhi", true),
+                            "/version-2" => (b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", true),
+                            "/length-list" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nhi", true),
+                            // A switch nobody asked for (RFC 9110 15.2.2): 502.
+                            "/switch-unasked" => (
+                                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                                true,
+                            ),
+                            // Every connection-specific field HTTP/2 forbids (RFC 9113 8.2.2).
+                            "/connection-specific" => (
+                                b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Gone\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: foo\r\nX-Gone: 1\r\nX-Stays: 1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                                false,
+                            ),
                             "/two-lengths" => (
                                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nhi",
                                 true,
@@ -173,6 +190,56 @@ fn chunked_big() -> Vec<u8> {
     }
     r.extend_from_slice(b"0\r\nx-sum: 1\r\n\r\n");
     r
+}
+
+/// One HTTP/2 request written frame by frame (the h2 library refuses to send malformed ones):
+/// the connection preface, an empty SETTINGS, then HEADERS with `fields` as HPACK literals
+/// (and a DATA frame when `data` is given, ending the stream). Returns the type of the first
+/// frame the server sends on stream 1, or of a GOAWAY.
+pub async fn raw_h2(addr: SocketAddr, fields: &[(&str, &str)], data: Option<&[u8]>) -> u8 {
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        // Literal without indexing, new name, no Huffman coding (RFC 7541 6.2.2).
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    let end_stream = if data.is_some() { 0 } else { 1 };
+    out.extend(frame(1, 4 | end_stream, 1, &block));
+    if let Some(d) = data {
+        out.extend(frame(0, 1, 1, d));
+    }
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&out).await.expect("write");
+    loop {
+        let mut head = [0u8; 9];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head)).await;
+        let Ok(Ok(_)) = read else { return 0 };
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.expect("frame payload");
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        // A GOAWAY, or anything on the request's stream (HEADERS, RST_STREAM, DATA).
+        if head[3] == 7 || (stream == 1 && head[3] != 4) {
+            return head[3];
+        }
+        if head[3] == 4 && head[4] & 1 == 0 {
+            s.write_all(&frame(4, 1, 0, &[]))
+                .await
+                .expect("settings ack");
+        }
+    }
 }
 
 /// An HTTP/2 connection (prior knowledge) to nrdot's plaintext listener.

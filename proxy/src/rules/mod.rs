@@ -10,6 +10,7 @@ use crate::error::ProxyError;
 
 pub(crate) mod retry;
 pub(crate) mod route;
+pub(crate) mod target;
 
 /// Comma-separated tokens of a field value.
 pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -261,26 +262,6 @@ pub(crate) fn upgrade_allowed(value: &[u8]) -> bool {
     any
 }
 
-/// Whether the request line at the start of `buf` has a target longer than `max` (RFC 9112 3:
-/// 414, not 431, which is for header fields, RFC 6585 5). Also true for a line not yet ended
-/// whose target already is that long. Only called for heads that failed another check, so it
-/// costs the common request nothing.
-pub(crate) fn target_too_long(buf: &[u8], max: u64) -> bool {
-    let line = match memchr::memchr(b'\n', buf) {
-        Some(nl) => &buf[..nl],
-        None => buf,
-    };
-    let Some(sp) = memchr::memchr(b' ', line) else {
-        return false;
-    };
-    let rest = &line[sp + 1..];
-    let target = match memchr::memchr(b' ', rest) {
-        Some(end) => &rest[..end],
-        None => rest,
-    };
-    target.len() as u64 > max
-}
-
 /// What an intermediary does with a request's Max-Forwards (RFC 9110 7.6.2): it binds only
 /// TRACE and OPTIONS, which a chain of proxies must not pass on forever.
 #[derive(Debug, PartialEq, Eq)]
@@ -369,6 +350,16 @@ pub(crate) fn request_form(
 /// representation).
 pub(crate) fn length_allowed(status: u16) -> bool {
     !(100..200).contains(&status) && status != 204
+}
+
+/// Whether every field value of an HTTP/2 request is free of leading and trailing whitespace,
+/// which RFC 9113 8.2.1 makes malformed (an HTTP/1 parser strips it as optional whitespace; the
+/// h2 library refuses NUL, CR and LF but passes spaces on).
+pub(crate) fn values_trimmed(h: &HeaderMap) -> bool {
+    h.values().all(|v| {
+        let b = v.as_bytes();
+        !matches!(b.first(), Some(b' ' | b'\t')) && !matches!(b.last(), Some(b' ' | b'\t'))
+    })
 }
 
 /// Joins HTTP/2 cookie crumbs into the one field HTTP/1.1 allows, with "; " (RFC 9113 8.2.3).
@@ -519,15 +510,16 @@ mod tests {
     }
 
     #[test]
-    fn a_long_target_is_found_whether_or_not_the_line_ended() {
-        assert!(!target_too_long(b"GET /abc HTTP/1.1\r\nHost: a\r\n", 4));
-        assert!(target_too_long(b"GET /abcd HTTP/1.1\r\n", 4));
-        assert!(target_too_long(b"GET /abcdefgh", 4), "line not ended yet");
-        assert!(!target_too_long(b"GET /a", 4));
-        assert!(
-            !target_too_long(b"GET / HTTP/1.1\r\nX-Long: aaaaaaaaaaaa\r\n", 4),
-            "a long field is not a long target"
-        );
+    fn http2_values_with_outer_whitespace_are_malformed() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("in side"));
+        h.insert("x-b", HeaderValue::from_static(""));
+        assert!(values_trimmed(&h));
+        for bad in [" lead", "trail ", "\tx"] {
+            let mut h = h.clone();
+            h.insert("x-c", HeaderValue::from_static(bad));
+            assert!(!values_trimmed(&h), "{bad:?}");
+        }
     }
 
     #[test]

@@ -178,24 +178,36 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// A Host value (or authority) as routing wants it: lower case, without port; `None` when
-/// malformed.
+/// malformed (RFC 9112 3.2: a Host with an invalid value is a 400). `uri-host [":" port]`: a
+/// bracketed IPv6 literal or a name of letters, digits, `.`, `-` and `_`, and a port of digits
+/// only (RFC 3986 3.2.3); `a:x`, `a b` or `[::1]junk` are not hosts.
 pub(crate) fn host_of(raw: &str) -> Option<String> {
-    let host = if let Some(rest) = raw.strip_prefix('[') {
-        &raw[..rest.find(']')? + 2]
-    } else {
-        match raw.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => raw,
+    let (host, rest, literal) = match raw.strip_prefix('[') {
+        Some(r) => {
+            let end = r.find(']')? + 2;
+            (&raw[..end], &raw[end..], true)
         }
+        None => match raw.find(':') {
+            Some(i) => (&raw[..i], &raw[i..], false),
+            None => (raw, "", false),
+        },
     };
-    if host.is_empty()
-        || !host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
-        })
-    {
-        return None;
-    }
-    Some(host.to_ascii_lowercase())
+    let port_ok = rest.is_empty()
+        || rest
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    let name_ok = if literal {
+        host.len() > 2
+            && host[1..host.len() - 1]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    (port_ok && name_ok).then(|| host.to_ascii_lowercase())
 }
 
 /// Value of cookie `name` in Cookie field values, if any.
@@ -219,6 +231,31 @@ pub(crate) fn cookie_in<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_names_or_bracketed_literals_with_a_numeric_port() {
+        assert_eq!(
+            host_of("Shop.Example:8080").as_deref(),
+            Some("shop.example")
+        );
+        assert_eq!(host_of("a:").as_deref(), Some("a"));
+        assert_eq!(host_of("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(host_of("[2001:DB8::1]").as_deref(), Some("[2001:db8::1]"));
+        for bad in [
+            "a:x",
+            "a b",
+            "u@a",
+            "",
+            ":80",
+            "[::1]junk",
+            "[]",
+            "[::1",
+            "a:80:90",
+            "a#b",
+        ] {
+            assert_eq!(host_of(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn peer_text_matches_display_for_every_octet_width_and_for_ipv6() {

@@ -1,0 +1,140 @@
+//! The upstream direction: what nrdot relays from an origin that answers in an older version,
+//! misbehaves on purpose, or sends fields HTTP/2 cannot carry (RFC 9110 7.6.3, 15.2.2;
+//! RFC 9112 5, 6.3; RFC 9113 8.2.2), to HTTP/1.1 and HTTP/2 clients.
+use std::time::Duration;
+
+use nrdot_tests::{
+    h2_connect, h2_request, pool_route, raw, raw_h2, KeepAlive, Nrdot, Origin, RawOrigin,
+};
+
+use crate::BIN;
+
+/// RFC 9110 7.6.3: each Via entry names the protocol the message was received in. A request
+/// that came over HTTP/2 goes upstream with `2.0 nrdot`; a response an HTTP/1.0 origin sent
+/// reaches the client with `1.0 nrdot`, whichever protocol the client speaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_names_the_version_each_message_was_received_in() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let mut c = KeepAlive::connect(n.addr).await;
+    let (status, head, _) = c.get("/http10").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("via: 1.0 nrdot"), "{head}");
+    let (_, head, _) = c.get("/plain").await;
+    assert!(head.contains("via: 1.1 nrdot"), "{head}");
+    let mut h2 = h2_connect(n.addr).await;
+    let (status, h, _) = h2_request(&mut h2, "GET", "/http10").await;
+    assert_eq!(status, 200);
+    assert_eq!(h["via"], "1.0 nrdot");
+    let (_, h, _) = h2_request(&mut h2, "GET", "/plain").await;
+    assert_eq!(
+        h["via"], "1.1 nrdot",
+        "the response came over HTTP/1.1, not 2"
+    );
+    // Request direction: the Via the origin sees is the client's protocol.
+    let echo = Origin::start("echo").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[echo.addr]));
+    let mut h2 = h2_connect(n.addr).await;
+    let (_, _, body) = h2_request(&mut h2, "GET", "/echo").await;
+    let body = String::from_utf8(body.expect("body")).expect("utf-8");
+    assert!(body.contains("\"via\":[\"2.0 nrdot\"]"), "{body}");
+    // A Via the client sent is kept, and nrdot's entry follows it.
+    let resp = raw(
+        n.addr,
+        b"GET /echo HTTP/1.1\r\nHost: a\r\nVia: 1.0 edge\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        resp.contains("\"via\":[\"1.0 edge\",\"1.1 nrdot\"]"),
+        "{resp}"
+    );
+}
+
+/// RFC 9112 5, 6.3 and RFC 9110 15.2.2, the upstream direction: a response head a client
+/// could read otherwise than nrdot (a NUL in a value, whitespace before the colon, a version
+/// other than HTTP/1.x, a Content-Length list) or a switch of protocols nobody asked for is not
+/// relayed: 502, to HTTP/1.1 and HTTP/2 clients alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_a_client_could_misread_are_502() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let paths = [
+        "/nul-field",
+        "/space-colon",
+        "/version-2",
+        "/length-list",
+        "/switch-unasked",
+    ];
+    let mut h2 = h2_connect(n.addr).await;
+    for path in paths {
+        let mut c = KeepAlive::connect(n.addr).await;
+        let (status, _, _) = c.get(path).await;
+        assert_eq!(status, 502, "HTTP/1.1 {path}");
+        let (status, _, _) = h2_request(&mut h2, "GET", path).await;
+        assert_eq!(status, 502, "HTTP/2 {path}");
+    }
+}
+
+/// RFC 9113 8.2.2: an intermediary turning an HTTP/1.x response into HTTP/2 MUST remove the
+/// connection-specific fields (Connection and every field it names, Keep-Alive,
+/// Proxy-Connection, Transfer-Encoding, Upgrade), or the client would find the response
+/// malformed. The rest, and the chunked body, arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_specific_fields_never_reach_an_http2_client() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let mut h2 = h2_connect(n.addr).await;
+    let (status, h, body) = h2_request(&mut h2, "GET", "/connection-specific").await;
+    assert_eq!((status, body.as_deref()), (200, Ok(&b"ok"[..])));
+    for gone in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "x-gone",
+    ] {
+        assert!(
+            !h.contains_key(gone),
+            "{gone} reached the HTTP/2 client: {h:?}"
+        );
+    }
+    assert_eq!(h["x-stays"], "1");
+    // The same over HTTP/1.1: hop-by-hop fields go, the framing stays for the client to read.
+    let mut c = KeepAlive::connect(n.addr).await;
+    c.send(b"GET /connection-specific HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    let got = String::from_utf8_lossy(&c.read_through(b"0\r\n\r\n").await).into_owned();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("\r\n\r\n2\r\nok\r\n0\r\n\r\n"), "{got}");
+    let lower = got.to_lowercase();
+    for gone in ["keep-alive", "proxy-connection", "upgrade:", "x-gone"] {
+        assert!(!lower.contains(gone), "{gone}: {got}");
+    }
+}
+
+/// RFC 9113 8.2.1: a field value MUST NOT start or end with whitespace, nor hold NUL, CR or
+/// LF; a request with such a field is malformed and never forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_values_with_outer_whitespace_or_control_bytes_are_malformed() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let base = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/echo"),
+        (":authority", "a"),
+    ];
+    for value in [" lead", "trail ", "\tlead", "a\0b", "a\rb", "a\nb"] {
+        let mut fields = base.to_vec();
+        fields.push(("x-a", value));
+        let kind = raw_h2(n.addr, &fields, None).await;
+        assert!(matches!(kind, 1 | 3 | 7), "{value:?}: frame {kind}");
+    }
+    assert_eq!(o.hits(), 0, "a malformed HTTP/2 request reached the origin");
+    let mut fields = base.to_vec();
+    fields.push(("x-a", "in side"));
+    assert_eq!(raw_h2(n.addr, &fields, None).await, 1);
+    assert_eq!(o.hits(), 1);
+}
