@@ -1347,7 +1347,7 @@ fn response_head(
             || (connection.names(h.name) && !framing_field(h.name))
             || (hsts.is_some() && is(h.name, "strict-transport-security"))
             || ((chunked || !rules::length_allowed(status)) && is(h.name, "content-length"))
-            || (decode && is(h.name, "transfer-encoding"))
+            || ((decode || !rules::length_allowed(status)) && is(h.name, "transfer-encoding"))
         {
             continue;
         }

@@ -81,6 +81,9 @@ pub(crate) fn response_framing<'b>(
     head_request: bool,
 ) -> Result<ResponseFraming<'b>, ()> {
     let status = resp.code.unwrap_or(0);
+    if !crate::rules::status_valid(status) {
+        return Err(());
+    }
     let mut length: Option<u64> = None;
     let mut repeated_length = false;
     let mut chunked = None;

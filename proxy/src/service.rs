@@ -637,6 +637,10 @@ impl relay::Exchange for Streamed {
             Payload::Stream(_) => std::mem::take(&mut self.parts.headers),
         };
         match up.sender.try_send_request(req).await {
+            Ok(resp) if !rules::status_valid(resp.status().as_u16()) => Outcome::Failed {
+                server_fault: true,
+                resend: false,
+            },
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 self.resp = Some(resp);

@@ -51,10 +51,11 @@ async fn via_names_the_version_each_message_was_received_in() {
     );
 }
 
-/// RFC 9112 5, 6.3 and RFC 9110 15.2.2, the upstream direction: a response head a client
-/// could read otherwise than nrdot (a NUL in a value, whitespace before the colon, a version
-/// other than HTTP/1.x, a Content-Length list) or a switch of protocols nobody asked for is not
-/// relayed: 502, to HTTP/1.1 and HTTP/2 clients alike.
+/// RFC 9112 2.2, 5, 5.2, 6.3 and RFC 9110 15, 15.2.2, the upstream direction: a response head
+/// a client could read otherwise than nrdot (a NUL in a value, whitespace before the colon or
+/// before the first field, obs-fold, a version other than HTTP/1.x, a Content-Length list, a
+/// status outside 100-599) or a switch of protocols nobody asked for is not relayed: 502, to
+/// HTTP/1.1 and HTTP/2 clients alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heads_a_client_could_misread_are_502() {
     let o = RawOrigin::start().await;
@@ -65,6 +66,9 @@ async fn heads_a_client_could_misread_are_502() {
         "/version-2",
         "/length-list",
         "/switch-unasked",
+        "/obs-fold",
+        "/space-first-field",
+        "/status-600",
     ];
     let mut h2 = h2_connect(n.addr).await;
     for path in paths {
@@ -137,4 +141,26 @@ async fn http2_values_with_outer_whitespace_or_control_bytes_are_malformed() {
     fields.push(("x-a", "in side"));
     assert_eq!(raw_h2(n.addr, &fields, None).await, 1);
     assert_eq!(o.hits(), 1);
+}
+
+/// RFC 9112 6.1: a server MUST NOT send Transfer-Encoding on a 204 (nor Content-Length, RFC
+/// 9110 8.6); an origin's stray one is dropped, and the 204 ends at its head, so the next
+/// response on the connection is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_transfer_encoding_goes_out_on_a_204() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let mut c = KeepAlive::connect(n.addr).await;
+    c.send(b"GET /no-content-chunked HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    let (status, head, after) = c.response_without_body().await;
+    assert_eq!(status, 204);
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(after.is_empty(), "bytes after a 204 head: {after:?}");
+    let (status, _, body) = c.get("/plain").await;
+    assert_eq!((status, body.as_slice()), (200, &b"hi"[..]));
+    let mut h2 = h2_connect(n.addr).await;
+    let (status, h, body) = h2_request(&mut h2, "GET", "/no-content-chunked").await;
+    assert_eq!((status, body.as_deref()), (204, Ok(&b""[..])));
+    assert!(!h.contains_key("transfer-encoding"));
 }

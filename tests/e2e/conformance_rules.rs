@@ -431,9 +431,11 @@ async fn message_parsing_robustness() {
     );
 }
 
-/// RFC 9113 8.1, 8.2.1, 8.2.2: malformed HTTP/2 requests (connection-specific fields, `te`
-/// other than `trailers`, upper-case names, a body that disagrees with its content-length) are
-/// refused (stream reset, or nrdot's 400) and never reach an origin.
+/// RFC 9113 8.1, 8.2.1, 8.2.2, 8.3, 8.5: malformed HTTP/2 requests (connection-specific
+/// fields, `te` other than `trailers`, upper-case names, a body that disagrees with its
+/// content-length, unknown, repeated, misplaced or missing pseudo-headers, no authority at all,
+/// an extended CONNECT nrdot never offered) are refused (stream reset, or nrdot's 400) and
+/// never reach an origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_http2_requests_never_reach_an_origin() {
     const HEADERS: u8 = 1;
@@ -456,6 +458,48 @@ async fn malformed_http2_requests_never_reach_an_origin() {
         ("transfer-encoding", with(("transfer-encoding", "chunked"))),
         ("te: gzip", with(("te", "gzip"))),
         ("upper-case name", with(("X-Upper", "1"))),
+        // RFC 9113 8.3: pseudo-header fields.
+        ("unknown pseudo-header", with((":foo", "1"))),
+        ("a response pseudo-header", with((":status", "200"))),
+        ("a second :method", with((":method", "POST"))),
+        (
+            "a pseudo-header after a field",
+            vec![
+                (":method", "GET"),
+                ("x-a", "1"),
+                (":scheme", "http"),
+                (":path", "/echo"),
+                (":authority", "a"),
+            ],
+        ),
+        (
+            "no :path",
+            vec![(":method", "GET"), (":scheme", "http"), (":authority", "a")],
+        ),
+        (
+            "an empty :path",
+            vec![
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", ""),
+                (":authority", "a"),
+            ],
+        ),
+        (
+            "no :authority and no Host",
+            vec![(":method", "GET"), (":scheme", "http"), (":path", "/echo")],
+        ),
+        // RFC 9113 8.5, RFC 8441: nrdot does not offer extended CONNECT.
+        (
+            "extended CONNECT",
+            vec![
+                (":method", "CONNECT"),
+                (":protocol", "websocket"),
+                (":scheme", "http"),
+                (":path", "/ws"),
+                (":authority", "a"),
+            ],
+        ),
     ] {
         let kind = raw_h2(n.addr, &fields, None).await;
         assert!(

@@ -107,6 +107,11 @@ impl RawOrigin {
                             "/nul-field" => (b"HTTP/1.1 200 OK\r\nX-Bad: a\x00b\r\nContent-Length: 2\r\n\r\nhi", true),
                             "/space-colon" => (b"HTTP/1.1 200 OK\r\nX-Bad : a\r\nContent-Length: 2\r\n\r\nhi", true),
                             "/version-2" => (b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", true),
+                            "/obs-fold" => (b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nhi", true),
+                            "/space-first-field" => (b"HTTP/1.1 200 OK\r\n X-A: 1\r\nContent-Length: 2\r\n\r\nhi", true),
+                            "/status-600" => (b"HTTP/1.1 600 Library Error\r\nContent-Length: 2\r\n\r\nhi", true),
+                            // RFC 9112 6.1: no Transfer-Encoding on a 204 (and no body).
+                            "/no-content-chunked" => (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n", false),
                             "/length-list" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nhi", true),
                             // A switch nobody asked for (RFC 9110 15.2.2): 502.
                             "/switch-unasked" => (

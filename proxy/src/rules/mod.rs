@@ -345,9 +345,16 @@ pub(crate) fn request_form(
     }
 }
 
+/// Whether an origin's status code is one a client can act on: RFC 9110 15 makes codes
+/// outside 100..=599 invalid (libraries use 600-999 for their own errors); nrdot answers 502
+/// rather than relay one.
+pub(crate) fn status_valid(status: u16) -> bool {
+    (100..=599).contains(&status)
+}
+
 /// Whether a response with `status` may carry Content-Length (RFC 9110 8.6: a sender MUST NOT
-/// send it on 1xx or 204). An origin's stray one is dropped; a 304's stays (it describes the
-/// representation).
+/// send it on 1xx or 204; RFC 9112 6.1: nor Transfer-Encoding). An origin's stray one is
+/// dropped; a 304's stays (it describes the representation).
 pub(crate) fn length_allowed(status: u16) -> bool {
     !(100..200).contains(&status) && status != 204
 }
