@@ -20,7 +20,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -38,6 +38,9 @@ pub struct Verdict {
     /// The latest request that is `OPTIONS` with an absolute-form target and an empty path
     /// (`u64::MAX` while none was): hyper's URI makes that path `/`, so only the bytes tell.
     asks_server: AtomicU64,
+    /// A Content-Length in digits too large for hyper's counter (it answers 431, as if the
+    /// head were too large): nrdot's answer is 413.
+    huge_length: AtomicBool,
 }
 
 impl Verdict {
@@ -45,6 +48,7 @@ impl Verdict {
         Arc::new(Verdict {
             first_bad: AtomicU64::new(u64::MAX),
             asks_server: AtomicU64::new(u64::MAX),
+            huge_length: AtomicBool::new(false),
         })
     }
 
@@ -274,6 +278,10 @@ fn head_framing(head: &[u8], index: u64, verdict: &Verdict) -> State {
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .or(Some(0));
+            // hyper counts a body in u64 less two sentinel values.
+            if cl.is_some_and(|n| n >= u64::MAX - 1) {
+                verdict.huge_length.store(true, Ordering::Relaxed);
+            }
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             // Only an upgrade nrdot relays can switch the connection; any other is dropped
             // and the bytes after the request stay HTTP/1, followed as such.
@@ -373,7 +381,7 @@ impl<IO: AsyncRead> AsyncRead for Inspected<IO> {
 }
 
 /// hyper's canned error answer rewritten as nrdot's, or `None` for any other write.
-fn canned_error(buf: &[u8], long_target: bool) -> Option<Vec<u8>> {
+fn canned_error(buf: &[u8], long_target: bool, huge_length: bool) -> Option<Vec<u8>> {
     if buf.len() > 512 || !buf.starts_with(b"HTTP/1.1 4") || !buf.ends_with(b"\r\n\r\n") {
         return None;
     }
@@ -387,6 +395,9 @@ fn canned_error(buf: &[u8], long_target: bool) -> Option<Vec<u8>> {
         // RFC 9112 3: a target over the limit is 414, whatever else overflowed.
         (code, reason) = (414, "URI Too Long");
         status_line = "HTTP/1.1 414 URI Too Long".to_string();
+    } else if code == 431 && huge_length {
+        (code, reason) = (413, "Payload Too Large");
+        status_line = "HTTP/1.1 413 Payload Too Large".to_string();
     }
     crate::metrics::get().error(code);
     let body = format!("{code} {reason}\n");
@@ -407,7 +418,8 @@ impl<IO: AsyncWrite> AsyncWrite for Inspected<IO> {
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
         if this.rewrite.is_none() {
-            match canned_error(buf, *this.long_target) {
+            let huge = this.verdict.huge_length.load(Ordering::Relaxed);
+            match canned_error(buf, *this.long_target, huge) {
                 Some(r) => *this.rewrite = Some((r, 0)),
                 None => return this.io.poll_write(cx, buf),
             }
@@ -440,7 +452,7 @@ impl<IO: AsyncWrite> AsyncWrite for Inspected<IO> {
     ) -> Poll<io::Result<usize>> {
         let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
         if let (Some(only), None) = (nonempty.next(), nonempty.next()) {
-            if self.rewrite.is_some() || canned_error(only, false).is_some() {
+            if self.rewrite.is_some() || canned_error(only, false, false).is_some() {
                 return self.poll_write(cx, only);
             }
         }
@@ -481,7 +493,8 @@ mod tests {
     #[test]
     fn canned_hyper_errors_become_nrdot_errors() {
         let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 26 Nov 2026 23:17:59 GMT\r\n\r\n";
-        let out = String::from_utf8(canned_error(hyper, false).expect("rewritten")).expect("utf8");
+        let out =
+            String::from_utf8(canned_error(hyper, false, false).expect("rewritten")).expect("utf8");
         assert!(
             out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\nserver: nrdot\r\n"),
             "{out}"
@@ -490,8 +503,12 @@ mod tests {
             out.ends_with("GMT\r\n\r\n431 Request Header Fields Too Large\n"),
             "{out}"
         );
+        let huge = canned_error(hyper, false, true).expect("rewritten");
+        assert!(huge.starts_with(b"HTTP/1.1 413 Payload Too Large\r\n"));
+        let long = canned_error(hyper, true, false).expect("rewritten");
+        assert!(long.starts_with(b"HTTP/1.1 414 URI Too Long\r\n"));
         let proxied = b"HTTP/1.1 404 Not Found\r\nvia: 1.1 nrdot\r\ncontent-length: 0\r\n\r\n";
-        assert!(canned_error(proxied, false).is_none());
+        assert!(canned_error(proxied, false, false).is_none());
     }
 
     #[test]

@@ -180,3 +180,69 @@ async fn absolute_form_targets_go_upstream_in_origin_form() {
     assert!(second.to_lowercase().contains("allow: "), "{second}");
     assert_eq!(o.paths().len(), 5, "only the POST before it went on");
 }
+
+/// RFC 9110 8.6 and RFC 9112 7.1: a recipient MUST anticipate large numerals in Content-Length
+/// and chunk sizes and not let them overflow. A length past any integer, or a chunk size past
+/// 64 bits, is 400; a length that fits but exceeds `client_max_body_size` is 413, at once,
+/// without waiting for the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_lengths_too_large_for_an_integer_are_refused() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let post = |field: &str| {
+        format!("POST /big HTTP/1.1\r\nHost: a\r\n{field}\r\nConnection: close\r\n\r\nhi")
+    };
+    let cases = [
+        (
+            "a length past u64",
+            post("Content-Length: 99999999999999999999999"),
+            "400",
+        ),
+        (
+            "u64::MAX",
+            post("Content-Length: 18446744073709551615"),
+            "413",
+        ),
+        (
+            "over the limit",
+            post("Content-Length: 1099511627776"),
+            "413",
+        ),
+        (
+            "a chunk size past u64",
+            post("Transfer-Encoding: chunked")
+                .replace("\r\n\r\nhi", "\r\n\r\n1ffffffffffffffff\r\nhi\r\n0\r\n\r\n"),
+            "400",
+        ),
+    ];
+    answers(n.addr, &cases).await;
+    assert_eq!(o.hits(), 0);
+}
+
+/// RFC 9110 7.8: Upgrade is hop-by-hop and needs the `upgrade` connection option; a server
+/// MUST ignore Upgrade in an HTTP/1.0 request. Either way the request goes on as an ordinary
+/// one, without Upgrade (the test origin would switch protocols if it saw one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_is_ignored_in_http10_and_without_the_connection_option() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let ws = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (what, req) in [
+        (
+            "HTTP/1.0",
+            format!("GET /echo HTTP/1.0\r\nHost: a\r\nConnection: Upgrade\r\n{ws}\r\n"),
+        ),
+        (
+            "no Connection: upgrade",
+            format!("GET /echo HTTP/1.1\r\nHost: a\r\n{ws}Connection: close\r\n\r\n"),
+        ),
+    ] {
+        let resp = raw(n.addr, req.as_bytes(), Duration::from_secs(3)).await;
+        assert!(resp.contains(" 200 OK"), "{what}: {resp}");
+        assert!(
+            !resp.to_lowercase().contains("\"upgrade\""),
+            "{what}: {resp}"
+        );
+    }
+    assert_eq!(o.hits(), 2);
+}
