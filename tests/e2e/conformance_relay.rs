@@ -164,3 +164,70 @@ async fn no_transfer_encoding_goes_out_on_a_204() {
     assert_eq!((status, body.as_deref()), (204, Ok(&b""[..])));
     assert!(!h.contains_key("transfer-encoding"));
 }
+
+/// RFC 9112 6.3: a message whose connection closes before the indicated length arrived is
+/// incomplete, and the recipient MUST close the connection. nrdot relays what came and then
+/// closes the HTTP/1.1 client's connection, though the client asked to keep it, so the client
+/// sees the body cut short instead of waiting for bytes that never come or reading a next
+/// response as the rest. (HTTP/2: the stream is reset,
+/// `native::an_upstream_body_cut_short_resets_only_that_http2_stream`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_body_cut_short_closes_the_http1_client_connection() {
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let started = std::time::Instant::now();
+    let resp = raw(
+        n.addr,
+        b"GET /truncated HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the client connection stayed open after a cut body: {resp}"
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("Content-Length: 10"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\nabc"), "{resp}");
+}
+
+/// RFC 9110 15.2 and 10.1.1: a server MUST NOT send a 1xx to an HTTP/1.0 client, and MUST
+/// ignore a 100-continue expectation in an HTTP/1.0 request. nrdot sends no `100 Continue`
+/// to it (an HTTP/1.1 client that waits gets one,
+/// `native::expect_100_continue_is_answered_before_the_body_and_not_forwarded`), and the
+/// origin's own 1xx are never relayed (`native::informational_heads_are_dropped_and_the_final_response_relayed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_interim_response_reaches_an_http10_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = RawOrigin::start().await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let mut s = tokio::net::TcpStream::connect(n.addr)
+        .await
+        .expect("connect");
+    s.write_all(
+        b"POST /plain HTTP/1.0\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await
+    .expect("head");
+    let mut buf = [0u8; 256];
+    let early = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await;
+    assert!(early.is_err(), "answered before the body: {early:?}");
+    s.write_all(b"hi").await.expect("body");
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200") || got.starts_with("HTTP/1.0 200"),
+        "{got}"
+    );
+    assert!(!got.contains(" 100 "), "{got}");
+    // An HTTP/1.0 client of an origin that sends 103 Early Hints gets only the final response.
+    let resp = raw(
+        n.addr,
+        b"GET /early-hints HTTP/1.0\r\nHost: a\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(!resp.contains(" 103 "), "{resp}");
+    assert!(resp.ends_with("\r\n\r\nok"), "{resp}");
+}
