@@ -231,3 +231,81 @@ async fn no_interim_response_reaches_an_http10_client() {
     assert!(!resp.contains(" 103 "), "{resp}");
     assert!(resp.ends_with("\r\n\r\nok"), "{resp}");
 }
+
+/// RFC 6455 4.1, 4.2.2: the opening handshake passes through with every `Sec-WebSocket-*`
+/// field, both ways (nrdot is no WebSocket endpoint: key, accept, subprotocol and extensions
+/// are the origin's to check and choose), and after the 101 the bytes are the origin's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_handshake_passes_with_its_fields_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let origin = listener.local_addr().expect("addr");
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read_exact(&mut byte).await.is_err() {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let _ = seen_tx.send(String::from_utf8_lossy(&head).to_lowercase());
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\nframes")
+            .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    let n = Nrdot::start(BIN, "", &pool_route(&[origin]));
+    let mut s = tokio::net::TcpStream::connect(n.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Extensions: permessage-deflate\r\nOrigin: http://a\r\n\r\n")
+        .await
+        .expect("write");
+    let seen = tokio::time::timeout(Duration::from_secs(5), seen_rx)
+        .await
+        .expect("origin saw the handshake")
+        .expect("head");
+    for field in [
+        "upgrade: websocket",
+        "connection: upgrade",
+        "sec-websocket-version: 13",
+        "sec-websocket-key: dghlihnhbxbszsbub25jzq==",
+        "sec-websocket-protocol: chat, superchat",
+        "sec-websocket-extensions: permessage-deflate",
+        "origin: http://a",
+    ] {
+        assert!(
+            seen.contains(field),
+            "{field} did not reach the origin: {seen}"
+        );
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"frames") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let got = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(got.starts_with("http/1.1 101 "), "{got}");
+    for field in [
+        "sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=",
+        "sec-websocket-protocol: chat",
+        "sec-websocket-extensions: permessage-deflate",
+    ] {
+        assert!(
+            got.contains(field),
+            "{field} did not reach the client: {got}"
+        );
+    }
+}

@@ -246,3 +246,35 @@ async fn upgrade_is_ignored_in_http10_and_without_the_connection_option() {
     }
     assert_eq!(o.hits(), 2);
 }
+
+/// RFC 9112 2.2, 3, 6.1: a request line or head outside the grammar SHOULD get 400 and a
+/// close, never a guess: two spaces, a method that is no token, control bytes or a space in the
+/// target, an HTTP/0.9 line without a version; an HTTP/1.0 request with Transfer-Encoding has
+/// faulty framing whatever else it says (MUST).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_lines_outside_the_grammar_are_400() {
+    let o = Origin::start("o").await;
+    let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
+    let rest = "Host: a\r\nConnection: close\r\n\r\n";
+    let cases = [
+        ("two spaces", format!("GET  /a HTTP/1.1\r\n{rest}")),
+        ("method not a token", format!("G(T /a HTTP/1.1\r\n{rest}")),
+        (
+            "control byte in the target",
+            format!("GET /a\x01b HTTP/1.1\r\n{rest}"),
+        ),
+        (
+            "space in the target",
+            format!("GET /a b HTTP/1.1\r\n{rest}"),
+        ),
+        ("no version", format!("GET /a\r\n{rest}")),
+        (
+            "HTTP/1.0 with Transfer-Encoding",
+            "POST /a HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+                .into(),
+        ),
+    ];
+    let cases: Vec<(&str, String, &str)> = cases.into_iter().map(|(w, r)| (w, r, "400")).collect();
+    answers(n.addr, &cases).await;
+    assert_eq!(o.hits(), 0);
+}
