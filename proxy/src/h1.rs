@@ -582,6 +582,33 @@ fn refuse(cx: &Ctx, e: ProxyError, read: usize) -> Step {
     }
 }
 
+/// What a head httparse did not complete (`error`: or refused) comes to: more to read, a
+/// refusal nrdot writes itself (414, 505), a later minor version to serve as 1.1, or the hyper
+/// path, which answers the rest as it always has.
+fn unparsed(
+    buf: &[u8],
+    cx: &Ctx,
+    limits: &nrdot_config::Limits,
+    error: Option<httparse::Error>,
+) -> Step {
+    if error.is_none() && (buf.len() as u64) < limits.max_header_size {
+        return Step::Partial {
+            body: false,
+            expect: false,
+        };
+    }
+    if rules::target::target_too_long(buf, limits.max_request_line) {
+        return refuse(cx, ProxyError::UriTooLong, buf.len());
+    }
+    match (error, rules::target::line_version(buf)) {
+        (Some(httparse::Error::Version), LineVersion::NewerMinor(at)) => Step::NewerMinor(at),
+        (Some(httparse::Error::Version), LineVersion::Unsupported) => {
+            refuse(cx, ProxyError::VersionNotSupported, buf.len())
+        }
+        _ => Step::Handoff,
+    }
+}
+
 /// Parses and routes the request at the start of `buf` and writes its upstream head. Runs
 /// without awaiting, so the header arrays live on the stack, not in the connection's future.
 fn prepare(
@@ -597,32 +624,13 @@ fn prepare(
     let mut req = httparse::Request::new(&mut []);
     let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if (buf.len() as u64) < limits.max_header_size => {
-            return Step::Partial {
-                body: false,
-                expect: false,
-            }
-        }
-        _ if rules::target::target_too_long(buf, limits.max_request_line) => {
-            return refuse(cx, ProxyError::UriTooLong, buf.len())
-        }
-        Err(httparse::Error::Version) => {
-            return match rules::target::line_version(buf) {
-                LineVersion::NewerMinor(at) => Step::NewerMinor(at),
-                LineVersion::Unsupported => refuse(cx, ProxyError::VersionNotSupported, buf.len()),
-                LineVersion::Invalid => Step::Handoff,
-            }
-        }
-        _ => return Step::Handoff,
+        other => return unparsed(buf, cx, limits, other.err()),
     };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Step::Handoff;
     };
-    if target.len() as u64 > limits.max_request_line {
-        return refuse(cx, ProxyError::UriTooLong, buf.len());
-    }
-    if !rules::target::fragment_free(target.as_bytes()) {
-        return refuse(cx, ProxyError::BadRequest, buf.len());
+    if let Err(e) = rules::target::check(target.as_bytes(), limits.max_request_line) {
+        return refuse(cx, e, buf.len());
     }
     if head_len as u64 > limits.max_header_size
         || req.headers.len() > limits.max_headers
@@ -916,6 +924,25 @@ fn upstream_head(
     Some(out)
 }
 
+/// [`prepare`], serving a later HTTP/1 minor version as HTTP/1.1 (RFC 9110 6.2): its digit
+/// is rewritten in the buffer, so the hyper path, if the request goes there, reads 1.1 too.
+fn prepare_any_minor(
+    buf: &mut [u8],
+    cx: &Ctx,
+    table: &RouteTable,
+    index: u64,
+    stopping: bool,
+    scan: &mut BodyScan,
+) -> Step {
+    match prepare(buf, cx, table, index, stopping, scan) {
+        Step::NewerMinor(at) => {
+            buf[at] = b'1';
+            prepare(buf, cx, table, index, stopping, scan)
+        }
+        step => step,
+    }
+}
+
 /// Routes the request at the start of `buf`, sends it upstream (retrying where safe) and
 /// relays the response. nrdot's own answers are returned for the caller to write, so this
 /// future carries no second write state.
@@ -930,16 +957,6 @@ async fn forward<S: ClientIo>(
 ) -> Forwarded {
     // No await inside this match: the step is gone before the first suspension, so the
     // request's fields are stored once in this future.
-    let step = match prepare(buf, cx, table, index, stopping, scan) {
-        Step::NewerMinor(at) => {
-            buf[at] = b'1';
-            match prepare(buf, cx, table, index, stopping, scan) {
-                Step::NewerMinor(_) => return Forwarded::Done(Next::Handoff),
-                step => step,
-            }
-        }
-        step => step,
-    };
     let Prepared {
         head_len,
         body,
@@ -952,7 +969,7 @@ async fn forward<S: ClientIo>(
         close,
         last,
         mut log,
-    } = match step {
+    } = match prepare_any_minor(buf, cx, table, index, stopping, scan) {
         Step::NewerMinor(_) | Step::Handoff => return Forwarded::Done(Next::Handoff),
         Step::Partial { body, expect } => return Forwarded::More { body, expect },
         Step::Reply {

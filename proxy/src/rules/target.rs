@@ -3,6 +3,8 @@
 //! a whole. Pure functions over the bytes a parser saw, so the native path and the observer of
 //! the hyper path (`inspect`) decide alike.
 
+use crate::error::ProxyError;
+
 /// What an HTTP/1 request line's version, which the parser refused, asks of nrdot.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum LineVersion {
@@ -46,6 +48,18 @@ pub(crate) fn line_version(buf: &[u8]) -> LineVersion {
         }
         _ => LineVersion::Invalid,
     }
+}
+
+/// The checks an origin-form target gets before anything else: 414 past `max` bytes (RFC 9112
+/// 3), 400 with a fragment.
+pub(crate) fn check(target: &[u8], max: u64) -> Result<(), ProxyError> {
+    if target.len() as u64 > max {
+        return Err(ProxyError::UriTooLong);
+    }
+    if !fragment_free(target) {
+        return Err(ProxyError::BadRequest);
+    }
+    Ok(())
 }
 
 /// Whether a request target is free of a fragment: `#` is not part of any request-target form
