@@ -158,7 +158,7 @@ fn collect(state_dir: &Path, config: Option<&Path>) -> Result<Vec<Entry>, Backup
             Ok(rd) => rd
                 .flatten()
                 .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| n.ends_with(".json"))
+                .filter(|n| n.ends_with(".json") || n.ends_with(".ver"))
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(&dir)(e)),
@@ -271,11 +271,17 @@ fn current(entries: &[Entry]) -> (u64, String) {
         .unwrap_or(0);
     let checksum = entries
         .iter()
-        .find(|(n, _, _)| *n == format!("state/versions/{id:08}.json"))
-        .and_then(|(_, _, b)| serde_json::from_slice::<serde_json::Value>(b).ok())
-        .and_then(|v| v["checksum"].as_str().map(str::to_string))
+        .find(|(n, _, _)| is_version_file(n, id))
+        .and_then(|(_, _, b)| crate::store::decode(b).ok())
+        .map(|v| v.meta.checksum)
         .unwrap_or_default();
     (id, checksum)
+}
+
+/// Whether archive entry `name` is version `id`'s file, in either store format.
+fn is_version_file(name: &str, id: u64) -> bool {
+    name.strip_prefix("state/versions/")
+        .is_some_and(|f| f == crate::store::version_file(id) || f == format!("{id:08}.json"))
 }
 
 fn hostname() -> String {
@@ -326,10 +332,12 @@ impl LiveRestore {
     pub fn from_archive(name: &str, opened: &Opened) -> Result<LiveRestore, BackupError> {
         let (manifest, components) = opened;
         let file = |n: &str| components.iter().find(|(c, _)| c.name == n).map(|(_, b)| b);
-        let version_name = format!("state/versions/{:08}.json", manifest.config_version);
-        let version: serde_json::Value = file(&version_name)
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .ok_or_else(|| BackupError::Archive(format!("the archive lacks {version_name}")))?;
+        let id = manifest.config_version;
+        let version = components
+            .iter()
+            .find(|(c, _)| is_version_file(&c.name, id))
+            .and_then(|(_, b)| crate::store::decode(b).ok())
+            .ok_or_else(|| BackupError::Archive(format!("the archive lacks version {id}")))?;
         let disabled = file("state/runtime.json")
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
             .and_then(|v| serde_json::from_value(v["disabled"].clone()).ok())
@@ -338,7 +346,7 @@ impl LiveRestore {
             archive: name.to_string(),
             version: manifest.config_version,
             checksum: manifest.config_checksum.clone(),
-            content: version["content"].as_str().unwrap_or_default().to_string(),
+            content: version.content,
             disabled,
         })
     }

@@ -4,11 +4,11 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use nrdot_config::state::{BackendState, LATENCY_BOUNDS_MS};
+use nrdot_config::state::{BackendState, LATENCY_BOUNDS_MS, STATUS_CLASSES};
 use nrdot_config::RouteTable;
 
-/// Appends `nrdot_backend_in_flight_requests`, `nrdot_backend_requests_total` and the
-/// `nrdot_upstream_response_seconds` histograms of `table`'s pools and servers to `out`.
+/// Appends `nrdot_backend_in_flight_requests`, `nrdot_backend_requests_total`,
+/// `nrdot_pool_requests_total` and the `nrdot_upstream_response_seconds` histograms of `table`'s pools and servers to `out`.
 pub fn render_atomics(table: &RouteTable, out: &mut String) {
     let per_backend =
         |out: &mut String, name: &str, kind: &str, value: &dyn Fn(&BackendState) -> u64| {
@@ -31,6 +31,17 @@ pub fn render_atomics(table: &RouteTable, out: &mut String) {
     per_backend(out, "nrdot_backend_requests_total", "counter", &|s| {
         s.requests.load(Ordering::Relaxed)
     });
+    let _ = writeln!(out, "# TYPE nrdot_pool_requests_total counter");
+    for p in &table.pools {
+        for (class, n) in STATUS_CLASSES.iter().zip(&p.state.responses) {
+            let _ = writeln!(
+                out,
+                "nrdot_pool_requests_total{{pool=\"{}\",class=\"{class}\"}} {}",
+                p.config.name,
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
     let _ = writeln!(out, "# TYPE nrdot_upstream_response_seconds histogram");
     for p in &table.pools {
         let o = &p.state.outcomes;

@@ -32,6 +32,8 @@ pub struct Config {
     pub backup: Option<Backup>,
     /// `[guard]`: how changes are watched after they go live.
     pub guard: Guard,
+    /// `[metrics]`: which routes get series of their own.
+    pub metrics: Metrics,
     /// `[store] keep_versions`: the version store prunes its oldest versions beyond this
     /// many (0: never), sparing the current one and any not yet in a backup.
     pub keep_versions: usize,
@@ -193,6 +195,47 @@ impl Default for Guard {
             healthy_for: Duration::from_secs(120),
         }
     }
+}
+
+/// `[metrics]`: per-pool and per-server series are always exported; per-route series
+/// multiply with the routing table (five per route and pool of its split), so a table of
+/// 100,000 routes would make every scrape megabytes long and Prometheus slow. They are opt-in,
+/// by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metrics {
+    /// Every route gets `nrdot_requests_total{route, pool, class}`.
+    pub per_route: bool,
+    /// Routes whose name matches one of these patterns get it (`*` matches any run of
+    /// characters: `"shop*"`, `"*-api"`, `"api"`).
+    pub routes: Vec<String>,
+}
+
+impl Metrics {
+    /// Whether route `name` gets series of its own.
+    pub fn exports(&self, name: &str) -> bool {
+        self.per_route || self.routes.iter().any(|p| glob_match(p, name))
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any run of characters (none included)
+/// and every other character itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty(); // no `*`: the whole name
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// Default of `[store] keep_versions`.

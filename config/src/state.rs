@@ -293,6 +293,9 @@ pub struct PoolState {
     pub bytes_in: Counter,
     /// Response body bytes received from them and sent to clients.
     pub bytes_out: Counter,
+    /// Responses to clients by status class (1xx…5xx), whatever route they came through:
+    /// `nrdot_pool_requests_total{pool, class}`, rendered from these atomics.
+    pub responses: [AtomicU64; 5],
 }
 
 impl PoolState {
@@ -317,8 +320,22 @@ impl PoolState {
             outcomes: Outcomes::default(),
             bytes_in: metrics::counter!("nrdot_pool_request_bytes_total", &labels),
             bytes_out: metrics::counter!("nrdot_pool_response_bytes_total", &labels),
+            responses: Default::default(),
         }
     }
+
+    /// Counts one response to a client.
+    #[inline]
+    pub fn count_response(&self, status: u16) {
+        self.responses[status_class(status)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Index of a status code's class in [`STATUS_CLASSES`] (anything out of range counts as the
+/// nearest class).
+#[inline]
+pub fn status_class(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
 }
 
 /// Upper bounds (ms) of the latency buckets the analysis computes percentiles from.
@@ -426,7 +443,6 @@ impl StatusCounters {
     /// Counts one response.
     #[inline]
     pub fn count(&self, status: u16) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.0[class].increment(1);
+        self.0[status_class(status)].increment(1);
     }
 }

@@ -69,8 +69,9 @@ pub struct RouteEntry {
     pub state: Arc<RouteState>,
     /// Pool indexes of the split, in configuration order.
     pub pools: Vec<usize>,
-    /// Response counters per split entry.
-    pub counters: Vec<StatusCounters>,
+    /// `nrdot_requests_total` per split entry, when `[metrics]` exports this route; `None`
+    /// costs no series and no registry entry.
+    pub counters: Option<Box<[StatusCounters]>>,
     /// Weighted choice among `pools`.
     pub split: Split,
     /// Header condition, if any.
@@ -183,7 +184,7 @@ impl RouteTable {
         let routes: Vec<RouteEntry> = config
             .routes
             .iter()
-            .map(|r| old.route(r, &pool_index))
+            .map(|r| old.route(r, &pool_index, config.metrics.exports(&r.name)))
             .collect();
         let (exact, wildcard, any) = index_hosts(&config, &routes);
         let https_port = config
@@ -227,6 +228,17 @@ impl RouteTable {
             }
         }
         self.any.lookup(&self.routes, path, &header)
+    }
+
+    /// Counts a response to a request `t` routed: in its pool's per-class totals, and in the
+    /// route's own series when it has them.
+    #[inline]
+    pub fn count(&self, t: Target, status: u16) {
+        let r = &self.routes[t.route];
+        self.pools[r.pools[t.entry]].state.count_response(status);
+        if let Some(c) = &r.counters {
+            c[t.entry].count(status);
+        }
     }
 
     /// Chooses the split entry of route `route`: an override naming one of its pools wins, then
@@ -489,7 +501,7 @@ impl<'a> Survivors<'a> {
     }
 
     /// A route compiled; `pool_index` maps pool names to their place in the table.
-    fn route(&self, r: &Route, pool_index: &HashMap<&str, usize>) -> RouteEntry {
+    fn route(&self, r: &Route, pool_index: &HashMap<&str, usize>, export: bool) -> RouteEntry {
         RouteEntry {
             name: r.name.as_str().into(),
             state: self
@@ -502,11 +514,12 @@ impl<'a> Survivors<'a> {
                 .iter()
                 .map(|e| pool_index[e.pool.as_str()])
                 .collect(),
-            counters: r
-                .split
-                .iter()
-                .map(|e| StatusCounters::new(&r.name, &e.pool))
-                .collect(),
+            counters: export.then(|| {
+                r.split
+                    .iter()
+                    .map(|e| StatusCounters::new(&r.name, &e.pool))
+                    .collect()
+            }),
             split: Split::new(&r.split.iter().map(|e| e.weight).collect::<Vec<_>>()),
             header: r.header.clone(),
             sticky: r.sticky.clone(),

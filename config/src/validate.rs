@@ -324,6 +324,7 @@ const OVERRIDABLE: &[&str] = &[
     "backup",
     "store",
     "guard",
+    "metrics",
     "trusted_proxies",
     "pool",
     "route",
@@ -533,6 +534,7 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
     let log = log(&mut v, root);
     let backup = backup(&mut v, root);
     let guard = guard(&mut v, root);
+    let metrics = metrics(&mut v, root);
     let keep_versions = match v.table(root, "store", "") {
         Some((t, _)) => {
             v.keys(t, "store", &["keep_versions"]);
@@ -562,6 +564,7 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
         log,
         backup,
         guard,
+        metrics,
         keep_versions,
         trusted_proxies,
         pools,
@@ -851,6 +854,26 @@ fn guard(v: &mut V<'_>, root: &dyn TableLike) -> Guard {
         }
     }
     g
+}
+
+fn metrics(v: &mut V<'_>, root: &dyn TableLike) -> Metrics {
+    let Some((t, _)) = v.table(root, "metrics", "") else {
+        return Metrics::default();
+    };
+    v.keys(t, "metrics", &["per_route", "routes"]);
+    let per_route = v.bool(t, "per_route", "metrics").unwrap_or(false);
+    let mut routes = Vec::new();
+    for (i, (pattern, span)) in v.strings(t, "routes", "metrics").into_iter().enumerate() {
+        if pattern.is_empty() {
+            v.push(
+                &format!("metrics.routes[{i}]"),
+                &span,
+                "an empty pattern matches no route: name one, or use \"*\" (per_route = true)",
+            );
+        }
+        routes.push(pattern);
+    }
+    Metrics { per_route, routes }
 }
 
 fn trusted(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Cidr> {

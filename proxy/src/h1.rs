@@ -1026,7 +1026,7 @@ async fn forward<S: ClientIo>(
             }
         }
     };
-    r.counters[d.entry].count(sent.status);
+    table.count(d.target(), sent.status);
     if want.upgrade && sent.status == 101 {
         return switch(s, table, d.pool, sent, rbuf, buf, log).await;
     }

@@ -464,7 +464,7 @@ impl Answer<'_> {
     /// Counts the status and rewrites the response head, received in `version`, for the
     /// client.
     fn head(&mut self, status: u16, h: &mut HeaderMap, upgraded: bool, version: Version) {
-        self.table.routes[self.d.route].counters[self.d.entry].count(status);
+        self.table.count(self.d.target(), status);
         if !rules::length_allowed(status) {
             h.remove(header::CONTENT_LENGTH);
         }

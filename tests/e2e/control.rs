@@ -576,7 +576,9 @@ fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_request_counters_match_requests_sent() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
-    let body = format!("{}{}[[route]]\nname = \"r\"\nhost = \"r.test\"\npool = \"a\"\n[[route]]\nname = \"e\"\nhost = \"e.test\"\npool = \"b\"\n", pool("a", &[a.addr]), pool("b", &[b.addr]));
+    // Route `r` is opted in to series of its own; `e` is not (issue 24: per-route series
+    // multiply with the table).
+    let body = format!("{}{}[[route]]\nname = \"r\"\nhost = \"r.test\"\npool = \"a\"\n[[route]]\nname = \"e\"\nhost = \"e.test\"\npool = \"b\"\n[metrics]\nroutes = [\"r*\"]\n", pool("a", &[a.addr]), pool("b", &[b.addr]));
     let n = Nrdot::start(BIN, "", &body);
     for _ in 0..137 {
         assert_eq!(get(&n.url("/"), &[("host", "r.test")]).await.status, 200);
@@ -609,8 +611,17 @@ async fn metrics_parse_and_request_counters_match_requests_sent() {
         value("nrdot_requests_total{route=\"r\",pool=\"a\",class=\"2xx\"}"),
         138.0
     );
+    assert!(
+        !text.contains("route=\"e\""),
+        "a route not opted in has series:\n{text}"
+    );
+    // Per pool, whatever the route.
     assert_eq!(
-        value("nrdot_requests_total{route=\"e\",pool=\"b\",class=\"5xx\"}"),
+        value("nrdot_pool_requests_total{pool=\"a\",class=\"2xx\"}"),
+        138.0
+    );
+    assert_eq!(
+        value("nrdot_pool_requests_total{pool=\"b\",class=\"5xx\"}"),
         5.0
     );
     assert_eq!(

@@ -124,6 +124,9 @@ fn validate_rejects_bad_values() {
         ("[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[pool]]\nname=\"p\"\nlb=\"fastest\"\n[[pool.server]]\naddress=\"a:1\"\n", "pool[0].lb"),
         ("[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[[pool]]\nname=\"p\"\n", "pool[0]"),
         ("trusted_proxies=[\"10.0.0.0/33\"]\n[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n", "trusted_proxies[0]"),
+        ("[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[metrics]\nroutes=[\"\"]\n", "metrics.routes[0]"),
+        ("[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[metrics]\nper_route=\"yes\"\n", "metrics.per_route"),
+        ("[[listener]]\nname=\"a\"\nbind=\"127.0.0.1:1\"\n[metrics]\nroute=[\"a\"]\n", "metrics.route"),
     ];
     for (text, path) in CASES {
         let p = problems(text);
@@ -254,4 +257,27 @@ fn log_and_max_connections_are_read_and_bad_values_are_placed() {
     let at = bad.find("level = \"loud\"").expect("in text");
     assert_eq!(p[0].line, bad[..at].matches('\n').count() + 1, "{p:?}");
     assert_eq!(p[0].column, 9, "{p:?}");
+}
+
+#[test]
+fn metrics_export_routes_by_pattern_only_when_asked() {
+    let c = config(VALID, None).expect("valid");
+    assert!(!c.metrics.exports("api"), "per-route series are opt-in");
+    let text = format!("{VALID}\n[metrics]\nroutes = [\"ap*\", \"*-admin\"]\n");
+    let c = config(&text, None).expect("valid");
+    assert!(c.metrics.exports("api") && c.metrics.exports("shop-admin"));
+    assert!(!c.metrics.exports("default"));
+    let c = config(&format!("{VALID}\n[metrics]\nper_route = true\n"), None).expect("valid");
+    assert!(c.metrics.exports("default"));
+}
+
+#[test]
+fn glob_patterns_match_runs_of_any_characters() {
+    use crate::model::glob_match as m;
+    assert!(m("api", "api") && !m("api", "api2") && !m("api", "ap"));
+    assert!(m("shop*", "shop") && m("shop*", "shop-eu") && !m("shop*", "eshop"));
+    assert!(m("*", "") && m("*", "anything"));
+    assert!(m("*-api", "eu-api") && !m("*-api", "eu-api-2"));
+    assert!(m("a*b*c", "a-b-c") && m("a*b*c", "abc") && !m("a*b*c", "acb"));
+    assert!(!m("ab*ba", "aba"), "prefix and suffix must not overlap");
 }

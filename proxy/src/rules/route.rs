@@ -62,6 +62,16 @@ pub(crate) struct Decision {
     pub new_sticky: Option<String>,
 }
 
+impl Decision {
+    /// The route and split entry, as the table counts responses by them.
+    pub(crate) fn target(&self) -> nrdot_config::table::Target {
+        nrdot_config::table::Target {
+            route: self.route,
+            entry: self.entry,
+        }
+    }
+}
+
 /// Request headers as routing reads them, whichever parser produced them.
 pub(crate) trait Lookup {
     /// The first value of `name` (lower case).
