@@ -205,15 +205,18 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The largest admin request body: a whole configuration of 100,000 routes is about 15 MB.
+const MAX_ADMIN_BODY: usize = 64 * 1024 * 1024;
+
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
-    match Limited::new(req.into_body(), 4 * 1024 * 1024)
+    match Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
         .await
     {
         Ok(c) => Ok(c.to_bytes()),
         Err(_) => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body larger than 4 MiB",
+            "body larger than 64 MiB",
         )),
     }
 }

@@ -4,7 +4,7 @@
 For each size it reports what an operator of a large platform pays per route:
   validate   `nrdot config validate` wall time and peak RSS (parse, check, no serving)
   startup    `nrdot serve` until /health answers (validate + compile + bind)
-  rss        resident memory serving, after 2,000 requests over random routes
+  rss        resident memory serving, after 2,000 requests over random routes and 12 s
   scrape     size and time of GET /metrics (median of 3)
   put        time of a PUT of the whole table (median of 3), under steady traffic, with the
              number of failed requests during the PUTs; rss after the PUTs
@@ -32,6 +32,10 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gen  # noqa: E402
+
+
+# Seconds to wait before reading RSS (jemalloc's decay is 10 s).
+SETTLE = 12
 
 
 def free_port():
@@ -185,6 +189,9 @@ def one_size(nrdot, hosts, prefixes, workdir):
         row["startup_s"] = time.monotonic() - start
         warm = traffic(listen, hosts, prefixes, 2000)
         assert warm.failed == 0, f"{warm.failed} of {warm.sent} warm-up requests failed"
+        # jemalloc's background thread returns freed pages after its 10 s decay: RSS is read
+        # once that has passed, as an operator would see it a minute later.
+        time.sleep(SETTLE)
         row["rss_mb"] = rss_mb(proc.pid)
         token = next(line.split("=", 1)[1].strip()
                      for line in open(os.path.join(state, "admin-credentials"))
@@ -217,6 +224,7 @@ def one_size(nrdot, hosts, prefixes, workdir):
         row["put_s"] = statistics.median(puts)
         row["put_failed"] = sum(c.failed for c in loads)
         row["put_requests"] = sum(c.sent for c in loads)
+        time.sleep(SETTLE)
         row["rss_after_puts_mb"] = rss_mb(proc.pid)
         versions = os.path.join(state, "versions")
         newest = max(f for f in os.listdir(versions) if f[0].isdigit())
