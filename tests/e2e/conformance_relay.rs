@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use nrdot_tests::{
     h2_connect, h2_request, pool_route, raw, raw_h2, KeepAlive, Nrdot, Origin, RawOrigin,
+    H2_GET_ECHO,
 };
 
 use crate::BIN;
@@ -124,12 +125,7 @@ async fn connection_specific_fields_never_reach_an_http2_client() {
 async fn http2_values_with_outer_whitespace_or_control_bytes_are_malformed() {
     let o = Origin::start("o").await;
     let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
-    let base = [
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":path", "/echo"),
-        (":authority", "a"),
-    ];
+    let base = H2_GET_ECHO;
     for value in [" lead", "trail ", "\tlead", "a\0b", "a\rb", "a\nb"] {
         let mut fields = base.to_vec();
         fields.push(("x-a", value));

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nrdot_tests::{
     answers, h2_connect, h2_request, pool_route, raw, raw_h2, KeepAlive, Nrdot, Origin, RawOrigin,
+    H2_GET_ECHO,
 };
 
 use crate::BIN;
@@ -442,12 +443,7 @@ async fn malformed_http2_requests_never_reach_an_origin() {
     const RST_STREAM: u8 = 3;
     let o = Origin::start("o").await;
     let n = Nrdot::start(BIN, "", &pool_route(&[o.addr]));
-    let base = [
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":path", "/echo"),
-        (":authority", "a"),
-    ];
+    let base = H2_GET_ECHO;
     let with = |extra: (&'static str, &'static str)| {
         let mut f = base.to_vec();
         f.push(extra);

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod raw;
-pub use raw::{big_chunk, h2_connect, h2_request, h2_send, raw_h2, RawOrigin};
+pub use raw::{big_chunk, h2_connect, h2_request, h2_send, raw_h2, RawOrigin, H2_GET_ECHO};
 
 /// A test origin. Paths choose behaviour:
 /// - `/status/N` answers status N;

@@ -197,6 +197,14 @@ fn chunked_big() -> Vec<u8> {
     r
 }
 
+/// The fields of a well-formed HTTP/2 `GET /echo` for [`raw_h2`], which tests extend or break.
+pub const H2_GET_ECHO: [(&str, &str); 4] = [
+    (":method", "GET"),
+    (":scheme", "http"),
+    (":path", "/echo"),
+    (":authority", "a"),
+];
+
 /// One HTTP/2 request written frame by frame (the h2 library refuses to send malformed ones):
 /// the connection preface, an empty SETTINGS, then HEADERS with `fields` as HPACK literals
 /// (and a DATA frame when `data` is given, ending the stream). Returns the type of the first
