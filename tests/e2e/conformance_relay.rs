@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use nrdot_tests::{
-    h2_connect, h2_request, pool_route, raw, raw_h2, KeepAlive, Nrdot, Origin, RawOrigin,
-    H2_GET_ECHO,
+    h2_connect, h2_request, pool_route, raw, raw_h2, read_until, KeepAlive, Nrdot, Origin,
+    RawOrigin, H2_GET_ECHO,
 };
 
 use crate::BIN;
@@ -283,15 +283,7 @@ async fn a_websocket_handshake_passes_with_its_fields_both_ways() {
         );
     }
     let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.ends_with(b"frames") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("answer in time")
-            .expect("read");
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut s, &mut got, b"frames").await;
     let got = String::from_utf8_lossy(&got).to_lowercase();
     assert!(got.starts_with("http/1.1 101 "), "{got}");
     for field in [

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use nrdot_tests::{
-    big_chunk, h2_connect, h2_request, h2_send, pool, pool_route, pool_route_with, raw,
+    big_chunk, h2_connect, h2_request, h2_send, pool, pool_route, pool_route_with, raw, read_until,
     send_blindly, Fnv, KeepAlive, Nrdot, Origin, RawOrigin,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1026,19 +1026,6 @@ async fn an_upstream_stalling_mid_body_is_cut_off_after_the_response_timeout() {
     .await;
     let timeouts = n.metric("nrdot_upstream_timeouts_total{pool=\"p\"}").await;
     assert_eq!(timeouts, 3.0);
-}
-
-/// Reads from `s` until `marker` has arrived; returns everything read.
-async fn read_until(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, marker: &[u8]) {
-    let mut chunk = [0u8; 4096];
-    while !got.windows(marker.len()).any(|w| w == marker) {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("timed out")
-            .expect("read");
-        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(got));
-        got.extend_from_slice(&chunk[..n]);
-    }
 }
 
 /// A connection to nrdot upgraded to a tunnel to `RawOrigin`'s `/ws` echo, its welcome read.

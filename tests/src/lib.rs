@@ -997,3 +997,16 @@ pub async fn answers(addr: SocketAddr, cases: &[(&str, impl AsRef<[u8]>, &str)])
         );
     }
 }
+
+/// Reads from `s` into `got` until `marker` has arrived (5 s for each read).
+pub async fn read_until(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, marker: &[u8]) {
+    let mut chunk = [0u8; 4096];
+    while !got.windows(marker.len()).any(|w| w == marker) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("timed out")
+            .expect("read");
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
