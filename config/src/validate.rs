@@ -21,6 +21,18 @@ const MAX_WEIGHT: i64 = 1_000_000;
 struct V<'t> {
     text: &'t str,
     errors: Vec<ValidationError>,
+    /// Offset of the piece being checked within `text` (a route section parsed on its own).
+    base: usize,
+}
+
+impl<'t> V<'t> {
+    fn new(text: &'t str) -> Self {
+        V {
+            text,
+            errors: Vec::new(),
+            base: 0,
+        }
+    }
 }
 
 fn item_span(item: &Item) -> Span {
@@ -34,7 +46,7 @@ fn item_span(item: &Item) -> Span {
 
 impl<'t> V<'t> {
     fn push(&mut self, path: &str, span: &Span, message: impl Into<String>) {
-        let offset = span.as_ref().map(|r| r.start).unwrap_or(0);
+        let offset = self.base + span.as_ref().map(|r| r.start).unwrap_or(0);
         let (line, column) = position(self.text, offset);
         self.errors.push(ValidationError {
             path: path.to_string(),
@@ -334,77 +346,97 @@ const OVERRIDABLE: &[&str] = &[
 /// `env`, the base and every environment overlay are validated, so a broken staging section is
 /// caught before anyone selects it.
 pub(crate) fn config(text: &str, env: Option<&str>) -> Result<Config, ConfigError> {
+    if let Some(cut) = sections::route_sections(text) {
+        if let Ok(doc) = ImDocument::parse(cut.rest.as_str()) {
+            if !doc.contains_key("route") {
+                if let Some(result) = checked(text, doc.as_table(), Some(&cut.routes), env) {
+                    return result;
+                }
+            }
+        }
+    }
+    whole_document(text, env)
+}
+
+/// The plain path: one `toml_edit` document of the whole file.
+fn whole_document(text: &str, env: Option<&str>) -> Result<Config, ConfigError> {
     let doc = match ImDocument::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
-            let mut v = V {
-                text,
-                errors: Vec::new(),
-            };
+            let mut v = V::new(text);
             let msg = e.message().trim().to_string();
             v.push("", &e.span(), format!("TOML syntax error: {msg}"));
             return Err(ConfigError::Invalid(v.errors));
         }
     };
-    let root = doc.as_table();
-    let mut v = V {
-        text,
-        errors: Vec::new(),
-    };
+    // Without sections nothing is unsure; the empty error list is never reached.
+    checked(text, doc.as_table(), None, env).unwrap_or(Err(ConfigError::Invalid(Vec::new())))
+}
+
+/// Checks a parsed root (the whole file, or the file without its route sections); `None` when
+/// a route section turned out not to be a plain `[[route]]` table.
+fn checked(
+    text: &str,
+    root: &toml_edit::Table,
+    routes: Option<&[Range<usize>]>,
+    env: Option<&str>,
+) -> Option<Result<Config, ConfigError>> {
+    let mut v = V::new(text);
     let names = environments(&mut v, root);
-    let result = match env {
-        Some(name) => {
-            if !names.iter().any(|n| n == name) {
-                v.push(
-                    "environment",
-                    &Some(0..0),
-                    format!(
-                        "unknown environment {name:?} (defined: {})",
-                        if names.is_empty() {
-                            "none".to_string()
-                        } else {
-                            names.join(", ")
-                        }
-                    ),
-                );
-                return Err(ConfigError::Invalid(v.errors));
-            }
-            let merged = overlay(root, name);
-            validate_root(v, &merged)
-        }
-        None => {
-            let base = validate_root(v, root);
-            let mut errors = match &base {
-                Ok(_) => Vec::new(),
-                Err(e) => e.problems().to_vec(),
-            };
-            for name in &names {
-                let merged = overlay(root, name);
-                let ev = V {
-                    text,
-                    errors: Vec::new(),
-                };
-                if let Err(e) = validate_root(ev, &merged) {
-                    for p in e.problems() {
-                        if !errors.contains(p) {
-                            let mut p = p.clone();
-                            p.message = format!("{} (in environment {name:?})", p.message);
-                            errors.push(p);
-                        }
-                    }
+    let Some(name) = env else {
+        return every_environment(text, root, routes, &names, v);
+    };
+    if !names.iter().any(|n| n == name) {
+        v.push(
+            "environment",
+            &Some(0..0),
+            format!(
+                "unknown environment {name:?} (defined: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        );
+        return Some(Err(ConfigError::Invalid(v.errors)));
+    }
+    let merged = overlay(root, name);
+    validate_root(v, &merged, routes)
+}
+
+/// The base and every environment overlay, their problems merged (an overlay's marked with its
+/// name); the base's config when all are valid.
+fn every_environment(
+    text: &str,
+    root: &toml_edit::Table,
+    routes: Option<&[Range<usize>]>,
+    names: &[String],
+    v: V<'_>,
+) -> Option<Result<Config, ConfigError>> {
+    let base = validate_root(v, root, routes)?;
+    let mut errors = match &base {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().to_vec(),
+    };
+    for name in names {
+        let merged = overlay(root, name);
+        if let Err(e) = validate_root(V::new(text), &merged, routes)? {
+            for p in e.problems() {
+                if !errors.contains(p) {
+                    let mut p = p.clone();
+                    p.message = format!("{} (in environment {name:?})", p.message);
+                    errors.push(p);
                 }
             }
-            if errors.is_empty() {
-                base
-            } else {
-                errors.sort_by_key(|e| (e.line, e.column));
-                errors
-                    .dedup_by(|a, b| a.line == b.line && a.column == b.column && a.path == b.path);
-                Err(ConfigError::Invalid(errors))
-            }
         }
-    };
-    result
+    }
+    if errors.is_empty() {
+        return Some(base);
+    }
+    errors.sort_by_key(|e| (e.line, e.column));
+    errors.dedup_by(|a, b| a.line == b.line && a.column == b.column && a.path == b.path);
+    Some(Err(ConfigError::Invalid(errors)))
 }
 
 /// Names of the `[environment.*]` sections, checking their keys.
@@ -469,7 +501,11 @@ fn overlay(root: &toml_edit::Table, name: &str) -> toml_edit::Table {
     merged
 }
 
-fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, ConfigError> {
+fn validate_root(
+    mut v: V<'_>,
+    root: &toml_edit::Table,
+    sections: Option<&[Range<usize>]>,
+) -> Option<Result<Config, ConfigError>> {
     let root: &dyn TableLike = root;
     let top: Vec<&str> = ["version", "environment"]
         .into_iter()
@@ -546,13 +582,18 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
     };
     let trusted_proxies = trusted(&mut v, root);
     let pools = pools(&mut v, root);
-    let routes = routes(&mut v, root, &pools);
+    let routes = match sections {
+        Some(sections) if !root.contains_key("route") => {
+            routes_in_sections(&mut v, sections, &pools)?
+        }
+        _ => routes(&mut v, root, &pools),
+    };
 
     if !v.errors.is_empty() {
         v.errors.sort_by_key(|e| (e.line, e.column));
-        return Err(ConfigError::Invalid(v.errors));
+        return Some(Err(ConfigError::Invalid(v.errors)));
     }
-    Ok(Config {
+    Some(Ok(Config {
         worker_threads,
         state_dir,
         shutdown_grace,
@@ -569,7 +610,7 @@ fn validate_root(mut v: V<'_>, root: &toml_edit::Table) -> Result<Config, Config
         trusted_proxies,
         pools,
         routes,
-    })
+    }))
 }
 
 fn listeners(v: &mut V<'_>, root: &dyn TableLike, admin: SocketAddr) -> Vec<Listener> {
@@ -1127,11 +1168,57 @@ fn valid_header_name(s: &str) -> bool {
 }
 
 fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
-    let pool_names: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
-    let mut out: Vec<Route> = Vec::new();
-    let mut names = HashSet::new();
-    let mut matches: HashMap<(String, String, Option<HeaderMatch>), String> = HashMap::new();
-    for (i, (t, tspan)) in v.tables(root, "route", "").into_iter().enumerate() {
+    let mut checks = RouteChecks::new(pools);
+    v.tables(root, "route", "")
+        .into_iter()
+        .enumerate()
+        .map(|(i, (t, tspan))| checks.route(v, t, &tspan, i))
+        .collect()
+}
+
+/// The routes of a file cut into sections, each parsed, checked and dropped in turn; `None`
+/// when a section is not exactly one `[[route]]` table (the caller then parses the whole file).
+fn routes_in_sections(
+    v: &mut V<'_>,
+    sections: &[Range<usize>],
+    pools: &[Pool],
+) -> Option<Vec<Route>> {
+    let mut checks = RouteChecks::new(pools);
+    let mut out = Vec::with_capacity(sections.len());
+    let text = v.text;
+    for (i, range) in sections.iter().enumerate() {
+        let doc = ImDocument::parse(text.get(range.clone())?).ok()?;
+        let root = doc.as_table();
+        let tables = root.get("route")?.as_array_of_tables()?;
+        if root.len() != 1 || tables.len() != 1 {
+            return None;
+        }
+        let t = tables.get(0)?;
+        v.base = range.start;
+        out.push(checks.route(v, t, &t.span(), i));
+        v.base = 0;
+    }
+    Some(out)
+}
+
+/// What checking one route needs to know of the others: pool names, route names and matches
+/// taken so far.
+struct RouteChecks<'p> {
+    pool_names: HashSet<&'p str>,
+    names: HashSet<String>,
+    matches: HashMap<(String, String, Option<HeaderMatch>), String>,
+}
+
+impl<'p> RouteChecks<'p> {
+    fn new(pools: &'p [Pool]) -> Self {
+        RouteChecks {
+            pool_names: pools.iter().map(|p| p.name.as_str()).collect(),
+            names: HashSet::new(),
+            matches: HashMap::new(),
+        }
+    }
+
+    fn route(&mut self, v: &mut V<'_>, t: &dyn TableLike, tspan: &Span, i: usize) -> Route {
         let path = format!("route[{i}]");
         v.keys(
             t,
@@ -1150,7 +1237,7 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
                 "hsts",
             ],
         );
-        let name = unique_name(v, t, &path, &tspan, "route", &mut names);
+        let name = unique_name(v, t, &path, tspan, "route", &mut self.names);
         let mut hosts = Vec::new();
         for (j, (h, span)) in v.strings(t, "host", &path).into_iter().enumerate() {
             let h = h.to_ascii_lowercase();
@@ -1179,7 +1266,7 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
             None => "/".to_string(),
         };
         let header = route_header(v, t, &path);
-        let split = route_split(v, t, &path, &tspan, &pool_names);
+        let split = route_split(v, t, &path, tspan, &self.pool_names);
         let sticky = route_sticky(v, t, &path);
         let (mut override_header, mut override_cookie) = (None, None);
         if let Some((o, ospan)) = v.table(t, "override", &path) {
@@ -1207,8 +1294,8 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
         };
         for h in host_keys {
             let key = (h.clone(), route_path.clone(), header.clone());
-            if let Some(other) = matches.insert(key, name.clone()) {
-                let span = v.get(t, "path").and_then(|(_, s)| s).or(tspan.clone());
+            if let Some(other) = self.matches.insert(key, name.clone()) {
+                let span = v.get(t, "path").and_then(|(_, s)| s).or_else(|| tspan.clone());
                 v.push(
                     &path,
                     &span,
@@ -1230,7 +1317,7 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
             }
             None => None,
         };
-        out.push(Route {
+        Route {
             name,
             hosts,
             path: route_path,
@@ -1242,9 +1329,8 @@ fn routes(v: &mut V<'_>, root: &dyn TableLike, pools: &[Pool]) -> Vec<Route> {
             retry_unsafe,
             https_redirect,
             hsts,
-        });
+        }
     }
-    out
 }
 
 /// A route's `header` condition: a valid name, and a value to match or none (presence).
@@ -1394,6 +1480,7 @@ fn route_split(
 }
 
 mod resilience;
+mod sections;
 #[cfg(test)]
 mod tests;
 mod tls;

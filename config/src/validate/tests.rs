@@ -281,3 +281,38 @@ fn glob_patterns_match_runs_of_any_characters() {
     assert!(m("a*b*c", "a-b-c") && m("a*b*c", "abc") && !m("a*b*c", "acb"));
     assert!(!m("ab*ba", "aba"), "prefix and suffix must not overlap");
 }
+
+/// Route sections parsed one by one must answer exactly as the whole document does, for valid
+/// files and for problems in the sections, around them and in overlays.
+#[test]
+fn route_sections_answer_like_the_whole_document() {
+    let edits: &[(&str, &str)] = &[
+        ("# end", ""),
+        ("path = \"/api\"", "path = \"api\""),
+        ("pool = \"stable\"\n# end", "pool = \"nope\"\n# end"),
+        ("name = \"default\"", "name = \"api\""),
+        ("name = \"default\"", "name = \"default\"\nbogus = 1"),
+        ("name = \"default\"", "name = \"default\n"),
+        ("worker_threads = 2", "worker_threads = 0"),
+        ("[[route]]\nname = \"api\"", "[route.x]\n[[route]]\nname = \"api\""),
+        ("# end", "[route.sticky]\ncookie = 1\n"),
+        ("# end", "[environment.prod]\nroute = [{ name = \"x\", pool = \"no\" }]\n"),
+        ("# end", "[environment.prod]\nworker_threads = 0\n"),
+        ("name = \"default\"", "name = \"default\"\nnote = '''\n[[route]]'''"),
+    ];
+    let valid = format!("{VALID}# end\n");
+    for (from, to) in edits {
+        let text = valid.replacen(from, to, 1);
+        let text = text.as_str();
+        let cut = config(text, None).map_err(|e| e.problems().to_vec());
+        let whole = whole_document(text, None).map_err(|e| e.problems().to_vec());
+        assert_eq!(cut.is_ok(), whole.is_ok(), "{to}");
+        if let (Err(a), Err(b)) = (&cut, &whole) {
+            assert_eq!(a, b, "{to}");
+        }
+        if to.is_empty() {
+            assert!(sections::route_sections(text).is_some());
+            assert_eq!(cut.map(|c| c.routes.len()), Ok(2));
+        }
+    }
+}
