@@ -161,10 +161,15 @@ impl Control {
     /// Opens the state directory and decides what to serve: the store's current version, unless
     /// the store is empty or the configuration file changed since it was last imported, in which
     /// case the file becomes a new version. A damaged store or audit log stops the start.
+    ///
+    /// `file_config` is `file_text` already validated by the caller (who needed its state
+    /// directory): validating a large file again would cost the time and, while both are held,
+    /// the memory of a second copy.
     pub fn start(
         state_dir: &Path,
         file: Option<PathBuf>,
         file_text: &str,
+        file_config: Config,
         environment: Option<String>,
     ) -> Result<(Control, Option<VersionMeta>), StartError> {
         durable::ensure_dir(state_dir)
@@ -189,11 +194,16 @@ impl Control {
         let (meta, config) = match store.current()? {
             Some(id) if imported.as_deref() == Some(file_checksum.as_str()) => {
                 let v = store.get(id)?;
-                let config = validate(&v.content)?;
+                let config = if v.meta.checksum == file_checksum {
+                    file_config
+                } else {
+                    drop(file_config);
+                    validate(&v.content)?
+                };
                 (v.meta, config)
             }
             current => {
-                let config = validate(file_text)?;
+                let config = file_config;
                 let message = match current {
                     None => format!("initial configuration from {label}"),
                     Some(_) => format!("{label} changed since it was last loaded"),

@@ -113,5 +113,5 @@ pub fn run(listen: SocketAddr, admin: SocketAddr, state_dir: &Path) -> anyhow::R
         state_dir.display(),
         state_dir.join("access.log").display()
     );
-    crate::run::serve_claimed(Some(path), &text, None, Some(claim))
+    crate::run::serve_claimed(Some(path), text, None, Some(claim))
 }

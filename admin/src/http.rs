@@ -129,6 +129,22 @@ fn process_metrics() -> &'static metrics_process::Collector {
     })
 }
 
+/// jemalloc's own figures: bytes the program holds and bytes of heap pages resident. The gap
+/// between them and the process RSS tells fragmentation from growth, as Envoy's
+/// `server.memory_allocated` / `memory_heap_size` do. Zero when jemalloc is not the allocator.
+fn heap_metrics() {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    if epoch::advance().is_err() {
+        return;
+    }
+    if let Ok(n) = stats::allocated::read() {
+        metrics::gauge!("nrdot_heap_allocated_bytes").set(n as f64);
+    }
+    if let Ok(n) = stats::resident::read() {
+        metrics::gauge!("nrdot_heap_resident_bytes").set(n as f64);
+    }
+}
+
 fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
@@ -235,6 +251,7 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
             return match &admin.prometheus {
                 Some(p) => {
                     process_metrics().collect();
+                    heap_metrics();
                     // The memory trigger's own number, for the alert that mirrors it.
                     metrics::gauge!("nrdot_memory_usage_ratio")
                         .set(crate::rollout::memory_fraction());

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             config,
             environment,
         } => match run::load(&config) {
-            Ok(text) => exit(run::serve(Some(config), &text, environment)),
+            Ok(text) => exit(run::serve(Some(config), text, environment)),
             Err(e) => {
                 eprintln!("nrdot: {e:#}");
                 ExitCode::from(2)

@@ -41,7 +41,11 @@ pub fn claim(state_dir: &Path) -> anyhow::Result<Claim> {
 /// Runs proxy and admin until SIGTERM or SIGINT; SIGHUP reloads `path`. `text` is the file's
 /// content; whether it or the version store's current version is served is decided by
 /// [`Control::start`].
-pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> anyhow::Result<()> {
+pub fn serve(
+    path: Option<PathBuf>,
+    text: String,
+    environment: Option<String>,
+) -> anyhow::Result<()> {
     serve_claimed(path, text, environment, None)
 }
 
@@ -49,7 +53,7 @@ pub fn serve(path: Option<PathBuf>, text: &str, environment: Option<String>) -> 
 /// its files there).
 pub fn serve_claimed(
     path: Option<PathBuf>,
-    text: &str,
+    text: String,
     environment: Option<String>,
     claimed: Option<Claim>,
 ) -> anyhow::Result<()> {
@@ -58,7 +62,7 @@ pub fn serve_claimed(
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "config".into());
     // The file names the state directory, so it must at least validate.
-    let bootstrap = Config::from_toml_env(text, environment.as_deref())
+    let bootstrap = Config::from_toml_env(&text, environment.as_deref())
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{}", e.render(&label).trim_end()))?;
     crate::logging::init(&bootstrap.log)
         .with_context(|| format!("cannot open log file {}", bootstrap.log.file))?;
@@ -74,7 +78,14 @@ pub fn serve_claimed(
             None => anyhow::bail!("upgrade handover carried no state-directory lock"),
         },
     };
-    let started = match Started::new(path, text, environment, &label, incoming.as_deref_mut()) {
+    let started = match Started::new(
+        path,
+        &text,
+        bootstrap,
+        environment,
+        &label,
+        incoming.as_deref_mut(),
+    ) {
         Ok(s) => s,
         Err(e) => {
             if let Some(i) = &incoming {
@@ -83,6 +94,8 @@ pub fn serve_claimed(
             return Err(e);
         }
     };
+    // The store holds the text now; a large file should not stay resident twice.
+    drop(text);
     if let Some(i) = &incoming {
         // Told to go, this process is the server; the old one stops accepting once we serve.
         i.ready()?;
@@ -107,18 +120,18 @@ struct Started {
 }
 
 impl Started {
+    /// `config` is `text` validated (with `environment`).
     fn new(
         path: Option<PathBuf>,
         text: &str,
+        config: Config,
         environment: Option<String>,
         label: &str,
         mut incoming: Option<&mut Incoming>,
     ) -> anyhow::Result<Started> {
         let prometheus = install_recorder()?;
-        let state_dir = Config::from_toml_env(text, environment.as_deref())
-            .map_err(|e| anyhow::anyhow!("{}", e.render(label)))?
-            .state_dir;
-        let (control, created) = Control::start(&state_dir, path, text, environment)?;
+        let state_dir = config.state_dir.clone();
+        let (control, created) = Control::start(&state_dir, path, text, config, environment)?;
         let control = Arc::new(control);
         if let Some(v) = created {
             tracing::info!(version = v.id, "stored {label} as config version {}", v.id);

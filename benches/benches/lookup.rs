@@ -7,10 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use nrdot_config::{Config, RouteTable};
 
 fn lookup(c: &mut Criterion) {
-    let hosts: usize = std::env::var("NRDOT_SCALE_HOSTS")
-        .ok()
-        .and_then(|h| h.parse().ok())
-        .unwrap_or(1000);
+    let hosts = nrdot_benches::scale_hosts();
     let config = Config::from_toml(&nrdot_benches::large_config(hosts, 10)).expect("valid");
     let table = RouteTable::compile(Arc::new(config), 1, None);
     assert!(table.routes.len() > hosts * 10);

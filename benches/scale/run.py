@@ -4,7 +4,8 @@
 For each size it reports what an operator of a large platform pays per route:
   validate   `nrdot config validate` wall time and peak RSS (parse, check, no serving)
   startup    `nrdot serve` until /health answers (validate + compile + bind)
-  rss        resident memory serving, after 2,000 requests over random routes and 12 s
+  rss        resident memory serving, after 2,000 requests over random routes and 12 s;
+             heap held: what jemalloc says the program holds at that moment
   scrape     size and time of GET /metrics (median of 3)
   put        time of a PUT of the whole table (median of 3), under steady traffic, with the
              number of failed requests during the PUTs; rss after the PUTs
@@ -199,6 +200,9 @@ def one_size(nrdot, hosts, prefixes, workdir):
         scrapes = [admin("GET", base + "/metrics", token) for _ in range(3)]
         row["scrape_kb"] = len(scrapes[-1][1]) / 1024
         row["scrape_s"] = statistics.median(s for s, _ in scrapes)
+        gauges = dict(line.split(" ", 1) for line in scrapes[-1][1].decode().splitlines()
+                      if line.startswith("nrdot_heap_"))
+        row["heap_mb"] = float(gauges.get("nrdot_heap_allocated_bytes", 0)) / 1e6
         # Whole-table PUTs under steady traffic from two clients.
         stop, loads = threading.Event(), []
 
@@ -252,12 +256,13 @@ def main():
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print("| routes | config | validate | validate peak | startup | RSS serving | RSS after 3 PUTs "
-          "| /metrics | scrape | PUT | failed during PUTs | stored / file |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| routes | config | validate | validate peak | startup | RSS serving | heap held "
+          "| RSS after 3 PUTs | /metrics | scrape | PUT | failed during PUTs | stored / file |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['routes']:,} | {r['config_mb']:.1f} MB | {r['validate_s']:.2f} s "
               f"| {r['validate_peak_mb']:.0f} MB | {r['startup_s']:.2f} s | {r['rss_mb']:.0f} MB "
+              f"| {r['heap_mb']:.0f} MB "
               f"| {r['rss_after_puts_mb']:.0f} MB | {r['scrape_kb']:.0f} KB "
               f"| {r['scrape_s'] * 1000:.0f} ms | {r['put_s']:.2f} s "
               f"| {r['put_failed']} of {r['put_requests']:,} | {r['store_ratio'] * 100:.1f} % |")

@@ -25,3 +25,11 @@ pub fn large_config(hosts: usize, paths: usize) -> String {
     t.push_str("[[route]]\nname = \"default\"\npool = \"pool0\"\n");
     t
 }
+
+/// Hosts of the large configuration: `NRDOT_SCALE_HOSTS`, else 1,000 (10,000 routes).
+pub fn scale_hosts() -> usize {
+    std::env::var("NRDOT_SCALE_HOSTS")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(1000)
+}

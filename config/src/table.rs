@@ -67,13 +67,14 @@ pub struct RouteEntry {
     pub name: Box<str>,
     /// Long-lived state (survives swaps).
     pub state: Arc<RouteState>,
-    /// Pool indexes of the split, in configuration order.
-    pub pools: Vec<usize>,
+    /// Pool indexes of the split, in configuration order; shared by routes with the same list.
+    pub pools: Arc<[usize]>,
     /// `nrdot_requests_total` per split entry, when `[metrics]` exports this route; `None`
     /// costs no series and no registry entry.
     pub counters: Option<Box<[StatusCounters]>>,
-    /// Weighted choice among `pools`.
-    pub split: Split,
+    /// Weighted choice among `pools`; shared by routes with the same weights (a 90/10 split's
+    /// sequence is 100 entries, most of what a route would otherwise cost).
+    pub split: Arc<Split>,
     /// Header condition, if any.
     pub header: Option<HeaderMatch>,
     /// Sticky key source.
@@ -181,10 +182,11 @@ impl RouteTable {
                 old.pool(p)
             })
             .collect();
+        let mut shared = Shared::default();
         let routes: Vec<RouteEntry> = config
             .routes
             .iter()
-            .map(|r| old.route(r, &pool_index, config.metrics.exports(&r.name)))
+            .map(|r| old.route(r, &pool_index, &mut shared, config.metrics.exports(&r.name)))
             .collect();
         let (exact, wildcard, any) = index_hosts(&config, &routes);
         let https_port = config
@@ -501,7 +503,19 @@ impl<'a> Survivors<'a> {
     }
 
     /// A route compiled; `pool_index` maps pool names to their place in the table.
-    fn route(&self, r: &Route, pool_index: &HashMap<&str, usize>, export: bool) -> RouteEntry {
+    fn route(
+        &self,
+        r: &Route,
+        pool_index: &HashMap<&str, usize>,
+        shared: &mut Shared,
+        export: bool,
+    ) -> RouteEntry {
+        let pools: Vec<usize> = r
+            .split
+            .iter()
+            .map(|e| pool_index[e.pool.as_str()])
+            .collect();
+        let weights: Vec<u32> = r.split.iter().map(|e| e.weight).collect();
         RouteEntry {
             name: r.name.as_str().into(),
             state: self
@@ -509,18 +523,14 @@ impl<'a> Survivors<'a> {
                 .get(r.name.as_str())
                 .map(|s| Arc::clone(s))
                 .unwrap_or_else(|| Arc::new(RouteState::new(&r.name))),
-            pools: r
-                .split
-                .iter()
-                .map(|e| pool_index[e.pool.as_str()])
-                .collect(),
+            pools: shared.pools(pools),
             counters: export.then(|| {
                 r.split
                     .iter()
                     .map(|e| StatusCounters::new(&r.name, &e.pool))
                     .collect()
             }),
-            split: Split::new(&r.split.iter().map(|e| e.weight).collect::<Vec<_>>()),
+            split: shared.split(weights),
             header: r.header.clone(),
             sticky: r.sticky.clone(),
             override_header: r.override_header.as_deref().map(Into::into),
@@ -532,6 +542,34 @@ impl<'a> Survivors<'a> {
                 .as_deref()
                 .and_then(|h| http::HeaderValue::from_str(h).ok()),
         }
+    }
+}
+
+/// Pool lists and splits already compiled in this table, by content: thousands of routes
+/// usually share a handful of splits.
+#[derive(Default)]
+struct Shared {
+    pools: HashMap<Vec<usize>, Arc<[usize]>>,
+    splits: HashMap<Vec<u32>, Arc<Split>>,
+}
+
+impl Shared {
+    fn pools(&mut self, pools: Vec<usize>) -> Arc<[usize]> {
+        if let Some(p) = self.pools.get(&pools) {
+            return Arc::clone(p);
+        }
+        let p: Arc<[usize]> = pools.as_slice().into();
+        self.pools.insert(pools, Arc::clone(&p));
+        p
+    }
+
+    fn split(&mut self, weights: Vec<u32>) -> Arc<Split> {
+        if let Some(s) = self.splits.get(&weights) {
+            return Arc::clone(s);
+        }
+        let s = Arc::new(Split::new(&weights));
+        self.splits.insert(weights, Arc::clone(&s));
+        s
     }
 }
 

@@ -1295,7 +1295,10 @@ impl<'p> RouteChecks<'p> {
         for h in host_keys {
             let key = (h.clone(), route_path.clone(), header.clone());
             if let Some(other) = self.matches.insert(key, name.clone()) {
-                let span = v.get(t, "path").and_then(|(_, s)| s).or_else(|| tspan.clone());
+                let span = v
+                    .get(t, "path")
+                    .and_then(|(_, s)| s)
+                    .or_else(|| tspan.clone());
                 v.push(
                     &path,
                     &span,

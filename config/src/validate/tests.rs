@@ -294,11 +294,20 @@ fn route_sections_answer_like_the_whole_document() {
         ("name = \"default\"", "name = \"default\"\nbogus = 1"),
         ("name = \"default\"", "name = \"default\n"),
         ("worker_threads = 2", "worker_threads = 0"),
-        ("[[route]]\nname = \"api\"", "[route.x]\n[[route]]\nname = \"api\""),
+        (
+            "[[route]]\nname = \"api\"",
+            "[route.x]\n[[route]]\nname = \"api\"",
+        ),
         ("# end", "[route.sticky]\ncookie = 1\n"),
-        ("# end", "[environment.prod]\nroute = [{ name = \"x\", pool = \"no\" }]\n"),
+        (
+            "# end",
+            "[environment.prod]\nroute = [{ name = \"x\", pool = \"no\" }]\n",
+        ),
         ("# end", "[environment.prod]\nworker_threads = 0\n"),
-        ("name = \"default\"", "name = \"default\"\nnote = '''\n[[route]]'''"),
+        (
+            "name = \"default\"",
+            "name = \"default\"\nnote = '''\n[[route]]'''",
+        ),
     ];
     let valid = format!("{VALID}# end\n");
     for (from, to) in edits {
