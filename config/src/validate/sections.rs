@@ -25,16 +25,16 @@ pub(super) fn route_sections(text: &str) -> Option<Sections> {
     let headers = headers(text)?;
     let mut routes: Vec<Range<usize>> = Vec::new();
     let mut open: Option<usize> = None;
-    for (at, array, first) in headers {
-        let is_route = first.as_deref() == Some("route");
-        if is_route && array && at.is_top_level {
+    for h in headers {
+        let is_route = h.first.as_deref() == Some("route");
+        if is_route && h.array && h.one_key {
             if let Some(start) = open.take() {
-                routes.push(start..at.offset);
+                routes.push(start..h.offset);
             }
-            open = Some(at.offset);
+            open = Some(h.offset);
         } else if !(is_route && open.is_some()) {
             if let Some(start) = open.take() {
-                routes.push(start..at.offset);
+                routes.push(start..h.offset);
             }
         }
     }
@@ -57,15 +57,20 @@ pub(super) fn route_sections(text: &str) -> Option<Sections> {
     Some(Sections { rest, routes })
 }
 
-struct At {
+/// A table header line.
+struct Header {
+    /// Where its `[` is.
     offset: usize,
-    /// `[[route]]` exactly (one key, no dots): only that opens a new route section.
-    is_top_level: bool,
+    /// `[[..]]`.
+    array: bool,
+    /// One key, no dots: `[[route]]` itself, not `[[route.split]]`.
+    one_key: bool,
+    /// The first key, bare or quoted without escapes; `None` when it cannot be read simply.
+    first: Option<String>,
 }
 
-/// Every header line: where it starts, whether it is `[[..]]`, and its first key (bare or
-/// quoted without escapes; `None` when it cannot be read simply).
-fn headers(text: &str) -> Option<Vec<(At, bool, Option<String>)>> {
+/// Every header line, in order.
+fn headers(text: &str) -> Option<Vec<Header>> {
     let b = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -145,7 +150,7 @@ fn skip_string(b: &[u8], i: usize) -> Option<usize> {
 
 /// Parses the header starting at `b[i] == '['`; returns it and the index after its line's end
 /// (the newline itself is left for the caller).
-fn header(b: &[u8], i: usize) -> Option<((At, bool, Option<String>), usize)> {
+fn header(b: &[u8], i: usize) -> Option<(Header, usize)> {
     let array = b.get(i + 1) == Some(&b'[');
     let mut j = if array { i + 2 } else { i + 1 };
     let mut keys: Vec<Option<String>> = Vec::new();
@@ -195,12 +200,13 @@ fn header(b: &[u8], i: usize) -> Option<((At, bool, Option<String>), usize)> {
         Some(b'#') => j = skip_to_eol(b, j),
         Some(_) => return None,
     }
-    let at = At {
+    let header = Header {
         offset: i,
-        is_top_level: keys.len() == 1,
+        array,
+        one_key: keys.len() == 1,
+        first: keys.into_iter().next().flatten(),
     };
-    let first = keys.into_iter().next().flatten();
-    Some(((at, array, first), j))
+    Some((header, j))
 }
 
 #[cfg(test)]
