@@ -1268,47 +1268,7 @@ impl<'p> RouteChecks<'p> {
         let header = route_header(v, t, &path);
         let split = route_split(v, t, &path, tspan, &self.pool_names);
         let sticky = route_sticky(v, t, &path);
-        let (mut override_header, mut override_cookie) = (None, None);
-        if let Some((o, ospan)) = v.table(t, "override", &path) {
-            let op = format!("{path}.override");
-            v.keys(o, &op, &["header", "cookie"]);
-            override_header = v.str(o, "header", &op).map(|(h, span)| {
-                if !valid_header_name(&h) {
-                    v.push(
-                        &format!("{op}.header"),
-                        &span,
-                        format!("invalid header name {h:?}"),
-                    );
-                }
-                h.to_ascii_lowercase()
-            });
-            override_cookie = v.str(o, "cookie", &op).map(|(c, _)| c);
-            if override_header.is_none() && override_cookie.is_none() {
-                v.push(&op, &ospan, "set \"header\", \"cookie\" or both");
-            }
-        }
-        let host_keys = if hosts.is_empty() {
-            vec![String::new()]
-        } else {
-            hosts.clone()
-        };
-        for h in host_keys {
-            let key = (h.clone(), route_path.clone(), header.clone());
-            if let Some(other) = self.matches.insert(key, name.clone()) {
-                let span = v
-                    .get(t, "path")
-                    .and_then(|(_, s)| s)
-                    .or_else(|| tspan.clone());
-                v.push(
-                    &path,
-                    &span,
-                    format!(
-                        "route {name:?} matches exactly what route {other:?} matches (host {:?}, path {route_path:?}); one of them could never be used",
-                        if h.is_empty() { "*" } else { h.as_str() }
-                    ),
-                );
-            }
-        }
+        let (override_header, override_cookie) = route_override(v, t, &path);
         let retry_unsafe = v.bool(t, "retry_unsafe", &path).unwrap_or(false);
         let https_redirect = v.bool(t, "https_redirect", &path).unwrap_or(false);
         let hsts = match v.str(t, "hsts", &path) {
@@ -1320,7 +1280,7 @@ impl<'p> RouteChecks<'p> {
             }
             None => None,
         };
-        Route {
+        let route = Route {
             name,
             hosts,
             path: route_path,
@@ -1332,8 +1292,73 @@ impl<'p> RouteChecks<'p> {
             retry_unsafe,
             https_redirect,
             hsts,
+        };
+        self.unique_match(v, t, tspan, &path, &route);
+        route
+    }
+
+    /// Reports a route that matches exactly what an earlier one matches (host, path, header).
+    fn unique_match(
+        &mut self,
+        v: &mut V<'_>,
+        t: &dyn TableLike,
+        tspan: &Span,
+        path: &str,
+        r: &Route,
+    ) {
+        let (name, route_path) = (&r.name, &r.path);
+        let any = [String::new()];
+        let host_keys = if r.hosts.is_empty() {
+            &any[..]
+        } else {
+            &r.hosts
+        };
+        for h in host_keys {
+            let key = (h.clone(), route_path.clone(), r.header.clone());
+            if let Some(other) = self.matches.insert(key, name.clone()) {
+                let span = v
+                    .get(t, "path")
+                    .and_then(|(_, s)| s)
+                    .or_else(|| tspan.clone());
+                v.push(
+                    path,
+                    &span,
+                    format!(
+                        "route {name:?} matches exactly what route {other:?} matches (host {:?}, path {route_path:?}); one of them could never be used",
+                        if h.is_empty() { "*" } else { h.as_str() }
+                    ),
+                );
+            }
         }
     }
+}
+
+/// A route's `override`: the header and/or cookie that force a pool by name.
+fn route_override(
+    v: &mut V<'_>,
+    t: &dyn TableLike,
+    path: &str,
+) -> (Option<String>, Option<String>) {
+    let Some((o, ospan)) = v.table(t, "override", path) else {
+        return (None, None);
+    };
+    let op = format!("{path}.override");
+    v.keys(o, &op, &["header", "cookie"]);
+    let header = v.str(o, "header", &op).map(|(h, span)| {
+        if !valid_header_name(&h) {
+            v.push(
+                &format!("{op}.header"),
+                &span,
+                format!("invalid header name {h:?}"),
+            );
+        }
+        h.to_ascii_lowercase()
+    });
+    let cookie = v.str(o, "cookie", &op).map(|(c, _)| c);
+    if header.is_none() && cookie.is_none() {
+        v.push(&op, &ospan, "set \"header\", \"cookie\" or both");
+    }
+    (header, cookie)
 }
 
 /// A route's `header` condition: a valid name, and a value to match or none (presence).
