@@ -77,6 +77,9 @@ pub enum AuthError {
     /// No OS randomness.
     #[error("cannot generate a secret: {0}")]
     Random(String),
+    /// A new password too short to resist guessing.
+    #[error("the password must have at least {MIN_PASSWORD} characters")]
+    WeakPassword,
     /// Unknown token name.
     #[error("no token named {0:?}")]
     UnknownToken(String),
@@ -88,7 +91,29 @@ pub struct Auth {
     credentials: PathBuf,
     file: Mutex<AuthFile>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Dashboard sessions by the digest of their id (a memory dump shows no usable cookie).
+    /// In memory: a restart logs everyone out, as HAProxy's and Traefik's dashboards do.
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
 }
+
+/// A logged-in dashboard session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Who logged in, with the role of the credential used.
+    pub actor: Actor,
+    /// The token every mutating call of this session must carry in `X-CSRF-Token`.
+    pub csrf: String,
+    last_seen: Instant,
+}
+
+/// A session unused this long is gone; its next call is answered 401.
+pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+
+/// Sessions kept at most; the least recently used goes first.
+const MAX_SESSIONS: usize = 10_000;
+
+/// Shortest dashboard password accepted.
+pub const MIN_PASSWORD: usize = 12;
 
 /// A new random secret: 32 bytes from the OS, hex encoded, with a prefix that secret scanners
 /// can recognise.
@@ -176,6 +201,7 @@ impl Auth {
                 credentials,
                 file: Mutex::new(file),
                 failures: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(HashMap::new()),
             },
             created,
         ))
@@ -289,6 +315,99 @@ impl Auth {
                     .is_ok()
             })
             .unwrap_or(false)
+    }
+
+    /// Who `user` is when `password` is right: the dashboard user (admin role), or a token's
+    /// name with the token's secret as the password (the token's role: how a viewer logs in).
+    pub fn login(&self, user: &str, password: &str) -> Option<Actor> {
+        if self.check_password(user, password) {
+            return Some(Actor {
+                name: user.to_string(),
+                role: Role::Admin,
+            });
+        }
+        let presented = digest(password);
+        let file = self.file.lock().expect("auth poisoned");
+        let mut found = None;
+        for t in &file.tokens {
+            if constant_time_eq(&presented, &hex_to_bytes(&t.sha256)) && t.name == user {
+                found = Some(Actor {
+                    name: t.name.clone(),
+                    role: t.role,
+                });
+            }
+        }
+        found
+    }
+
+    /// Opens a session for `actor`; returns its id (the cookie value) and its CSRF token.
+    pub fn open_session(&self, actor: Actor) -> Result<(String, String), AuthError> {
+        let id = new_secret("")?;
+        let csrf = new_secret("")?;
+        let mut sessions = self.sessions.lock().expect("sessions poisoned");
+        let now = Instant::now();
+        sessions.retain(|_, s| now.duration_since(s.last_seen) < SESSION_IDLE);
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(k, _)| *k)
+            {
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(
+            digest(&id),
+            Session {
+                actor,
+                csrf: csrf.clone(),
+                last_seen: now,
+            },
+        );
+        Ok((id, csrf))
+    }
+
+    /// The live session with cookie value `id`, its idle clock restarted.
+    pub fn session(&self, id: &str) -> Option<Session> {
+        let mut sessions = self.sessions.lock().expect("sessions poisoned");
+        let key = digest(id);
+        let now = Instant::now();
+        let s = sessions.get_mut(&key)?;
+        if now.duration_since(s.last_seen) >= SESSION_IDLE {
+            sessions.remove(&key);
+            return None;
+        }
+        s.last_seen = now;
+        Some(s.clone())
+    }
+
+    /// Ends the session with cookie value `id`.
+    pub fn close_session(&self, id: &str) {
+        self.sessions
+            .lock()
+            .expect("sessions poisoned")
+            .remove(&digest(id));
+    }
+
+    /// Replaces the dashboard password and ends every session of the dashboard user except
+    /// `keep` (the one that changed it), so a stolen session dies with the old password.
+    pub fn set_password(&self, password: &str, keep: Option<&str>) -> Result<(), AuthError> {
+        if password.chars().count() < MIN_PASSWORD {
+            return Err(AuthError::WeakPassword);
+        }
+        let hash = hash_password(password)?;
+        let mut file = self.file.lock().expect("auth poisoned");
+        let mut next = file.clone();
+        next.dashboard_password = hash;
+        self.save(&next)?;
+        let user = next.dashboard_user.clone();
+        *file = next;
+        let keep = keep.map(digest);
+        self.sessions
+            .lock()
+            .expect("sessions poisoned")
+            .retain(|k, s| Some(*k) == keep || s.actor.name != user);
+        Ok(())
     }
 
     fn save(&self, file: &AuthFile) -> Result<(), AuthError> {

@@ -382,6 +382,13 @@ pub enum AdminCommand {
         #[arg(long)]
         role: String,
     },
+    /// Change the dashboard password (12 characters or more; Argon2-hashed, audited). Asks on
+    /// the terminal without echo, or reads one line from stdin with --password-stdin.
+    SetPassword {
+        /// Read the new password from stdin (for scripts) instead of asking.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 /// `nrdot rollout …`

@@ -789,6 +789,36 @@ pub fn token(c: &Client, name: &str, role: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The new dashboard password: one line of stdin, or asked twice on the terminal.
+pub fn read_new_password(from_stdin: bool) -> Result<String, String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read stdin: {e}"))?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let first = rpassword::prompt_password("new dashboard password: ")
+        .map_err(|e| format!("cannot read the password ({e}); use --password-stdin"))?;
+    let again = rpassword::prompt_password("again: ").map_err(|e| e.to_string())?;
+    if first != again {
+        return Err("the two passwords differ; nothing changed".into());
+    }
+    Ok(first)
+}
+
+/// `nrdot admin set-password`.
+pub fn set_password(c: &Client, password: &str) -> ExitCode {
+    let body = serde_json::json!({ "password": password });
+    match request(c, Method::POST, "/api/v2/admin/password", Some(body)) {
+        Ok(_) => {
+            eprintln!("nrdot: dashboard password changed; other dashboard sessions were logged out");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
 fn print_rollout(r: &Value) {
     println!(
         "rollout {} ({}): {} step {} weight {}%{}",

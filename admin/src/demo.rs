@@ -108,9 +108,11 @@ pub fn run(listen: SocketAddr, admin: SocketAddr, state_dir: &Path) -> anyhow::R
          curl -s http://{admin}/health\n  \
          curl -s http://{admin}/metrics | grep requests_total\n  \
          nrdot --state-dir {} backend list                # the CLI finds the admin token there\n\
+         dashboard: http://{admin}/dashboard  (user admin; password: NRDOT_DASHBOARD_PASSWORD in {})\n\
          access log: {}\nstop with Ctrl-C",
         path.display(),
         state_dir.display(),
+        state_dir.join("admin-credentials").display(),
         state_dir.join("access.log").display()
     );
     crate::run::serve_claimed(Some(path), text, None, Some(claim))

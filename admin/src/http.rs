@@ -16,6 +16,10 @@
 //! | GET | `/api/v2/backends` | viewer | every backend with admin state, health, in-flight, totals |
 //! | POST | `/api/v2/backends/{id}/disable?wait=30s` | operator | drain: no new requests; with `wait`, answers when in-flight reaches 0 (or 202 at the deadline) |
 //! | POST | `/api/v2/backends/{id}/enable` | operator | back in rotation |
+//! | GET | `/api/v2/stats?minutes=15` | viewer | per pool: requests/s, error rate and p99 over the last minutes, about 90 points |
+//! | POST | `/api/v2/session` | none | body `{"user", "password"}` (the dashboard password, or a token's name and secret): sets the `nrdot_session` cookie; 401 |
+//! | GET, DELETE | `/api/v2/session` | viewer | the session's user, role and CSRF token; log out |
+//! | POST | `/api/v2/admin/password` | admin | body `{"password", "current"}`: new dashboard password (`current` required from a session) |
 //! | GET | `/api/v2/rollouts` | viewer | every rollout |
 //! | GET | `/api/v2/rollouts/{id}` | viewer | one rollout with its events and latest analysis; 404 |
 //! | POST | `/api/v2/rollouts` | operator | body `{"kind": "canary", "route", "to", "steps", "interval", "max_error_rate", "max_p99", "error_for", "min_healthy", "healthy_for", "memory_threshold", "memory_for", "min_requests"}`, `{"kind": "blue-green", "route", "to", "keep_old"}` or `{"kind": "rolling", "pool", "batch", "hook", "wait"}`: 201; 400 invalid; 409 another rollout holds the route/pool |
@@ -29,7 +33,10 @@
 //! | POST | `/api/v2/tokens` | admin | body `{"name", "role"}`: new token, shown once |
 //! | POST | `/api/v2/admin/rotate-token` | admin | body `{"name"?}` (default `admin`): new secret, shown once |
 //!
-//! Every `/api/v2` call needs `Authorization: Bearer <token>`; without it 401 with no detail
+//! `GET /` redirects to the dashboard (`/dashboard`, assets embedded in the binary).
+//!
+//! Every `/api/v2` call needs `Authorization: Bearer <token>` or a dashboard session cookie
+//! (whose mutating calls also need `X-CSRF-Token`, else 403); without either 401 with no detail
 //! (answered ever more slowly on repeated failures from one address), with too small a role
 //! 403. Mutating calls are audited whatever their outcome.
 use std::convert::Infallible;
@@ -40,13 +47,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
 use crate::audit::Event;
+use crate::session;
+use crate::respond::{error, json_response, percent_decode, query, read_body};
 use crate::auth::{Actor, Auth, Role};
 use crate::control::{AdminError, Control};
 
@@ -54,8 +63,8 @@ use crate::control::{AdminError, Control};
 pub struct Admin {
     /// The single writer.
     pub control: Arc<Control>,
-    /// Credentials.
-    pub auth: Auth,
+    /// Credentials and dashboard sessions.
+    pub auth: Arc<Auth>,
     /// Renders `/metrics`.
     pub prometheus: Option<PrometheusHandle>,
     /// Base URL clients reach this API at (for the credentials file).
@@ -145,20 +154,6 @@ fn heap_metrics() {
     }
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
-    json_response(status, json!({ "error": message.into() }))
-}
-
 fn admin_error(e: &AdminError) -> Response<Full<Bytes>> {
     match e {
         AdminError::Invalid(problems) => json_response(
@@ -185,55 +180,6 @@ fn admin_error(e: &AdminError) -> Response<Full<Bytes>> {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-/// Decodes `%XX` escapes and `+` (as space in queries).
-pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The largest admin request body: a whole configuration of 100,000 routes is about 15 MB.
-const MAX_ADMIN_BODY: usize = 64 * 1024 * 1024;
-
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
-    match Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-    {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(_) => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body larger than 64 MiB",
-        )),
     }
 }
 
@@ -272,15 +218,22 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
         }
         _ => {}
     }
+    if let Some(r) = crate::dashboard::page(req.method(), &path) {
+        return r;
+    }
     let Some(rest) = path.strip_prefix("/api/v2/") else {
         return error(StatusCode::NOT_FOUND, "not found");
     };
+    if rest == "session" && req.method() == Method::POST {
+        return session::login(admin, peer, req).await;
+    }
     let mutating = req.method() != Method::GET && req.method() != Method::HEAD;
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let Some(actor) = admin.auth.check(authorization) else {
+    let caller = session::caller(admin, &req);
+    let anonymous = caller.is_none() && !req.headers().contains_key(header::AUTHORIZATION);
+    if rest == "session" && req.method() == Method::GET && anonymous {
+        return session::anonymous();
+    }
+    let Some(caller) = caller else {
         let delay = admin.auth.failure_delay(peer);
         if mutating {
             let _ = admin.control.audit().record(Event {
@@ -298,6 +251,21 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     };
+    let actor = caller.actor().clone();
+    if mutating && !session::csrf_ok(&caller, &req) {
+        let _ = admin.control.audit().record(Event {
+            actor: actor.name.clone(),
+            action: format!("{} /api/v2/{rest}", req.method()),
+            target: rest.to_string(),
+            outcome: "forbidden".into(),
+            detail: format!("session call without its CSRF token, from {peer}"),
+            ..Event::default()
+        });
+        return error(
+            StatusCode::FORBIDDEN,
+            "missing or wrong CSRF token (X-CSRF-Token)",
+        );
+    }
     let segments: Vec<&str> = rest.split('/').collect();
     let needed = required_role(req.method(), &segments);
     if actor.role < needed {
@@ -317,6 +285,10 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
         );
     }
     match (req.method(), segments.as_slice()) {
+        (_, ["session"]) => return session::current(admin, &caller, req.method()),
+        (&Method::POST, ["admin", "password"]) => {
+            return session::change_password(admin, &caller, req).await
+        }
         (&Method::POST, ["upgrade"]) => return upgrade(admin, &actor, req).await,
         (&Method::POST, ["restore"]) if !admin.upgrader.busy() => {
             return restore(admin, &actor, req).await
@@ -521,7 +493,7 @@ async fn upgrade(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Respon
 fn required_role(method: &Method, segments: &[&str]) -> Role {
     match (method, segments) {
         (&Method::GET, ["tokens"]) => Role::Admin,
-        (&Method::GET, _) => Role::Viewer,
+        (&Method::GET, _) | (_, ["session"]) => Role::Viewer,
         (_, ["backends", ..]) | (_, ["rollouts", ..]) => Role::Operator,
         _ => Role::Admin,
     }
@@ -651,6 +623,18 @@ async fn api(
                 StatusCode::ACCEPTED
             };
             json_response(status, json!({ "backends": backends, "drained": drained }))
+        }
+        (Method::GET, ["stats"]) => {
+            let minutes = query(&req, "minutes")
+                .and_then(|m| m.parse::<u64>().ok())
+                .unwrap_or(15)
+                .clamp(1, 60);
+            let span = Duration::from_secs(minutes * 60);
+            let step = Duration::from_secs((minutes * 60 / 90).max(2));
+            json_response(
+                StatusCode::OK,
+                json!({ "step_s": step.as_secs(), "pools": admin.rollouts.stats(span, step) }),
+            )
         }
         (Method::GET, ["rollouts"]) => {
             json_response(StatusCode::OK, json!({ "rollouts": admin.rollouts.list() }))

@@ -111,6 +111,15 @@ fn main() -> ExitCode {
             AdminCommand::CreateToken { name, role } => {
                 with_client!(|c| client::token(&c, &name, Some(&role)))
             }
+            AdminCommand::SetPassword { password_stdin } => {
+                match client::read_new_password(password_stdin) {
+                    Ok(p) => with_client!(|c| client::set_password(&c, &p)),
+                    Err(e) => {
+                        eprintln!("nrdot: {e}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
         },
     }
 }

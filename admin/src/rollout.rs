@@ -22,7 +22,16 @@ use crate::durable;
 mod analysis;
 pub mod guard;
 use analysis::Sampler;
-pub use analysis::{memory_fraction, Analysis, Measured};
+pub use analysis::{memory_fraction, Analysis, Measured, Point};
+
+/// One pool's recent traffic.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStats {
+    /// Pool name.
+    pub pool: String,
+    /// Oldest first.
+    pub series: Vec<Point>,
+}
 
 /// What a rollout does.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -446,6 +455,20 @@ impl Rollouts {
             }
             Err(e) => tracing::error!(error = %e, "cannot encode rollout {}", r.id),
         }
+    }
+
+    /// Every pool's traffic over the last `span`, one point per `step`, for the dashboard.
+    pub fn stats(&self, span: Duration, step: Duration) -> Vec<PoolStats> {
+        let table = self.control.current();
+        let sampler = self.sampler.lock().expect("sampler poisoned");
+        table
+            .pools
+            .iter()
+            .map(|p| PoolStats {
+                pool: p.config.name.clone(),
+                series: sampler.series(&p.config.name, span, step),
+            })
+            .collect()
     }
 
     /// Every rollout, newest last.

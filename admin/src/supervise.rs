@@ -52,7 +52,7 @@ impl Plane {
         let rollouts = Arc::new(Rollouts::open(Arc::clone(&control), &self.state_dir)?);
         let admin = Arc::new(Admin {
             control: Arc::clone(&control),
-            auth: self.auth,
+            auth: Arc::new(self.auth),
             prometheus: Some(self.prometheus.clone()),
             url: self.admin_url,
             rollouts: Arc::clone(&rollouts),

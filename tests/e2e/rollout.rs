@@ -1,14 +1,14 @@
 //! Progressive delivery end to end, with windows of seconds: canary steps and automatic
 //! rollbacks, the memory approval gate, blue-green, rolling upgrades, restarts, stickiness.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use nrdot_tests::{get, http_client, pool, send, Nrdot, Origin};
+use nrdot_tests::{get, pool, Load, Nrdot, Origin};
 use serde_json::{json, Value};
 
 use crate::BIN;
@@ -28,64 +28,6 @@ fn blue_green(blue: &Origin, green: &Origin) -> String {
         pool("blue", &[blue.addr]),
         pool("green", &[green.addr])
     )
-}
-
-/// Steady traffic until stopped; counts answers by origin and status.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    seen: Arc<Mutex<HashMap<(String, u16), u64>>>,
-}
-
-impl Load {
-    fn start(url: String, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(HashMap::new()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (url, stop, seen) = (url.clone(), Arc::clone(&stop), Arc::clone(&seen));
-                tokio::spawn(async move {
-                    let client = http_client();
-                    while !stop.load(Ordering::SeqCst) {
-                        let r = send(
-                            &client,
-                            Request::get(&url)
-                                .body(Full::new(Bytes::new()))
-                                .expect("req"),
-                        )
-                        .await;
-                        *seen
-                            .lock()
-                            .expect("seen")
-                            .entry((r.header("x-origin").to_string(), r.status.as_u16()))
-                            .or_default() += 1;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                })
-            })
-            .collect();
-        Load { stop, tasks, seen }
-    }
-
-    /// Stops; (answers other than 200, all answers).
-    async fn failures(self) -> (u64, u64) {
-        let seen = self.finish().await;
-        let failed = seen
-            .iter()
-            .filter(|((_, s), _)| *s != 200)
-            .map(|(_, n)| n)
-            .sum();
-        (failed, seen.values().sum())
-    }
-
-    async fn finish(self) -> HashMap<(String, u16), u64> {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            t.await.expect("load task");
-        }
-        let seen = self.seen.lock().expect("seen").clone();
-        seen
-    }
 }
 
 async fn wait_phase(n: &Nrdot, id: u64, want: &str, within: Duration) -> Value {

@@ -1,13 +1,13 @@
 //! nrdot-tests: the end-to-end harness. [`Origin`] is a real HTTP server on a free loopback
 //! port whose behaviour is chosen by the request path; [`Nrdot`] runs the real binary on free
 //! ports with a generated configuration and stops it (by PID) when dropped.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -1010,3 +1010,64 @@ pub async fn read_until(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, marker
         got.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// Steady traffic until stopped; counts answers by origin and status.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    seen: Arc<Mutex<HashMap<(String, u16), u64>>>,
+}
+
+impl Load {
+    /// Starts `clients` tasks, each sending `GET url` every 2 ms.
+    pub fn start(url: String, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (url, stop, seen) = (url.clone(), Arc::clone(&stop), Arc::clone(&seen));
+                tokio::spawn(async move {
+                    let client = http_client();
+                    while !stop.load(Ordering::SeqCst) {
+                        let r = send(
+                            &client,
+                            Request::get(&url)
+                                .body(Full::new(Bytes::new()))
+                                .expect("req"),
+                        )
+                        .await;
+                        *seen
+                            .lock()
+                            .expect("seen")
+                            .entry((r.header("x-origin").to_string(), r.status.as_u16()))
+                            .or_default() += 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            })
+            .collect();
+        Load { stop, tasks, seen }
+    }
+
+    /// Stops; (answers other than 200, all answers).
+    pub async fn failures(self) -> (u64, u64) {
+        let seen = self.finish().await;
+        let failed = seen
+            .iter()
+            .filter(|((_, s), _)| *s != 200)
+            .map(|(_, n)| n)
+            .sum();
+        (failed, seen.values().sum())
+    }
+
+    /// Stops; every answer counted by (`x-origin`, status).
+    pub async fn finish(self) -> HashMap<(String, u16), u64> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.expect("load task");
+        }
+        let seen = self.seen.lock().expect("seen").clone();
+        seen
+    }
+}
+

@@ -137,20 +137,85 @@ impl Sampler {
         } else {
             m.window_errors as f64 / m.window_requests as f64
         };
-        let buckets: Vec<u64> = (0..16).map(|i| newest.3[i] - oldest.3[i]).collect();
-        let answered: u64 = buckets.iter().sum();
-        if answered > 0 {
-            let need = (answered as f64 * 0.99).ceil() as u64;
-            let mut seen = 0;
-            for (i, n) in buckets.iter().enumerate() {
-                seen += n;
-                if seen >= need {
-                    m.p99_ms = LATENCY_BOUNDS_MS[i].min(3_600_000);
-                    break;
-                }
+        m.p99_ms = p99(newest, oldest);
+        m
+    }
+}
+
+/// 99th percentile (bucket upper bound, ms) of the answers between two samples; 0 without any.
+fn p99(newest: &Sample, oldest: &Sample) -> u64 {
+    let buckets: Vec<u64> = (0..16)
+        .map(|i| newest.3[i].saturating_sub(oldest.3[i]))
+        .collect();
+    let answered: u64 = buckets.iter().sum();
+    if answered == 0 {
+        return 0;
+    }
+    let need = (answered as f64 * 0.99).ceil() as u64;
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= need {
+            return LATENCY_BOUNDS_MS[i].min(3_600_000);
+        }
+    }
+    0
+}
+
+/// One point of a pool's recent traffic, for the dashboard's charts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Point {
+    /// Seconds before now at which the interval ends.
+    pub ago_s: u64,
+    /// Requests answered per second over the interval.
+    pub rps: f64,
+    /// Failed share of them.
+    pub error_rate: f64,
+    /// Their 99th percentile latency (bucket upper bound), ms.
+    pub p99_ms: u64,
+}
+
+impl Sampler {
+    /// `pool`'s traffic over the last `span`, one point per `step`, oldest first: the same
+    /// once-a-second samples the analysis reads, so the chart and the verdicts agree.
+    pub fn series(&self, pool: &str, span: Duration, step: Duration) -> Vec<Point> {
+        let Some(ring) = self.rings.get(pool) else {
+            return Vec::new();
+        };
+        let Some(newest) = ring.back() else {
+            return Vec::new();
+        };
+        let mut marks: Vec<&Sample> = Vec::new();
+        let mut next = Duration::ZERO;
+        for sample in ring.iter().rev() {
+            let age = newest.0.duration_since(sample.0);
+            if age > span + step {
+                break;
+            }
+            if age >= next {
+                marks.push(sample);
+                next = age + step;
             }
         }
-        m
+        marks
+            .windows(2)
+            .rev()
+            .map(|w| {
+                let (end, start) = (w[0], w[1]);
+                let secs = end.0.duration_since(start.0).as_secs_f64().max(0.001);
+                let requests = end.1.saturating_sub(start.1);
+                Point {
+                    ago_s: newest.0.duration_since(end.0).as_secs(),
+                    rps: requests as f64 / secs,
+                    error_rate: if requests == 0 {
+                        0.0
+                    } else {
+                        end.2.saturating_sub(start.2) as f64 / requests as f64
+                    },
+                    p99_ms: p99(end, start),
+                }
+            })
+            .collect()
     }
 }
 
@@ -181,5 +246,37 @@ pub fn memory_fraction() -> f64 {
     match total {
         Some(t) if t > 0 => rss as f64 / t as f64,
         _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sample `secs` after `t0` with `req` requests, `err` errors, every answer under 5 ms.
+    fn at(t0: Instant, secs: u64, req: u64, err: u64) -> Sample {
+        let mut lat = [0u64; 16];
+        lat[0] = req;
+        (t0 + Duration::from_secs(secs), req, err, lat)
+    }
+
+    #[test]
+    fn series_has_one_point_per_step_with_rates_oldest_first() {
+        let t0 = Instant::now();
+        let mut s = Sampler::default();
+        // 10 requests a second for 60 s, errors only in the last 20 s (1 a second).
+        let ring: VecDeque<Sample> = (0..=60)
+            .map(|i| at(t0, i, i * 10, i.saturating_sub(40)))
+            .collect();
+        s.rings.insert("p".into(), ring);
+        let points = s.series("p", Duration::from_secs(60), Duration::from_secs(10));
+        assert_eq!(points.len(), 6);
+        assert_eq!(points.first().map(|p| p.ago_s), Some(50));
+        assert_eq!(points.last().map(|p| p.ago_s), Some(0));
+        assert!(points.iter().all(|p| (p.rps - 10.0).abs() < 1e-9));
+        assert_eq!(points[0].error_rate, 0.0);
+        assert!((points[5].error_rate - 0.1).abs() < 1e-9);
+        assert_eq!(points[5].p99_ms, LATENCY_BOUNDS_MS[0]);
+        assert!(s.series("other", Duration::from_secs(60), Duration::from_secs(10)).is_empty());
     }
 }
