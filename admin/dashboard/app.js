@@ -153,13 +153,16 @@ async function render() {
     stopTimer();
     state.view = name;
     if (name === 'overview' || name === 'rollouts' || name === 'backends') {
-      state.timer = setInterval(() => refresh(view), 2000);
+      state.timer = setInterval(() => refresh(view, true), 2000);
     }
   }
   await refresh(view);
 }
 
-async function refresh(view) {
+async function refresh(view, polled) {
+  // A poll does not redraw under someone typing in a form of the page.
+  const active = document.activeElement;
+  if (polled && active && active.closest && active.closest('#app form')) return;
   try {
     const content = await view();
     $('app').replaceChildren(...[content].flat());

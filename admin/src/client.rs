@@ -812,7 +812,9 @@ pub fn set_password(c: &Client, password: &str) -> ExitCode {
     let body = serde_json::json!({ "password": password });
     match request(c, Method::POST, "/api/v2/admin/password", Some(body)) {
         Ok(_) => {
-            eprintln!("nrdot: dashboard password changed; other dashboard sessions were logged out");
+            eprintln!(
+                "nrdot: dashboard password changed; other dashboard sessions were logged out"
+            );
             ExitCode::SUCCESS
         }
         Err(code) => code,

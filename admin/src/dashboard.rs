@@ -19,7 +19,11 @@ pub fn page(method: &Method, path: &str) -> Option<Response<Full<Bytes>>> {
         return None;
     }
     if method != Method::GET && method != Method::HEAD {
-        return Some(plain(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed"));
+        return Some(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed",
+        ));
     }
     Some(match path {
         "/" => {
@@ -35,15 +39,28 @@ pub fn page(method: &Method, path: &str) -> Option<Response<Full<Bytes>>> {
     })
 }
 
-fn plain(status: StatusCode, content_type: &'static str, body: &'static str) -> Response<Full<Bytes>> {
+fn plain(
+    status: StatusCode,
+    content_type: &'static str,
+    body: &'static str,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
 }

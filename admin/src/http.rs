@@ -54,10 +54,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
 use crate::audit::Event;
-use crate::session;
-use crate::respond::{error, json_response, percent_decode, query, read_body};
 use crate::auth::{Actor, Auth, Role};
 use crate::control::{AdminError, Control};
+use crate::respond::{error, json_response, percent_decode, query, read_body};
+use crate::session;
 
 /// What the handlers need.
 pub struct Admin {

@@ -72,4 +72,3 @@ pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<By
         )),
     }
 }
-

@@ -234,7 +234,13 @@ pub fn current(admin: &Admin, caller: &Caller, method: &Method) -> Response<Full
     };
     if method == Method::DELETE {
         admin.auth.close_session(id);
-        audit(admin, &session.actor.name, "session.logout", "ok", String::new());
+        audit(
+            admin,
+            &session.actor.name,
+            "session.logout",
+            "ok",
+            String::new(),
+        );
         let mut r = json_response(StatusCode::OK, serde_json::json!({ "logged_out": true }));
         set_cookie(&mut r, "", secure(admin), Some(0));
         return r;
@@ -283,11 +289,10 @@ pub async fn change_password(
         Caller::Token(_) => None,
     };
     let auth = admin.auth.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        auth.set_password(&change.password, keep.as_deref())
-    })
-    .await
-    .unwrap_or_else(|e| Err(AuthError::Random(e.to_string())));
+    let result =
+        tokio::task::spawn_blocking(move || auth.set_password(&change.password, keep.as_deref()))
+            .await
+            .unwrap_or_else(|e| Err(AuthError::Random(e.to_string())));
     match result {
         Ok(()) => {
             audit(admin, &actor, "admin.password", "ok", String::new());

@@ -7,6 +7,7 @@ mod conformance_relay;
 mod conformance_rules;
 mod conformance_targets;
 mod control;
+mod dashboard;
 mod dist;
 mod intermediary;
 mod lifecycle;

@@ -736,6 +736,11 @@ impl Reply {
             .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
     }
 
+    /// Body as text (lossy), for messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     /// A header as text.
     pub fn header(&self, name: &str) -> &str {
         self.headers
@@ -1070,4 +1075,3 @@ impl Load {
         seen
     }
 }
-

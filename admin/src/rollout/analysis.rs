@@ -277,6 +277,8 @@ mod tests {
         assert_eq!(points[0].error_rate, 0.0);
         assert!((points[5].error_rate - 0.1).abs() < 1e-9);
         assert_eq!(points[5].p99_ms, LATENCY_BOUNDS_MS[0]);
-        assert!(s.series("other", Duration::from_secs(60), Duration::from_secs(10)).is_empty());
+        assert!(s
+            .series("other", Duration::from_secs(60), Duration::from_secs(10))
+            .is_empty());
     }
 }
