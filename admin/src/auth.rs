@@ -94,6 +94,8 @@ pub struct Auth {
     /// Dashboard sessions by the digest of their id (a memory dump shows no usable cookie).
     /// In memory: a restart logs everyone out, as HAProxy's and Traefik's dashboards do.
     sessions: Mutex<HashMap<[u8; 32], Session>>,
+    /// `[admin] session_idle`, in milliseconds (atomic: set after opening, read per call).
+    session_idle_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A logged-in dashboard session.
@@ -106,7 +108,8 @@ pub struct Session {
     last_seen: Instant,
 }
 
-/// A session unused this long is gone; its next call is answered 401.
+/// A session unused this long is gone (its next call is answered 401), unless `[admin]
+/// session_idle` says otherwise.
 pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 
 /// Sessions kept at most; the least recently used goes first.
@@ -202,6 +205,7 @@ impl Auth {
                 file: Mutex::new(file),
                 failures: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
+                session_idle_ms: (SESSION_IDLE.as_millis() as u64).into(),
             },
             created,
         ))
@@ -340,13 +344,30 @@ impl Auth {
         found
     }
 
+    /// Sets how long an unused session lives.
+    pub fn set_session_idle(&self, idle: Duration) {
+        self.session_idle_ms.store(
+            idle.as_millis().max(1) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// How long an unused session lives.
+    pub fn session_idle(&self) -> Duration {
+        Duration::from_millis(
+            self.session_idle_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Opens a session for `actor`; returns its id (the cookie value) and its CSRF token.
     pub fn open_session(&self, actor: Actor) -> Result<(String, String), AuthError> {
         let id = new_secret("")?;
         let csrf = new_secret("")?;
         let mut sessions = self.sessions.lock().expect("sessions poisoned");
         let now = Instant::now();
-        sessions.retain(|_, s| now.duration_since(s.last_seen) < SESSION_IDLE);
+        let idle = self.session_idle();
+        sessions.retain(|_, s| now.duration_since(s.last_seen) < idle);
         if sessions.len() >= MAX_SESSIONS {
             if let Some(oldest) = sessions
                 .iter()
@@ -372,8 +393,9 @@ impl Auth {
         let mut sessions = self.sessions.lock().expect("sessions poisoned");
         let key = digest(id);
         let now = Instant::now();
+        let idle = self.session_idle();
         let s = sessions.get_mut(&key)?;
-        if now.duration_since(s.last_seen) >= SESSION_IDLE {
+        if now.duration_since(s.last_seen) >= idle {
             sessions.remove(&key);
             return None;
         }

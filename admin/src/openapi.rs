@@ -112,6 +112,27 @@ pub fn document() -> Value {
     );
     rotate["requestBody"] = json!({ "required": false, "content": { "application/json": { "schema": { "type": "object", "properties": { "name": { "type": "string" } } } } } });
 
+    let mut password = op(
+        "Change the dashboard password (Argon2; audited; other sessions of the user end)",
+        "admin",
+        &[("200", "changed"), ("422", "shorter than 12 characters")],
+    );
+    password["requestBody"] = json_body(
+        json!({ "type": "object", "required": ["password"], "properties": { "password": { "type": "string", "minLength": 12 }, "current": { "type": "string", "description": "required from a dashboard session" } } }),
+    );
+    let mut stats = op(
+        "Per pool: requests/s, error rate and p99 over the last minutes (about 90 points)",
+        "viewer",
+        &[("200", "step_s and pools with their series, oldest first")],
+    );
+    stats["parameters"] = json!([{ "name": "minutes", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 60, "default": 15 } }]);
+    let login = json!({
+        "summary": "Log in: sets the HttpOnly, SameSite=Strict nrdot_session cookie (Secure over TLS); failures slow down like bad tokens",
+        "x-nrdot-role": "none",
+        "security": [],
+        "requestBody": json_body(json!({ "type": "object", "required": ["user", "password"], "properties": { "user": { "type": "string" }, "password": { "type": "string" } } })),
+        "responses": { "200": { "description": "the session: user, role, csrf, idle_timeout_s" }, "401": { "description": "wrong user or password" } }
+    });
     let public = |summary: &str, codes: &[(&str, &str)]| {
         let mut o = op(summary, "none", codes);
         if let Some(r) = o["responses"].as_object_mut() {
@@ -178,7 +199,15 @@ pub fn document() -> Value {
                 "get": op("Token names and roles", "admin", &[("200", "tokens")]),
                 "post": tokens_post
             },
-            "/api/v2/admin/rotate-token": { "post": rotate }
+            "/api/v2/admin/rotate-token": { "post": rotate },
+            "/api/v2/admin/password": { "post": password },
+            "/api/v2/session": {
+                "post": login,
+                "get": public("The dashboard session: {logged_in: false} without one; user, role and CSRF token with one", &[("200", "the session")]),
+                "delete": op("Log out (a session call: needs X-CSRF-Token)", "viewer", &[("200", "logged out; the cookie is cleared")])
+            },
+            "/api/v2/stats": { "get": stats },
+            "/dashboard": { "get": public("The dashboard (HTML; script and styles embedded in the binary)", &[("200", "the page")]) }
         }
     })
 }

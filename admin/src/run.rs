@@ -163,6 +163,7 @@ impl Started {
         };
         let admin_url = format!("{scheme}://{}", admin_std.local_addr()?);
         let (auth, written) = Auth::open(&state_dir, &admin_url)?;
+        auth.set_session_idle(config.admin_session_idle);
         if let Some(p) = written {
             println!(
                 "nrdot: admin credentials written to {} (mode 0600; only hashes are kept)",

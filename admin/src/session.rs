@@ -69,13 +69,13 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
-    fn of(session: &Session) -> SessionInfo {
+    fn of(session: &Session, idle: std::time::Duration) -> SessionInfo {
         SessionInfo {
             logged_in: true,
             user: session.actor.name.clone(),
             role: session.actor.role,
             csrf: session.csrf.clone(),
-            idle_timeout_s: crate::auth::SESSION_IDLE.as_secs(),
+            idle_timeout_s: idle.as_secs(),
         }
     }
 }
@@ -92,7 +92,7 @@ pub struct PasswordChange {
 }
 
 /// The cookie value sent with `req`, if any.
-fn cookie(req: &Request<Incoming>) -> Option<String> {
+fn cookie<B>(req: &Request<B>) -> Option<String> {
     req.headers()
         .get_all(header::COOKIE)
         .iter()
@@ -206,7 +206,10 @@ pub async fn login(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Respo
         "ok",
         format!("from {peer}, role {:?}", actor.role).to_lowercase(),
     );
-    let mut r = json_response(StatusCode::OK, json(&SessionInfo::of(&session)));
+    let mut r = json_response(
+        StatusCode::OK,
+        json(&SessionInfo::of(&session, admin.auth.session_idle())),
+    );
     set_cookie(&mut r, &id, secure(admin), None);
     r
 }
@@ -227,6 +230,14 @@ pub fn current(admin: &Admin, caller: &Caller, method: &Method) -> Response<Full
         return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     let Caller::Session { id, session } = caller else {
+        if method == Method::GET {
+            // Who a token is, for scripts; there is no session to report.
+            let a = caller.actor();
+            return json_response(
+                StatusCode::OK,
+                serde_json::json!({ "logged_in": false, "user": a.name, "role": a.role }),
+            );
+        }
         return error(
             StatusCode::BAD_REQUEST,
             "this call is authenticated by a token, not a session",
@@ -245,7 +256,10 @@ pub fn current(admin: &Admin, caller: &Caller, method: &Method) -> Response<Full
         set_cookie(&mut r, "", secure(admin), Some(0));
         return r;
     }
-    json_response(StatusCode::OK, json(&SessionInfo::of(session)))
+    json_response(
+        StatusCode::OK,
+        json(&SessionInfo::of(session, admin.auth.session_idle())),
+    )
 }
 
 /// `POST /api/v2/admin/password` (admin): a new dashboard password, hashed with Argon2;
@@ -303,5 +317,41 @@ pub async fn change_password(
             error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cookie_is_found_among_others_and_set_with_every_flag() {
+        let req = Request::get("/")
+            .header(header::COOKIE, "a=1; nrdot_session=abc; b=2")
+            .body(())
+            .expect("request");
+        assert_eq!(cookie(&req).as_deref(), Some("abc"));
+        let none = Request::get("/")
+            .header(header::COOKIE, "xnrdot_session=abc")
+            .body(())
+            .expect("request");
+        assert_eq!(cookie(&none), None);
+
+        let mut r = Response::new(Full::new(Bytes::new()));
+        set_cookie(&mut r, "v", true, None);
+        set_cookie(&mut r, "", false, Some(0));
+        let set: Vec<&str> = r
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(
+            set,
+            [
+                "nrdot_session=v; Path=/; HttpOnly; SameSite=Strict; Secure",
+                "nrdot_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+            ]
+        );
     }
 }

@@ -20,6 +20,8 @@ pub struct Config {
     pub admin_bind: SocketAddr,
     /// TLS for the admin API (optional).
     pub admin_tls: Option<CertFiles>,
+    /// A dashboard session unused this long ends (`[admin] session_idle`, default 30 minutes).
+    pub admin_session_idle: Duration,
     /// Client-facing listeners.
     pub listeners: Vec<Listener>,
     /// Limits and timeouts towards clients.

@@ -532,8 +532,14 @@ fn validate_root(
 
     let mut admin_bind: SocketAddr = ([127, 0, 0, 1], 8080).into();
     let mut admin_tls = None;
+    let mut admin_session_idle = Duration::from_secs(30 * 60);
     if let Some((t, _)) = v.table(root, "admin", "") {
-        v.keys(t, "admin", &["bind", "tls"]);
+        v.keys(t, "admin", &["bind", "tls", "session_idle"]);
+        admin_session_idle = v.duration(t, "session_idle", "admin", admin_session_idle);
+        if admin_session_idle.is_zero() {
+            let span = v.get(t, "session_idle").and_then(|(_, s)| s);
+            v.push("admin.session_idle", &span, "must be longer than 0s");
+        }
         if let Some((tt, _)) = v.table(t, "tls", "admin") {
             v.keys(tt, "admin.tls", &["cert", "key"]);
             match (
@@ -599,6 +605,7 @@ fn validate_root(
         shutdown_grace,
         admin_bind,
         admin_tls,
+        admin_session_idle,
         listeners,
         limits,
         access_log,

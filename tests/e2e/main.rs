@@ -15,6 +15,7 @@ mod native;
 mod resilience;
 mod rollout;
 mod routing;
+mod session;
 mod swap;
 mod tls;
 mod upgrade;
