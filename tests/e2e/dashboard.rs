@@ -249,6 +249,25 @@ async fn dashboard_refuses_a_wrong_password_shows_live_pools_and_logs_out() {
     })
     .await;
     assert_eq!(b.count("#pool-stable svg.chart").await, 2);
+    // The chart draws the 10 s points of the server's history as they come.
+    let t = Instant::now();
+    loop {
+        let points = b
+            .client
+            .execute(
+                "const l = document.querySelector('#pool-stable svg.chart polyline'); return l ? l.getAttribute('points').split(' ').length : 0",
+                vec![],
+            )
+            .await
+            .ok()
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        if points >= 3 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(40), "the chart has {points} points");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     b.screenshot("dashboard-overview").await;
     b.click("#nav-audit").await;
     b.wait_text("#audit-verify", Duration::from_secs(10), |t| {
