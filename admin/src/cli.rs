@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::api::{DurationArg, PercentArg};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
 /// nrdot: edge proxy and deployment control plane in one binary.
@@ -214,13 +215,14 @@ pub struct Triggers {
 }
 
 impl Triggers {
-    /// As the fields of a rollout request.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "max_error_rate": self.max_error_rate,
-            "error_for": self.error_for,
-            "min_requests": self.min_requests,
-        })
+    /// As the triggers of a rollout request.
+    pub fn request(&self) -> crate::api::Triggers {
+        crate::api::Triggers {
+            max_error_rate: self.max_error_rate.clone().map(PercentArg::Text),
+            error_for: self.error_for.clone().map(DurationArg::Text),
+            min_requests: self.min_requests,
+            ..Default::default()
+        }
     }
 }
 

@@ -877,7 +877,8 @@ fn terminal(phase: &str) -> bool {
 }
 
 /// `nrdot rollout canary | blue-green | rolling`.
-pub fn rollout_create(c: &Client, body: Value, follow: bool) -> ExitCode {
+pub fn rollout_create(c: &Client, start: &crate::api::StartRollout, follow: bool) -> ExitCode {
+    let body = serde_json::to_value(start).unwrap_or_default();
     let (status, r) = call_or_exit!(c.call(
         Method::POST,
         "/api/v2/rollouts",
@@ -926,7 +927,8 @@ fn follow_rollout(c: &Client, id: u64) -> ExitCode {
 }
 
 /// `nrdot rollout promote|pause|resume|abort|approve|rollback ID`.
-pub fn rollout_command(c: &Client, id: u64, verb: &str) -> ExitCode {
+pub fn rollout_command(c: &Client, id: u64, command: crate::api::RolloutCommand) -> ExitCode {
+    let verb = command.as_str();
     match request(
         c,
         Method::POST,

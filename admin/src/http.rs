@@ -650,20 +650,22 @@ async fn api(
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-                return error(StatusCode::BAD_REQUEST, "body must be JSON");
+            let start = match serde_json::from_slice::<crate::api::StartRollout>(&body) {
+                Ok(s) => s,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad rollout: {e}")),
             };
-            match admin.rollouts.create(&v, &actor.name) {
+            match admin.rollouts.create(&start, &actor.name) {
                 Ok(r) => json_response(StatusCode::CREATED, json!(r)),
                 Err(e) => rollout_error(&e),
             }
         }
-        (Method::POST, ["rollouts", id, verb]) => match id.parse::<u64>() {
-            Ok(id) => match admin.rollouts.command(id, verb, &actor.name) {
+        (Method::POST, ["rollouts", id, verb]) => match (id.parse::<u64>(), verb.parse()) {
+            (Err(_), _) => error(StatusCode::BAD_REQUEST, "rollout ids are numbers"),
+            (_, Err(e)) => error(StatusCode::BAD_REQUEST, e),
+            (Ok(id), Ok(command)) => match admin.rollouts.command(id, command, &actor.name) {
                 Ok(r) => json_response(StatusCode::OK, json!(r)),
                 Err(e) => rollout_error(&e),
             },
-            Err(_) => error(StatusCode::BAD_REQUEST, "rollout ids are numbers"),
         },
         (Method::GET, ["tls"]) => json_response(StatusCode::OK, tls_info(admin)),
         (Method::POST, ["tls", "reload"]) => {

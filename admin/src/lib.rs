@@ -9,6 +9,7 @@
 // The OpenAPI document is one large `json!` literal.
 #![recursion_limit = "512"]
 
+pub mod api;
 pub mod archives;
 pub mod audit;
 pub mod auth;

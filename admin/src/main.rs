@@ -2,13 +2,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use nrdot_admin::api::{
+    self, DurationArg, PercentArg, RolloutCommand as Command_, StartRollout, StepsArg,
+};
 use nrdot_admin::cli::{
     AdminCommand, Args, AuditCommand, BackendCommand, BackupCommand, Command, ConfigCommand,
     HealthCommand, RolloutCommand, VersionCommand,
 };
 use nrdot_admin::client::{self, Client};
 use nrdot_admin::{demo, doctor, offline, run};
-use serde_json::json;
 
 /// jemalloc instead of glibc's malloc: tokio's task cells and I/O registrations are
 /// 128-byte aligned, which glibc serves by over-allocating and splitting; jemalloc's size
@@ -279,13 +281,23 @@ fn rollout(
             follow,
         } => client::rollout_create(
             &c,
-            json!({
-                "kind": "canary", "route": route, "to": to, "from": from, "steps": steps,
-                "interval": interval, "max_error_rate": max_error_rate, "error_for": error_for,
-                "max_p99": max_p99, "min_healthy": min_healthy, "healthy_for": healthy_for,
-                "memory_threshold": memory_threshold, "memory_for": memory_for,
-                "min_requests": min_requests,
-            }),
+            &StartRollout::Canary {
+                route,
+                to,
+                from,
+                steps: Some(StepsArg::Text(steps)),
+                interval: Some(DurationArg::Text(interval)),
+                triggers: api::Triggers {
+                    max_error_rate: Some(PercentArg::Text(max_error_rate)),
+                    error_for: Some(DurationArg::Text(error_for)),
+                    max_p99: max_p99.map(DurationArg::Text),
+                    min_healthy: Some(PercentArg::Text(min_healthy)),
+                    healthy_for: Some(DurationArg::Text(healthy_for)),
+                    memory_threshold: Some(PercentArg::Text(memory_threshold)),
+                    memory_for: Some(DurationArg::Text(memory_for)),
+                    min_requests: Some(min_requests),
+                },
+            },
             follow,
         ),
         RolloutCommand::BlueGreen {
@@ -299,10 +311,15 @@ fn rollout(
             follow,
         } => client::rollout_create(
             &c,
-            merged(
-                json!({ "kind": "blue-green", "route": route, "to": to, "from": from, "keep_old": keep_old, "check": check, "guard": guard }),
-                triggers.json(),
-            ),
+            &StartRollout::BlueGreen {
+                route,
+                to,
+                from,
+                keep_old: Some(DurationArg::Text(keep_old)),
+                check,
+                guard: guard.map(DurationArg::Text),
+                triggers: triggers.request(),
+            },
             follow,
         ),
         RolloutCommand::Rolling {
@@ -315,29 +332,25 @@ fn rollout(
             follow,
         } => client::rollout_create(
             &c,
-            merged(
-                json!({ "kind": "rolling", "pool": pool, "batch": batch, "hook": hook, "wait": wait, "pause": pause }),
-                triggers.json(),
-            ),
+            &StartRollout::Rolling {
+                pool,
+                batch: Some(batch),
+                hook,
+                wait: Some(DurationArg::Text(wait)),
+                pause: Some(DurationArg::Text(pause)),
+                triggers: triggers.request(),
+            },
             follow,
         ),
-        RolloutCommand::Promote { id } => client::rollout_command(&c, id, "promote"),
-        RolloutCommand::Pause { id } => client::rollout_command(&c, id, "pause"),
-        RolloutCommand::Resume { id } => client::rollout_command(&c, id, "resume"),
-        RolloutCommand::Abort { id } => client::rollout_command(&c, id, "abort"),
-        RolloutCommand::Approve { id } => client::rollout_command(&c, id, "approve"),
-        RolloutCommand::Rollback { id } => client::rollout_command(&c, id, "rollback"),
+        RolloutCommand::Promote { id } => client::rollout_command(&c, id, Command_::Promote),
+        RolloutCommand::Pause { id } => client::rollout_command(&c, id, Command_::Pause),
+        RolloutCommand::Resume { id } => client::rollout_command(&c, id, Command_::Resume),
+        RolloutCommand::Abort { id } => client::rollout_command(&c, id, Command_::Abort),
+        RolloutCommand::Approve { id } => client::rollout_command(&c, id, Command_::Approve),
+        RolloutCommand::Rollback { id } => client::rollout_command(&c, id, Command_::Rollback),
         RolloutCommand::Status { id } => client::rollout_status(&c, id),
         RolloutCommand::List => client::rollout_list(&c),
     }
-}
-
-/// `a` with `b`'s fields added.
-fn merged(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
-    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
-        a.extend(b);
-    }
-    a
 }
 
 /// The first failing exit code of several runs, or success.

@@ -24,6 +24,10 @@ pub mod guard;
 use analysis::Sampler;
 pub use analysis::{memory_fraction, Analysis, Measured, Point};
 
+use crate::api::{
+    DurationArg, PercentArg, RolloutCommand, StartRollout, StepArg, StepsArg, Triggers,
+};
+
 /// One pool's recent traffic.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolStats {
@@ -254,39 +258,34 @@ pub struct Rollouts {
 
 type HookResults = Arc<Mutex<HashMap<(u64, usize), Option<Result<(), String>>>>>;
 
-fn parse_percent(v: &Value, default: f64) -> Result<f64, RolloutError> {
+fn parse_percent(v: Option<&PercentArg>, default: f64) -> Result<f64, RolloutError> {
     match v {
-        Value::Null => Ok(default),
-        Value::Number(n) => n
-            .as_f64()
-            .map(|f| if f > 1.0 { f / 100.0 } else { f })
-            .ok_or_else(|| RolloutError::Invalid("bad percentage".into())),
-        Value::String(s) => {
+        None => Ok(default),
+        Some(PercentArg::Number(f)) => Ok(if *f > 1.0 { f / 100.0 } else { *f }),
+        Some(PercentArg::Text(s)) => {
             let t = s.trim().trim_end_matches('%');
             let f: f64 = t
                 .parse()
                 .map_err(|_| RolloutError::Invalid(format!("bad percentage {s:?}")))?;
             Ok(f / 100.0)
         }
-        _ => Err(RolloutError::Invalid("bad percentage".into())),
     }
 }
 
 /// A canary plan: `"10:30m,50:1h,100"`, or a list of such items or bare numbers. Each step
 /// is a weight with an optional observation time (none: `--interval`). Weights must increase
 /// and end at 100, so a plan always finishes with the new version serving everything.
-pub fn parse_steps(v: &Value) -> Result<(Vec<u32>, Vec<u64>), RolloutError> {
+pub fn parse_steps(v: Option<&StepsArg>) -> Result<(Vec<u32>, Vec<u64>), RolloutError> {
     let items: Vec<String> = match v {
-        Value::Null => vec!["10".into(), "50".into(), "100".into()],
-        Value::String(t) => t.split(',').map(|x| x.trim().to_string()).collect(),
-        Value::Array(a) => a
+        None => vec!["10".into(), "50".into(), "100".into()],
+        Some(StepsArg::Text(t)) => t.split(',').map(|x| x.trim().to_string()).collect(),
+        Some(StepsArg::List(a)) => a
             .iter()
             .map(|x| match x {
-                Value::String(t) => t.trim().to_string(),
-                other => other.to_string(),
+                StepArg::Text(t) => t.trim().to_string(),
+                StepArg::Weight(w) => w.to_string(),
             })
             .collect(),
-        _ => Vec::new(),
     };
     let bad = || {
         RolloutError::Invalid(
@@ -315,29 +314,33 @@ pub fn parse_steps(v: &Value) -> Result<(Vec<u32>, Vec<u64>), RolloutError> {
 }
 
 /// The triggers of a canary or a guarded switch, from the request (the playbook's defaults).
-fn parse_analysis(body: &Value) -> Result<Analysis, RolloutError> {
+fn parse_analysis(t: &Triggers) -> Result<Analysis, RolloutError> {
     Ok(Analysis {
-        max_error_rate: parse_percent(&body["max_error_rate"], 0.05)?,
-        error_for_ms: parse_ms(&body["error_for"], 5 * 60_000)?,
-        min_healthy: parse_percent(&body["min_healthy"], 0.5)?,
-        healthy_for_ms: parse_ms(&body["healthy_for"], 2 * 60_000)?,
-        max_memory: parse_percent(&body["memory_threshold"], 0.9)?,
-        memory_for_ms: parse_ms(&body["memory_for"], 10 * 60_000)?,
-        max_p99_ms: match &body["max_p99"] {
-            Value::Null => None,
-            v => Some(parse_ms(v, 0)?),
+        max_error_rate: parse_percent(t.max_error_rate.as_ref(), 0.05)?,
+        error_for_ms: parse_ms(t.error_for.as_ref(), 5 * 60_000)?,
+        min_healthy: parse_percent(t.min_healthy.as_ref(), 0.5)?,
+        healthy_for_ms: parse_ms(t.healthy_for.as_ref(), 2 * 60_000)?,
+        max_memory: parse_percent(t.memory_threshold.as_ref(), 0.9)?,
+        memory_for_ms: parse_ms(t.memory_for.as_ref(), 10 * 60_000)?,
+        max_p99_ms: match &t.max_p99 {
+            None => None,
+            Some(v) => Some(parse_ms(Some(v), 0)?),
         },
-        min_requests: body["min_requests"].as_u64().unwrap_or(20),
+        min_requests: t.min_requests.unwrap_or(20),
     })
 }
 
 /// A blue-green switch's guard: its window and triggers, checked against the keep window.
-fn parse_bg_guard(body: &Value, keep_old_ms: u64) -> Result<(u64, Option<Analysis>), RolloutError> {
-    let guard_ms = parse_ms(&body["guard"], 0)?;
+fn parse_bg_guard(
+    guard: Option<&DurationArg>,
+    triggers: &Triggers,
+    keep_old_ms: u64,
+) -> Result<(u64, Option<Analysis>), RolloutError> {
+    let guard_ms = parse_ms(guard, 0)?;
     if guard_ms == 0 {
         return Ok((0, None));
     }
-    let a = parse_analysis(body)?;
+    let a = parse_analysis(triggers)?;
     if guard_ms < a.error_for_ms {
         return Err(RolloutError::Invalid(format!(
             "guard window {}s is shorter than the analysis window (error_for {}s)",
@@ -385,17 +388,13 @@ pub fn step_ms(durations_ms: &[u64], interval_ms: u64, i: usize) -> u64 {
     }
 }
 
-fn parse_ms(v: &Value, default: u64) -> Result<u64, RolloutError> {
+fn parse_ms(v: Option<&DurationArg>, default: u64) -> Result<u64, RolloutError> {
     match v {
-        Value::Null => Ok(default),
-        Value::Number(n) => n
-            .as_u64()
-            .map(|s| s * 1000)
-            .ok_or_else(|| RolloutError::Invalid("bad duration".into())),
-        Value::String(s) => nrdot_config::units::parse_duration(s)
+        None => Ok(default),
+        Some(DurationArg::Seconds(s)) => Ok(s.saturating_mul(1000)),
+        Some(DurationArg::Text(s)) => nrdot_config::units::parse_duration(s)
             .map(|d| d.as_millis() as u64)
             .map_err(RolloutError::Invalid),
-        _ => Err(RolloutError::Invalid("bad duration".into())),
     }
 }
 
@@ -492,94 +491,120 @@ impl Rollouts {
             .cloned()
     }
 
-    /// Starts a rollout from an API request body.
-    pub fn create(&self, body: &Value, author: &str) -> Result<Rollout, RolloutError> {
-        let s = |k: &str| body[k].as_str().map(str::to_string);
-        let table = self.control.current();
-        let kind = s("kind").unwrap_or_default();
-        let plan = match kind.as_str() {
-            "canary" | "blue-green" => {
-                let route =
-                    s("route").ok_or_else(|| RolloutError::Invalid("route is required".into()))?;
-                let to = s("to")
-                    .ok_or_else(|| RolloutError::Invalid("to (the new pool) is required".into()))?;
-                let Some(r) = table.config.routes.iter().find(|r| r.name == route) else {
-                    return Err(RolloutError::Invalid(format!("no route {route:?}")));
-                };
-                if !table.config.pools.iter().any(|p| p.name == to) {
-                    return Err(RolloutError::Invalid(format!("no pool {to:?}")));
-                }
-                let from = match s("from") {
-                    Some(f) => f,
-                    None => r
-                        .split
-                        .iter()
-                        .filter(|e| e.pool != to)
-                        .max_by_key(|e| e.weight)
-                        .map(|e| e.pool.clone())
-                        .ok_or_else(|| {
-                            RolloutError::Invalid(format!(
-                                "route {route:?} has no pool besides {to:?}; give from"
-                            ))
-                        })?,
-                };
-                if from == to {
-                    return Err(RolloutError::Invalid(
-                        "from and to are the same pool".into(),
-                    ));
-                }
-                if kind == "canary" {
-                    let (steps, durations_ms) = parse_steps(&body["steps"])?;
-                    Plan::Canary {
-                        route,
-                        to,
-                        from,
-                        steps,
-                        durations_ms,
-                        interval_ms: parse_ms(&body["interval"], 30 * 60_000)?,
-                        analysis: parse_analysis(body)?,
-                    }
-                } else {
-                    let keep_old_ms = parse_ms(&body["keep_old"], 24 * 3_600_000)?;
-                    let (guard_ms, analysis) = parse_bg_guard(body, keep_old_ms)?;
-                    Plan::BlueGreen {
-                        route,
-                        to,
-                        from,
-                        keep_old_ms,
-                        guard_ms,
-                        analysis,
-                        check: match s("check") {
-                            Some(cmd) => Some(runnable(&cmd)?),
-                            None => None,
-                        },
-                    }
+    /// Starts a rollout from an API request.
+    pub fn create(&self, req: &StartRollout, author: &str) -> Result<Rollout, RolloutError> {
+        let plan = match req {
+            StartRollout::Canary {
+                route,
+                to,
+                from,
+                steps,
+                interval,
+                triggers,
+            } => {
+                let from = self.switch_sides(route, to, from.as_deref())?;
+                let (steps, durations_ms) = parse_steps(steps.as_ref())?;
+                Plan::Canary {
+                    route: route.clone(),
+                    to: to.clone(),
+                    from,
+                    steps,
+                    durations_ms,
+                    interval_ms: parse_ms(interval.as_ref(), 30 * 60_000)?,
+                    analysis: parse_analysis(triggers)?,
                 }
             }
-            "rolling" => {
-                let pool =
-                    s("pool").ok_or_else(|| RolloutError::Invalid("pool is required".into()))?;
-                if !table.config.pools.iter().any(|p| p.name == pool) {
+            StartRollout::BlueGreen {
+                route,
+                to,
+                from,
+                keep_old,
+                check,
+                guard,
+                triggers,
+            } => {
+                let from = self.switch_sides(route, to, from.as_deref())?;
+                let keep_old_ms = parse_ms(keep_old.as_ref(), 24 * 3_600_000)?;
+                let (guard_ms, analysis) = parse_bg_guard(guard.as_ref(), triggers, keep_old_ms)?;
+                Plan::BlueGreen {
+                    route: route.clone(),
+                    to: to.clone(),
+                    from,
+                    keep_old_ms,
+                    guard_ms,
+                    analysis,
+                    check: match check {
+                        Some(cmd) => Some(runnable(cmd)?),
+                        None => None,
+                    },
+                }
+            }
+            StartRollout::Rolling {
+                pool,
+                batch,
+                hook,
+                wait,
+                pause,
+                triggers,
+            } => {
+                if !self
+                    .control
+                    .current()
+                    .config
+                    .pools
+                    .iter()
+                    .any(|p| &p.name == pool)
+                {
                     return Err(RolloutError::Invalid(format!("no pool {pool:?}")));
                 }
-                let hook =
-                    s("hook").ok_or_else(|| RolloutError::Invalid("hook is required".into()))?;
                 Plan::Rolling {
-                    pool,
-                    batch: body["batch"].as_u64().unwrap_or(1).max(1) as usize,
-                    hook,
-                    wait_ms: parse_ms(&body["wait"], 300_000)?,
-                    pause_ms: parse_ms(&body["pause"], 0)?,
-                    analysis: Some(parse_analysis(body)?),
+                    pool: pool.clone(),
+                    batch: batch.unwrap_or(1).max(1) as usize,
+                    hook: hook.clone(),
+                    wait_ms: parse_ms(wait.as_ref(), 300_000)?,
+                    pause_ms: parse_ms(pause.as_ref(), 0)?,
+                    analysis: Some(parse_analysis(triggers)?),
                 }
-            }
-            other => {
-                return Err(RolloutError::Invalid(format!(
-                    "unknown kind {other:?} (canary, blue-green, rolling)"
-                )))
             }
         };
         self.insert_new(plan, author)
+    }
+
+    /// The old side of a switch of `route` to pool `to`: `from` when given, else the route's
+    /// largest other pool. Checks that route and pools exist and differ.
+    fn switch_sides(
+        &self,
+        route: &str,
+        to: &str,
+        from: Option<&str>,
+    ) -> Result<String, RolloutError> {
+        let table = self.control.current();
+        let Some(r) = table.config.routes.iter().find(|r| r.name == route) else {
+            return Err(RolloutError::Invalid(format!("no route {route:?}")));
+        };
+        if !table.config.pools.iter().any(|p| p.name == to) {
+            return Err(RolloutError::Invalid(format!("no pool {to:?}")));
+        }
+        let from = match from {
+            Some(f) => f.to_string(),
+            None => r
+                .split
+                .iter()
+                .filter(|e| e.pool != to)
+                .max_by_key(|e| e.weight)
+                .map(|e| e.pool.clone())
+                .ok_or_else(|| {
+                    RolloutError::Invalid(format!(
+                        "route {route:?} has no pool besides {to:?}; give from"
+                    ))
+                })?,
+        };
+        if from == to {
+            return Err(RolloutError::Invalid(
+                "from and to are the same pool".into(),
+            ));
+        }
+        Ok(from)
     }
 
     /// Registers a new rollout of `plan`, unless one is already running on its target.
@@ -650,7 +675,13 @@ impl Rollouts {
     }
 
     /// An operator command: promote, pause, resume, abort, approve, rollback.
-    pub fn command(&self, id: u64, verb: &str, actor: &str) -> Result<Rollout, RolloutError> {
+    pub fn command(
+        &self,
+        id: u64,
+        command: RolloutCommand,
+        actor: &str,
+    ) -> Result<Rollout, RolloutError> {
+        let verb = command.as_str();
         let mut inner = self.inner.lock().expect("rollouts poisoned");
         let mut r = inner
             .rollouts
@@ -718,14 +749,7 @@ impl Rollouts {
                 let reason = format!("{verb} by {actor}");
                 self.revert(&mut r, phase, &reason, json!({}))?;
             }
-            other => {
-                return Err(match other {
-                    "pause" | "resume" | "approve" | "promote" | "abort" | "rollback" => {
-                        conflict(other)
-                    }
-                    _ => RolloutError::Invalid(format!("unknown command {other:?}")),
-                })
-            }
+            other => return Err(conflict(other)),
         }
         self.save(&r);
         inner.rollouts.insert(id, r.clone());

@@ -265,7 +265,10 @@ async fn dashboard_refuses_a_wrong_password_shows_live_pools_and_logs_out() {
         if points >= 3 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(40), "the chart has {points} points");
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "the chart has {points} points"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     b.screenshot("dashboard-overview").await;
