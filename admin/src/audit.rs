@@ -31,7 +31,7 @@ pub struct Event {
 }
 
 /// One line of the log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize)]
 pub struct Entry {
     /// Position in the chain, from 1.
     pub seq: u64,

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::durable;
 
 /// What a token may do. Ordered: each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read everything.

@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::durable;
 
 /// One binary: where it is, what it says it is, and its checksum.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize, PartialEq)]
 pub struct Binary {
     /// Path it runs from.
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// What `nrdot version --short` printed.
     pub version: String,
@@ -21,7 +22,7 @@ pub struct Binary {
 }
 
 /// One upgrade attempt.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize)]
 pub struct Record {
     /// RFC 3339 UTC.
     pub time: String,

@@ -104,7 +104,7 @@ struct State {
 }
 
 /// A backend as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackendInfo {
     /// `pool/address`.
     pub id: String,
@@ -115,9 +115,9 @@ pub struct BackendInfo {
     /// Configured weight.
     pub weight: u32,
     /// `enabled`, `draining` (disabled with requests in flight) or `disabled`.
-    pub admin_state: &'static str,
+    pub admin_state: String,
     /// `unknown` (no check, or no result yet), `healthy` or `unhealthy`.
-    pub health: &'static str,
+    pub health: String,
     /// Ejected by passive health checking right now.
     pub ejected: bool,
     /// Share of its weight the server's agent reports (100 without an agent).
@@ -607,8 +607,9 @@ impl Control {
                             (true, _) => "enabled",
                             (false, 0) => "disabled",
                             (false, _) => "draining",
-                        },
-                        health: s.health().as_str(),
+                        }
+                        .to_string(),
+                        health: s.health().as_str().to_string(),
                         ejected: s.ejected(),
                         agent_percent: s.agent_percent(),
                         in_flight,

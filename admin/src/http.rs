@@ -56,6 +56,7 @@ use serde_json::{json, Value};
 use crate::audit::Event;
 use crate::auth::{Actor, Auth, Role};
 use crate::control::{AdminError, Control};
+use crate::openapi::Op;
 use crate::respond::{error, json_response, percent_decode, query, read_body};
 use crate::session;
 
@@ -233,41 +234,18 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
     if rest == "session" && req.method() == Method::GET && anonymous {
         return session::anonymous();
     }
-    let Some(caller) = caller else {
-        let delay = admin.auth.failure_delay(peer);
-        if mutating {
-            let _ = admin.control.audit().record(Event {
-                actor: "anonymous".into(),
-                action: format!("{} /api/v2/{rest}", req.method()),
-                target: rest.to_string(),
-                outcome: "unauthorized".into(),
-                detail: format!("from {peer}"),
-                ..Event::default()
-            });
-        }
-        tokio::time::sleep(delay).await;
-        let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized");
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
+    let caller = match checked(admin, peer, &req, rest, caller).await {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     let actor = caller.actor().clone();
-    if mutating && !session::csrf_ok(&caller, &req) {
-        let _ = admin.control.audit().record(Event {
-            actor: actor.name.clone(),
-            action: format!("{} /api/v2/{rest}", req.method()),
-            target: rest.to_string(),
-            outcome: "forbidden".into(),
-            detail: format!("session call without its CSRF token, from {peer}"),
-            ..Event::default()
-        });
-        return error(
-            StatusCode::FORBIDDEN,
-            "missing or wrong CSRF token (X-CSRF-Token)",
-        );
-    }
     let segments: Vec<&str> = rest.split('/').collect();
-    let needed = required_role(req.method(), &segments);
+    let op = match Op::route(req.method(), &path) {
+        Ok(op) => op,
+        Err(true) => return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        Err(false) => return error(StatusCode::NOT_FOUND, "not found"),
+    };
+    let needed = op.spec().role.unwrap_or(Role::Viewer);
     if actor.role < needed {
         if mutating {
             let _ = admin.control.audit().record(Event {
@@ -284,16 +262,12 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
             format!("this call needs the {needed:?} role").to_lowercase(),
         );
     }
-    match (req.method(), segments.as_slice()) {
-        (_, ["session"]) => return session::current(admin, &caller, req.method()),
-        (&Method::POST, ["admin", "password"]) => {
-            return session::change_password(admin, &caller, req).await
-        }
-        (&Method::POST, ["upgrade"]) => return upgrade(admin, &actor, req).await,
-        (&Method::POST, ["restore"]) if !admin.upgrader.busy() => {
-            return restore(admin, &actor, req).await
-        }
-        (&Method::GET, ["binaries"]) => {
+    match op {
+        Op::Session | Op::Logout => return session::current(admin, &caller, req.method()),
+        Op::Password => return session::change_password(admin, &caller, req).await,
+        Op::Upgrade => return upgrade(admin, &actor, req).await,
+        Op::Restore if !admin.upgrader.busy() => return restore(admin, &actor, req).await,
+        Op::Binaries => {
             let history = crate::binaries::history(&admin.control.current().config.state_dir);
             return json_response(StatusCode::OK, json!({ "binaries": history }));
         }
@@ -305,7 +279,54 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
         }
         _ => {}
     }
-    api(admin, &actor, req, &segments).await
+    api(admin, &actor, op, req, &segments).await
+}
+
+/// The caller of an `/api/v2` request once it proved who it is: 401 (after the failure delay)
+/// without valid credentials, 403 for a session's change without its CSRF token. Refused
+/// changes are audited.
+async fn checked(
+    admin: &Admin,
+    peer: IpAddr,
+    req: &Request<Incoming>,
+    rest: &str,
+    caller: Option<session::Caller>,
+) -> Result<session::Caller, Response<Full<Bytes>>> {
+    let mutating = req.method() != Method::GET && req.method() != Method::HEAD;
+    let Some(caller) = caller else {
+        let delay = admin.auth.failure_delay(peer);
+        if mutating {
+            let _ = admin.control.audit().record(Event {
+                actor: "anonymous".into(),
+                action: format!("{} /api/v2/{rest}", req.method()),
+                target: rest.to_string(),
+                outcome: "unauthorized".into(),
+                detail: format!("from {peer}"),
+                ..Event::default()
+            });
+        }
+        tokio::time::sleep(delay).await;
+        let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Err(r);
+    };
+    let actor = caller.actor().clone();
+    if mutating && !session::csrf_ok(&caller, req) {
+        let _ = admin.control.audit().record(Event {
+            actor: actor.name.clone(),
+            action: format!("{} /api/v2/{rest}", req.method()),
+            target: rest.to_string(),
+            outcome: "forbidden".into(),
+            detail: format!("session call without its CSRF token, from {peer}"),
+            ..Event::default()
+        });
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "missing or wrong CSRF token (X-CSRF-Token)",
+        ));
+    }
+    Ok(caller)
 }
 
 /// `POST /api/v2/restore` (admin): makes a backup's configuration the current one, as a new
@@ -490,27 +511,20 @@ async fn upgrade(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Respon
     }
 }
 
-fn required_role(method: &Method, segments: &[&str]) -> Role {
-    match (method, segments) {
-        (&Method::GET, ["tokens"]) => Role::Admin,
-        (&Method::GET, _) | (_, ["session"]) => Role::Viewer,
-        (_, ["backends", ..]) | (_, ["rollouts", ..]) => Role::Operator,
-        _ => Role::Admin,
-    }
-}
-
 async fn api(
     admin: &Admin,
     actor: &Actor,
+    op: Op,
     req: Request<Incoming>,
     segments: &[&str],
 ) -> Response<Full<Bytes>> {
     let control = &admin.control;
-    match (req.method().clone(), segments) {
-        (Method::GET, ["openapi.json"]) => {
-            json_response(StatusCode::OK, crate::openapi::document())
-        }
-        (Method::GET, ["version"]) => {
+    match (op, segments) {
+        (Op::OpenApi, _) => json_response(
+            StatusCode::OK,
+            serde_json::to_value(crate::openapi::document()).unwrap_or_default(),
+        ),
+        (Op::Version, _) => {
             let v = control.version();
             json_response(
                 StatusCode::OK,
@@ -523,7 +537,7 @@ async fn api(
                 }),
             )
         }
-        (Method::GET, ["config"]) => {
+        (Op::Config, _) => {
             let v = control.version();
             match control.store().get(v.id) {
                 Ok(full) => json_response(
@@ -538,8 +552,8 @@ async fn api(
                 Err(e) => admin_error(&e.into()),
             }
         }
-        (Method::PUT, ["config"]) => put_config(admin, actor, req).await,
-        (Method::GET, ["config", "versions"]) => match control.store().list() {
+        (Op::PutConfig, _) => put_config(admin, actor, req).await,
+        (Op::Versions, _) => match control.store().list() {
             Ok(list) => {
                 let current = control.version().id;
                 json_response(
@@ -549,14 +563,14 @@ async fn api(
             }
             Err(e) => admin_error(&e.into()),
         },
-        (Method::GET, ["config", "versions", id]) => match id.parse::<u64>() {
+        (Op::VersionById, [_, _, id]) => match id.parse::<u64>() {
             Ok(id) => match control.store().get(id) {
                 Ok(v) => json_response(StatusCode::OK, json!(v)),
                 Err(e) => admin_error(&e.into()),
             },
             Err(_) => error(StatusCode::BAD_REQUEST, "version ids are numbers"),
         },
-        (Method::GET, ["config", "diff"]) => {
+        (Op::Diff, _) => {
             let current = control.version().id;
             let parse = |k: &str, default: u64| -> Result<u64, String> {
                 match query(&req, k) {
@@ -585,11 +599,11 @@ async fn api(
                 (Err(e), _) | (_, Err(e)) => admin_error(&e.into()),
             }
         }
-        (Method::POST, ["config", "rollback"]) => rollback_config(admin, actor, req).await,
-        (Method::GET, ["backends"]) => {
+        (Op::Rollback, _) => rollback_config(admin, actor, req).await,
+        (Op::Backends, _) => {
             json_response(StatusCode::OK, json!({ "backends": control.backends() }))
         }
-        (Method::POST, ["backends", selector, action @ ("enable" | "disable")]) => {
+        (Op::Enable | Op::Disable, [_, selector, action]) => {
             let selector = percent_decode(selector);
             let enable = *action == "enable";
             let wait = match query(&req, "wait").map(|w| nrdot_config::units::parse_duration(&w)) {
@@ -624,7 +638,7 @@ async fn api(
             };
             json_response(status, json!({ "backends": backends, "drained": drained }))
         }
-        (Method::GET, ["stats"]) => {
+        (Op::Stats, _) => {
             let minutes = query(&req, "minutes")
                 .and_then(|m| m.parse::<u64>().ok())
                 .unwrap_or(15)
@@ -636,16 +650,16 @@ async fn api(
                 json!({ "step_s": step.as_secs(), "pools": admin.rollouts.stats(span, step) }),
             )
         }
-        (Method::GET, ["rollouts"]) => {
+        (Op::Rollouts, _) => {
             json_response(StatusCode::OK, json!({ "rollouts": admin.rollouts.list() }))
         }
-        (Method::GET, ["rollouts", id]) => {
+        (Op::RolloutById, [_, id]) => {
             match id.parse::<u64>().ok().and_then(|id| admin.rollouts.get(id)) {
                 Some(r) => json_response(StatusCode::OK, json!(r)),
                 None => error(StatusCode::NOT_FOUND, format!("no rollout {id}")),
             }
         }
-        (Method::POST, ["rollouts"]) => {
+        (Op::StartRollout, _) => {
             let body = match read_body(req).await {
                 Ok(b) => b,
                 Err(r) => return r,
@@ -659,7 +673,7 @@ async fn api(
                 Err(e) => rollout_error(&e),
             }
         }
-        (Method::POST, ["rollouts", id, verb]) => match (id.parse::<u64>(), verb.parse()) {
+        (Op::RolloutCommand, [_, id, verb]) => match (id.parse::<u64>(), verb.parse()) {
             (Err(_), _) => error(StatusCode::BAD_REQUEST, "rollout ids are numbers"),
             (_, Err(e)) => error(StatusCode::BAD_REQUEST, e),
             (Ok(id), Ok(command)) => match admin.rollouts.command(id, command, &actor.name) {
@@ -667,8 +681,8 @@ async fn api(
                 Err(e) => rollout_error(&e),
             },
         },
-        (Method::GET, ["tls"]) => json_response(StatusCode::OK, tls_info(admin)),
-        (Method::POST, ["tls", "reload"]) => {
+        (Op::Tls, _) => json_response(StatusCode::OK, tls_info(admin)),
+        (Op::TlsReload, _) => {
             let result = control.reload_certs();
             let v = control.version().id;
             let _ = control.audit().record(Event {
@@ -688,13 +702,13 @@ async fn api(
                 ),
             }
         }
-        (Method::GET, ["events"]) => {
+        (Op::Events, _) => {
             let limit = query(&req, "limit")
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(100usize);
             json_response(StatusCode::OK, json!({ "events": control.events(limit) }))
         }
-        (Method::GET, ["audit"]) => {
+        (Op::Audit, _) => {
             let limit = query(&req, "limit")
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(100usize);
@@ -703,18 +717,18 @@ async fn api(
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
-        (Method::GET, ["audit", "verify"]) => match control.audit().verify() {
+        (Op::AuditVerify, _) => match control.audit().verify() {
             Ok(n) => json_response(StatusCode::OK, json!({ "ok": true, "entries": n })),
             Err(e) => json_response(
                 StatusCode::CONFLICT,
                 json!({ "ok": false, "error": e.to_string() }),
             ),
         },
-        (Method::GET, ["tokens"]) => json_response(
+        (Op::Tokens, _) => json_response(
             StatusCode::OK,
             json!({ "tokens": admin.auth.tokens().into_iter().map(|(n, r, c)| json!({"name": n, "role": r, "created": c})).collect::<Vec<_>>() }),
         ),
-        (Method::POST, ["tokens"]) => {
+        (Op::CreateToken, _) => {
             let body = match read_body(req).await {
                 Ok(b) => b,
                 Err(r) => return r,
@@ -740,7 +754,7 @@ async fn api(
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
-        (Method::POST, ["admin", "rotate-token"]) => {
+        (Op::RotateToken, _) => {
             let body = match read_body(req).await {
                 Ok(b) => b,
                 Err(r) => return r,
@@ -756,16 +770,6 @@ async fn api(
                 }
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
-        }
-        (
-            _,
-            ["openapi.json" | "version" | "config" | "backends" | "audit" | "tokens" | "events"],
-        )
-        | (_, ["config", "versions" | "diff" | "rollback", ..])
-        | (_, ["backends", ..])
-        | (_, ["audit", "verify"])
-        | (_, ["admin", "rotate-token"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }

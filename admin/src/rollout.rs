@@ -29,7 +29,7 @@ use crate::api::{
 };
 
 /// One pool's recent traffic.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize)]
 pub struct PoolStats {
     /// Pool name.
     pub pool: String,
@@ -38,7 +38,7 @@ pub struct PoolStats {
 }
 
 /// What a rollout does.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Plan {
     /// Raise `to`'s share of `route` step by step, observing each step for `interval_ms`.
@@ -117,7 +117,7 @@ pub enum Plan {
 }
 
 /// Where a rollout is.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Running.
@@ -158,7 +158,7 @@ impl Phase {
 }
 
 /// Stage of the current batch of a rolling rollout.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Disabled; waiting for in-flight requests to finish.
@@ -172,7 +172,7 @@ pub enum Stage {
 }
 
 /// One thing that happened to a rollout.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize)]
 pub struct RolloutEvent {
     /// RFC 3339.
     pub time: String,
@@ -185,7 +185,7 @@ pub struct RolloutEvent {
 }
 
 /// A rollout and its progress.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize)]
 pub struct Rollout {
     /// Sequential id.
     pub id: u64,

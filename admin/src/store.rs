@@ -40,7 +40,7 @@ pub enum StoreError {
 }
 
 /// What is known of a version without its content.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize, PartialEq, Eq)]
 pub struct VersionMeta {
     /// Sequential id, starting at 1.
     pub id: u64,
@@ -57,7 +57,7 @@ pub struct VersionMeta {
 }
 
 /// A version with its content (the TOML text).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize, PartialEq, Eq)]
 pub struct Version {
     /// Metadata.
     #[serde(flatten)]

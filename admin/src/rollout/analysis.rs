@@ -8,7 +8,7 @@ use nrdot_config::RouteTable;
 use serde::{Deserialize, Serialize};
 
 /// Triggers of a canary (the playbook's defaults).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize, PartialEq)]
 pub struct Analysis {
     /// Roll back when the error rate over `error_for_ms` exceeds this (0.05).
     pub max_error_rate: f64,
@@ -52,7 +52,7 @@ pub fn held<K: std::hash::Hash + Eq>(
 }
 
 /// One analysis result.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize, PartialEq, Default)]
 pub struct Measured {
     /// Requests to the canary pool in the window.
     pub window_requests: u64,
@@ -163,7 +163,7 @@ fn p99(newest: &Sample, oldest: &Sample) -> u64 {
 }
 
 /// One point of a pool's recent traffic, for the dashboard's charts.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize, PartialEq)]
 pub struct Point {
     /// Seconds before now at which the interval ends.
     pub ago_s: u64,
