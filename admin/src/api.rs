@@ -220,6 +220,8 @@ pub struct Problem {
     pub column: usize,
     /// What is wrong.
     pub message: String,
+    /// The whole line as the CLI prints it (`config:3:7: route[0].path: …`).
+    pub text: String,
 }
 
 /// `GET /api/v2/version`.
@@ -282,6 +284,35 @@ pub struct RollbackRequest {
     /// With a guard window (e.g. `"5m"`): watched, and reverted on a breach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<String>,
+}
+
+/// `PUT /api/v2/config` as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConfigChange {
+    /// The whole configuration.
+    pub toml: String,
+    /// Why, for the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The answer to a configuration change (`PUT /api/v2/config`, rollback, live restore).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Changed {
+    /// The new version.
+    pub version: crate::store::VersionMeta,
+    /// The guard watching it, when one was asked for and the change touched a pool.
+    #[serde(default)]
+    pub guard: Option<GuardStarted>,
+}
+
+/// A guard started on a change.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GuardStarted {
+    /// Its rollout id.
+    pub rollout: u64,
+    /// What it watches.
+    pub plan: crate::rollout::Plan,
 }
 
 /// `GET /api/v2/backends`.

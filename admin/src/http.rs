@@ -53,11 +53,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
+use crate::api;
 use crate::audit::Event;
 use crate::auth::{Actor, Auth, Role};
 use crate::control::{AdminError, Control};
 use crate::openapi::Op;
-use crate::respond::{error, json_response, percent_decode, query, read_body};
+use crate::respond::{answer, error, json_response, percent_decode, query, read_body};
 use crate::session;
 
 /// What the handlers need.
@@ -157,15 +158,21 @@ fn heap_metrics() {
 
 fn admin_error(e: &AdminError) -> Response<Full<Bytes>> {
     match e {
-        AdminError::Invalid(problems) => json_response(
+        AdminError::Invalid(problems) => answer(
             StatusCode::UNPROCESSABLE_ENTITY,
-            json!({
-                "error": "invalid configuration; nothing changed",
-                "problems": problems.iter().map(|p| json!({
-                    "path": p.path, "line": p.line, "column": p.column, "message": p.message,
-                    "text": p.render("config"),
-                })).collect::<Vec<_>>(),
-            }),
+            &api::Invalid {
+                error: "invalid configuration; nothing changed".into(),
+                problems: problems
+                    .iter()
+                    .map(|p| api::Problem {
+                        path: p.path.clone(),
+                        line: p.line,
+                        column: p.column,
+                        message: p.message.clone(),
+                        text: p.render("config"),
+                    })
+                    .collect(),
+            },
         ),
         AdminError::Conflict { current } => json_response(
             StatusCode::CONFLICT,
@@ -391,7 +398,7 @@ fn start_guard(
     before_id: u64,
     after: u64,
     guard: Option<(Duration, nrdot_config::Guard)>,
-) -> Option<Value> {
+) -> Option<api::GuardStarted> {
     let (window, settings) = guard?;
     let now = admin.control.current();
     let pools = crate::rollout::guard::touched(&before.config, &now.config);
@@ -402,7 +409,10 @@ fn start_guard(
         .rollouts
         .guard(before_id, after, pools, window, &settings, &actor.name)
         .ok()?;
-    Some(json!({ "rollout": g.id, "plan": g.plan }))
+    Some(api::GuardStarted {
+        rollout: g.id,
+        plan: g.plan,
+    })
 }
 
 /// `POST /api/v2/config/rollback` `{"version": N, "message"?, "guard"?: "5m"}` (or the
@@ -421,15 +431,15 @@ async fn rollback_config(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let usage = "body must be JSON: {\"version\": N}";
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, usage);
+    let Ok(v) = serde_json::from_slice::<api::RollbackRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"version\": N}",
+        );
     };
-    let Some(id) = v["version"].as_u64() else {
-        return error(StatusCode::BAD_REQUEST, usage);
-    };
+    let id = v.version;
     let control = &admin.control;
-    let spec = v["guard"].as_str().map(str::to_string).or(header);
+    let spec = v.guard.clone().or(header);
     let text = match control.store().get(id) {
         Ok(version) => version.content,
         Err(e) => return admin_error(&AdminError::from(e)),
@@ -439,10 +449,16 @@ async fn rollback_config(
         Err(e) => return rollout_error(&e),
     };
     let (before, before_id) = (control.current(), control.version().id);
-    match control.rollback(id, &actor.name, v["message"].as_str()) {
+    match control.rollback(id, &actor.name, v.message.as_deref()) {
         Ok(meta) => {
-            let guarded = start_guard(admin, actor, &before, before_id, meta.id, guard);
-            json_response(StatusCode::OK, json!({ "version": meta, "guard": guarded }))
+            let guard = start_guard(admin, actor, &before, before_id, meta.id, guard);
+            answer(
+                StatusCode::OK,
+                &api::Changed {
+                    version: meta,
+                    guard,
+                },
+            )
         }
         Err(e) => admin_error(&e),
     }
@@ -526,28 +542,28 @@ async fn api(
         ),
         (Op::Version, _) => {
             let v = control.version();
-            json_response(
+            answer(
                 StatusCode::OK,
-                json!({
-                    "binary": env!("CARGO_PKG_VERSION"),
-                    "config_version": v.id,
-                    "config_checksum": v.checksum,
-                    "generation": control.current().generation,
-                    "environment": control.environment(),
-                }),
+                &api::VersionInfo {
+                    binary: env!("CARGO_PKG_VERSION").into(),
+                    config_version: v.id,
+                    config_checksum: v.checksum,
+                    generation: control.current().generation,
+                    environment: control.environment().map(str::to_string),
+                },
             )
         }
         (Op::Config, _) => {
             let v = control.version();
             match control.store().get(v.id) {
-                Ok(full) => json_response(
+                Ok(full) => answer(
                     StatusCode::OK,
-                    json!({
-                        "version": v,
-                        "environment": control.environment(),
-                        "toml": full.content,
-                        "json": nrdot_config::document::to_json(&full.content),
-                    }),
+                    &api::ConfigView {
+                        version: v,
+                        environment: control.environment().map(str::to_string),
+                        json: nrdot_config::document::to_json(&full.content),
+                        toml: full.content,
+                    },
                 ),
                 Err(e) => admin_error(&e.into()),
             }
@@ -556,16 +572,19 @@ async fn api(
         (Op::Versions, _) => match control.store().list() {
             Ok(list) => {
                 let current = control.version().id;
-                json_response(
+                answer(
                     StatusCode::OK,
-                    json!({ "current": current, "versions": list }),
+                    &api::VersionList {
+                        current,
+                        versions: list,
+                    },
                 )
             }
             Err(e) => admin_error(&e.into()),
         },
         (Op::VersionById, [_, _, id]) => match id.parse::<u64>() {
             Ok(id) => match control.store().get(id) {
-                Ok(v) => json_response(StatusCode::OK, json!(v)),
+                Ok(v) => answer(StatusCode::OK, &v),
                 Err(e) => admin_error(&e.into()),
             },
             Err(_) => error(StatusCode::BAD_REQUEST, "version ids are numbers"),
@@ -591,18 +610,18 @@ async fn api(
                         .unified_diff()
                         .header(&format!("version {from}"), &format!("version {to}"))
                         .to_string();
-                    json_response(
-                        StatusCode::OK,
-                        json!({ "from": from, "to": to, "diff": diff }),
-                    )
+                    answer(StatusCode::OK, &api::Diff { from, to, diff })
                 }
                 (Err(e), _) | (_, Err(e)) => admin_error(&e.into()),
             }
         }
         (Op::Rollback, _) => rollback_config(admin, actor, req).await,
-        (Op::Backends, _) => {
-            json_response(StatusCode::OK, json!({ "backends": control.backends() }))
-        }
+        (Op::Backends, _) => answer(
+            StatusCode::OK,
+            &api::BackendList {
+                backends: control.backends(),
+            },
+        ),
         (Op::Enable | Op::Disable, [_, selector, action]) => {
             let selector = percent_decode(selector);
             let enable = *action == "enable";
@@ -636,7 +655,7 @@ async fn api(
             } else {
                 StatusCode::ACCEPTED
             };
-            json_response(status, json!({ "backends": backends, "drained": drained }))
+            answer(status, &api::BackendChange { backends, drained })
         }
         (Op::Stats, _) => {
             let minutes = query(&req, "minutes")
@@ -645,17 +664,23 @@ async fn api(
                 .clamp(1, 60);
             let span = Duration::from_secs(minutes * 60);
             let step = Duration::from_secs((minutes * 60 / 90).max(2));
-            json_response(
+            answer(
                 StatusCode::OK,
-                json!({ "step_s": step.as_secs(), "pools": admin.rollouts.stats(span, step) }),
+                &api::Stats {
+                    step_s: step.as_secs(),
+                    pools: admin.rollouts.stats(span, step),
+                },
             )
         }
-        (Op::Rollouts, _) => {
-            json_response(StatusCode::OK, json!({ "rollouts": admin.rollouts.list() }))
-        }
+        (Op::Rollouts, _) => answer(
+            StatusCode::OK,
+            &api::RolloutList {
+                rollouts: admin.rollouts.list(),
+            },
+        ),
         (Op::RolloutById, [_, id]) => {
             match id.parse::<u64>().ok().and_then(|id| admin.rollouts.get(id)) {
-                Some(r) => json_response(StatusCode::OK, json!(r)),
+                Some(r) => answer(StatusCode::OK, &r),
                 None => error(StatusCode::NOT_FOUND, format!("no rollout {id}")),
             }
         }
@@ -669,7 +694,7 @@ async fn api(
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad rollout: {e}")),
             };
             match admin.rollouts.create(&start, &actor.name) {
-                Ok(r) => json_response(StatusCode::CREATED, json!(r)),
+                Ok(r) => answer(StatusCode::CREATED, &r),
                 Err(e) => rollout_error(&e),
             }
         }
@@ -677,7 +702,7 @@ async fn api(
             (Err(_), _) => error(StatusCode::BAD_REQUEST, "rollout ids are numbers"),
             (_, Err(e)) => error(StatusCode::BAD_REQUEST, e),
             (Ok(id), Ok(command)) => match admin.rollouts.command(id, command, &actor.name) {
-                Ok(r) => json_response(StatusCode::OK, json!(r)),
+                Ok(r) => answer(StatusCode::OK, &r),
                 Err(e) => rollout_error(&e),
             },
         },
@@ -706,50 +731,71 @@ async fn api(
             let limit = query(&req, "limit")
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(100usize);
-            json_response(StatusCode::OK, json!({ "events": control.events(limit) }))
+            answer(
+                StatusCode::OK,
+                &api::EventList {
+                    events: control.events(limit),
+                },
+            )
         }
         (Op::Audit, _) => {
             let limit = query(&req, "limit")
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(100usize);
             match control.audit().tail(limit) {
-                Ok(entries) => json_response(StatusCode::OK, json!({ "entries": entries })),
+                Ok(entries) => answer(StatusCode::OK, &api::AuditList { entries }),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
         (Op::AuditVerify, _) => match control.audit().verify() {
-            Ok(n) => json_response(StatusCode::OK, json!({ "ok": true, "entries": n })),
+            Ok(n) => answer(
+                StatusCode::OK,
+                &api::AuditVerified {
+                    ok: true,
+                    entries: n,
+                },
+            ),
             Err(e) => json_response(
                 StatusCode::CONFLICT,
                 json!({ "ok": false, "error": e.to_string() }),
             ),
         },
-        (Op::Tokens, _) => json_response(
+        (Op::Tokens, _) => answer(
             StatusCode::OK,
-            json!({ "tokens": admin.auth.tokens().into_iter().map(|(n, r, c)| json!({"name": n, "role": r, "created": c})).collect::<Vec<_>>() }),
+            &api::TokenList {
+                tokens: admin
+                    .auth
+                    .tokens()
+                    .into_iter()
+                    .map(|(name, role, created)| api::TokenInfo {
+                        name,
+                        role,
+                        created,
+                    })
+                    .collect(),
+            },
         ),
         (Op::CreateToken, _) => {
             let body = match read_body(req).await {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let (Some(name), Some(role)) = (v["name"].as_str(), v["role"].as_str()) else {
+            let Ok(t) = serde_json::from_slice::<api::TokenRequest>(&body) else {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "body must be JSON: {\"name\": …, \"role\": viewer|operator|admin}",
                 );
             };
-            let role: Role = match role.parse() {
-                Ok(r) => r,
-                Err(e) => return error(StatusCode::BAD_REQUEST, e),
-            };
-            let result = admin.auth.create(name, role);
-            audit_token(admin, actor, "token.create", name, &result);
+            let result = admin.auth.create(&t.name, t.role);
+            audit_token(admin, actor, "token.create", &t.name, &result);
             match result {
-                Ok(token) => json_response(
+                Ok(token) => answer(
                     StatusCode::OK,
-                    json!({ "name": name, "role": role, "token": token }),
+                    &api::TokenSecret {
+                        name: t.name,
+                        role: Some(t.role),
+                        token,
+                    },
                 ),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
@@ -759,12 +805,26 @@ async fn api(
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let name = v["name"].as_str().unwrap_or("admin").to_string();
+            let rotate: api::RotateRequest = if body.is_empty() {
+                api::RotateRequest::default()
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(r) => r,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
+                }
+            };
+            let name = rotate.name.unwrap_or_else(|| "admin".into());
             let result = admin.auth.rotate(&name, &admin.url);
             audit_token(admin, actor, "token.rotate", &name, &result);
             match result {
-                Ok(token) => json_response(StatusCode::OK, json!({ "name": name, "token": token })),
+                Ok(token) => answer(
+                    StatusCode::OK,
+                    &api::TokenSecret {
+                        name,
+                        role: None,
+                        token,
+                    },
+                ),
                 Err(crate::auth::AuthError::UnknownToken(n)) => {
                     error(StatusCode::NOT_FOUND, format!("no token named {n:?}"))
                 }
@@ -869,16 +929,16 @@ async fn put_config(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Res
         Err(r) => return r,
     };
     let (text, message) = if is_json {
-        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-            return error(StatusCode::BAD_REQUEST, "body is not JSON");
+        let v = match serde_json::from_slice::<api::ConfigChange>(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("JSON body needs a \"toml\" string: {e}"),
+                )
+            }
         };
-        let Some(t) = v["toml"].as_str() else {
-            return error(StatusCode::BAD_REQUEST, "JSON body needs a \"toml\" string");
-        };
-        (
-            t.to_string(),
-            v["message"].as_str().map(str::to_string).or(header_message),
-        )
+        (v.toml, v.message.or(header_message))
     } else {
         match String::from_utf8(body.to_vec()) {
             Ok(t) => (t, header_message),
@@ -895,8 +955,14 @@ async fn put_config(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Res
     };
     match admin.control.apply(&text, &actor.name, &message, if_match) {
         Ok(meta) => {
-            let guarded = start_guard(admin, actor, &before, before_id, meta.id, guard);
-            let mut r = json_response(StatusCode::OK, json!({ "version": meta, "guard": guarded }));
+            let guard = start_guard(admin, actor, &before, before_id, meta.id, guard);
+            let mut r = answer(
+                StatusCode::OK,
+                &api::Changed {
+                    version: meta.clone(),
+                    guard,
+                },
+            );
             if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", meta.id)) {
                 r.headers_mut().insert(header::ETAG, v);
             }

@@ -17,6 +17,11 @@ pub fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     r
 }
 
+/// A typed answer as JSON.
+pub fn answer<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    json_response(status, serde_json::to_value(body).unwrap_or_default())
+}
+
 /// `{"error": message}` with `status`.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
     json_response(status, json!({ "error": message.into() }))

@@ -8,10 +8,11 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::api::{Login, PasswordChange, SessionInfo};
 use crate::audit::Event;
-use crate::auth::{Actor, AuthError, Role, Session};
+use crate::auth::{Actor, AuthError, Session};
 use crate::http::Admin;
 use crate::respond::{error, json_response, read_body};
 
@@ -44,51 +45,14 @@ impl Caller {
     }
 }
 
-/// `POST /api/v2/session` body.
-#[derive(Debug, Deserialize)]
-pub struct Login {
-    /// The dashboard user, or a token's name.
-    pub user: String,
-    /// The dashboard password, or that token's secret.
-    pub password: String,
-}
-
-/// What the dashboard learns about its session.
-#[derive(Debug, Serialize)]
-pub struct SessionInfo {
-    /// Always true here; `GET /api/v2/session` without a session answers `{"logged_in": false}`.
-    pub logged_in: bool,
-    /// Who is logged in.
-    pub user: String,
-    /// With which role: the dashboard hides what the role may not do.
-    pub role: Role,
-    /// To send in `X-CSRF-Token` with every mutating call.
-    pub csrf: String,
-    /// Seconds of inactivity after which the session ends.
-    pub idle_timeout_s: u64,
-}
-
-impl SessionInfo {
-    fn of(session: &Session, idle: std::time::Duration) -> SessionInfo {
-        SessionInfo {
-            logged_in: true,
-            user: session.actor.name.clone(),
-            role: session.actor.role,
-            csrf: session.csrf.clone(),
-            idle_timeout_s: idle.as_secs(),
-        }
+fn info(session: &Session, idle: std::time::Duration) -> SessionInfo {
+    SessionInfo {
+        logged_in: true,
+        user: Some(session.actor.name.clone()),
+        role: Some(session.actor.role),
+        csrf: Some(session.csrf.clone()),
+        idle_timeout_s: Some(idle.as_secs()),
     }
-}
-
-/// `POST /api/v2/admin/password` body.
-#[derive(Debug, Deserialize)]
-pub struct PasswordChange {
-    /// The new password.
-    pub password: String,
-    /// The current password: required from a dashboard session, so a session left open on
-    /// someone's screen cannot lock its owner out.
-    #[serde(default)]
-    pub current: Option<String>,
 }
 
 /// The cookie value sent with `req`, if any.
@@ -208,7 +172,7 @@ pub async fn login(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Respo
     );
     let mut r = json_response(
         StatusCode::OK,
-        json(&SessionInfo::of(&session, admin.auth.session_idle())),
+        json(&info(&session, admin.auth.session_idle())),
     );
     set_cookie(&mut r, &id, secure(admin), None);
     r
@@ -221,7 +185,16 @@ fn json<T: Serialize>(v: &T) -> serde_json::Value {
 /// `GET /api/v2/session` without a live session: 200 `{"logged_in": false}`, so the page can
 /// ask whether to show its login form without an error (and without slowing anyone down).
 pub fn anonymous() -> Response<Full<Bytes>> {
-    json_response(StatusCode::OK, serde_json::json!({ "logged_in": false }))
+    json_response(
+        StatusCode::OK,
+        json(&SessionInfo {
+            logged_in: false,
+            user: None,
+            role: None,
+            csrf: None,
+            idle_timeout_s: None,
+        }),
+    )
 }
 
 /// `GET` and `DELETE /api/v2/session`, after authentication (and CSRF for `DELETE`).
@@ -235,7 +208,13 @@ pub fn current(admin: &Admin, caller: &Caller, method: &Method) -> Response<Full
             let a = caller.actor();
             return json_response(
                 StatusCode::OK,
-                serde_json::json!({ "logged_in": false, "user": a.name, "role": a.role }),
+                json(&SessionInfo {
+                    logged_in: false,
+                    user: Some(a.name.clone()),
+                    role: Some(a.role),
+                    csrf: None,
+                    idle_timeout_s: None,
+                }),
             );
         }
         return error(
@@ -258,7 +237,7 @@ pub fn current(admin: &Admin, caller: &Caller, method: &Method) -> Response<Full
     }
     json_response(
         StatusCode::OK,
-        json(&SessionInfo::of(session, admin.auth.session_idle())),
+        json(&info(session, admin.auth.session_idle())),
     )
 }
 
