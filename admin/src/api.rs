@@ -457,6 +457,13 @@ pub struct PasswordChange {
     pub current: Option<String>,
 }
 
+/// The answer to a password change.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasswordChanged {
+    /// Always true: a refusal is an error answer.
+    pub changed: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

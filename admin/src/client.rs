@@ -10,7 +10,11 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api;
+use crate::rollout::{Phase, Rollout};
 
 use crate::cli::ClientOpts;
 
@@ -103,7 +107,7 @@ impl Client {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
         headers: &[(&str, String)],
-    ) -> Result<(StatusCode, Value), ClientError> {
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let url = format!("{}{path}", self.base);
         let mut b = Request::builder().method(method).uri(&url);
         if let Some(t) = &self.token {
@@ -150,14 +154,15 @@ impl Client {
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(ClientError::Refused(status));
         }
-        Ok((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
+        Ok((status, bytes))
     }
 
-    fn print_json(&self, v: &Value) {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    /// An answer for `--json`: pretty-printed when it is JSON, else as it came.
+    fn print_json(&self, body: &[u8]) {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+            Err(_) => println!("{}", String::from_utf8_lossy(body)),
+        }
     }
 }
 
@@ -251,32 +256,46 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+/// A field for a table cell: `-` when absent.
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-fn fail(status: StatusCode, body: &Value) -> ExitCode {
-    eprintln!(
-        "nrdot: {status}: {}",
-        body["error"].as_str().unwrap_or("request failed")
-    );
+fn short(sum: &str) -> &str {
+    &sum[..12.min(sum.len())]
+}
+
+/// Reports a refused call with the server's reason; exit 1.
+fn fail(status: StatusCode, body: &[u8]) -> ExitCode {
+    let why = serde_json::from_slice::<api::ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| "request failed".into());
+    eprintln!("nrdot: {status}: {why}");
     ExitCode::from(1)
 }
 
-/// GETs `path` for a listing verb: `Ok(body)` to render as a table, or `Err(exit code)` when
-/// the call failed or `--json` already printed the body.
-fn list(c: &Client, path: &str) -> Result<Value, ExitCode> {
-    request(c, Method::GET, path, None)
+/// An answer's body as `T`; a body of another shape is an error (exit 2).
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ExitCode> {
+    serde_json::from_slice(body).map_err(|e| {
+        eprintln!("nrdot: unexpected answer from the admin API: {e}");
+        ExitCode::from(2)
+    })
 }
 
-/// One call for a verb: `Ok(body)` for the verb to print for humans, or `Err(exit code)` when
-/// the call failed or `--json` already printed the body.
-fn request(c: &Client, method: Method, path: &str, body: Option<Value>) -> Result<Value, ExitCode> {
-    let payload = body.map(|b| ("application/json", b.to_string().into_bytes()));
+/// One call for a verb: `Ok(answer)` for the verb to print for humans, or `Err(exit code)`
+/// when the call failed or `--json` already printed the answer.
+fn request<T: DeserializeOwned>(
+    c: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<T, ExitCode> {
+    let payload = body.map(|b| {
+        (
+            "application/json",
+            serde_json::to_vec(b).unwrap_or_default(),
+        )
+    });
     let (status, body) = c.call(method, path, payload, &[]).map_err(|e| {
         eprintln!("nrdot: {e}");
         e.exit()
@@ -288,12 +307,12 @@ fn request(c: &Client, method: Method, path: &str, body: Option<Value>) -> Resul
         c.print_json(&body);
         return Err(ExitCode::SUCCESS);
     }
-    Ok(body)
+    decode(&body)
 }
 
-/// The array under `key`, empty when absent.
-fn items<'a>(body: &'a Value, key: &str) -> &'a [Value] {
-    body[key].as_array().map(|a| a.as_slice()).unwrap_or(&[])
+/// [`request`] without a body.
+fn get<T: DeserializeOwned>(c: &Client, path: &str) -> Result<T, ExitCode> {
+    request(c, Method::GET, path, None::<&()>)
 }
 
 macro_rules! call_or_exit {
@@ -308,29 +327,33 @@ macro_rules! call_or_exit {
     };
 }
 
+macro_rules! or_exit {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(code) => return code,
+        }
+    };
+}
+
 /// `nrdot backend list`.
 pub fn backend_list(c: &Client) -> ExitCode {
-    let body = match list(c, "/api/v2/backends") {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let rows: Vec<Vec<String>> = items(&body, "backends")
+    let list: api::BackendList = or_exit!(get(c, "/api/v2/backends"));
+    let rows: Vec<Vec<String>> = list
+        .backends
         .iter()
         .map(|b| {
-            [
-                "id",
-                "pool",
-                "address",
-                "weight",
-                "admin_state",
-                "health",
-                "in_flight",
-                "requests",
-                "failures",
+            vec![
+                b.id.clone(),
+                b.pool.clone(),
+                b.address.clone(),
+                b.weight.to_string(),
+                b.admin_state.clone(),
+                b.health.clone(),
+                b.in_flight.to_string(),
+                b.requests.to_string(),
+                b.failures.to_string(),
             ]
-            .iter()
-            .map(|k| s(&b[*k]))
-            .collect()
         })
         .collect();
     table(
@@ -364,19 +387,15 @@ pub fn backend_set(c: &Client, server: &str, enable: bool, wait: Option<&str>) -
     if !(status.is_success()) {
         return fail(status, &body);
     }
+    let change: api::BackendChange = or_exit!(decode(&body));
     if c.json {
         c.print_json(&body);
     } else {
-        for b in items(&body, "backends") {
-            println!(
-                "{}: {} (in flight: {})",
-                s(&b["id"]),
-                s(&b["admin_state"]),
-                s(&b["in_flight"])
-            );
+        for b in &change.backends {
+            println!("{}: {} (in flight: {})", b.id, b.admin_state, b.in_flight);
         }
         if !enable {
-            if body["drained"] == Value::Bool(true) {
+            if change.drained {
                 println!("drained");
             } else if wait.is_some() {
                 println!("still draining at the deadline");
@@ -387,10 +406,36 @@ pub fn backend_set(c: &Client, server: &str, enable: bool, wait: Option<&str>) -
             }
         }
     }
-    if wait.is_some() && body["drained"] != Value::Bool(true) {
+    if wait.is_some() && !change.drained {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// `GET /health` (and `?server=`), as the client reads it.
+#[derive(serde::Deserialize)]
+struct Health {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    pools: Vec<PoolHealth>,
+    #[serde(default)]
+    checks: Option<Vec<Probe>>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct PoolHealth {
+    name: String,
+    available: u64,
+    total: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Probe {
+    id: String,
+    reachable: bool,
 }
 
 /// `nrdot health check [--server S]`: 0 healthy, 1 unhealthy.
@@ -400,35 +445,24 @@ pub fn health_check(c: &Client, server: Option<&str>) -> ExitCode {
         None => "/health".to_string(),
     };
     let (status, body) = call_or_exit!(c.call(Method::GET, &path, None, &[]));
+    let health: Health = or_exit!(decode(&body));
     if c.json {
         c.print_json(&body);
-    } else if let Some(checks) = body["checks"].as_array() {
+    } else if let Some(checks) = &health.checks {
         for ch in checks {
-            println!(
-                "{}: {}",
-                s(&ch["id"]),
-                if ch["reachable"] == Value::Bool(true) {
-                    "healthy"
-                } else {
-                    "unhealthy"
-                }
-            );
+            let state = if ch.reachable { "healthy" } else { "unhealthy" };
+            println!("{}: {state}", ch.id);
         }
     } else {
-        println!("{}", s(&body["status"]));
-        for p in items(&body, "pools") {
-            println!(
-                "  pool {}: {}/{} available",
-                s(&p["name"]),
-                s(&p["available"]),
-                s(&p["total"])
-            );
+        println!("{}", opt(&health.status));
+        for p in &health.pools {
+            println!("  pool {}: {}/{} available", p.name, p.available, p.total);
         }
     }
     if status == StatusCode::NOT_FOUND {
         eprintln!(
             "nrdot: {}",
-            body["error"].as_str().unwrap_or("no such server")
+            health.error.as_deref().unwrap_or("no such server")
         );
     }
     if status.is_success() {
@@ -445,15 +479,12 @@ pub fn version(c: &Client) -> ExitCode {
         Ok((status, body)) if status.is_success() => {
             if c.json {
                 c.print_json(&body);
-            } else {
+            } else if let Ok(v) = serde_json::from_slice::<api::VersionInfo>(&body) {
                 println!(
                     "running config version {} ({}), table generation {}",
-                    s(&body["config_version"]),
-                    s(&body["config_checksum"])
-                        .chars()
-                        .take(12)
-                        .collect::<String>(),
-                    s(&body["generation"])
+                    v.config_version,
+                    short(&v.config_checksum),
+                    v.generation
                 );
             }
         }
@@ -465,31 +496,13 @@ pub fn version(c: &Client) -> ExitCode {
 
 /// `nrdot version history`: newest first, one per line, id first.
 pub fn history(c: &Client, quiet: bool) -> ExitCode {
-    let (status, body) = call_or_exit!(c.call(Method::GET, "/api/v2/config/versions", None, &[]));
-    if !status.is_success() {
-        return fail(status, &body);
-    }
-    if c.json {
-        c.print_json(&body);
-        return ExitCode::SUCCESS;
-    }
-    let mut versions: Vec<&Value> = body["versions"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    versions.reverse();
-    let oldest = versions.last().and_then(|v| v["id"].as_u64()).unwrap_or(1);
-    for v in versions {
+    let list: api::VersionList = or_exit!(get(c, "/api/v2/config/versions"));
+    let oldest = list.versions.first().map(|v| v.id).unwrap_or(1);
+    for v in list.versions.iter().rev() {
         if quiet {
-            println!("{}", s(&v["id"]));
+            println!("{}", v.id);
         } else {
-            println!(
-                "{}\t{}\t{}\t{}",
-                s(&v["id"]),
-                s(&v["time"]),
-                s(&v["author"]),
-                s(&v["message"])
-            );
+            println!("{}\t{}\t{}\t{}", v.id, v.time, v.author, v.message);
         }
     }
     if oldest > 1 && !quiet {
@@ -506,34 +519,26 @@ pub fn history(c: &Client, quiet: bool) -> ExitCode {
 pub fn upgrade(c: &Client, binary: Option<std::path::PathBuf>, rollback: bool) -> ExitCode {
     let binary = binary.map(|b| std::path::absolute(&b).unwrap_or(b));
     let req = crate::upgrade::UpgradeRequest { binary, rollback };
-    let body = match request(
-        c,
-        Method::POST,
-        "/api/v2/upgrade",
-        serde_json::to_value(&req).ok(),
-    ) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    match serde_json::from_value::<crate::upgrade::Outcome>(body) {
-        Ok(o) => {
-            println!(
-                "upgraded: PID {} ({} {}) -> PID {} ({} {}); the old process drains and exits",
-                o.from_pid,
-                o.from.version,
-                &o.from.sha256[..12.min(o.from.sha256.len())],
-                o.to_pid,
-                o.to.version,
-                &o.to.sha256[..12.min(o.to.sha256.len())],
-            );
-            println!("previous binary kept at {}", o.from.path.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("nrdot: unexpected answer: {e}");
-            ExitCode::from(2)
-        }
-    }
+    let o: crate::upgrade::Outcome =
+        or_exit!(request(c, Method::POST, "/api/v2/upgrade", Some(&req)));
+    println!(
+        "upgraded: PID {} ({} {}) -> PID {} ({} {}); the old process drains and exits",
+        o.from_pid,
+        o.from.version,
+        short(&o.from.sha256),
+        o.to_pid,
+        o.to.version,
+        short(&o.to.sha256),
+    );
+    println!("previous binary kept at {}", o.from.path.display());
+    ExitCode::SUCCESS
+}
+
+/// The answer of a live restore.
+#[derive(serde::Deserialize)]
+struct Restored {
+    version: crate::store::VersionMeta,
+    backends_changed: Vec<String>,
 }
 
 /// `nrdot backup restore ARCHIVE --live`: opens and verifies the archive here, then sends its
@@ -551,45 +556,32 @@ pub fn restore_live(c: &Client, archive: &Path, key_file: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let body = match request(
-        c,
-        Method::POST,
-        "/api/v2/restore",
-        serde_json::to_value(&live).ok(),
-    ) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
+    let r: Restored = or_exit!(request(c, Method::POST, "/api/v2/restore", Some(&live)));
     println!(
-        "restored {name}: its configuration (version {} on the node backed up) is version {} here; backends changed: {}",
-        live.version,
-        s(&body["version"]["id"]),
-        body["backends_changed"]
+        "restored {name}: its configuration (version {} on the node backed up) is version {} here; backends changed: {:?}",
+        live.version, r.version.id, r.backends_changed
     );
     ExitCode::SUCCESS
 }
 
+/// The answer of `GET /api/v2/binaries`.
+#[derive(serde::Deserialize)]
+struct Binaries {
+    binaries: Vec<crate::binaries::Record>,
+}
+
 /// `nrdot version history --binaries`: past upgrades, newest first.
 pub fn binaries(c: &Client) -> ExitCode {
-    let (status, body) = call_or_exit!(c.call(Method::GET, "/api/v2/binaries", None, &[]));
-    if !status.is_success() {
-        return fail(status, &body);
-    }
-    if c.json {
-        c.print_json(&body);
-        return ExitCode::SUCCESS;
-    }
-    let records: Vec<crate::binaries::Record> =
-        serde_json::from_value(body["binaries"].clone()).unwrap_or_default();
-    for r in records.iter().rev() {
+    let list: Binaries = or_exit!(get(c, "/api/v2/binaries"));
+    for r in list.binaries.iter().rev() {
         println!(
             "{}\t{}\t{} {} -> {} {}\t{}\tkept: {}",
             r.time,
             r.kind,
             r.from.version,
-            &r.from.sha256[..12.min(r.from.sha256.len())],
+            short(&r.from.sha256),
             r.to.version,
-            &r.to.sha256[..12.min(r.to.sha256.len())],
+            short(&r.to.sha256),
             r.outcome,
             r.from.path.display()
         );
@@ -630,40 +622,27 @@ pub fn apply(
     }
     match status {
         StatusCode::OK => {
+            let changed: api::Changed = or_exit!(decode(&body));
             if !c.json {
                 println!(
                     "applied as version {} ({})",
-                    s(&body["version"]["id"]),
-                    s(&body["version"]["checksum"])
-                        .chars()
-                        .take(12)
-                        .collect::<String>()
+                    changed.version.id,
+                    short(&changed.version.checksum)
                 );
             }
-            // A guarded change: watch it through its window; a revert exits 1.
-            match body["guard"]["rollout"].as_u64() {
-                Some(id) => {
-                    if !c.json {
-                        println!(
-                            "guarded by rollout {id}: {}",
-                            s(&body["guard"]["plan"]["pools"])
-                        );
-                    }
-                    follow_rollout(c, id)
-                }
-                None => ExitCode::SUCCESS,
-            }
+            guarded(c, &changed)
         }
         StatusCode::UNPROCESSABLE_ENTITY => {
             if !c.json {
-                for p in items(&body, "problems") {
+                let invalid: api::Invalid = or_exit!(decode(&body));
+                for p in &invalid.problems {
                     eprintln!(
                         "{}:{}:{}: {}: {}",
                         file.display(),
-                        s(&p["line"]),
-                        s(&p["column"]),
-                        s(&p["path"]),
-                        s(&p["message"])
+                        p.line,
+                        p.column,
+                        p.path,
+                        p.message
                     );
                 }
                 eprintln!("nrdot: rejected; the running configuration is unchanged");
@@ -674,33 +653,39 @@ pub fn apply(
     }
 }
 
+/// A guarded change: watch it through its window; a revert exits 1.
+fn guarded(c: &Client, changed: &api::Changed) -> ExitCode {
+    let Some(g) = &changed.guard else {
+        return ExitCode::SUCCESS;
+    };
+    if !c.json {
+        let pools = match &g.plan {
+            crate::rollout::Plan::Guard { pools, .. } => pools.join(", "),
+            other => other.target(),
+        };
+        println!("guarded by rollout {}: {pools}", g.rollout);
+    }
+    follow_rollout(c, g.rollout)
+}
+
 /// `nrdot config rollback VERSION`.
 pub fn rollback(c: &Client, version: u64, message: Option<&str>, guard: Option<&str>) -> ExitCode {
-    let mut body = serde_json::json!({ "version": version });
-    if let Some(m) = message {
-        body["message"] = Value::String(m.to_string());
-    }
-    if let Some(g) = guard {
-        body["guard"] = Value::String(g.to_string());
-    }
-    let resp = match request(c, Method::POST, "/api/v2/config/rollback", Some(body)) {
-        Ok(r) => r,
-        Err(code) => return code,
+    let req = api::RollbackRequest {
+        version,
+        message: message.map(str::to_string),
+        guard: guard.map(str::to_string),
     };
+    let changed: api::Changed = or_exit!(request(
+        c,
+        Method::POST,
+        "/api/v2/config/rollback",
+        Some(&req)
+    ));
     println!(
         "rolled back to the content of version {version}: now version {}",
-        s(&resp["version"]["id"])
+        changed.version.id
     );
-    match resp["guard"]["rollout"].as_u64() {
-        Some(id) => {
-            println!(
-                "guarded by rollout {id}: {}",
-                s(&resp["guard"]["plan"]["pools"])
-            );
-            follow_rollout(c, id)
-        }
-        None => ExitCode::SUCCESS,
-    }
+    guarded(c, &changed)
 }
 
 /// `nrdot config diff A [B]`.
@@ -709,36 +694,26 @@ pub fn diff(c: &Client, a: u64, b: Option<u64>) -> ExitCode {
     if let Some(b) = b {
         path.push_str(&format!("&to={b}"));
     }
-    let (status, body) = call_or_exit!(c.call(Method::GET, &path, None, &[]));
-    if !status.is_success() {
-        return fail(status, &body);
-    }
-    if c.json {
-        c.print_json(&body);
-    } else {
-        print!("{}", body["diff"].as_str().unwrap_or(""));
-    }
+    let d: api::Diff = or_exit!(get(c, &path));
+    print!("{}", d.diff);
     ExitCode::SUCCESS
 }
 
 /// `nrdot audit [--limit N]`.
 pub fn audit(c: &Client, limit: usize) -> ExitCode {
-    let body = match list(c, &format!("/api/v2/audit?limit={limit}")) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let rows: Vec<Vec<String>> = items(&body, "entries")
+    let list: api::AuditList = or_exit!(get(c, &format!("/api/v2/audit?limit={limit}")));
+    let rows: Vec<Vec<String>> = list
+        .entries
         .iter()
         .map(|e| {
-            let versions = format!("{}->{}", s(&e["version_before"]), s(&e["version_after"]));
             vec![
-                s(&e["seq"]),
-                s(&e["time"]),
-                s(&e["actor"]),
-                s(&e["action"]),
-                s(&e["target"]),
-                versions,
-                s(&e["outcome"]),
+                e.seq.to_string(),
+                e.time.clone(),
+                e.actor.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                format!("{}->{}", opt(&e.version_before), opt(&e.version_after)),
+                e.outcome.clone(),
             ]
         })
         .collect();
@@ -757,9 +732,11 @@ pub fn audit_verify(c: &Client) -> ExitCode {
     if c.json {
         c.print_json(&body);
     } else if status.is_success() {
-        println!("audit log intact: {} entries", s(&body["entries"]));
+        let v: api::AuditVerified = or_exit!(decode(&body));
+        println!("audit log intact: {} entries", v.entries);
     } else {
-        println!("audit log BROKEN: {}", s(&body["error"]));
+        let e: api::ErrorBody = or_exit!(decode(&body));
+        println!("audit log BROKEN: {}", e.error);
     }
     if status.is_success() {
         ExitCode::SUCCESS
@@ -770,21 +747,30 @@ pub fn audit_verify(c: &Client) -> ExitCode {
 
 /// `nrdot admin rotate-token` / `create-token`.
 pub fn token(c: &Client, name: &str, role: Option<&str>) -> ExitCode {
-    let (path, body) = match role {
-        None => (
-            "/api/v2/admin/rotate-token",
-            serde_json::json!({ "name": name }),
-        ),
-        Some(r) => (
-            "/api/v2/tokens",
-            serde_json::json!({ "name": name, "role": r }),
-        ),
+    let secret: Result<api::TokenSecret, ExitCode> = match role {
+        None => {
+            let req = api::RotateRequest {
+                name: Some(name.to_string()),
+            };
+            request(c, Method::POST, "/api/v2/admin/rotate-token", Some(&req))
+        }
+        Some(r) => {
+            let role = match r.parse() {
+                Ok(role) => role,
+                Err(e) => {
+                    eprintln!("nrdot: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let req = api::TokenRequest {
+                name: name.to_string(),
+                role,
+            };
+            request(c, Method::POST, "/api/v2/tokens", Some(&req))
+        }
     };
-    let resp = match request(c, Method::POST, path, Some(body)) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    println!("{}", s(&resp["token"]));
+    let secret = or_exit!(secret);
+    println!("{}", secret.token);
     eprintln!("nrdot: token {name:?}: shown once; nrdot keeps only its hash");
     ExitCode::SUCCESS
 }
@@ -809,8 +795,11 @@ pub fn read_new_password(from_stdin: bool) -> Result<String, String> {
 
 /// `nrdot admin set-password`.
 pub fn set_password(c: &Client, password: &str) -> ExitCode {
-    let body = serde_json::json!({ "password": password });
-    match request(c, Method::POST, "/api/v2/admin/password", Some(body)) {
+    let req = api::PasswordChange {
+        password: password.to_string(),
+        current: None,
+    };
+    match request::<api::PasswordChanged>(c, Method::POST, "/api/v2/admin/password", Some(&req)) {
         Ok(_) => {
             eprintln!(
                 "nrdot: dashboard password changed; other dashboard sessions were logged out"
@@ -821,82 +810,83 @@ pub fn set_password(c: &Client, password: &str) -> ExitCode {
     }
 }
 
-fn print_rollout(r: &Value) {
+fn print_rollout(r: &Rollout) {
     println!(
         "rollout {} ({}): {} step {} weight {}%{}",
-        s(&r["id"]),
-        s(&r["plan"]["kind"]),
-        s(&r["phase"]),
-        r["step"].as_u64().map(|n| n + 1).unwrap_or(0),
-        s(&r["weight"]),
-        match r["reason"].as_str() {
-            Some(reason) if !reason.is_empty() => format!(" - {reason}"),
-            _ => String::new(),
+        r.id,
+        r.plan.kind(),
+        r.phase.name(),
+        r.step + 1,
+        r.weight,
+        if r.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" - {}", r.reason)
         }
     );
 }
 
 /// A canary's steps with their planned and elapsed times.
-fn print_plan(r: &Value) {
-    let plan = &r["plan"];
-    if plan["kind"] != "canary" {
+fn print_plan(r: &Rollout) {
+    let crate::rollout::Plan::Canary {
+        steps,
+        interval_ms,
+        durations_ms,
+        ..
+    } = &r.plan
+    else {
         return;
-    }
-    let interval = plan["interval_ms"].as_u64().unwrap_or(0);
-    let durations: Vec<u64> = plan["durations_ms"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default();
-    let current = r["step"].as_u64().unwrap_or(0) as usize;
-    let finished = r["phase"] == "completed";
-    for (i, w) in items(plan, "steps").iter().enumerate() {
-        let planned = crate::rollout::step_ms(&durations, interval, i);
-        let elapsed = match i.cmp(&current) {
+    };
+    let finished = r.phase == Phase::Completed;
+    for (i, w) in steps.iter().enumerate() {
+        let planned = crate::rollout::step_ms(durations_ms, *interval_ms, i);
+        let elapsed = match i.cmp(&r.step) {
             std::cmp::Ordering::Less => "done".to_string(),
             std::cmp::Ordering::Equal if finished => "done".to_string(),
-            std::cmp::Ordering::Equal => format!(
-                "{}s elapsed",
-                r["step_elapsed_ms"].as_u64().unwrap_or(0) / 1000
-            ),
+            std::cmp::Ordering::Equal => format!("{}s elapsed", r.step_elapsed_ms / 1000),
             std::cmp::Ordering::Greater => "pending".to_string(),
         };
         println!(
-            "  step {}: {}% planned {}s, {elapsed}",
+            "  step {}: {w}% planned {}s, {elapsed}",
             i + 1,
-            s(w),
             planned / 1000
         );
     }
 }
 
-fn terminal(phase: &str) -> bool {
+fn terminal(phase: Phase) -> bool {
     matches!(
         phase,
-        "completed" | "rolled_back" | "aborted" | "failed" | "awaiting_approval"
+        Phase::Completed
+            | Phase::RolledBack
+            | Phase::Aborted
+            | Phase::Failed
+            | Phase::AwaitingApproval
     )
 }
 
 /// `nrdot rollout canary | blue-green | rolling`.
-pub fn rollout_create(c: &Client, start: &crate::api::StartRollout, follow: bool) -> ExitCode {
-    let body = serde_json::to_value(start).unwrap_or_default();
-    let (status, r) = call_or_exit!(c.call(
+pub fn rollout_create(c: &Client, start: &api::StartRollout, follow: bool) -> ExitCode {
+    let body = serde_json::to_vec(start).unwrap_or_default();
+    let (status, answer) = call_or_exit!(c.call(
         Method::POST,
         "/api/v2/rollouts",
-        Some(("application/json", body.to_string().into_bytes())),
+        Some(("application/json", body)),
         &[]
     ));
     if status != StatusCode::CREATED {
-        return fail(status, &r);
+        return fail(status, &answer);
     }
     if c.json && !follow {
-        c.print_json(&r);
+        c.print_json(&answer);
         return ExitCode::SUCCESS;
     }
+    let r: Rollout = or_exit!(decode(&answer));
     print_rollout(&r);
     if !follow {
         return ExitCode::SUCCESS;
     }
-    follow_rollout(c, r["id"].as_u64().unwrap_or(0))
+    follow_rollout(c, r.id)
 }
 
 /// Prints a rollout's events as they come; exit 0 when it completes, 1 otherwise.
@@ -904,20 +894,19 @@ fn follow_rollout(c: &Client, id: u64) -> ExitCode {
     let mut shown = 0;
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        let (status, r) =
+        let (status, body) =
             call_or_exit!(c.call(Method::GET, &format!("/api/v2/rollouts/{id}"), None, &[]));
         if !status.is_success() {
-            return fail(status, &r);
+            return fail(status, &body);
         }
-        let events = items(&r, "events");
-        for e in events.iter().skip(shown) {
-            println!("  {} {}: {}", s(&e["time"]), s(&e["kind"]), s(&e["detail"]));
+        let r: Rollout = or_exit!(decode(&body));
+        for e in r.events.iter().skip(shown) {
+            println!("  {} {}: {}", e.time, e.kind, e.detail);
         }
-        shown = events.len();
-        let phase = r["phase"].as_str().unwrap_or("");
-        if terminal(phase) {
+        shown = r.events.len();
+        if terminal(r.phase) {
             print_rollout(&r);
-            return if phase == "completed" {
+            return if r.phase == Phase::Completed {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -927,72 +916,56 @@ fn follow_rollout(c: &Client, id: u64) -> ExitCode {
 }
 
 /// `nrdot rollout promote|pause|resume|abort|approve|rollback ID`.
-pub fn rollout_command(c: &Client, id: u64, command: crate::api::RolloutCommand) -> ExitCode {
-    let verb = command.as_str();
-    match request(
-        c,
-        Method::POST,
-        &format!("/api/v2/rollouts/{id}/{verb}"),
-        None,
-    ) {
-        Ok(r) => print_rollout(&r),
-        Err(code) => return code,
-    }
+pub fn rollout_command(c: &Client, id: u64, command: api::RolloutCommand) -> ExitCode {
+    let path = format!("/api/v2/rollouts/{id}/{}", command.as_str());
+    let r: Rollout = or_exit!(request(c, Method::POST, &path, None::<&()>));
+    print_rollout(&r);
     ExitCode::SUCCESS
 }
 
 /// `nrdot rollout status ID`.
 pub fn rollout_status(c: &Client, id: u64) -> ExitCode {
-    let (status, r) =
-        call_or_exit!(c.call(Method::GET, &format!("/api/v2/rollouts/{id}"), None, &[]));
-    if !status.is_success() {
-        return fail(status, &r);
-    }
-    if c.json {
-        c.print_json(&r);
-        return ExitCode::SUCCESS;
-    }
+    let r: Rollout = or_exit!(get(c, &format!("/api/v2/rollouts/{id}")));
     print_rollout(&r);
     print_plan(&r);
-    if let Some(m) = r["measured"].as_object() {
+    if let Some(m) = &r.measured {
         println!(
             "  analysis: error rate {:.2}% ({} of {} requests), p99 {} ms, healthy {:.0}%, memory {:.1}%",
-            m.get("error_rate").and_then(|v| v.as_f64()).unwrap_or(0.0) * 100.0,
-            s(&m["window_errors"]),
-            s(&m["window_requests"]),
-            s(&m["p99_ms"]),
-            m.get("healthy_fraction").and_then(|v| v.as_f64()).unwrap_or(0.0) * 100.0,
-            m.get("memory_fraction").and_then(|v| v.as_f64()).unwrap_or(0.0) * 100.0,
+            m.error_rate * 100.0,
+            m.window_errors,
+            m.window_requests,
+            m.p99_ms,
+            m.healthy_fraction * 100.0,
+            m.memory_fraction * 100.0,
         );
     }
-    for e in items(&r, "events") {
-        println!("  {} {}: {}", s(&e["time"]), s(&e["kind"]), s(&e["detail"]));
+    for e in &r.events {
+        println!("  {} {}: {}", e.time, e.kind, e.detail);
     }
     ExitCode::SUCCESS
 }
 
 /// `nrdot rollout list`.
 pub fn rollout_list(c: &Client) -> ExitCode {
-    let body = match list(c, "/api/v2/rollouts") {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let rows: Vec<Vec<String>> = items(&body, "rollouts")
+    let list: api::RolloutList = or_exit!(get(c, "/api/v2/rollouts"));
+    let rows: Vec<Vec<String>> = list
+        .rollouts
         .iter()
         .map(|r| {
-            let target = r["plan"]["route"]
-                .as_str()
-                .or(r["plan"]["pool"].as_str())
-                .unwrap_or("-")
-                .to_string();
+            let target = match &r.plan {
+                crate::rollout::Plan::Canary { route, .. }
+                | crate::rollout::Plan::BlueGreen { route, .. } => route.clone(),
+                crate::rollout::Plan::Rolling { pool, .. } => pool.clone(),
+                crate::rollout::Plan::Guard { .. } => "-".into(),
+            };
             vec![
-                s(&r["id"]),
-                s(&r["plan"]["kind"]),
+                r.id.to_string(),
+                r.plan.kind().to_string(),
                 target,
-                s(&r["phase"]),
-                (r["step"].as_u64().unwrap_or(0) + 1).to_string(),
-                format!("{}%", s(&r["weight"])),
-                s(&r["created"]),
+                r.phase.name().to_string(),
+                (r.step + 1).to_string(),
+                format!("{}%", r.weight),
+                r.created.clone(),
             ]
         })
         .collect();

@@ -233,7 +233,7 @@ impl Op {
             Op::Tokens => s(Method::GET, "/api/v2/tokens", Some(Admin), "Token names and roles", none, Json(json::<api::TokenList>)),
             Op::CreateToken => s(Method::POST, "/api/v2/tokens", Some(Admin), "Create a token (secret shown once)", Json(json::<api::TokenRequest>), Json(json::<api::TokenSecret>)),
             Op::RotateToken => Spec { other: NOT_FOUND, ..s(Method::POST, "/api/v2/admin/rotate-token", Some(Admin), "Replace a token's secret (shown once)", Json(json::<api::RotateRequest>), Json(json::<api::TokenSecret>)) },
-            Op::Password => Spec { other: &[(422, "shorter than 12 characters")], ..s(Method::POST, "/api/v2/admin/password", Some(Admin), "Change the dashboard password (Argon2; audited; other sessions end)", Json(json::<api::PasswordChange>), Json(json::<api::SessionInfo>)) },
+            Op::Password => Spec { other: &[(422, "shorter than 12 characters")], ..s(Method::POST, "/api/v2/admin/password", Some(Admin), "Change the dashboard password (Argon2; audited; other sessions end)", Json(json::<api::PasswordChange>), Json(json::<api::PasswordChanged>)) },
             Op::Login => Spec { other: &[(401, "wrong user or password")], ..s(Method::POST, "/api/v2/session", None, "Log in: sets the HttpOnly, SameSite=Strict nrdot_session cookie (Secure over TLS)", Json(json::<api::Login>), Json(json::<api::SessionInfo>)) },
             Op::Session => s(Method::GET, "/api/v2/session", None, "The session: user, role and CSRF token; {logged_in: false} without one", none, Json(json::<api::SessionInfo>)),
             Op::Logout => s(Method::DELETE, "/api/v2/session", Some(Viewer), "Log out (a session call: needs X-CSRF-Token)", none, Json(json::<api::SessionInfo>)),

@@ -137,6 +137,19 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The name the API uses (`awaiting_approval`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::AwaitingApproval => "awaiting_approval",
+            Phase::Completed => "completed",
+            Phase::RolledBack => "rolled_back",
+            Phase::Aborted => "aborted",
+            Phase::Failed => "failed",
+        }
+    }
+
     fn active(self) -> bool {
         matches!(
             self,
@@ -1457,6 +1470,23 @@ async fn run_hooks(hook: &str, servers: &[String], wait: Duration) -> Result<(),
         }
     }
     Ok(())
+}
+
+impl Plan {
+    /// The name the API uses (`blue-green`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Plan::Canary { .. } => "canary",
+            Plan::BlueGreen { .. } => "blue-green",
+            Plan::Rolling { .. } => "rolling",
+            Plan::Guard { .. } => "guard",
+        }
+    }
+
+    /// What it changes: `route app`, `pool api`, `config version 7`.
+    pub fn target(&self) -> String {
+        plan_target(self)
+    }
 }
 
 fn plan_target(p: &Plan) -> String {

@@ -231,7 +231,7 @@ pub fn current(admin: &Admin, caller: &Caller, method: &Method) -> Response<Full
             "ok",
             String::new(),
         );
-        let mut r = json_response(StatusCode::OK, serde_json::json!({ "logged_out": true }));
+        let mut r = anonymous();
         set_cookie(&mut r, "", secure(admin), Some(0));
         return r;
     }
@@ -289,7 +289,10 @@ pub async fn change_password(
     match result {
         Ok(()) => {
             audit(admin, &actor, "admin.password", "ok", String::new());
-            json_response(StatusCode::OK, serde_json::json!({ "changed": true }))
+            json_response(
+                StatusCode::OK,
+                json(&crate::api::PasswordChanged { changed: true }),
+            )
         }
         Err(e @ AuthError::WeakPassword) => {
             audit(admin, &actor, "admin.password", "invalid", e.to_string());

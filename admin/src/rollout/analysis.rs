@@ -19,6 +19,7 @@ pub struct Analysis {
     /// …for this long (2 minutes).
     pub healthy_for_ms: u64,
     /// Pause for approval when memory use exceeds this share (0.9)…
+    #[serde(deserialize_with = "limit_or_none")]
     pub max_memory: f64,
     /// …for this long (10 minutes).
     pub memory_for_ms: u64,
@@ -49,6 +50,11 @@ pub fn held<K: std::hash::Hash + Eq>(
     }
     let start = *since.entry(key).or_insert_with(Instant::now);
     start.elapsed() >= Duration::from_millis(for_ms)
+}
+
+/// A limit stored by an older nrdot as `null` (its infinity): no limit.
+fn limit_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::MAX))
 }
 
 /// One analysis result.
@@ -258,6 +264,19 @@ mod tests {
         let mut lat = [0u64; 16];
         lat[0] = req;
         (t0 + Duration::from_secs(secs), req, err, lat)
+    }
+
+    #[test]
+    fn a_guard_without_a_memory_limit_survives_json_both_ways() {
+        let a = crate::rollout::guard::analysis(&nrdot_config::Guard::default());
+        let text = serde_json::to_string(&a).expect("json");
+        let back: Analysis = serde_json::from_str(&text).expect("read back");
+        assert_eq!(back, a);
+        // What an older nrdot stored for its infinity.
+        let old = text.replace(&format!("{}", f64::MAX), "null");
+        let old = old.replace("1.7976931348623157e308", "null");
+        let back: Analysis = serde_json::from_str(&old).expect("read null");
+        assert_eq!(back.max_memory, f64::MAX);
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub fn analysis(g: &nrdot_config::Guard) -> Analysis {
         error_for_ms: g.error_for.as_millis() as u64,
         min_healthy: g.min_healthy,
         healthy_for_ms: g.healthy_for.as_millis() as u64,
-        max_memory: f64::INFINITY,
+        // Never: a finite "no limit", because JSON has no infinity (it would be stored as null).
+        max_memory: f64::MAX,
         memory_for_ms: u64::MAX,
         max_p99_ms: None,
         min_requests: g.min_requests,
