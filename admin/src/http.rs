@@ -48,7 +48,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
@@ -58,7 +57,7 @@ use crate::audit::Event;
 use crate::auth::{Actor, Auth, Role};
 use crate::control::{AdminError, Control};
 use crate::openapi::Op;
-use crate::respond::{answer, error, json_response, percent_decode, query, read_body};
+use crate::respond::{answer, error, json_response, percent_decode, query, read_body, AdminBody};
 use crate::session;
 
 /// What the handlers need.
@@ -104,6 +103,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = Arc::clone(&admin);
+                let req = req.map(crate::respond::admin_body);
                 async move { Ok::<_, Infallible>(handle(&admin, peer.ip(), req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -192,7 +192,7 @@ fn admin_error(e: &AdminError) -> Response<Full<Bytes>> {
 }
 
 /// Routes one admin request.
-pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<AdminBody>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/health") => {
@@ -295,7 +295,7 @@ pub async fn handle(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Resp
 async fn checked(
     admin: &Admin,
     peer: IpAddr,
-    req: &Request<Incoming>,
+    req: &Request<AdminBody>,
     rest: &str,
     caller: Option<session::Caller>,
 ) -> Result<session::Caller, Response<Full<Bytes>>> {
@@ -339,7 +339,7 @@ async fn checked(
 /// `POST /api/v2/restore` (admin): makes a backup's configuration the current one, as a new
 /// version, and its drained backends drained again. The CLI opens and verifies the archive
 /// (the key never leaves the operator's host) and sends what it holds.
-async fn restore(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn restore(admin: &Admin, actor: &Actor, req: Request<AdminBody>) -> Response<Full<Bytes>> {
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -420,7 +420,7 @@ fn start_guard(
 async fn rollback_config(
     admin: &Admin,
     actor: &Actor,
-    req: Request<Incoming>,
+    req: Request<AdminBody>,
 ) -> Response<Full<Bytes>> {
     let header = req
         .headers()
@@ -493,7 +493,7 @@ fn guard_request(
 
 /// `POST /api/v2/upgrade`: replaces this process's binary; answers once the new process
 /// serves (200) or with why this one keeps serving.
-async fn upgrade(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn upgrade(admin: &Admin, actor: &Actor, req: Request<AdminBody>) -> Response<Full<Bytes>> {
     use crate::upgrade::UpgradeError;
     let body = match read_body(req).await {
         Ok(b) => b,
@@ -531,7 +531,7 @@ async fn api(
     admin: &Admin,
     actor: &Actor,
     op: Op,
-    req: Request<Incoming>,
+    req: Request<AdminBody>,
     segments: &[&str],
 ) -> Response<Full<Bytes>> {
     let control = &admin.control;
@@ -891,7 +891,11 @@ fn in_flight(control: &Control, ids: &[String]) -> u64 {
         .sum()
 }
 
-async fn put_config(admin: &Admin, actor: &Actor, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn put_config(
+    admin: &Admin,
+    actor: &Actor,
+    req: Request<AdminBody>,
+) -> Response<Full<Bytes>> {
     let if_match = match req
         .headers()
         .get(header::IF_MATCH)
@@ -1055,6 +1059,113 @@ fn health(admin: &Admin) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::respond::admin_body;
+
+    /// An `Admin` over a fresh state directory, as `serve` builds it, without any socket
+    /// serving it: handlers are called directly.
+    fn admin(dir: &std::path::Path) -> Admin {
+        let text = format!(
+            "state_dir = {:?}\n[[listener]]\nname = \"h\"\nbind = \"127.0.0.1:0\"\n[[pool]]\nname = \"p\"\n[[pool.server]]\naddress = \"127.0.0.1:9\"\n[[route]]\nname = \"r\"\npool = \"p\"\n",
+            dir.display().to_string()
+        );
+        let config = nrdot_config::Config::from_toml(&text).expect("valid");
+        let (control, _) = Control::start(dir, None, &text, config, None).expect("control");
+        let control = Arc::new(control);
+        let (auth, _) = Auth::open(dir, "http://127.0.0.1:8080").expect("auth");
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let lock = std::fs::File::create(dir.join("lock")).expect("lock");
+        let handles = crate::upgrade::Handles {
+            listeners: Vec::new(),
+            admin: (addr, socket.into()),
+            lock: lock.into(),
+        };
+        Admin {
+            rollouts: Arc::new(
+                crate::rollout::Rollouts::open(Arc::clone(&control), dir).expect("rollouts"),
+            ),
+            upgrader: Arc::new(crate::upgrade::Upgrader::new(dir, handles)),
+            control,
+            auth: Arc::new(auth),
+            prometheus: None,
+            url: "http://127.0.0.1:8080".into(),
+        }
+    }
+
+    fn request(method: &str, path: &str, token: Option<&str>, body: &str) -> Request<AdminBody> {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b.body(admin_body(Full::new(Bytes::from(body.to_string()))))
+            .expect("request")
+    }
+
+    async fn call(admin: &Admin, req: Request<AdminBody>) -> (StatusCode, Bytes) {
+        let r = handle(admin, [127, 0, 0, 1].into(), req).await;
+        let status = r.status();
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn handlers_answer_typed_bodies_without_a_socket() {
+        let dir = std::env::temp_dir().join(format!("nrdot-http-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let admin = admin(&dir);
+        let token = crate::auth::read_credentials(&dir.join("admin-credentials"))
+            .and_then(|c| c.get("NRDOT_TOKEN").cloned())
+            .expect("token");
+        let t = Some(token.as_str());
+
+        let (status, body) = call(&admin, request("GET", "/api/v2/version", t, "")).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: api::VersionInfo = serde_json::from_slice(&body).expect("VersionInfo");
+        assert_eq!(v.config_version, 1);
+
+        let (status, body) = call(&admin, request("GET", "/api/v2/backends", t, "")).await;
+        assert_eq!(status, StatusCode::OK);
+        let list: api::BackendList = serde_json::from_slice(&body).expect("BackendList");
+        assert_eq!(list.backends.len(), 1);
+
+        // A typed request: a canary needs a second pool; a bad kind never reaches the controller.
+        let canary = r#"{"kind": "canary", "route": "r", "to": "p"}"#;
+        let (status, body) = call(&admin, request("POST", "/api/v2/rollouts", t, canary)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let e: api::ErrorBody = serde_json::from_slice(&body).expect("ErrorBody");
+        assert!(e.error.contains("no pool besides"), "{}", e.error);
+        let bad = r#"{"kind": "sideways"}"#;
+        let (status, _) = call(&admin, request("POST", "/api/v2/rollouts", t, bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = call(&admin, request("POST", "/api/v2/rollouts/1/stop", t, "")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        assert_eq!(
+            call(&admin, request("GET", "/api/v2/version", None, ""))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&admin, request("GET", "/api/v2/nothing", t, ""))
+                .await
+                .0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&admin, request("DELETE", "/api/v2/config", t, ""))
+                .await
+                .0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn percent_decoding() {
         assert_eq!(

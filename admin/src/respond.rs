@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 /// A JSON answer.
@@ -28,7 +27,7 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<By
 }
 
 /// Query parameter `key`, percent-decoded.
-pub fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+pub fn query(req: &Request<AdminBody>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then(|| percent_decode(v))
@@ -61,11 +60,29 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// An admin request's body: hyper's from the socket, or any other (a test's `Full<Bytes>`),
+/// so handlers run without a socket.
+pub type AdminBody = http_body_util::combinators::BoxBody<Bytes, BodyError>;
+
+/// Why reading an admin request's body failed (the connection broke).
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body: {0}")]
+pub struct BodyError(String);
+
+/// Wraps any body as an [`AdminBody`].
+pub fn admin_body<B>(body: B) -> AdminBody
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: std::fmt::Display,
+{
+    body.map_err(|e| BodyError(e.to_string())).boxed()
+}
+
 /// The largest admin request body: a whole configuration of 100,000 routes is about 15 MB.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024 * 1024;
 
 /// The whole body, up to [`MAX_ADMIN_BODY`]; 413 beyond.
-pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+pub async fn read_body(req: Request<AdminBody>) -> Result<Bytes, Response<Full<Bytes>>> {
     match Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
         .await

@@ -7,14 +7,13 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::api::{Login, PasswordChange, SessionInfo};
 use crate::audit::Event;
 use crate::auth::{Actor, AuthError, Session};
 use crate::http::Admin;
-use crate::respond::{error, json_response, read_body};
+use crate::respond::{error, json_response, read_body, AdminBody};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "nrdot_session";
@@ -69,7 +68,7 @@ fn cookie<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// Who made `req`: a bearer token first, else a live session cookie.
-pub fn caller(admin: &Admin, req: &Request<Incoming>) -> Option<Caller> {
+pub fn caller(admin: &Admin, req: &Request<AdminBody>) -> Option<Caller> {
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -84,7 +83,7 @@ pub fn caller(admin: &Admin, req: &Request<Incoming>) -> Option<Caller> {
 
 /// Whether a mutating call may go ahead: token calls always, session calls only with their
 /// CSRF token (compared in constant time).
-pub fn csrf_ok(caller: &Caller, req: &Request<Incoming>) -> bool {
+pub fn csrf_ok(caller: &Caller, req: &Request<AdminBody>) -> bool {
     let Caller::Session { session, .. } = caller else {
         return true;
     };
@@ -127,7 +126,7 @@ fn audit(admin: &Admin, actor: &str, action: &str, outcome: &str, detail: String
 
 /// `POST /api/v2/session`: 200 with the session (and its cookie) or, after the same growing
 /// delay as a bad token, 401.
-pub async fn login(admin: &Admin, peer: IpAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn login(admin: &Admin, peer: IpAddr, req: Request<AdminBody>) -> Response<Full<Bytes>> {
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -246,7 +245,7 @@ pub fn current(admin: &Admin, caller: &Caller, method: &Method) -> Response<Full
 pub async fn change_password(
     admin: &Admin,
     caller: &Caller,
-    req: Request<Incoming>,
+    req: Request<AdminBody>,
 ) -> Response<Full<Bytes>> {
     let body = match read_body(req).await {
         Ok(b) => b,
