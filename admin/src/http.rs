@@ -1,37 +1,8 @@
-//! The admin HTTP server (default 127.0.0.1:8080). Handlers are plain functions of
-//! (`&Admin`, peer, request), so they are testable without a socket. Endpoints:
-//!
-//! | method | path | role | answer |
-//! |---|---|---|---|
-//! | GET | `/health` | none | 200 summary (config version, generation, pools with available/total servers); 503 when a pool has none |
-//! | GET | `/metrics` | none | Prometheus text |
-//! | GET | `/api/v2/openapi.json` | viewer | OpenAPI 3 document of this API |
-//! | GET | `/api/v2/version` | viewer | binary version, config version, table generation |
-//! | GET | `/api/v2/config` | viewer | current config: TOML, JSON, version, checksum |
-//! | PUT | `/api/v2/config` | admin | body: TOML (or JSON `{"toml", "message"}`); `If-Match: <version>`; message in `X-Nrdot-Message` or `?message=`. 200 new version; 422 every problem, nothing changed; 409 version conflict |
-//! | GET | `/api/v2/config/versions` | viewer | every version, oldest first |
-//! | GET | `/api/v2/config/versions/{id}` | viewer | one version with content; 404 |
-//! | GET | `/api/v2/config/diff?from=A&to=B` | viewer | unified diff (`to` defaults to current) |
-//! | POST | `/api/v2/config/rollback` | admin | body `{"version": N, "message"?}`: new version with N's content |
-//! | GET | `/api/v2/backends` | viewer | every backend with admin state, health, in-flight, totals |
-//! | POST | `/api/v2/backends/{id}/disable?wait=30s` | operator | drain: no new requests; with `wait`, answers when in-flight reaches 0 (or 202 at the deadline) |
-//! | POST | `/api/v2/backends/{id}/enable` | operator | back in rotation |
-//! | GET | `/api/v2/stats?minutes=15` | viewer | per pool: requests/s, error rate and p99 over the last minutes, about 90 points |
-//! | POST | `/api/v2/session` | none | body `{"user", "password"}` (the dashboard password, or a token's name and secret): sets the `nrdot_session` cookie; 401 |
-//! | GET, DELETE | `/api/v2/session` | viewer | the session's user, role and CSRF token; log out |
-//! | POST | `/api/v2/admin/password` | admin | body `{"password", "current"}`: new dashboard password (`current` required from a session) |
-//! | GET | `/api/v2/rollouts` | viewer | every rollout |
-//! | GET | `/api/v2/rollouts/{id}` | viewer | one rollout with its events and latest analysis; 404 |
-//! | POST | `/api/v2/rollouts` | operator | body `{"kind": "canary", "route", "to", "steps", "interval", "max_error_rate", "max_p99", "error_for", "min_healthy", "healthy_for", "memory_threshold", "memory_for", "min_requests"}`, `{"kind": "blue-green", "route", "to", "keep_old"}` or `{"kind": "rolling", "pool", "batch", "hook", "wait"}`: 201; 400 invalid; 409 another rollout holds the route/pool |
-//! | POST | `/api/v2/rollouts/{id}/{promote,pause,resume,abort,approve,rollback}` | operator | the rollout after the command; 409 when its phase does not allow it |
-//! | GET | `/api/v2/tls` | viewer | certificates served per listener: names, file, days to expiry |
-//! | POST | `/api/v2/tls/reload` | admin | reload every certificate, key and CA file now; 422 names the bad file and the old ones keep serving |
-//! | GET | `/api/v2/events?limit=N` | viewer | last N runtime events (health, ejections, agents, rollouts) |
-//! | GET | `/api/v2/audit?limit=N` | viewer | last N audit entries |
-//! | GET | `/api/v2/audit/verify` | viewer | 200 chain intact; 409 where it breaks |
-//! | GET | `/api/v2/tokens` | admin | token names and roles |
-//! | POST | `/api/v2/tokens` | admin | body `{"name", "role"}`: new token, shown once |
-//! | POST | `/api/v2/admin/rotate-token` | admin | body `{"name"?}` (default `admin`): new secret, shown once |
+//! The admin HTTP server (default 127.0.0.1:8080). Every operation it serves is a row of
+//! [`crate::openapi::Op`] (method, path, role, request and answer types); a request is routed
+//! there, and `/api/v2/openapi.json` is generated from the same rows. Handlers are plain
+//! functions of (`&Admin`, peer, request) over any body ([`crate::respond::AdminBody`]), so
+//! they are tested without a socket.
 //!
 //! `GET /` redirects to the dashboard (`/dashboard`, assets embedded in the binary).
 //!
