@@ -210,15 +210,6 @@ impl Browser {
     }
 }
 
-fn password(n: &Nrdot) -> String {
-    std::fs::read_to_string(n.state_dir().join("admin-credentials"))
-        .expect("admin-credentials")
-        .lines()
-        .find_map(|l| l.strip_prefix("NRDOT_DASHBOARD_PASSWORD="))
-        .expect("password line")
-        .to_string()
-}
-
 /// Route `app` splitting 100/0 over pools `stable` and `canary`, each with a real origin.
 async fn app() -> (Nrdot, Origin, Origin) {
     let stable = Origin::start("stable").await;
@@ -238,7 +229,7 @@ async fn dashboard_refuses_a_wrong_password_shows_live_pools_and_logs_out() {
     let b = Browser::start().await;
     b.login(&n, "admin", "not the password", false).await;
     b.screenshot("dashboard-login").await;
-    b.login(&n, "admin", &password(&n), true).await;
+    b.login(&n, "admin", &n.dashboard_password(), true).await;
     b.wait_text("#routes", Duration::from_secs(10), |t| {
         t.contains("app") && t.contains("stable 100% · canary 0%")
     })
@@ -311,7 +302,7 @@ async fn dashboard_starts_a_canary_pauses_resumes_and_watches_it_reach_100() {
     let (n, _s, _c) = app().await;
     let load = Load::start(format!("http://{}/", n.addr), 2);
     let b = Browser::start().await;
-    b.login(&n, "admin", &password(&n), true).await;
+    b.login(&n, "admin", &n.dashboard_password(), true).await;
     b.click("#nav-rollouts").await;
     b.find("#rollout-form").await;
     b.click("#ro-to option[value=canary]").await;
@@ -362,7 +353,7 @@ async fn dashboard_rolls_back_a_config_version_from_the_diff_page() {
     let put = n.api("PUT", "/api/v2/config", &changed, None).await;
     assert_eq!(put.status, 200, "{}", put.text());
     let b = Browser::start().await;
-    b.login(&n, "admin", &password(&n), true).await;
+    b.login(&n, "admin", &n.dashboard_password(), true).await;
     b.click("#nav-config").await;
     b.wait_text("#diff", Duration::from_secs(10), |t| {
         t.contains("-split") && t.contains("weight = 60")
@@ -387,7 +378,7 @@ async fn dashboard_rolls_back_a_config_version_from_the_diff_page() {
 async fn dashboard_disables_and_enables_a_backend() {
     let (n, _s, _c) = app().await;
     let b = Browser::start().await;
-    b.login(&n, "admin", &password(&n), true).await;
+    b.login(&n, "admin", &n.dashboard_password(), true).await;
     b.click("#nav-backends").await;
     let row = "#backends tr[data-backend^='stable/']";
     b.wait_text(&format!("{row} .state"), Duration::from_secs(10), |t| {
@@ -500,7 +491,7 @@ async fn dashboard_viewer_has_no_controls_and_a_post_without_csrf_is_refused() {
         t.contains("Logged out")
     })
     .await;
-    b.login(&n, "admin", &password(&n), true).await;
+    b.login(&n, "admin", &n.dashboard_password(), true).await;
     let cookie = b
         .client
         .get_named_cookie("nrdot_session")

@@ -8,15 +8,6 @@ use serde_json::Value;
 
 use crate::BIN;
 
-fn dashboard_password(n: &Nrdot) -> String {
-    std::fs::read_to_string(n.state_dir().join("admin-credentials"))
-        .expect("admin-credentials")
-        .lines()
-        .find_map(|l| l.strip_prefix("NRDOT_DASHBOARD_PASSWORD="))
-        .expect("password line")
-        .to_string()
-}
-
 async fn login(n: &Nrdot, password: &str) -> nrdot_tests::Reply {
     let body = serde_json::json!({ "user": "admin", "password": password }).to_string();
     n.api("POST", "/api/v2/session", &body, Some("")).await
@@ -55,7 +46,7 @@ async fn sessions_have_strict_cookies_end_when_idle_and_follow_password_changes(
     );
     std::fs::write(&n.config, text).expect("write config");
     n.restart();
-    let old = dashboard_password(&n);
+    let old = n.dashboard_password();
 
     let wrong = login(&n, "wrong password").await;
     assert_eq!(wrong.status, 401);

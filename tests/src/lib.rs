@@ -462,6 +462,16 @@ impl Nrdot {
             .to_string()
     }
 
+    /// The dashboard password written on first start.
+    pub fn dashboard_password(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("admin-credentials"))
+            .expect("admin-credentials")
+            .lines()
+            .find_map(|l| l.strip_prefix("NRDOT_DASHBOARD_PASSWORD="))
+            .expect("password line")
+            .to_string()
+    }
+
     /// Calls the admin API with the admin token (or `token` when given).
     pub async fn api(&self, method: &str, path: &str, body: &str, token: Option<&str>) -> Reply {
         self.api_with(method, path, body, token, &[]).await
