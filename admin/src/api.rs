@@ -457,6 +457,21 @@ pub struct PasswordChange {
     pub current: Option<String>,
 }
 
+/// `GET /api/v2/cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterView {
+    /// Whether this node is in a cluster (`[cluster]`).
+    pub clustered: bool,
+    /// This node.
+    pub node: Option<String>,
+    /// Its region.
+    pub region: Option<String>,
+    /// The cluster's current version (this node's, alone).
+    pub current: u64,
+    /// Every live node, by name.
+    pub nodes: Vec<crate::cluster::NodeStatus>,
+}
+
 /// The answer to a password change.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PasswordChanged {

@@ -116,6 +116,12 @@ pub enum Command {
         #[arg(long)]
         rollback: bool,
     },
+    /// The cluster (`[cluster]`): every node, its region, the version it serves.
+    Cluster {
+        /// `status`.
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// The audit log: last entries, or `verify` its hash chain.
     Audit {
         /// `verify`.
@@ -137,6 +143,13 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+}
+
+/// `nrdot cluster …`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every live node: region, version served, lagging behind the cluster's current one.
+    Status,
 }
 
 /// `nrdot backup …`

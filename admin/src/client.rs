@@ -726,6 +726,35 @@ pub fn audit(c: &Client, limit: usize) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `nrdot cluster status`: exit 1 when a node lags (or this node is not in a cluster).
+pub fn cluster_status(c: &Client) -> ExitCode {
+    let view: api::ClusterView = or_exit!(get(c, "/api/v2/cluster"));
+    if !view.clustered {
+        eprintln!("nrdot: this node is not in a cluster (no [cluster] in its configuration)");
+        return ExitCode::from(1);
+    }
+    let rows: Vec<Vec<String>> = view
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.clone(),
+                n.region.clone(),
+                n.version.to_string(),
+                if n.lagging { "lagging" } else { "current" }.into(),
+                n.updated.clone(),
+            ]
+        })
+        .collect();
+    println!("cluster version {}", view.current);
+    table(&["NODE", "REGION", "VERSION", "STATE", "UPDATED"], &rows);
+    if view.nodes.iter().any(|n| n.lagging) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// `nrdot audit verify`: 0 intact, 1 broken.
 pub fn audit_verify(c: &Client) -> ExitCode {
     let (status, body) = call_or_exit!(c.call(Method::GET, "/api/v2/audit/verify", None, &[]));

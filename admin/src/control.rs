@@ -141,6 +141,8 @@ pub struct Control {
     state: Mutex<State>,
     events: Mutex<std::collections::VecDeque<serde_json::Value>>,
     certs: std::sync::OnceLock<Arc<crate::certs::Certs>>,
+    /// `[cluster]`: the etcd connection the store uses, for the watch and the node registry.
+    cluster: Option<(Arc<crate::cluster::Etcd>, nrdot_config::Cluster)>,
 }
 
 /// Events kept for `GET /api/v2/events`.
@@ -174,7 +176,17 @@ impl Control {
     ) -> Result<(Control, Option<VersionMeta>), StartError> {
         durable::ensure_dir(state_dir)
             .map_err(|e| StartError::Io(format!("state_dir {}: {e}", state_dir.display())))?;
-        let store = LocalStore::open(state_dir)?;
+        let cluster = match &file_config.cluster {
+            Some(c) => Some((
+                crate::cluster::Etcd::connect(&c.etcd, &c.prefix)?,
+                c.clone(),
+            )),
+            None => None,
+        };
+        let store: Box<dyn Store> = match &cluster {
+            Some((etcd, _)) => Box::new(crate::cluster::EtcdStore::new(Arc::clone(etcd))),
+            None => Box::new(LocalStore::open(state_dir)?),
+        };
         let audit = Audit::open(state_dir)?;
         let source_path = state_dir.join("versions").join("source.json");
         let file_checksum = durable::sha256_hex(file_text.as_bytes());
@@ -191,15 +203,21 @@ impl Control {
                 .map_err(|e| StartError::Invalid(e.render(&label).trim_end().to_string()))
         };
         let mut created = None;
+        // In a cluster the shared history wins: the file only seeds an empty one.
+        let in_cluster = cluster.is_some();
         let (meta, config) = match store.current()? {
-            Some(id) if imported.as_deref() == Some(file_checksum.as_str()) => {
+            Some(id) if in_cluster || imported.as_deref() == Some(file_checksum.as_str()) => {
                 let v = store.get(id)?;
-                let config = if v.meta.checksum == file_checksum {
+                let local = (file_config.state_dir.clone(), file_config.cluster.clone());
+                let mut config = if v.meta.checksum == file_checksum {
                     file_config
                 } else {
                     drop(file_config);
                     validate(&v.content)?
                 };
+                if in_cluster {
+                    (config.state_dir, config.cluster) = local;
+                }
                 (v.meta, config)
             }
             current => {
@@ -217,6 +235,7 @@ impl Control {
             checksum: file_checksum,
         })
         .unwrap_or_default();
+        let _ = durable::ensure_dir(&state_dir.join("versions"));
         durable::write(&source_path, &bytes, 0o600)
             .map_err(|e| StartError::Io(format!("{}: {e}", source_path.display())))?;
 
@@ -255,7 +274,8 @@ impl Control {
         Ok((
             Control {
                 publisher,
-                store: Box::new(store),
+                store,
+                cluster,
                 audit,
                 state_dir: state_dir.to_path_buf(),
                 file,
@@ -270,6 +290,46 @@ impl Control {
             },
             created,
         ))
+    }
+
+    /// The etcd connection and `[cluster]` settings, when this node is in a cluster.
+    pub fn cluster(&self) -> Option<&(Arc<crate::cluster::Etcd>, nrdot_config::Cluster)> {
+        self.cluster.as_ref()
+    }
+
+    /// What stays this node's own whatever version of the shared history it serves: its
+    /// state directory and its `[cluster]` identity.
+    fn localize(&self, config: &mut Config) {
+        config.state_dir = self.state_dir.clone();
+        if let Some((_, c)) = &self.cluster {
+            config.cluster = Some(c.clone());
+        }
+    }
+
+    /// Serves version `id` of the shared history when it is newer than the one served: what
+    /// another node stored. Not audited here (the node that made the change audited it).
+    pub fn adopt(&self, id: u64) -> Result<bool, AdminError> {
+        let mut state = self.state.lock().expect("control poisoned");
+        if id <= state.version.id {
+            return Ok(false);
+        }
+        let v = self.store.get(id)?;
+        let mut config = Config::from_toml_env(&v.content, self.environment.as_deref())
+            .map_err(|e| AdminError::Invalid(e.problems().to_vec()))?;
+        self.localize(&mut config);
+        if let Some(certs) = self.certs.get() {
+            let prepared = crate::certs::prepare(&config).map_err(AdminError::Tls)?;
+            certs.commit(prepared, &config);
+        }
+        let from = state.version.id;
+        self.publish_locked(&mut state, config, v.meta);
+        drop(state);
+        self.event(
+            "config.adopted",
+            "config",
+            &format!("version {id} from the cluster (was {from})"),
+        );
+        Ok(true)
     }
 
     /// Records a runtime event (health transitions, ejections, agent changes, rollout steps):
@@ -441,8 +501,9 @@ impl Control {
                 });
             }
         }
-        let config = Config::from_toml_env(text, self.environment.as_deref())
+        let mut config = Config::from_toml_env(text, self.environment.as_deref())
             .map_err(|e| AdminError::Invalid(e.problems().to_vec()))?;
+        self.localize(&mut config);
         // Certificates are loaded before anything changes: a bad file refuses the version.
         let tls = match self.certs.get() {
             Some(_) => Some(crate::certs::prepare(&config).map_err(AdminError::Tls)?),

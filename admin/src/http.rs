@@ -158,6 +158,13 @@ fn admin_error(e: &AdminError) -> Response<Full<Bytes>> {
         AdminError::Store(crate::store::StoreError::NotFound(_)) => {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
+        AdminError::Store(crate::store::StoreError::Conflict { current }) => json_response(
+            StatusCode::CONFLICT,
+            json!({ "error": e.to_string(), "current_version": current }),
+        ),
+        AdminError::Store(crate::store::StoreError::Unavailable(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -677,6 +684,37 @@ async fn api(
                 Err(e) => rollout_error(&e),
             },
         },
+        (Op::Cluster, _) => {
+            let current = control.version().id;
+            match control.cluster() {
+                None => answer(
+                    StatusCode::OK,
+                    &api::ClusterView {
+                        clustered: false,
+                        node: None,
+                        region: None,
+                        current,
+                        nodes: Vec::new(),
+                    },
+                ),
+                Some((etcd, c)) => {
+                    let current = control.store().current().ok().flatten().unwrap_or(current);
+                    match crate::cluster::nodes(etcd, current) {
+                        Ok(nodes) => answer(
+                            StatusCode::OK,
+                            &api::ClusterView {
+                                clustered: true,
+                                node: Some(c.node.clone()),
+                                region: Some(c.region.clone()),
+                                current,
+                                nodes,
+                            },
+                        ),
+                        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                    }
+                }
+            }
+        }
         (Op::Tls, _) => json_response(StatusCode::OK, tls_info(admin)),
         (Op::TlsReload, _) => {
             let result = control.reload_certs();

@@ -19,6 +19,7 @@ pub mod binaries;
 pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod control;
 pub mod dashboard;
 pub mod demo;

@@ -6,8 +6,8 @@ use nrdot_admin::api::{
     self, DurationArg, PercentArg, RolloutCommand as Command_, StartRollout, StepsArg,
 };
 use nrdot_admin::cli::{
-    AdminCommand, Args, AuditCommand, BackendCommand, BackupCommand, Command, ConfigCommand,
-    HealthCommand, RolloutCommand, VersionCommand,
+    AdminCommand, Args, AuditCommand, BackendCommand, BackupCommand, ClusterCommand, Command,
+    ConfigCommand, HealthCommand, RolloutCommand, VersionCommand,
 };
 use nrdot_admin::client::{self, Client};
 use nrdot_admin::{demo, doctor, offline, run};
@@ -107,6 +107,9 @@ fn main() -> ExitCode {
             None => with_client!(|c| client::audit(&c, limit)),
             Some(AuditCommand::Verify) => with_client!(|c| client::audit_verify(&c)),
         },
+        Command::Cluster {
+            command: ClusterCommand::Status,
+        } => with_client!(|c| client::cluster_status(&c)),
         Command::Rollout { command } => rollout(command, client),
         Command::Admin { command } => match command {
             AdminCommand::RotateToken { name } => with_client!(|c| client::token(&c, &name, None)),

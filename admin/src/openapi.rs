@@ -86,6 +86,8 @@ pub enum Op {
     Restore,
     /// `GET /api/v2/binaries`.
     Binaries,
+    /// `GET /api/v2/cluster`.
+    Cluster,
 }
 
 /// Named schemas collected while the document is built.
@@ -132,7 +134,7 @@ const NOT_FOUND: &[(u16, &str)] = &[(404, "no such object")];
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 34] = [
+    pub const ALL: [Op; 35] = [
         Op::Health,
         Op::Metrics,
         Op::Dashboard,
@@ -167,6 +169,7 @@ impl Op {
         Op::Upgrade,
         Op::Restore,
         Op::Binaries,
+        Op::Cluster,
     ];
 
     /// The operation's row.
@@ -239,6 +242,7 @@ impl Op {
             Op::Logout => s(Method::DELETE, "/api/v2/session", Some(Viewer), "Log out (a session call: needs X-CSRF-Token)", none, Json(json::<api::SessionInfo>)),
             Op::Upgrade => Spec { other: &[(409, "an upgrade is already running"), (422, "not an nrdot binary, or no earlier binary"), (502, "the new binary failed; the old process keeps serving")], ..s(Method::POST, "/api/v2/upgrade", Some(Admin), "Replace the binary without closing a port: {binary: PATH}, {rollback: true} or empty", Text("application/json"), Text("application/json")) },
             Op::Restore => Spec { other: &[(422, "content does not match its checksum, or invalid")], ..s(Method::POST, "/api/v2/restore", Some(Admin), "Live restore of a backup's configuration and drained backends", Text("application/json"), Text("application/json")) },
+            Op::Cluster => Spec { other: &[(503, "etcd unreachable")], ..s(Method::GET, "/api/v2/cluster", Some(Viewer), "Every node of the cluster: region, version served, lagging", none, Json(json::<api::ClusterView>)) },
             Op::Binaries => s(Method::GET, "/api/v2/binaries", Some(Viewer), "Binary history: every upgrade with versions and checksums", none, Text("application/json")),
         }
     }

@@ -37,6 +37,15 @@ pub enum StoreError {
     /// No such version.
     #[error("no version {0} (versions older than [store] keep_versions are pruned once a backup holds them: nrdot backup list)")]
     NotFound(u64),
+    /// Another node made a version current first (the cluster's `If-Match`).
+    #[error("version {current} became current meanwhile (changed through another node)")]
+    Conflict {
+        /// The current version now.
+        current: u64,
+    },
+    /// The shared store cannot be reached: changes are refused, the node keeps serving.
+    #[error("cluster store unavailable: {0}; the running configuration keeps serving, changes are refused")]
+    Unavailable(String),
 }
 
 /// What is known of a version without its content.
@@ -225,7 +234,7 @@ pub fn version_file(id: u64) -> String {
 }
 
 /// A version as stored: its metadata line, then the compressed content.
-fn encode(v: &Version) -> Result<Vec<u8>, String> {
+pub fn encode(v: &Version) -> Result<Vec<u8>, String> {
     let mut out = serde_json::to_vec(&v.meta).map_err(|e| e.to_string())?;
     out.push(b'\n');
     let packed =

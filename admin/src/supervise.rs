@@ -75,6 +75,7 @@ impl Plane {
             tokio::spawn(watch_certs(Arc::clone(&control), self.certs)),
             tokio::spawn(upkeep(self.prometheus)),
             tokio::spawn(scheduled_backups(Arc::clone(&control))),
+            tokio::spawn(join_cluster(Arc::clone(&control))),
         ];
         for (name, addr) in &self.addrs {
             println!("nrdot: listener {name} on {addr}");
@@ -135,6 +136,37 @@ impl Plane {
 }
 
 /// Tells systemd (and a process this one replaces) that it serves.
+/// In a cluster: publishes this node's version and serves every new current version of the
+/// shared history (a watch on etcd). Returns at once without `[cluster]`.
+async fn join_cluster(control: Arc<Control>) {
+    let Some((etcd, settings)) = control.cluster().cloned() else {
+        return;
+    };
+    let registry = {
+        let control = Arc::clone(&control);
+        crate::cluster::announce(
+            Arc::clone(&etcd),
+            settings.node.clone(),
+            settings.region.clone(),
+            move || control.version().id,
+        )
+    };
+    let follower = crate::cluster::follow(etcd, move |id| {
+        if id > control.version().id {
+            let control = Arc::clone(&control);
+            // The store read is a blocking call on the etcd thread.
+            std::thread::spawn(move || {
+                if let Err(e) = control.adopt(id) {
+                    tracing::error!(
+                        "cannot serve cluster version {id}: {e}; keeping the running one"
+                    );
+                }
+            });
+        }
+    });
+    tokio::join!(registry, follower);
+}
+
 fn announce(control: &Control, incoming: Option<Box<Incoming>>) {
     if let Some(i) = incoming {
         let offer_detail = format!(

@@ -22,9 +22,10 @@ mod validate;
 
 pub use error::{ConfigError, ValidationError};
 pub use model::{
-    AccessLog, AccessLogFormat, Agent, Backup, CertFiles, CheckKind, Config, Guard, HashKey,
-    HeaderMatch, HealthCheck, Lb, Limits, Listener, ListenerTls, LogFormat, Logging, Outlier, Pool,
-    RetryOn, Route, Server, SniCert, SplitEntry, Sticky, UpstreamTls, WhenUnavailable,
+    AccessLog, AccessLogFormat, Agent, Backup, CertFiles, CheckKind, Cluster, Config, Guard,
+    HashKey, HeaderMatch, HealthCheck, Lb, Limits, Listener, ListenerTls, LogFormat, Logging,
+    Outlier, Pool, RetryOn, Route, Server, SniCert, SplitEntry, Sticky, UpstreamTls,
+    WhenUnavailable,
 };
 pub use split::Split;
 pub use table::{RouteTable, Target};

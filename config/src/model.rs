@@ -36,6 +36,8 @@ pub struct Config {
     pub guard: Guard,
     /// `[metrics]`: which routes get series of their own.
     pub metrics: Metrics,
+    /// `[cluster]`: versions, audit and runtime state shared through etcd; `None` alone.
+    pub cluster: Option<Cluster>,
     /// `[store] keep_versions`: the version store prunes its oldest versions beyond this
     /// many (0: never), sparing the current one and any not yet in a backup.
     pub keep_versions: usize,
@@ -201,6 +203,19 @@ impl Default for Guard {
 
 /// `[metrics]`: per-pool and per-server series are always exported; per-route series
 /// multiply with the routing table (five per route and pool of its split), so a table of
+/// `[cluster]`: several nodes sharing one configuration history through etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// etcd endpoints, `http://host:port` (or `https://`).
+    pub etcd: Vec<String>,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// This node's region (`eu-west`), for region-scoped rollouts.
+    pub region: String,
+    /// Key prefix in etcd, so several clusters can share one etcd (default `/nrdot`).
+    pub prefix: String,
+}
+
 /// 100,000 routes would make every scrape megabytes long and Prometheus slow. They are opt-in,
 /// by name.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -337,6 +337,7 @@ const OVERRIDABLE: &[&str] = &[
     "store",
     "guard",
     "metrics",
+    "cluster",
     "trusted_proxies",
     "pool",
     "route",
@@ -577,6 +578,7 @@ fn validate_root(
     let backup = backup(&mut v, root);
     let guard = guard(&mut v, root);
     let metrics = metrics(&mut v, root);
+    let cluster = cluster(&mut v, root);
     let keep_versions = match v.table(root, "store", "") {
         Some((t, _)) => {
             v.keys(t, "store", &["keep_versions"]);
@@ -613,6 +615,7 @@ fn validate_root(
         backup,
         guard,
         metrics,
+        cluster,
         keep_versions,
         trusted_proxies,
         pools,
@@ -922,6 +925,58 @@ fn metrics(v: &mut V<'_>, root: &dyn TableLike) -> Metrics {
         routes.push(pattern);
     }
     Metrics { per_route, routes }
+}
+
+fn cluster(v: &mut V<'_>, root: &dyn TableLike) -> Option<Cluster> {
+    let (t, span) = v.table(root, "cluster", "")?;
+    v.keys(t, "cluster", &["etcd", "node", "region", "prefix"]);
+    let mut etcd = Vec::new();
+    for (i, (e, espan)) in v.strings(t, "etcd", "cluster").into_iter().enumerate() {
+        let rest = e
+            .strip_prefix("http://")
+            .or_else(|| e.strip_prefix("https://"));
+        if !rest.is_some_and(|r| !r.is_empty() && !r.contains('/')) {
+            v.push(
+                &format!("cluster.etcd[{i}]"),
+                &espan,
+                format!("invalid etcd endpoint {e:?}: expected http://host:port"),
+            );
+        }
+        etcd.push(e);
+    }
+    if etcd.is_empty() {
+        v.push("cluster.etcd", &span, "needs at least one etcd endpoint");
+    }
+    let node = match v.str(t, "node", "cluster") {
+        Some((n, nspan)) => {
+            if !valid_name(&n) {
+                v.push(
+                    "cluster.node",
+                    &nspan,
+                    format!("invalid node name {n:?}: use letters, digits, '-', '_' and '.'"),
+                );
+            }
+            n
+        }
+        None => {
+            v.push("cluster", &span, "missing key \"node\" (this node's name)");
+            String::new()
+        }
+    };
+    let region = v
+        .str(t, "region", "cluster")
+        .map(|(r, _)| r)
+        .unwrap_or_else(|| "default".into());
+    let prefix = v
+        .str(t, "prefix", "cluster")
+        .map(|(p, _)| p.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| "/nrdot".into());
+    Some(Cluster {
+        etcd,
+        node,
+        region,
+        prefix,
+    })
 }
 
 fn trusted(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Cidr> {

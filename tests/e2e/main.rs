@@ -2,6 +2,7 @@
 mod backup;
 mod bad_input;
 mod cli;
+mod cluster;
 mod config_cli;
 mod conformance_relay;
 mod conformance_rules;

@@ -325,3 +325,20 @@ fn route_sections_answer_like_the_whole_document() {
         }
     }
 }
+
+#[test]
+fn cluster_needs_endpoints_with_a_scheme_and_a_node_name() {
+    let ok = format!("{VALID}\n[cluster]\netcd = [\"http://10.0.0.1:2379\"]\nnode = \"edge-1\"\n");
+    let c = config(&ok, None).expect("valid").cluster.expect("cluster");
+    assert_eq!(
+        (c.node.as_str(), c.region.as_str(), c.prefix.as_str()),
+        ("edge-1", "default", "/nrdot")
+    );
+    let bad = format!("{VALID}\n[cluster]\netcd = [\"10.0.0.1:2379\"]\n");
+    let p = problems(&bad);
+    assert!(p.iter().any(|e| e.path == "cluster.etcd[0]"), "{p:?}");
+    assert!(
+        p.iter().any(|e| e.message.contains("missing key \"node\"")),
+        "{p:?}"
+    );
+}

@@ -1,0 +1,378 @@
+//! Several nodes, one configuration history: the version store in etcd (`[cluster]`), each
+//! node's presence under a lease, and the watch that makes every new current version live on
+//! every node. etcd does the consensus; nrdot only uses its transactions, leases and watches.
+//!
+//! Keys under the prefix (default `/nrdot`): `versions/NNNNNNNN` (the same bytes as a local
+//! `.ver` file: a JSON metadata line, then the zstd-compressed content), `current` (the
+//! current id), `nodes/<node>` (JSON [`NodeStatus`], under a lease: gone when the node is).
+//!
+//! The [`Store`] trait is synchronous (the control plane holds its lock while it stores), and
+//! etcd's client is async; every call runs on this module's own runtime thread, so it works
+//! from inside the admin runtime as from anywhere else.
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+use crate::durable;
+use crate::store::{decode, encode, now_rfc3339, Store, StoreError, Version, VersionMeta};
+
+/// How long one etcd call may take before the store counts as unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A node's lease: it disappears from `nodes/` this long after it stops refreshing.
+const NODE_TTL_S: i64 = 5;
+
+type Job = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The etcd connection and the thread that runs its calls.
+pub struct Etcd {
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+    client: Client,
+    prefix: String,
+}
+
+impl Etcd {
+    /// Connects to `endpoints` (lazily: a node starts while etcd is down, and serves).
+    pub fn connect(endpoints: &[String], prefix: &str) -> Result<Arc<Etcd>, StoreError> {
+        let unavailable = |e: &dyn std::fmt::Display| StoreError::Unavailable(e.to_string());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| unavailable(&e))?;
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(CALL_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT);
+        let client = rt
+            .block_on(Client::connect(endpoints.to_vec(), Some(opts)))
+            .map_err(|e| unavailable(&e))?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        // The runtime runs for good on its own thread: the client's connection tasks live on
+        // it, so calls from any runtime (or none) make progress.
+        std::thread::Builder::new()
+            .name("nrdot-etcd".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    while let Some(job) = rx.recv().await {
+                        tokio::spawn(job);
+                    }
+                })
+            })
+            .map_err(|e| unavailable(&e))?;
+        Ok(Arc::new(Etcd {
+            jobs: tx,
+            client,
+            prefix: prefix.to_string(),
+        }))
+    }
+
+    /// Runs `f` with a client on the etcd thread and waits for its answer.
+    pub fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let client = self.client.clone();
+        let job: Job = Box::pin(async move {
+            let out = match tokio::time::timeout(CALL_TIMEOUT, f(client)).await {
+                Ok(r) => r.map_err(|e| StoreError::Unavailable(e.to_string())),
+                Err(_) => Err(StoreError::Unavailable("etcd did not answer in 3s".into())),
+            };
+            let _ = tx.send(out);
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("etcd thread stopped".into()))?;
+        rx.recv()
+            .map_err(|_| StoreError::Unavailable("etcd thread stopped".into()))?
+    }
+
+    /// The full key of `rest` under the prefix.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.prefix)
+    }
+
+    /// A client for async callers (the watch and the node registry).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+}
+
+/// The version store in etcd.
+pub struct EtcdStore {
+    etcd: Arc<Etcd>,
+}
+
+impl EtcdStore {
+    /// The store under `etcd`'s prefix.
+    pub fn new(etcd: Arc<Etcd>) -> EtcdStore {
+        EtcdStore { etcd }
+    }
+
+    fn version_key(&self, id: u64) -> String {
+        self.etcd.key(&format!("versions/{id:08}"))
+    }
+
+    fn damaged(&self, key: &str, why: String) -> StoreError {
+        StoreError::Damaged {
+            path: key.into(),
+            why,
+        }
+    }
+
+    /// The current id and the revision it was written at (0: none yet).
+    fn current_at(&self) -> Result<(Option<u64>, i64), StoreError> {
+        let key = self.etcd.key("current");
+        let kv = self.etcd.run(move |mut c| async move {
+            let r = c.get(key, None).await?;
+            Ok(r.kvs()
+                .first()
+                .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+        })?;
+        match kv {
+            None => Ok((None, 0)),
+            Some((v, rev)) => {
+                let id = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .ok_or_else(|| self.damaged("current", "not a version id".into()))?;
+                Ok((Some(id), rev))
+            }
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    fn list(&self) -> Result<Vec<VersionMeta>, StoreError> {
+        let key = self.etcd.key("versions/");
+        let values = self.etcd.run(move |mut c| async move {
+            let r = c.get(key, Some(GetOptions::new().with_prefix())).await?;
+            Ok(r.kvs()
+                .iter()
+                .map(|kv| kv.value().to_vec())
+                .collect::<Vec<_>>())
+        })?;
+        let mut metas = Vec::with_capacity(values.len());
+        for v in values {
+            let line = v.split(|b| *b == b'\n').next().unwrap_or_default();
+            let meta: VersionMeta = serde_json::from_slice(line)
+                .map_err(|e| self.damaged("versions/", format!("unreadable metadata: {e}")))?;
+            metas.push(meta);
+        }
+        metas.sort_by_key(|m| m.id);
+        Ok(metas)
+    }
+
+    fn get(&self, id: u64) -> Result<Version, StoreError> {
+        let key = self.version_key(id);
+        let k = key.clone();
+        let bytes = self.etcd.run(move |mut c| async move {
+            let r = c.get(k, None).await?;
+            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+        })?;
+        let bytes = bytes.ok_or(StoreError::NotFound(id))?;
+        let v = decode(&bytes).map_err(|why| self.damaged(&key, why))?;
+        let actual = durable::sha256_hex(v.content.as_bytes());
+        if v.meta.id != id || actual != v.meta.checksum {
+            return Err(self.damaged(&key, "checksum or id mismatch".into()));
+        }
+        Ok(v)
+    }
+
+    /// One transaction: the version and the pointer, only if the pointer is still the one
+    /// read (the cluster-wide `If-Match`); otherwise [`StoreError::Conflict`].
+    fn create(
+        &self,
+        author: &str,
+        message: &str,
+        content: &str,
+    ) -> Result<VersionMeta, StoreError> {
+        let (parent, rev) = self.current_at()?;
+        let id = parent.unwrap_or(0) + 1;
+        let meta = VersionMeta {
+            id,
+            parent,
+            time: now_rfc3339(),
+            author: author.to_string(),
+            message: message.to_string(),
+            checksum: durable::sha256_hex(content.as_bytes()),
+        };
+        let v = Version {
+            meta: meta.clone(),
+            content: content.to_string(),
+        };
+        let bytes = encode(&v).map_err(|why| self.damaged("versions/", why))?;
+        let (vkey, ckey) = (self.version_key(id), self.etcd.key("current"));
+        let compare = Compare::mod_revision(ckey.clone(), CompareOp::Equal, rev);
+        let txn = Txn::new().when([compare]).and_then([
+            TxnOp::put(vkey, bytes, None),
+            TxnOp::put(ckey, id.to_string(), None),
+        ]);
+        let won = self
+            .etcd
+            .run(move |mut c| async move { Ok(c.txn(txn).await?.succeeded()) })?;
+        if !won {
+            let current = self.current_at()?.0.unwrap_or(0);
+            return Err(StoreError::Conflict { current });
+        }
+        Ok(meta)
+    }
+
+    fn current(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.current_at()?.0)
+    }
+
+    fn prune(&self, keep: usize, protect_above: u64) -> Result<Vec<u64>, StoreError> {
+        let metas = self.list()?;
+        let Some(newest) = metas.last().map(|m| m.id) else {
+            return Ok(Vec::new());
+        };
+        let current = self.current()?.unwrap_or(newest);
+        let excess = metas.len().saturating_sub(keep.max(1));
+        let doomed: Vec<u64> = metas
+            .iter()
+            .map(|m| m.id)
+            .filter(|&id| id != current && id != newest && id <= protect_above)
+            .take(excess)
+            .collect();
+        for &id in &doomed {
+            let key = self.version_key(id);
+            self.etcd
+                .run(move |mut c| async move { c.delete(key, None).await.map(|_| ()) })?;
+        }
+        Ok(doomed)
+    }
+}
+
+/// What a node publishes about itself.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
+pub struct NodeStatus {
+    /// Node name (`[cluster] node`).
+    pub node: String,
+    /// Region.
+    pub region: String,
+    /// The configuration version it serves.
+    pub version: u64,
+    /// When it last said so.
+    pub updated: String,
+    /// Whether it serves an older version than the cluster's current one (filled by the
+    /// reader).
+    #[serde(default)]
+    pub lagging: bool,
+}
+
+/// Every node that is alive (its lease still held), with `lagging` set against `current`.
+pub fn nodes(etcd: &Etcd, current: u64) -> Result<Vec<NodeStatus>, StoreError> {
+    let key = etcd.key("nodes/");
+    let values = etcd.run(move |mut c| async move {
+        let r = c.get(key, Some(GetOptions::new().with_prefix())).await?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| kv.value().to_vec())
+            .collect::<Vec<_>>())
+    })?;
+    let mut out: Vec<NodeStatus> = values
+        .iter()
+        .filter_map(|v| serde_json::from_slice(v).ok())
+        .collect();
+    for n in &mut out {
+        n.lagging = n.version < current;
+    }
+    out.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(out)
+}
+
+/// Publishes this node's status every second under a lease, until the process ends. Errors
+/// (etcd down) are retried; the node keeps serving meanwhile.
+pub async fn announce(etcd: Arc<Etcd>, node: String, region: String, version: impl Fn() -> u64) {
+    let key = etcd.key(&format!("nodes/{node}"));
+    let mut lease: Option<i64> = None;
+    loop {
+        let mut c = etcd.client();
+        let status = NodeStatus {
+            node: node.clone(),
+            region: region.clone(),
+            version: version(),
+            updated: now_rfc3339(),
+            lagging: false,
+        };
+        let value = serde_json::to_vec(&status).unwrap_or_default();
+        let ok = async {
+            let id = match lease {
+                Some(id) => {
+                    c.lease_keep_alive(id).await?;
+                    id
+                }
+                None => c.lease_grant(NODE_TTL_S, None).await?.id(),
+            };
+            lease = Some(id);
+            c.put(key.clone(), value, Some(PutOptions::new().with_lease(id)))
+                .await?;
+            Ok::<_, etcd_client::Error>(())
+        };
+        if tokio::time::timeout(CALL_TIMEOUT, ok)
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            lease = None;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Calls `apply(id)` whenever the cluster's current version changes (and once at start), with
+/// a poll every second as a backstop for a broken watch.
+pub async fn follow(etcd: Arc<Etcd>, apply: impl Fn(u64)) {
+    let key = etcd.key("current");
+    loop {
+        let mut c = etcd.client();
+        if let Ok(Ok(r)) = tokio::time::timeout(CALL_TIMEOUT, c.get(key.clone(), None)).await {
+            if let Some(id) = r
+                .kvs()
+                .first()
+                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.trim().parse().ok())
+            {
+                apply(id);
+            }
+            let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+            let opts = etcd_client::WatchOptions::new().with_start_revision(rev + 1);
+            if let Ok(Ok(mut stream)) =
+                tokio::time::timeout(CALL_TIMEOUT, c.watch(key.clone(), Some(opts))).await
+            {
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
+                        Ok(Ok(Some(resp))) => {
+                            for e in resp.events() {
+                                if let Some(id) = e.kv().and_then(|kv| {
+                                    std::str::from_utf8(kv.value()).ok()?.trim().parse().ok()
+                                }) {
+                                    apply(id);
+                                }
+                            }
+                        }
+                        // A quiet second: check the pointer directly, then keep watching.
+                        Err(_) => {
+                            if let Ok(Ok(r)) =
+                                tokio::time::timeout(CALL_TIMEOUT, c.get(key.clone(), None)).await
+                            {
+                                if let Some(id) = r.kvs().first().and_then(|kv| {
+                                    std::str::from_utf8(kv.value()).ok()?.trim().parse().ok()
+                                }) {
+                                    apply(id);
+                                }
+                            } else {
+                                break;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
