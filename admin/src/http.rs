@@ -512,6 +512,29 @@ async fn api(
     req: Request<AdminBody>,
     segments: &[&str],
 ) -> Response<Full<Bytes>> {
+    use Op::*;
+    match op {
+        OpenApi | Version | Config | PutConfig | Versions | VersionById | Diff | Rollback => {
+            config_api(admin, actor, op, req, segments).await
+        }
+        Backends | Enable | Disable | Stats => traffic_api(admin, actor, op, req, segments).await,
+        Rollouts | RolloutById | StartRollout | RolloutCommand => {
+            rollout_api(admin, actor, op, req, segments).await
+        }
+        Cluster => cluster_api(admin),
+        Tokens | CreateToken | RotateToken => token_api(admin, actor, op, req).await,
+        _ => admin_api(admin, actor, op, req, segments).await,
+    }
+}
+
+/// Versions, diffs, changes and rollbacks of the configuration.
+async fn config_api(
+    admin: &Admin,
+    actor: &Actor,
+    op: Op,
+    req: Request<AdminBody>,
+    segments: &[&str],
+) -> Response<Full<Bytes>> {
     let control = &admin.control;
     match (op, segments) {
         (Op::OpenApi, _) => json_response(
@@ -594,6 +617,20 @@ async fn api(
             }
         }
         (Op::Rollback, _) => rollback_config(admin, actor, req).await,
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Backends, live pool figures and the cluster's nodes.
+async fn traffic_api(
+    admin: &Admin,
+    actor: &Actor,
+    op: Op,
+    req: Request<AdminBody>,
+    segments: &[&str],
+) -> Response<Full<Bytes>> {
+    let control = &admin.control;
+    match (op, segments) {
         (Op::Backends, _) => answer(
             StatusCode::OK,
             &api::BackendList {
@@ -650,6 +687,19 @@ async fn api(
                 },
             )
         }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Rollouts: list, start, one, commands.
+async fn rollout_api(
+    admin: &Admin,
+    actor: &Actor,
+    op: Op,
+    req: Request<AdminBody>,
+    segments: &[&str],
+) -> Response<Full<Bytes>> {
+    match (op, segments) {
         (Op::Rollouts, _) => answer(
             StatusCode::OK,
             &api::RolloutList {
@@ -684,37 +734,137 @@ async fn api(
                 Err(e) => rollout_error(&e),
             },
         },
-        (Op::Cluster, _) => {
-            let current = control.version().id;
-            match control.cluster() {
-                None => answer(
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// `GET /api/v2/cluster`: this node, and every live node with the version it serves.
+fn cluster_api(admin: &Admin) -> Response<Full<Bytes>> {
+    let control = &admin.control;
+    let current = control.version().id;
+    match control.cluster() {
+        None => answer(
+            StatusCode::OK,
+            &api::ClusterView {
+                clustered: false,
+                node: None,
+                region: None,
+                current,
+                nodes: Vec::new(),
+            },
+        ),
+        Some((etcd, c)) => {
+            let current = control.store().current().ok().flatten().unwrap_or(current);
+            match crate::cluster::nodes(etcd, current) {
+                Ok(nodes) => answer(
                     StatusCode::OK,
                     &api::ClusterView {
-                        clustered: false,
-                        node: None,
-                        region: None,
+                        clustered: true,
+                        node: Some(c.node.clone()),
+                        region: Some(c.region.clone()),
                         current,
-                        nodes: Vec::new(),
+                        nodes,
                     },
                 ),
-                Some((etcd, c)) => {
-                    let current = control.store().current().ok().flatten().unwrap_or(current);
-                    match crate::cluster::nodes(etcd, current) {
-                        Ok(nodes) => answer(
-                            StatusCode::OK,
-                            &api::ClusterView {
-                                clustered: true,
-                                node: Some(c.node.clone()),
-                                region: Some(c.region.clone()),
-                                current,
-                                nodes,
-                            },
-                        ),
-                        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-                    }
-                }
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             }
         }
+    }
+}
+
+/// Tokens: list, create, rotate.
+async fn token_api(
+    admin: &Admin,
+    actor: &Actor,
+    op: Op,
+    req: Request<AdminBody>,
+) -> Response<Full<Bytes>> {
+    match op {
+        Op::Tokens => answer(
+            StatusCode::OK,
+            &api::TokenList {
+                tokens: admin
+                    .auth
+                    .tokens()
+                    .into_iter()
+                    .map(|(name, role, created)| api::TokenInfo {
+                        name,
+                        role,
+                        created,
+                    })
+                    .collect(),
+            },
+        ),
+        Op::CreateToken => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let Ok(t) = serde_json::from_slice::<api::TokenRequest>(&body) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be JSON: {\"name\": …, \"role\": viewer|operator|admin}",
+                );
+            };
+            let result = admin.auth.create(&t.name, t.role);
+            audit_token(admin, actor, "token.create", &t.name, &result);
+            match result {
+                Ok(token) => answer(
+                    StatusCode::OK,
+                    &api::TokenSecret {
+                        name: t.name,
+                        role: Some(t.role),
+                        token,
+                    },
+                ),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        Op::RotateToken => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let rotate: api::RotateRequest = if body.is_empty() {
+                api::RotateRequest::default()
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(r) => r,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
+                }
+            };
+            let name = rotate.name.unwrap_or_else(|| "admin".into());
+            let result = admin.auth.rotate(&name, &admin.url);
+            audit_token(admin, actor, "token.rotate", &name, &result);
+            match result {
+                Ok(token) => answer(
+                    StatusCode::OK,
+                    &api::TokenSecret {
+                        name,
+                        role: None,
+                        token,
+                    },
+                ),
+                Err(crate::auth::AuthError::UnknownToken(n)) => {
+                    error(StatusCode::NOT_FOUND, format!("no token named {n:?}"))
+                }
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Certificates, events and the audit log.
+async fn admin_api(
+    admin: &Admin,
+    actor: &Actor,
+    op: Op,
+    req: Request<AdminBody>,
+    segments: &[&str],
+) -> Response<Full<Bytes>> {
+    let control = &admin.control;
+    match (op, segments) {
         (Op::Tls, _) => json_response(StatusCode::OK, tls_info(admin)),
         (Op::TlsReload, _) => {
             let result = control.reload_certs();
@@ -769,77 +919,6 @@ async fn api(
                 json!({ "ok": false, "error": e.to_string() }),
             ),
         },
-        (Op::Tokens, _) => answer(
-            StatusCode::OK,
-            &api::TokenList {
-                tokens: admin
-                    .auth
-                    .tokens()
-                    .into_iter()
-                    .map(|(name, role, created)| api::TokenInfo {
-                        name,
-                        role,
-                        created,
-                    })
-                    .collect(),
-            },
-        ),
-        (Op::CreateToken, _) => {
-            let body = match read_body(req).await {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
-            let Ok(t) = serde_json::from_slice::<api::TokenRequest>(&body) else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "body must be JSON: {\"name\": …, \"role\": viewer|operator|admin}",
-                );
-            };
-            let result = admin.auth.create(&t.name, t.role);
-            audit_token(admin, actor, "token.create", &t.name, &result);
-            match result {
-                Ok(token) => answer(
-                    StatusCode::OK,
-                    &api::TokenSecret {
-                        name: t.name,
-                        role: Some(t.role),
-                        token,
-                    },
-                ),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
-        }
-        (Op::RotateToken, _) => {
-            let body = match read_body(req).await {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
-            let rotate: api::RotateRequest = if body.is_empty() {
-                api::RotateRequest::default()
-            } else {
-                match serde_json::from_slice(&body) {
-                    Ok(r) => r,
-                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
-                }
-            };
-            let name = rotate.name.unwrap_or_else(|| "admin".into());
-            let result = admin.auth.rotate(&name, &admin.url);
-            audit_token(admin, actor, "token.rotate", &name, &result);
-            match result {
-                Ok(token) => answer(
-                    StatusCode::OK,
-                    &api::TokenSecret {
-                        name,
-                        role: None,
-                        token,
-                    },
-                ),
-                Err(crate::auth::AuthError::UnknownToken(n)) => {
-                    error(StatusCode::NOT_FOUND, format!("no token named {n:?}"))
-                }
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
-        }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
