@@ -96,6 +96,15 @@ impl Etcd {
         format!("{}/{rest}", self.prefix)
     }
 
+    /// The values of every key under `rest` (a prefix ending in `/`).
+    pub fn values_under(&self, rest: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let key = self.key(rest);
+        self.run(move |mut c| async move {
+            let r = c.get(key, Some(GetOptions::new().with_prefix())).await?;
+            Ok(r.kvs().iter().map(|kv| kv.value().to_vec()).collect())
+        })
+    }
+
     /// A client for async callers (the watch and the node registry).
     pub fn client(&self) -> Client {
         self.client.clone()
@@ -193,18 +202,8 @@ impl Store for EtcdStore {
     ) -> Result<VersionMeta, StoreError> {
         let (parent, rev) = self.current_at()?;
         let id = parent.unwrap_or(0) + 1;
-        let meta = VersionMeta {
-            id,
-            parent,
-            time: now_rfc3339(),
-            author: author.to_string(),
-            message: message.to_string(),
-            checksum: durable::sha256_hex(content.as_bytes()),
-        };
-        let v = Version {
-            meta: meta.clone(),
-            content: content.to_string(),
-        };
+        let v = Version::new(id, parent, author, message, content);
+        let meta = v.meta.clone();
         let bytes = encode(&v).map_err(|why| self.damaged("versions/", why))?;
         let (vkey, ckey) = (self.version_key(id), self.etcd.key("current"));
         let compare = Compare::mod_revision(ckey.clone(), CompareOp::Equal, rev);

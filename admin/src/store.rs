@@ -261,6 +261,29 @@ pub fn decode(bytes: &[u8]) -> Result<Version, String> {
     serde_json::from_slice(bytes).map_err(|e| format!("unreadable: {e}"))
 }
 
+impl Version {
+    /// Version `id` of `content`, made now, checksummed.
+    pub fn new(
+        id: u64,
+        parent: Option<u64>,
+        author: &str,
+        message: &str,
+        content: &str,
+    ) -> Version {
+        Version {
+            meta: VersionMeta {
+                id,
+                parent,
+                time: now_rfc3339(),
+                author: author.to_string(),
+                message: message.to_string(),
+                checksum: durable::sha256_hex(content.as_bytes()),
+            },
+            content: content.to_string(),
+        }
+    }
+}
+
 /// Now as RFC 3339 UTC with seconds.
 pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
@@ -297,18 +320,8 @@ impl Store for LocalStore {
     ) -> Result<VersionMeta, StoreError> {
         let parent = self.current()?;
         let id = self.ids()?.last().copied().unwrap_or(0) + 1;
-        let meta = VersionMeta {
-            id,
-            parent,
-            time: now_rfc3339(),
-            author: author.to_string(),
-            message: message.to_string(),
-            checksum: durable::sha256_hex(content.as_bytes()),
-        };
-        let v = Version {
-            meta: meta.clone(),
-            content: content.to_string(),
-        };
+        let v = Version::new(id, parent, author, message, content);
+        let meta = v.meta.clone();
         let path = self.dir.join(version_file(id));
         let bytes = encode(&v).map_err(|why| StoreError::Damaged {
             path: path.clone(),

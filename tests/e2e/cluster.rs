@@ -44,6 +44,9 @@ impl Etcd {
             .stderr(Stdio::null())
             .spawn()
             .expect("etcd (Debian etcd-server) must be installed");
+        // Owned from here: a failed wait below still stops etcd and removes its data.
+        let etcd = Etcd { child, url, dir };
+        let url = etcd.url.clone();
         let t = Instant::now();
         while tokio::net::TcpStream::connect(("127.0.0.1", client))
             .await
@@ -60,7 +63,7 @@ impl Etcd {
             assert!(t.elapsed() < Duration::from_secs(20), "etcd did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Etcd { child, url, dir }
+        etcd
     }
 }
 
