@@ -323,19 +323,26 @@ pub async fn announce(etcd: Arc<Etcd>, node: String, region: String, version: im
     }
 }
 
-/// Calls `apply(id)` whenever the cluster's current version changes (and once at start), with
-/// a poll every second as a backstop for a broken watch.
-pub async fn follow(etcd: Arc<Etcd>, apply: impl Fn(u64)) {
-    let key = etcd.key("current");
+/// The ids of the backends disabled cluster-wide, so `backend disable` on any node drains the
+/// server on every node.
+pub fn put_disabled(
+    etcd: &Etcd,
+    disabled: &std::collections::BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let key = etcd.key("runtime/disabled");
+    let value = serde_json::to_vec(disabled).unwrap_or_default();
+    etcd.run(move |mut c| async move { c.put(key, value, None).await.map(|_| ()) })
+}
+
+/// Calls `apply(value)` with the value of key `rest` whenever it changes (and once at start),
+/// with a read every quiet second as a backstop for a broken watch; retries while etcd is away.
+pub async fn follow(etcd: Arc<Etcd>, rest: &str, apply: impl Fn(&[u8])) {
+    let key = etcd.key(rest);
     loop {
         let mut c = etcd.client();
         if let Ok(Ok(r)) = tokio::time::timeout(CALL_TIMEOUT, c.get(key.clone(), None)).await {
-            if let Some(id) = r
-                .kvs()
-                .first()
-                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.trim().parse().ok())
-            {
-                apply(id);
+            if let Some(kv) = r.kvs().first() {
+                apply(kv.value());
             }
             let rev = r.header().map(|h| h.revision()).unwrap_or(0);
             let opts = etcd_client::WatchOptions::new().with_start_revision(rev + 1);
@@ -345,26 +352,20 @@ pub async fn follow(etcd: Arc<Etcd>, apply: impl Fn(u64)) {
                 loop {
                     match tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
                         Ok(Ok(Some(resp))) => {
-                            for e in resp.events() {
-                                if let Some(id) = e.kv().and_then(|kv| {
-                                    std::str::from_utf8(kv.value()).ok()?.trim().parse().ok()
-                                }) {
-                                    apply(id);
-                                }
+                            for kv in resp.events().iter().filter_map(|e| e.kv()) {
+                                apply(kv.value());
                             }
                         }
-                        // A quiet second: check the pointer directly, then keep watching.
+                        // A quiet second: read the key directly, then keep watching.
                         Err(_) => {
-                            if let Ok(Ok(r)) =
-                                tokio::time::timeout(CALL_TIMEOUT, c.get(key.clone(), None)).await
+                            match tokio::time::timeout(CALL_TIMEOUT, c.get(key.clone(), None)).await
                             {
-                                if let Some(id) = r.kvs().first().and_then(|kv| {
-                                    std::str::from_utf8(kv.value()).ok()?.trim().parse().ok()
-                                }) {
-                                    apply(id);
+                                Ok(Ok(r)) => {
+                                    if let Some(kv) = r.kvs().first() {
+                                        apply(kv.value());
+                                    }
                                 }
-                            } else {
-                                break;
+                                _ => break,
                             }
                         }
                         _ => break,

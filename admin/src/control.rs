@@ -332,6 +332,27 @@ impl Control {
         Ok(true)
     }
 
+    /// Makes the cluster's set of disabled backends this node's (saved locally too, so a
+    /// restart without etcd keeps draining them).
+    pub fn adopt_disabled(&self, disabled: BTreeSet<String>) {
+        let mut state = self.state.lock().expect("control poisoned");
+        if state.disabled == disabled {
+            return;
+        }
+        if let Err(e) = self.save_runtime(&disabled) {
+            tracing::error!("cannot save the cluster's disabled backends: {e}");
+        }
+        apply_disabled(&self.current(), &disabled);
+        let n = disabled.len();
+        state.disabled = disabled;
+        drop(state);
+        self.event(
+            "backends.adopted",
+            "backends",
+            &format!("{n} backend(s) disabled cluster-wide"),
+        );
+    }
+
     /// Records a runtime event (health transitions, ejections, agent changes, rollout steps):
     /// logged, counted, and kept for `GET /api/v2/events`.
     pub fn event(&self, kind: &str, target: &str, detail: &str) {
@@ -747,10 +768,19 @@ impl Control {
                     next.insert(id.clone());
                 }
             }
-            self.save_runtime(&next).map(|()| {
-                apply_disabled(&self.current(), &next);
-                state.disabled = next;
-                ids.clone()
+            // In a cluster the shared set goes first: every node follows it.
+            let shared = match &self.cluster {
+                Some((etcd, _)) => {
+                    crate::cluster::put_disabled(etcd, &next).map_err(AdminError::from)
+                }
+                None => Ok(()),
+            };
+            shared.and_then(|()| {
+                self.save_runtime(&next).map(|()| {
+                    apply_disabled(&self.current(), &next);
+                    state.disabled = next;
+                    ids.clone()
+                })
             })
         };
         let version = state.version.id;

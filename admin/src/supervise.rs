@@ -151,20 +151,34 @@ async fn join_cluster(control: Arc<Control>) {
             move || control.version().id,
         )
     };
-    let follower = crate::cluster::follow(etcd, move |id| {
-        if id > control.version().id {
-            let control = Arc::clone(&control);
-            // The store read is a blocking call on the etcd thread.
-            std::thread::spawn(move || {
-                if let Err(e) = control.adopt(id) {
-                    tracing::error!(
-                        "cannot serve cluster version {id}: {e}; keeping the running one"
-                    );
-                }
-            });
+    let versions = {
+        let control = Arc::clone(&control);
+        crate::cluster::follow(Arc::clone(&etcd), "current", move |value| {
+            let Some(id) = std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            else {
+                return;
+            };
+            if id > control.version().id {
+                let control = Arc::clone(&control);
+                // The store read is a blocking call on the etcd thread.
+                std::thread::spawn(move || {
+                    if let Err(e) = control.adopt(id) {
+                        tracing::error!(
+                            "cannot serve cluster version {id}: {e}; keeping the running one"
+                        );
+                    }
+                });
+            }
+        })
+    };
+    let disabled = crate::cluster::follow(etcd, "runtime/disabled", move |value| {
+        if let Ok(set) = serde_json::from_slice(value) {
+            control.adopt_disabled(set);
         }
     });
-    tokio::join!(registry, follower);
+    tokio::join!(registry, versions, disabled);
 }
 
 fn announce(control: &Control, incoming: Option<Box<Incoming>>) {

@@ -89,6 +89,14 @@ async fn version(n: &Nrdot) -> u64 {
         .unwrap_or(0)
 }
 
+/// The first backend's admin state as node `n` sees it.
+async fn admin_state(n: &Nrdot) -> String {
+    n.api("GET", "/api/v2/backends", "", None).await.json()["backends"][0]["admin_state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_node_is_served_by_all_and_concurrent_changes_conflict() {
     let etcd = Etcd::start().await;
@@ -173,6 +181,35 @@ async fn a_change_through_one_node_is_served_by_all_and_concurrent_changes_confl
         "{out}"
     );
     eprintln!("change served by the other nodes after {took:?}");
+
+    // `backend disable` through B drains the server on A and C too; enable brings it back.
+    let out = b.cli(&["backend", "disable", "--server", &origin.addr.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (want, verb) in [("disabled", None), ("enabled", Some("enable"))] {
+        if let Some(verb) = verb {
+            let out = b.cli(&["backend", verb, "--server", &origin.addr.to_string()]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let t = Instant::now();
+        for n in [&a, &c] {
+            while admin_state(n).await != want {
+                assert!(
+                    t.elapsed() < Duration::from_secs(2),
+                    "not {want} on every node"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(get(&a.url("/v2"), &[]).await.status, 200);
 
     // etcd gone: every node keeps serving; a change is refused with 503 and says why.
     drop(etcd);
