@@ -199,8 +199,14 @@ impl Store for EtcdStore {
         author: &str,
         message: &str,
         content: &str,
+        base: Option<u64>,
     ) -> Result<VersionMeta, StoreError> {
         let (parent, rev) = self.current_at()?;
+        if let (Some(want), Some(now)) = (base, parent) {
+            if want != now {
+                return Err(StoreError::Conflict { current: now });
+            }
+        }
         let id = parent.unwrap_or(0) + 1;
         let v = Version::new(id, parent, author, message, content);
         let meta = v.meta.clone();

@@ -226,7 +226,7 @@ impl Control {
                     None => format!("initial configuration from {label}"),
                     Some(_) => format!("{label} changed since it was last loaded"),
                 };
-                let meta = store.create("file", &message, file_text)?;
+                let meta = store.create("file", &message, file_text, None)?;
                 created = Some(meta.clone());
                 (meta, config)
             }
@@ -530,7 +530,9 @@ impl Control {
             Some(_) => Some(crate::certs::prepare(&config).map_err(AdminError::Tls)?),
             None => None,
         };
-        let meta = self.store.create(actor, message, text)?;
+        let meta = self
+            .store
+            .create(actor, message, text, Some(state.version.id))?;
         if let (Some(certs), Some(prepared)) = (self.certs.get(), tls) {
             certs.commit(prepared, &config);
         }

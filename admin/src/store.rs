@@ -81,9 +81,16 @@ pub trait Store: Send + Sync {
     fn list(&self) -> Result<Vec<VersionMeta>, StoreError>;
     /// One version, checksum verified.
     fn get(&self, id: u64) -> Result<Version, StoreError>;
-    /// Stores a new version (id = last + 1) and makes it current.
-    fn create(&self, author: &str, message: &str, content: &str)
-        -> Result<VersionMeta, StoreError>;
+    /// Stores a new version (id = last + 1) and makes it current; with `base`, only if `base`
+    /// is still the current version ([`StoreError::Conflict`] otherwise): a change is based on
+    /// the version its node served, even when another node moved the history meanwhile.
+    fn create(
+        &self,
+        author: &str,
+        message: &str,
+        content: &str,
+        base: Option<u64>,
+    ) -> Result<VersionMeta, StoreError>;
     /// The current version's id, if any version exists.
     fn current(&self) -> Result<Option<u64>, StoreError>;
     /// Removes the oldest versions beyond `keep`, never the current or newest one nor any
@@ -317,8 +324,14 @@ impl Store for LocalStore {
         author: &str,
         message: &str,
         content: &str,
+        base: Option<u64>,
     ) -> Result<VersionMeta, StoreError> {
         let parent = self.current()?;
+        if let (Some(want), Some(now)) = (base, parent) {
+            if want != now {
+                return Err(StoreError::Conflict { current: now });
+            }
+        }
         let id = self.ids()?.last().copied().unwrap_or(0) + 1;
         let v = Version::new(id, parent, author, message, content);
         let meta = v.meta.clone();
@@ -405,8 +418,13 @@ mod tests {
         let d = dir("chain");
         let s = LocalStore::open(&d).expect("open");
         assert_eq!(s.current().expect("current"), None);
-        let a = s.create("alice", "first", "a = 1\n").expect("create");
-        let b = s.create("bob", "second", "a = 2\n").expect("create");
+        let a = s.create("alice", "first", "a = 1\n", None).expect("create");
+        let b = s.create("bob", "second", "a = 2\n", None).expect("create");
+        // A change based on version 1 after version 2 was made: refused, nothing stored.
+        assert!(matches!(
+            s.create("carol", "stale", "a = 3\n", Some(1)),
+            Err(StoreError::Conflict { current: 2 })
+        ));
         assert_eq!((a.id, a.parent), (1, None));
         assert_eq!((b.id, b.parent), (2, Some(1)));
         assert_eq!(s.current().expect("current"), Some(2));
@@ -450,7 +468,7 @@ mod tests {
         };
         let json = serde_json::to_vec_pretty(&old).expect("json");
         std::fs::write(d.join("versions/00000001.json"), &json).expect("write");
-        let new = s.create("alice", "after", &content).expect("create");
+        let new = s.create("alice", "after", &content, None).expect("create");
         assert_eq!(new.id, 2, "ids continue across formats");
         assert_eq!(s.get(1).expect("old").content, content);
         assert_eq!(s.get(2).expect("new").content, content);
