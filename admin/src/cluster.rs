@@ -157,14 +157,7 @@ impl EtcdStore {
 
 impl Store for EtcdStore {
     fn list(&self) -> Result<Vec<VersionMeta>, StoreError> {
-        let key = self.etcd.key("versions/");
-        let values = self.etcd.run(move |mut c| async move {
-            let r = c.get(key, Some(GetOptions::new().with_prefix())).await?;
-            Ok(r.kvs()
-                .iter()
-                .map(|kv| kv.value().to_vec())
-                .collect::<Vec<_>>())
-        })?;
+        let values = self.etcd.values_under("versions/")?;
         let mut metas = Vec::with_capacity(values.len());
         for v in values {
             let line = v.split(|b| *b == b'\n').next().unwrap_or_default();
@@ -202,11 +195,7 @@ impl Store for EtcdStore {
         base: Option<u64>,
     ) -> Result<VersionMeta, StoreError> {
         let (parent, rev) = self.current_at()?;
-        if let (Some(want), Some(now)) = (base, parent) {
-            if want != now {
-                return Err(StoreError::Conflict { current: now });
-            }
-        }
+        crate::store::check_base(base, parent)?;
         let id = parent.unwrap_or(0) + 1;
         let v = Version::new(id, parent, author, message, content);
         let meta = v.meta.clone();
@@ -272,14 +261,7 @@ pub struct NodeStatus {
 
 /// Every node that is alive (its lease still held), with `lagging` set against `current`.
 pub fn nodes(etcd: &Etcd, current: u64) -> Result<Vec<NodeStatus>, StoreError> {
-    let key = etcd.key("nodes/");
-    let values = etcd.run(move |mut c| async move {
-        let r = c.get(key, Some(GetOptions::new().with_prefix())).await?;
-        Ok(r.kvs()
-            .iter()
-            .map(|kv| kv.value().to_vec())
-            .collect::<Vec<_>>())
-    })?;
+    let values = etcd.values_under("nodes/")?;
     let mut out: Vec<NodeStatus> = values
         .iter()
         .filter_map(|v| serde_json::from_slice(v).ok())

@@ -291,6 +291,14 @@ impl Version {
     }
 }
 
+/// [`StoreError::Conflict`] when a change based on `base` meets another `current` version.
+pub fn check_base(base: Option<u64>, current: Option<u64>) -> Result<(), StoreError> {
+    match (base, current) {
+        (Some(want), Some(now)) if want != now => Err(StoreError::Conflict { current: now }),
+        _ => Ok(()),
+    }
+}
+
 /// Now as RFC 3339 UTC with seconds.
 pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
@@ -327,11 +335,7 @@ impl Store for LocalStore {
         base: Option<u64>,
     ) -> Result<VersionMeta, StoreError> {
         let parent = self.current()?;
-        if let (Some(want), Some(now)) = (base, parent) {
-            if want != now {
-                return Err(StoreError::Conflict { current: now });
-            }
-        }
+        check_base(base, parent)?;
         let id = self.ids()?.last().copied().unwrap_or(0) + 1;
         let v = Version::new(id, parent, author, message, content);
         let meta = v.meta.clone();
