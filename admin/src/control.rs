@@ -239,22 +239,7 @@ impl Control {
         durable::write(&source_path, &bytes, 0o600)
             .map_err(|e| StartError::Io(format!("{}: {e}", source_path.display())))?;
 
-        let runtime_path = state_dir.join("runtime.json");
-        let disabled = match std::fs::read(&runtime_path) {
-            Ok(b) => {
-                let r: Runtime = serde_json::from_slice(&b).map_err(|e| {
-                    StartError::Io(format!("{} is damaged: {e}", runtime_path.display()))
-                })?;
-                if runtime_checksum(&r.disabled) != r.checksum {
-                    return Err(StartError::Io(format!(
-                        "{} is damaged: checksum mismatch",
-                        runtime_path.display()
-                    )));
-                }
-                r.disabled
-            }
-            Err(_) => BTreeSet::new(),
-        };
+        let disabled = load_disabled(state_dir)?;
         let table = RouteTable::compile(Arc::new(config), 1, None);
         apply_disabled(&table, &disabled);
         let (publisher, _) = swap::channel(table);
@@ -826,6 +811,26 @@ pub fn matches_selector(b: &BackendInfo, selector: &str) -> bool {
     b.id == selector
         || b.address == selector
         || b.address.rsplit_once(':').map(|(h, _)| h) == Some(selector)
+}
+
+/// The backends left disabled by the last run (`runtime.json`), checksum verified.
+fn load_disabled(state_dir: &Path) -> Result<BTreeSet<String>, StartError> {
+    let runtime_path = state_dir.join("runtime.json");
+    match std::fs::read(&runtime_path) {
+        Ok(b) => {
+            let r: Runtime = serde_json::from_slice(&b).map_err(|e| {
+                StartError::Io(format!("{} is damaged: {e}", runtime_path.display()))
+            })?;
+            if runtime_checksum(&r.disabled) != r.checksum {
+                return Err(StartError::Io(format!(
+                    "{} is damaged: checksum mismatch",
+                    runtime_path.display()
+                )));
+            }
+            Ok(r.disabled)
+        }
+        Err(_) => Ok(BTreeSet::new()),
+    }
 }
 
 fn apply_disabled(table: &RouteTable, disabled: &BTreeSet<String>) {

@@ -20,32 +20,17 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
 use crate::api;
 use crate::audit::Event;
-use crate::auth::{Actor, Auth, Role};
+use crate::auth::{Actor, Role};
 use crate::control::{AdminError, Control};
 use crate::openapi::Op;
 use crate::respond::{answer, error, json_response, percent_decode, query, read_body, AdminBody};
 use crate::session;
 
-/// What the handlers need.
-pub struct Admin {
-    /// The single writer.
-    pub control: Arc<Control>,
-    /// Credentials and dashboard sessions.
-    pub auth: Arc<Auth>,
-    /// Renders `/metrics`.
-    pub prometheus: Option<PrometheusHandle>,
-    /// Base URL clients reach this API at (for the credentials file).
-    pub url: String,
-    /// The rollout controller.
-    pub rollouts: Arc<crate::rollout::Rollouts>,
-    /// Binary upgrades.
-    pub upgrader: Arc<crate::upgrade::Upgrader>,
-}
+pub use crate::app::Admin;
 
 /// Serves the admin API on `listener` until `shutdown` resolves, then lets the requests in
 /// flight finish (each answered with `Connection: close`) and closes idle connections; it
@@ -1160,7 +1145,7 @@ mod tests {
         let config = nrdot_config::Config::from_toml(&text).expect("valid");
         let (control, _) = Control::start(dir, None, &text, config, None).expect("control");
         let control = Arc::new(control);
-        let (auth, _) = Auth::open(dir, "http://127.0.0.1:8080").expect("auth");
+        let (auth, _) = crate::auth::Auth::open(dir, "http://127.0.0.1:8080").expect("auth");
         let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = socket.local_addr().expect("addr");
         let lock = std::fs::File::create(dir.join("lock")).expect("lock");

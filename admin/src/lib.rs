@@ -10,6 +10,7 @@
 #![recursion_limit = "512"]
 
 pub mod api;
+pub mod app;
 pub mod archives;
 pub mod audit;
 pub mod auth;

@@ -21,12 +21,11 @@ use crate::durable;
 
 mod analysis;
 pub mod guard;
+pub mod request;
 use analysis::Sampler;
 pub use analysis::{memory_fraction, Analysis, Measured, Point};
 
-use crate::api::{
-    DurationArg, PercentArg, RolloutCommand, StartRollout, StepArg, StepsArg, Triggers,
-};
+use request::{DurationArg, PercentArg, RolloutCommand, StartRollout, StepArg, StepsArg, Triggers};
 
 /// One pool's recent traffic.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema, Deserialize)]

@@ -10,9 +10,9 @@ use http_body_util::Full;
 use serde::Serialize;
 
 use crate::api::{Login, PasswordChange, SessionInfo};
+use crate::app::Admin;
 use crate::audit::Event;
 use crate::auth::{Actor, AuthError, Session};
-use crate::http::Admin;
 use crate::respond::{error, json_response, read_body, AdminBody};
 
 /// The session cookie's name.
