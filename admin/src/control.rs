@@ -205,7 +205,14 @@ impl Control {
         let mut created = None;
         // In a cluster the shared history wins: the file only seeds an empty one.
         let in_cluster = cluster.is_some();
-        let (meta, config) = match store.current()? {
+        let current = store.current().map_err(|e| match (&cluster, e) {
+            (Some((_, c)), StoreError::Unavailable(why)) => StartError::Io(format!(
+                "cannot reach etcd {:?} ({why}); a cluster node needs etcd to start",
+                c.etcd
+            )),
+            (_, e) => StartError::from(e),
+        })?;
+        let (meta, config) = match current {
             Some(id) if in_cluster || imported.as_deref() == Some(file_checksum.as_str()) => {
                 let v = store.get(id)?;
                 let local = (file_config.state_dir.clone(), file_config.cluster.clone());
