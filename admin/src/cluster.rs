@@ -32,6 +32,8 @@ pub struct Etcd {
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
     client: Client,
     prefix: String,
+    /// Why etcd is unreachable, while it is (`/health` says `cluster: degraded`).
+    down: std::sync::Mutex<Option<String>>,
 }
 
 impl Etcd {
@@ -65,7 +67,33 @@ impl Etcd {
             jobs: tx,
             client,
             prefix: prefix.to_string(),
+            down: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// Records whether the last call reached etcd; logs the transitions.
+    pub fn note<T>(&self, result: &Result<T, StoreError>) {
+        let mut down = self.down.lock().expect("etcd state poisoned");
+        match (result, down.is_some()) {
+            (Ok(_), true) => {
+                tracing::warn!("etcd reachable again; catching up with the cluster");
+                *down = None;
+            }
+            (Err(StoreError::Unavailable(why)), was_down) => {
+                if !was_down {
+                    tracing::error!(
+                        "etcd unreachable ({why}): serving the current version, refusing changes"
+                    );
+                }
+                *down = Some(why.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Why etcd cannot be reached, or `None` when it can.
+    pub fn degraded(&self) -> Option<String> {
+        self.down.lock().expect("etcd state poisoned").clone()
     }
 
     /// Runs `f` with a client on the etcd thread and waits for its answer.
@@ -87,8 +115,12 @@ impl Etcd {
         self.jobs
             .send(job)
             .map_err(|_| StoreError::Unavailable("etcd thread stopped".into()))?;
-        rx.recv()
-            .map_err(|_| StoreError::Unavailable("etcd thread stopped".into()))?
+        let out = rx
+            .recv()
+            .map_err(|_| StoreError::Unavailable("etcd thread stopped".into()))
+            .and_then(|r| r);
+        self.note(&out);
+        out
     }
 
     /// The full key of `rest` under the prefix.
@@ -98,10 +130,34 @@ impl Etcd {
 
     /// The values of every key under `rest` (a prefix ending in `/`).
     pub fn values_under(&self, rest: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        let key = self.key(rest);
+        let kvs = self.read(self.key(rest), true)?;
+        Ok(kvs.into_iter().map(|(v, _)| v).collect())
+    }
+
+    /// The value and mod revision of `key` (or of every key under it, with `prefix`). A read
+    /// changes nothing, so it is tried again while etcd elects a leader, within the call's
+    /// time.
+    pub fn read(&self, key: String, prefix: bool) -> Result<Vec<(Vec<u8>, i64)>, StoreError> {
         self.run(move |mut c| async move {
-            let r = c.get(key, Some(GetOptions::new().with_prefix())).await?;
-            Ok(r.kvs().iter().map(|kv| kv.value().to_vec()).collect())
+            let opts = || prefix.then(|| GetOptions::new().with_prefix());
+            let mut tries = 0;
+            loop {
+                match c.get(key.clone(), opts()).await {
+                    Ok(r) => {
+                        return Ok(r
+                            .kvs()
+                            .iter()
+                            .map(|kv| (kv.value().to_vec(), kv.mod_revision()))
+                            .collect())
+                    }
+                    Err(e) if tries < 20 => {
+                        tracing::debug!("etcd read failed, again: {e}");
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         })
     }
 
@@ -114,12 +170,17 @@ impl Etcd {
 /// The version store in etcd.
 pub struct EtcdStore {
     etcd: Arc<Etcd>,
+    /// This node's state directory, where its last known good copy is.
+    state_dir: std::path::PathBuf,
 }
 
 impl EtcdStore {
-    /// The store under `etcd`'s prefix.
-    pub fn new(etcd: Arc<Etcd>) -> EtcdStore {
-        EtcdStore { etcd }
+    /// The store under `etcd`'s prefix, for the node whose state directory is `state_dir`.
+    pub fn new(etcd: Arc<Etcd>, state_dir: &std::path::Path) -> EtcdStore {
+        EtcdStore {
+            etcd,
+            state_dir: state_dir.to_path_buf(),
+        }
     }
 
     fn version_key(&self, id: u64) -> String {
@@ -135,14 +196,8 @@ impl EtcdStore {
 
     /// The current id and the revision it was written at (0: none yet).
     fn current_at(&self) -> Result<(Option<u64>, i64), StoreError> {
-        let key = self.etcd.key("current");
-        let kv = self.etcd.run(move |mut c| async move {
-            let r = c.get(key, None).await?;
-            Ok(r.kvs()
-                .first()
-                .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
-        })?;
-        match kv {
+        let kv = self.etcd.read(self.etcd.key("current"), false)?;
+        match kv.into_iter().next() {
             None => Ok((None, 0)),
             Some((v, rev)) => {
                 let id = std::str::from_utf8(&v)
@@ -169,13 +224,18 @@ impl Store for EtcdStore {
         Ok(metas)
     }
 
+    /// While etcd is away, the version this node serves still reads from its own copy.
     fn get(&self, id: u64) -> Result<Version, StoreError> {
         let key = self.version_key(id);
-        let k = key.clone();
-        let bytes = self.etcd.run(move |mut c| async move {
-            let r = c.get(k, None).await?;
-            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
-        })?;
+        let bytes = match self.etcd.read(key.clone(), false) {
+            Ok(kvs) => kvs.into_iter().next().map(|(v, _)| v),
+            Err(StoreError::Unavailable(why)) => {
+                return last_known_good(&self.state_dir)
+                    .filter(|v| v.meta.id == id)
+                    .ok_or(StoreError::Unavailable(why))
+            }
+            Err(e) => return Err(e),
+        };
         let bytes = bytes.ok_or(StoreError::NotFound(id))?;
         let v = decode(&bytes).map_err(|why| self.damaged(&key, why))?;
         let actual = durable::sha256_hex(v.content.as_bytes());
@@ -322,13 +382,49 @@ pub fn put_disabled(
     etcd.run(move |mut c| async move { c.put(key, value, None).await.map(|_| ()) })
 }
 
+/// A timed call's outcome as the store sees it (for [`Etcd::note`]).
+fn reached<T>(
+    r: &Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>,
+) -> Result<(), StoreError> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+        Err(_) => Err(StoreError::Unavailable("etcd did not answer in 3s".into())),
+    }
+}
+
+/// Where a node keeps the version it serves, to start from while etcd is away.
+const LAST_KNOWN_GOOD: &str = "cluster-current.ver";
+
+/// Keeps `v` (the version this node now serves) in its state directory: a node that starts
+/// while etcd is down serves it.
+pub fn remember(state_dir: &std::path::Path, v: &Version) {
+    let path = state_dir.join(LAST_KNOWN_GOOD);
+    match encode(v) {
+        Ok(bytes) => {
+            if let Err(e) = durable::write(&path, &bytes, 0o600) {
+                tracing::error!("cannot keep {}: {e}", path.display());
+            }
+        }
+        Err(e) => tracing::error!("cannot encode version {}: {e}", v.meta.id),
+    }
+}
+
+/// The last version this node served, when it is whole (its checksum matches).
+pub fn last_known_good(state_dir: &std::path::Path) -> Option<Version> {
+    let v = decode(&std::fs::read(state_dir.join(LAST_KNOWN_GOOD)).ok()?).ok()?;
+    (durable::sha256_hex(v.content.as_bytes()) == v.meta.checksum).then_some(v)
+}
+
 /// Calls `apply(value)` with the value of key `rest` whenever it changes (and once at start),
 /// with a read every quiet second as a backstop for a broken watch; retries while etcd is away.
 pub async fn follow(etcd: Arc<Etcd>, rest: &str, apply: impl Fn(&[u8])) {
     let key = etcd.key(rest);
     loop {
         let mut c = etcd.client();
-        if let Ok(Ok(r)) = tokio::time::timeout(CALL_TIMEOUT, c.get(key.clone(), None)).await {
+        let read = tokio::time::timeout(CALL_TIMEOUT, c.get(key.clone(), None)).await;
+        etcd.note(&reached(&read));
+        if let Ok(Ok(r)) = read {
             if let Some(kv) = r.kvs().first() {
                 apply(kv.value());
             }
@@ -346,8 +442,10 @@ pub async fn follow(etcd: Arc<Etcd>, rest: &str, apply: impl Fn(&[u8])) {
                         }
                         // A quiet second: read the key directly, then keep watching.
                         Err(_) => {
-                            match tokio::time::timeout(CALL_TIMEOUT, c.get(key.clone(), None)).await
-                            {
+                            let read =
+                                tokio::time::timeout(CALL_TIMEOUT, c.get(key.clone(), None)).await;
+                            etcd.note(&reached(&read));
+                            match read {
                                 Ok(Ok(r)) => {
                                     if let Some(kv) = r.kvs().first() {
                                         apply(kv.value());

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{Audit, AuditError, Event};
 use crate::durable;
-use crate::store::{LocalStore, Store, StoreError, VersionMeta};
+use crate::store::{LocalStore, Store, StoreError, Version, VersionMeta};
 
 /// Why a control-plane change was refused. Nothing changed in every case.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +184,9 @@ impl Control {
             None => None,
         };
         let store: Box<dyn Store> = match &cluster {
-            Some((etcd, _)) => Box::new(crate::cluster::EtcdStore::new(Arc::clone(etcd))),
+            Some((etcd, _)) => {
+                Box::new(crate::cluster::EtcdStore::new(Arc::clone(etcd), state_dir))
+            }
             None => Box::new(LocalStore::open(state_dir)?),
         };
         let audit = Audit::open(state_dir)?;
@@ -205,16 +207,21 @@ impl Control {
         let mut created = None;
         // In a cluster the shared history wins: the file only seeds an empty one.
         let in_cluster = cluster.is_some();
-        let current = store.current().map_err(|e| match (&cluster, e) {
-            (Some((_, c)), StoreError::Unavailable(why)) => StartError::Io(format!(
-                "cannot reach etcd {:?} ({why}); a cluster node needs etcd to start",
-                c.etcd
-            )),
-            (_, e) => StartError::from(e),
-        })?;
+        let shared = match &cluster {
+            Some((_, c)) => cluster_current(store.as_ref(), state_dir, c)?,
+            None => None,
+        };
+        let current = match &shared {
+            Some(v) => Some(v.meta.id),
+            None if in_cluster => None,
+            None => store.current()?,
+        };
         let (meta, config) = match current {
             Some(id) if in_cluster || imported.as_deref() == Some(file_checksum.as_str()) => {
-                let v = store.get(id)?;
+                let v = match shared {
+                    Some(v) => v,
+                    None => store.get(id)?,
+                };
                 let local = (file_config.state_dir.clone(), file_config.cluster.clone());
                 let mut config = if v.meta.checksum == file_checksum {
                     file_config
@@ -224,6 +231,7 @@ impl Control {
                 };
                 if in_cluster {
                     (config.state_dir, config.cluster) = local;
+                    crate::cluster::remember(state_dir, &v);
                 }
                 (v.meta, config)
             }
@@ -234,6 +242,13 @@ impl Control {
                     Some(_) => format!("{label} changed since it was last loaded"),
                 };
                 let meta = store.create("file", &message, file_text, None)?;
+                if in_cluster {
+                    let v = Version {
+                        meta: meta.clone(),
+                        content: file_text.to_string(),
+                    };
+                    crate::cluster::remember(state_dir, &v);
+                }
                 created = Some(meta.clone());
                 (meta, config)
             }
@@ -289,6 +304,17 @@ impl Control {
         self.cluster.as_ref()
     }
 
+    /// Remembers the version a cluster node serves (its last known good copy).
+    fn remember(&self, meta: &VersionMeta, content: &str) {
+        if self.cluster.is_some() {
+            let v = Version {
+                meta: meta.clone(),
+                content: content.to_string(),
+            };
+            crate::cluster::remember(&self.state_dir, &v);
+        }
+    }
+
     /// What stays this node's own whatever version of the shared history it serves: its
     /// state directory and its `[cluster]` identity.
     fn localize(&self, config: &mut Config) {
@@ -314,6 +340,7 @@ impl Control {
             certs.commit(prepared, &config);
         }
         let from = state.version.id;
+        self.remember(&v.meta, &v.content);
         self.publish_locked(&mut state, config, v.meta);
         drop(state);
         self.event(
@@ -528,6 +555,7 @@ impl Control {
         if let (Some(certs), Some(prepared)) = (self.certs.get(), tls) {
             certs.commit(prepared, &config);
         }
+        self.remember(&meta, text);
         let keep = config.keep_versions;
         self.publish_locked(state, config, meta.clone());
         self.prune_versions(keep);
@@ -821,6 +849,37 @@ pub fn matches_selector(b: &BackendInfo, selector: &str) -> bool {
 }
 
 /// The backends left disabled by the last run (`runtime.json`), checksum verified.
+/// The cluster's current version (`None`: an empty cluster, which this node's file seeds), or,
+/// while etcd cannot be reached, the version this node served last.
+fn cluster_current(
+    store: &dyn Store,
+    state_dir: &Path,
+    settings: &nrdot_config::Cluster,
+) -> Result<Option<Version>, StartError> {
+    let why = match store.current() {
+        Ok(None) => return Ok(None),
+        Ok(Some(id)) => return Ok(Some(store.get(id)?)),
+        Err(StoreError::Unavailable(why)) => why,
+        Err(e) => return Err(e.into()),
+    };
+    match crate::cluster::last_known_good(state_dir) {
+        Some(v) => {
+            tracing::warn!(
+                "cannot reach etcd {:?} ({why}); serving this node's last known good version {} \
+                 until it can",
+                settings.etcd,
+                v.meta.id
+            );
+            Ok(Some(v))
+        }
+        None => Err(StartError::Io(format!(
+            "cannot reach etcd {:?} ({why}), and this node has no last known good version \
+             (it never joined); a new cluster node needs etcd to start",
+            settings.etcd
+        ))),
+    }
+}
+
 fn load_disabled(state_dir: &Path) -> Result<BTreeSet<String>, StartError> {
     let runtime_path = state_dir.join("runtime.json");
     match std::fs::read(&runtime_path) {

@@ -1112,6 +1112,14 @@ fn health(admin: &Admin) -> Response<Full<Bytes>> {
         .map(|b| json!({ "id": b.id, "address": b.address, "admin_state": b.admin_state, "health": b.health, "ejected": b.ejected }))
         .collect();
     let v = admin.control.version();
+    // A node that cannot reach etcd still serves (its status stays ok) but says so.
+    let (cluster, cluster_detail) = match admin.control.cluster() {
+        None => (None, None),
+        Some((etcd, _)) => match etcd.degraded() {
+            None => (Some("ok"), None),
+            Some(why) => (Some("degraded"), Some(format!("etcd unreachable: {why}"))),
+        },
+    };
     json_response(
         if healthy {
             StatusCode::OK
@@ -1126,6 +1134,8 @@ fn health(admin: &Admin) -> Response<Full<Bytes>> {
             "generation": table.generation,
             "pools": pools,
             "backends": backends,
+            "cluster": cluster,
+            "cluster_detail": cluster_detail,
         }),
     )
 }

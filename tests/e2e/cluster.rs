@@ -8,11 +8,20 @@ use serde_json::Value;
 
 use crate::BIN;
 
-/// One etcd member on free loopback ports, with its data in a temporary directory.
+/// A real etcd cluster (1 or 3 members) on free loopback ports, with its data in a temporary
+/// directory. Members can be killed and started again on the same data.
 struct Etcd {
-    child: Child,
-    url: String,
+    members: Vec<Member>,
     dir: std::path::PathBuf,
+    /// Every member's client URL, comma-separated (what `[cluster] etcd` lists).
+    url: String,
+}
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
 }
 
 fn free_port() -> u16 {
@@ -24,53 +33,118 @@ fn free_port() -> u16 {
 
 impl Etcd {
     async fn start() -> Etcd {
-        let (client, peer) = (free_port(), free_port());
-        let dir = nrdot_tests::temp_dir("etcd");
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        Etcd::start_members(1).await
+    }
+
+    async fn start_members(n: usize) -> Etcd {
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("e{i}"),
+                client: free_port(),
+                peer: free_port(),
+                child: None,
+            })
+            .collect();
+        let url = members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect::<Vec<_>>()
+            .join("\", \"");
+        // Owned from here: a failed wait below still stops etcd and removes its data.
+        let mut etcd = Etcd {
+            members,
+            dir: nrdot_tests::temp_dir("etcd"),
+            url,
+        };
+        for i in 0..n {
+            etcd.spawn(i);
+        }
+        for i in 0..n {
+            etcd.wait_healthy(i).await;
+        }
+        etcd
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let m = &mut self.members[i];
+        let url = format!("http://127.0.0.1:{}", m.client);
+        let peer_url = format!("http://127.0.0.1:{}", m.peer);
         let child = Command::new("etcd")
-            .args(["--name", "e1", "--data-dir"])
-            .arg(&dir)
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(self.dir.join(&m.name))
+            .args(["--listen-client-urls", &url])
+            .args(["--advertise-client-urls", &url])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("e1={peer_url}")])
+            .args(["--initial-cluster", &initial])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("etcd (Debian etcd-server) must be installed");
-        // Owned from here: a failed wait below still stops etcd and removes its data.
-        let etcd = Etcd { child, url, dir };
-        let url = etcd.url.clone();
+        m.child = Some(child);
+    }
+
+    /// Waits until member `i` answers and its cluster has a leader.
+    async fn wait_healthy(&self, i: usize) {
+        let url = format!("http://127.0.0.1:{}", self.members[i].client);
         let t = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", client))
-            .await
-            .is_err()
-        {
-            assert!(t.elapsed() < Duration::from_secs(20), "etcd did not listen");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         loop {
-            let health = get(&format!("{url}/health"), &[]).await;
-            if health.status == 200 && health.text().contains("true") {
-                break;
+            let up = tokio::net::TcpStream::connect(("127.0.0.1", self.members[i].client))
+                .await
+                .is_ok();
+            if up {
+                let health = get(&format!("{url}/health"), &[]).await;
+                if health.status == 200 && health.text().contains("true") {
+                    return;
+                }
             }
-            assert!(t.elapsed() < Duration::from_secs(20), "etcd did not start");
+            assert!(t.elapsed() < Duration::from_secs(30), "etcd did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        etcd
+    }
+
+    /// Stops member `i` with SIGKILL.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The index of the member that leads (asked through etcd's JSON gateway).
+    async fn leader(&self) -> usize {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            let req = hyper::Request::post(format!(
+                "http://127.0.0.1:{}/v3/maintenance/status",
+                m.client
+            ))
+            .body(http_body_util::Full::new(hyper::body::Bytes::from("{}")))
+            .expect("request");
+            let status: Value = nrdot_tests::send(&nrdot_tests::http_client(), req)
+                .await
+                .json();
+            if status["leader"] == status["header"]["member_id"] {
+                return i;
+            }
+        }
+        panic!("no etcd member leads");
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -221,4 +295,125 @@ async fn a_change_through_one_node_is_served_by_all_and_concurrent_changes_confl
     assert!(refused.text().contains("unavailable"), "{}", refused.text());
     assert_eq!(version(&b).await, 3);
     assert_eq!(get(&b.url("/v2"), &[]).await.status, 200);
+}
+
+/// Waits until every node serves version `want`.
+async fn converge(nodes: &[&Nrdot], want: u64, within: Duration) {
+    let t = Instant::now();
+    for n in nodes {
+        while version(n).await < want {
+            assert!(t.elapsed() < within, "a node does not serve version {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A PUT of the current text with one more route, retried while etcd elects a leader.
+async fn add_route(n: &Nrdot, path: &str, within: Duration) -> u64 {
+    let view = n.api("GET", "/api/v2/config", "", None).await;
+    let text = view.json()["toml"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{} {}", view.status, view.text()))
+        .to_string()
+        + &format!(
+            "\n[[route]]\nname = \"r{}\"\npath = \"{path}\"\npool = \"o\"\n",
+            &path[1..]
+        );
+    let t = Instant::now();
+    loop {
+        let put = n.api("PUT", "/api/v2/config", &text, None).await;
+        if put.status == 200 {
+            return put.json()["version"]["id"].as_u64().expect("version");
+        }
+        assert_eq!(put.status, 503, "{}", put.text());
+        assert!(t.elapsed() < within, "{}", put.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_etcd_leader_or_every_member_loses_nothing_and_nodes_catch_up() {
+    let mut etcd = Etcd::start_members(3).await;
+    let origin = Origin::start("v1").await;
+    let a = Nrdot::start(BIN, "", &body(&etcd, "a", &origin));
+    let b = Nrdot::start(BIN, "", &body(&etcd, "b", &origin));
+    let mut c = Nrdot::start(BIN, "", &body(&etcd, "c", &origin));
+    assert_eq!(add_route(&a, "/one", Duration::from_secs(5)).await, 2);
+    converge(&[&a, &b, &c], 2, Duration::from_secs(2)).await;
+
+    // The etcd leader killed: a change through B still lands, and every version is whole.
+    let leader = etcd.leader().await;
+    etcd.kill(leader);
+    let t = Instant::now();
+    assert_eq!(add_route(&b, "/two", Duration::from_secs(15)).await, 3);
+    eprintln!("change after the etcd leader died: {:?}", t.elapsed());
+    converge(&[&a, &b, &c], 3, Duration::from_secs(5)).await;
+    let versions = c
+        .api("GET", "/api/v2/config/versions", "", None)
+        .await
+        .json();
+    let ids: Vec<u64> = versions["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["id"].as_u64())
+        .collect();
+    assert_eq!(ids, [1, 2, 3], "{versions}");
+    for n in [&a, &b, &c] {
+        assert_eq!(get(&n.url("/two"), &[]).await.status, 200);
+    }
+
+    // Every member gone: nodes serve, refuse changes with 503, and say `cluster: degraded`.
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    for n in [&a, &b, &c] {
+        assert_eq!(get(&n.url("/one"), &[]).await.status, 200);
+    }
+    let text = a.api("GET", "/api/v2/config", "", None).await.json()["toml"]
+        .as_str()
+        .expect("toml")
+        .to_string();
+    let refused = a.api("PUT", "/api/v2/config", &text, None).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let t = Instant::now();
+    while a.health().await["cluster"] != "degraded" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{}",
+            a.health().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(a.health().await["cluster_detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("etcd")));
+
+    // A node started while etcd is down serves its last known good version.
+    c.restart();
+    assert_eq!(version(&c).await, 3);
+    assert_eq!(get(&c.url("/two"), &[]).await.status, 200);
+    assert_eq!(c.health().await["cluster"], "degraded");
+
+    // etcd back: every node reconnects, and a change through the restarted node reaches all.
+    for i in 0..3 {
+        etcd.spawn(i);
+    }
+    for i in 0..3 {
+        etcd.wait_healthy(i).await;
+    }
+    assert_eq!(add_route(&c, "/three", Duration::from_secs(20)).await, 4);
+    converge(&[&a, &b, &c], 4, Duration::from_secs(5)).await;
+    let t = Instant::now();
+    for n in [&a, &b, &c] {
+        while n.health().await["cluster"] != "ok" {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{}",
+                n.health().await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(get(&n.url("/three"), &[]).await.status, 200);
+    }
 }
