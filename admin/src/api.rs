@@ -285,6 +285,9 @@ pub struct ClusterView {
     pub current: u64,
     /// Every live node, by name.
     pub nodes: Vec<crate::cluster::NodeStatus>,
+    /// The node that runs rollouts (elected), if any.
+    #[serde(default)]
+    pub leader: Option<String>,
 }
 
 /// The answer to a password change.

@@ -746,7 +746,13 @@ pub fn cluster_status(c: &Client) -> ExitCode {
             ]
         })
         .collect();
-    println!("cluster version {}", view.current);
+    println!(
+        "cluster version {}; rollouts run by {}",
+        view.current,
+        view.leader
+            .as_deref()
+            .unwrap_or("no node (no leader elected)")
+    );
     table(&["NODE", "REGION", "VERSION", "STATE", "UPDATED"], &rows);
     if view.nodes.iter().any(|n| n.lagging) {
         ExitCode::from(1)

@@ -131,39 +131,73 @@ impl Etcd {
     /// The values of every key under `rest` (a prefix ending in `/`).
     pub fn values_under(&self, rest: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         let kvs = self.read(self.key(rest), true)?;
-        Ok(kvs.into_iter().map(|(v, _)| v).collect())
+        Ok(kvs.into_iter().map(|kv| kv.value).collect())
     }
 
-    /// The value and mod revision of `key` (or of every key under it, with `prefix`). A read
-    /// changes nothing, so it is tried again while etcd elects a leader, within the call's
-    /// time.
-    pub fn read(&self, key: String, prefix: bool) -> Result<Vec<(Vec<u8>, i64)>, StoreError> {
-        self.run(move |mut c| async move {
-            let opts = || prefix.then(|| GetOptions::new().with_prefix());
-            let mut tries = 0;
-            loop {
-                match c.get(key.clone(), opts()).await {
-                    Ok(r) => {
-                        return Ok(r
-                            .kvs()
-                            .iter()
-                            .map(|kv| (kv.value().to_vec(), kv.mod_revision()))
-                            .collect())
-                    }
-                    Err(e) if tries < 20 => {
-                        tracing::debug!("etcd read failed, again: {e}");
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        })
+    /// `key` (or every key under it, with `prefix`). A read changes nothing, so it is tried
+    /// again while etcd elects a leader, within the call's time.
+    pub fn read(&self, key: String, prefix: bool) -> Result<Vec<Kv>, StoreError> {
+        self.run(move |c| read_retrying(c, key, prefix))
+    }
+
+    /// [`Etcd::read`] for async callers, which must not block their runtime on etcd.
+    pub async fn read_async(&self, rest: &str, prefix: bool) -> Result<Vec<Kv>, StoreError> {
+        let read = read_retrying(self.client(), self.key(rest), prefix);
+        let out = match tokio::time::timeout(CALL_TIMEOUT, read).await {
+            Ok(r) => r.map_err(|e| StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Unavailable("etcd did not answer in 3s".into())),
+        };
+        self.note(&out);
+        out
     }
 
     /// A client for async callers (the watch and the node registry).
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+}
+
+/// One key as read.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    /// Full key.
+    pub key: String,
+    /// Its value.
+    pub value: Vec<u8>,
+    /// The revision of its last change (the store's compare-and-set).
+    pub mod_revision: i64,
+    /// How many times it was written since it was created (a record's own counter).
+    pub version: i64,
+}
+
+async fn read_retrying(
+    mut c: Client,
+    key: String,
+    prefix: bool,
+) -> Result<Vec<Kv>, etcd_client::Error> {
+    let opts = || prefix.then(|| GetOptions::new().with_prefix());
+    let mut tries = 0;
+    loop {
+        match c.get(key.clone(), opts()).await {
+            Ok(r) => {
+                return Ok(r
+                    .kvs()
+                    .iter()
+                    .map(|kv| Kv {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        value: kv.value().to_vec(),
+                        mod_revision: kv.mod_revision(),
+                        version: kv.version(),
+                    })
+                    .collect())
+            }
+            Err(e) if tries < 20 => {
+                tracing::debug!("etcd read failed, again: {e}");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -197,7 +231,7 @@ impl EtcdStore {
     /// The current id and the revision it was written at (0: none yet).
     fn current_at(&self) -> Result<(Option<u64>, i64), StoreError> {
         let kv = self.etcd.read(self.etcd.key("current"), false)?;
-        match kv.into_iter().next() {
+        match kv.into_iter().next().map(|kv| (kv.value, kv.mod_revision)) {
             None => Ok((None, 0)),
             Some((v, rev)) => {
                 let id = std::str::from_utf8(&v)
@@ -228,7 +262,7 @@ impl Store for EtcdStore {
     fn get(&self, id: u64) -> Result<Version, StoreError> {
         let key = self.version_key(id);
         let bytes = match self.etcd.read(key.clone(), false) {
-            Ok(kvs) => kvs.into_iter().next().map(|(v, _)| v),
+            Ok(kvs) => kvs.into_iter().next().map(|kv| kv.value),
             Err(StoreError::Unavailable(why)) => {
                 return last_known_good(&self.state_dir)
                     .filter(|v| v.meta.id == id)
@@ -333,32 +367,53 @@ pub fn nodes(etcd: &Etcd, current: u64) -> Result<Vec<NodeStatus>, StoreError> {
     Ok(out)
 }
 
-/// Publishes this node's status every second under a lease, until the process ends. Errors
-/// (etcd down) are retried; the node keeps serving meanwhile.
-pub async fn announce(etcd: Arc<Etcd>, node: String, region: String, version: impl Fn() -> u64) {
-    let key = etcd.key(&format!("nodes/{node}"));
+/// One pool's totals on one node, published every second for the rollout leader's analysis.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Totals {
+    /// Requests answered.
+    pub requests: u64,
+    /// Failed ones.
+    pub errors: u64,
+    /// Latency histogram (nrdot_config::state::LATENCY_BOUNDS_MS).
+    pub latency: [u64; 16],
+}
+
+/// What a node says about itself every second: its status and its pools' totals.
+pub struct Report {
+    /// The version it serves.
+    pub version: u64,
+    /// Per pool.
+    pub pools: std::collections::BTreeMap<String, Totals>,
+}
+
+/// Publishes this node's status and its pools' totals every second under a lease, until the
+/// process ends. Errors (etcd down) are retried; the node keeps serving meanwhile.
+pub async fn announce(etcd: Arc<Etcd>, node: String, region: String, report: impl Fn() -> Report) {
+    let (key, stats_key) = (
+        etcd.key(&format!("nodes/{node}")),
+        etcd.key(&format!("stats/{node}")),
+    );
     let mut lease: Option<i64> = None;
     loop {
         let mut c = etcd.client();
+        let now = report();
         let status = NodeStatus {
             node: node.clone(),
             region: region.clone(),
-            version: version(),
+            version: now.version,
             updated: now_rfc3339(),
             lagging: false,
         };
         let value = serde_json::to_vec(&status).unwrap_or_default();
+        let stats = serde_json::to_vec(&now.pools).unwrap_or_default();
         let ok = async {
-            let id = match lease {
-                Some(id) => {
-                    c.lease_keep_alive(id).await?;
-                    id
-                }
-                None => c.lease_grant(NODE_TTL_S, None).await?.id(),
-            };
-            lease = Some(id);
-            c.put(key.clone(), value, Some(PutOptions::new().with_lease(id)))
-                .await?;
+            let id = keep_lease(&mut c, &mut lease, NODE_TTL_S).await?;
+            let opts = || Some(PutOptions::new().with_lease(id));
+            let txn = Txn::new().and_then([
+                TxnOp::put(key.clone(), value, opts()),
+                TxnOp::put(stats_key.clone(), stats, opts()),
+            ]);
+            c.txn(txn).await?;
             Ok::<_, etcd_client::Error>(())
         };
         if tokio::time::timeout(CALL_TIMEOUT, ok)
@@ -369,6 +424,122 @@ pub async fn announce(etcd: Arc<Etcd>, node: String, region: String, version: im
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Refreshes `lease` (or grants a new one of `ttl` seconds when there is none or it expired).
+async fn keep_lease(
+    c: &mut Client,
+    lease: &mut Option<i64>,
+    ttl: i64,
+) -> Result<i64, etcd_client::Error> {
+    if let Some(id) = *lease {
+        let (_keeper, mut answers) = c.lease_keep_alive(id).await?;
+        if answers.message().await?.is_some_and(|a| a.ttl() > 0) {
+            return Ok(id);
+        }
+    }
+    let id = c.lease_grant(ttl, None).await?.id();
+    *lease = Some(id);
+    Ok(id)
+}
+
+/// Every other node's pools' totals, by node.
+pub async fn stats(
+    etcd: &Etcd,
+) -> Result<Vec<(String, std::collections::BTreeMap<String, Totals>)>, StoreError> {
+    let prefix = etcd.key("stats/");
+    let kvs = etcd.read_async("stats/", true).await?;
+    Ok(kvs
+        .into_iter()
+        .filter_map(|kv| {
+            let node = kv.key.strip_prefix(&prefix)?.to_string();
+            Some((node, serde_json::from_slice(&kv.value).ok()?))
+        })
+        .collect())
+}
+
+/// A leader's lease: gone this long after the leader stops refreshing it, and another node
+/// takes over.
+const LEADER_TTL_S: i64 = 3;
+
+/// The election of the node that runs rollouts: a `leader` key created under a lease by the
+/// first node to try, held while the lease is refreshed.
+pub struct Leader {
+    etcd: Arc<Etcd>,
+    node: String,
+    leading: std::sync::atomic::AtomicBool,
+}
+
+impl Leader {
+    /// Node `node`'s candidacy (it does not lead until [`Leader::campaign`] wins).
+    pub fn new(etcd: Arc<Etcd>, node: &str) -> Arc<Leader> {
+        Arc::new(Leader {
+            etcd,
+            node: node.to_string(),
+            leading: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Whether this node leads now. A node that cannot refresh its lease stops leading at
+    /// once (before the lease runs out, so two nodes never lead at the same time).
+    pub fn leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Tries every second to lead, or to keep leading, until the process ends.
+    pub async fn campaign(self: Arc<Self>) {
+        let mut lease = None;
+        loop {
+            let r = tokio::time::timeout(CALL_TIMEOUT, self.try_lead(&mut lease)).await;
+            let leading = matches!(r, Ok(Ok(true)));
+            if !matches!(r, Ok(Ok(_))) {
+                lease = None;
+            }
+            let was = self
+                .leading
+                .swap(leading, std::sync::atomic::Ordering::AcqRel);
+            if was != leading {
+                match leading {
+                    true => tracing::warn!(node = %self.node, "this node now runs rollouts"),
+                    false => tracing::warn!(node = %self.node, "this node no longer runs rollouts"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn try_lead(&self, lease: &mut Option<i64>) -> Result<bool, etcd_client::Error> {
+        let mut c = self.etcd.client();
+        let id = keep_lease(&mut c, lease, LEADER_TTL_S).await?;
+        let key = self.etcd.key("leader");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                self.node.clone(),
+                Some(PutOptions::new().with_lease(id)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let r = c.txn(txn).await?;
+        if r.succeeded() {
+            return Ok(true);
+        }
+        Ok(r.op_responses().iter().any(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => {
+                g.kvs().first().is_some_and(|kv| kv.lease() == id)
+            }
+            _ => false,
+        }))
+    }
+}
+
+/// The node that runs rollouts now, if any.
+pub fn leader(etcd: &Etcd) -> Result<Option<String>, StoreError> {
+    let kvs = etcd.read(etcd.key("leader"), false)?;
+    Ok(kvs
+        .into_iter()
+        .next()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
 }
 
 /// The ids of the backends disabled cluster-wide, so `backend disable` on any node drains the

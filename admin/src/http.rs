@@ -684,6 +684,9 @@ async fn rollout_api(
     req: Request<AdminBody>,
     segments: &[&str],
 ) -> Response<Full<Bytes>> {
+    if matches!(op, Op::Rollouts | Op::RolloutById) {
+        admin.rollouts.catch_up().await;
+    }
     match (op, segments) {
         (Op::Rollouts, _) => answer(
             StatusCode::OK,
@@ -736,6 +739,7 @@ fn cluster_api(admin: &Admin) -> Response<Full<Bytes>> {
                 region: None,
                 current,
                 nodes: Vec::new(),
+                leader: None,
             },
         ),
         Some((etcd, c)) => {
@@ -749,6 +753,7 @@ fn cluster_api(admin: &Admin) -> Response<Full<Bytes>> {
                         region: Some(c.region.clone()),
                         current,
                         nodes,
+                        leader: crate::cluster::leader(etcd).ok().flatten(),
                     },
                 ),
                 Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

@@ -22,6 +22,7 @@ use crate::durable;
 mod analysis;
 pub mod guard;
 pub mod request;
+mod shared;
 use analysis::Sampler;
 pub use analysis::{memory_fraction, Analysis, Measured, Point};
 
@@ -266,6 +267,8 @@ pub struct Rollouts {
     frozen: std::sync::atomic::AtomicBool,
     /// Held while a tick's steps run; [`Rollouts::freeze`] waits for it.
     stepping: tokio::sync::Mutex<()>,
+    /// In a cluster: the records in etcd, the election, the other nodes' traffic.
+    shared: Option<shared::Shared>,
 }
 
 type HookResults = Arc<Mutex<HashMap<(u64, usize), Option<Result<(), String>>>>>;
@@ -431,6 +434,16 @@ impl Rollouts {
                 None => tracing::error!(path = %path.display(), "damaged rollout file ignored"),
             }
         }
+        let shared = control
+            .cluster()
+            .map(|(etcd, c)| shared::Shared::new(Arc::clone(etcd), &c.node));
+        if let Some(sh) = &shared {
+            // The cluster's records win over this node's files (which may be older).
+            match sh.newer() {
+                Ok(all) => rollouts.extend(all.into_iter().map(|r| (r.id, r))),
+                Err(e) => tracing::warn!("rollouts from this node's files until etcd answers: {e}"),
+            }
+        }
         for r in rollouts.values() {
             if r.phase.active() {
                 tracing::info!(
@@ -453,10 +466,13 @@ impl Rollouts {
             hooks: Arc::new(Mutex::new(HashMap::new())),
             frozen: std::sync::atomic::AtomicBool::new(false),
             stepping: tokio::sync::Mutex::new(()),
+            shared,
         })
     }
 
-    fn save(&self, r: &Rollout) {
+    /// Persists `r`: in its file, and in a cluster in etcd, where a record changed meanwhile
+    /// by another node wins (a [`RolloutError::Conflict`]; the newer record is read next tick).
+    fn save(&self, r: &Rollout) -> Result<(), RolloutError> {
         let path = self.dir.join(format!("{:08}.json", r.id));
         match serde_json::to_vec_pretty(r) {
             Ok(bytes) => {
@@ -466,6 +482,48 @@ impl Rollouts {
             }
             Err(e) => tracing::error!(error = %e, "cannot encode rollout {}", r.id),
         }
+        match &self.shared {
+            None => Ok(()),
+            Some(sh) => match sh.save(r) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(RolloutError::Conflict(format!(
+                    "rollout {} was changed on another node meanwhile; read it again",
+                    r.id
+                ))),
+                Err(e) => Err(RolloutError::Admin(AdminError::from(e))),
+            },
+        }
+    }
+
+    /// Takes the cluster's newer records (commands made through other nodes, the leader's
+    /// steps).
+    fn merge(&self, newer: Vec<Rollout>) {
+        if newer.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock().expect("rollouts poisoned");
+        for r in newer {
+            inner.rollouts.insert(r.id, r);
+        }
+    }
+
+    /// Reads the cluster's newer records before answering about them (what the leader did
+    /// since this node's last tick). Kept as they were when etcd does not answer.
+    pub async fn catch_up(&self) {
+        if let Some(sh) = &self.shared {
+            if let Ok(newer) = sh.newer_async().await {
+                self.merge(newer);
+            }
+        }
+    }
+
+    /// Reads the cluster's newer records before a command, so it acts on the latest.
+    fn refresh(&self) -> Result<(), RolloutError> {
+        if let Some(sh) = &self.shared {
+            let newer = sh.newer().map_err(|e| RolloutError::Admin(e.into()))?;
+            self.merge(newer);
+        }
+        Ok(())
     }
 
     /// Every pool's traffic over the last `span`, one point per `step`, for the dashboard.
@@ -621,6 +679,7 @@ impl Rollouts {
 
     /// Registers a new rollout of `plan`, unless one is already running on its target.
     fn insert_new(&self, plan: Plan, author: &str) -> Result<Rollout, RolloutError> {
+        self.refresh()?;
         let mut inner = self.inner.lock().expect("rollouts poisoned");
         let target = plan_target(&plan);
         if let Some(busy) = inner
@@ -652,7 +711,7 @@ impl Rollouts {
         };
         let what = format!("{} by {author}", describe(&r.plan));
         self.record(&mut r, "started", &what, json!({}));
-        self.save(&r);
+        self.save(&r)?;
         inner.rollouts.insert(id, r.clone());
         Ok(r)
     }
@@ -694,6 +753,7 @@ impl Rollouts {
         actor: &str,
     ) -> Result<Rollout, RolloutError> {
         let verb = command.as_str();
+        self.refresh()?;
         let mut inner = self.inner.lock().expect("rollouts poisoned");
         let mut r = inner
             .rollouts
@@ -763,7 +823,7 @@ impl Rollouts {
             }
             other => return Err(conflict(other)),
         }
-        self.save(&r);
+        self.save(&r)?;
         inner.rollouts.insert(id, r.clone());
         Ok(r)
     }
@@ -865,7 +925,9 @@ impl Rollouts {
         let _quiet = self.stepping.lock().await;
         let all: Vec<Rollout> = self.list();
         for r in all.iter().filter(|r| r.phase.active()) {
-            self.save(r);
+            if let Err(e) = self.save(r) {
+                tracing::error!("rollout {}: {e}", r.id);
+            }
         }
     }
 
@@ -881,6 +943,10 @@ impl Rollouts {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = Instant::now();
         let mut watch = guard::Watch::default();
+        if let Some(sh) = &self.shared {
+            tokio::spawn(Arc::clone(&sh.leader).campaign());
+        }
+        let (mut others, mut ticks, mut led) = (HashMap::new(), 0u64, false);
         loop {
             tick.tick().await;
             let dt = last.elapsed().as_millis() as u64;
@@ -889,10 +955,33 @@ impl Rollouts {
             if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
                 continue;
             }
+            ticks += 1;
+            if let Some(sh) = &self.shared {
+                // Every second, and at once on taking over: the records, and (leading) the
+                // other nodes' traffic.
+                let leading = sh.leader.leading();
+                if ticks % 4 == 0 || leading != led {
+                    if let Ok(newer) = sh.newer_async().await {
+                        self.merge(newer);
+                    }
+                    if leading {
+                        others = sh.others().await.unwrap_or(others);
+                    }
+                }
+                if leading && !led {
+                    self.control
+                        .event("rollout.leader", "rollouts", "this node now runs rollouts");
+                }
+                led = leading;
+            }
             self.sampler
                 .lock()
                 .expect("sampler poisoned")
-                .sample(&self.control.current());
+                .sample(&self.control.current(), &others);
+            if self.shared.as_ref().is_some_and(|sh| !sh.leader.leading()) {
+                self.export_metrics();
+                continue;
+            }
             let ids: Vec<u64> = {
                 let inner = self.inner.lock().expect("rollouts poisoned");
                 inner
@@ -1008,8 +1097,12 @@ impl Rollouts {
             .get(&id)
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         if changed || due {
-            self.save(&r);
             inner.last_save.insert(id, Instant::now());
+            if let Err(e) = self.save(&r) {
+                // Another node's command won; its record is read on the next tick.
+                tracing::warn!("rollout {id}: {e}");
+                return;
+            }
         }
         inner.rollouts.insert(id, r);
     }

@@ -148,7 +148,23 @@ async fn join_cluster(control: Arc<Control>) {
             Arc::clone(&etcd),
             settings.node.clone(),
             settings.region.clone(),
-            move || control.version().id,
+            move || crate::cluster::Report {
+                version: control.version().id,
+                pools: control
+                    .current()
+                    .pools
+                    .iter()
+                    .map(|p| {
+                        let (requests, errors, latency) = p.state.outcomes.sample();
+                        let totals = crate::cluster::Totals {
+                            requests,
+                            errors,
+                            latency,
+                        };
+                        (p.config.name.clone(), totals)
+                    })
+                    .collect(),
+            },
         )
     };
     let versions = {

@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nrdot_tests::{get, pool, Nrdot, Origin};
+use nrdot_tests::{get, pool, Load, Nrdot, Origin};
 use serde_json::Value;
 
 use crate::BIN;
@@ -415,5 +415,108 @@ async fn losing_the_etcd_leader_or_every_member_loses_nothing_and_nodes_catch_up
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(get(&n.url("/three"), &[]).await.status, 200);
+    }
+}
+
+/// Pools `stable` and `canary`, route `app` all on stable, in a cluster.
+fn canary_body(etcd: &Etcd, node: &str, stable: &Origin, canary: &Origin) -> String {
+    format!(
+        "{}{}[[route]]\nname = \"app\"\nsplit = [{{ pool = \"stable\", weight = 100 }}, {{ pool = \"canary\", weight = 0 }}]\n\n[cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\n",
+        pool("stable", &[stable.addr]),
+        pool("canary", &[canary.addr]),
+        etcd.url
+    )
+}
+
+async fn leader(n: &Nrdot) -> String {
+    n.api("GET", "/api/v2/cluster", "", None).await.json()["leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_outlives_the_node_that_ran_it() {
+    let etcd = Etcd::start().await;
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let mut a = Nrdot::start(BIN, "", &canary_body(&etcd, "a", &stable, &canary));
+    let t = Instant::now();
+    while leader(&a).await != "a" {
+        assert!(t.elapsed() < Duration::from_secs(5), "a never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = Nrdot::start(BIN, "", &canary_body(&etcd, "b", &stable, &canary));
+    let c = Nrdot::start(BIN, "", &canary_body(&etcd, "c", &stable, &canary));
+    let loads = [Load::start(b.url("/"), 2), Load::start(c.url("/"), 2)];
+
+    // Started through A (the leader), which is killed once the first step is live.
+    let start = a
+        .api(
+            "POST",
+            "/api/v2/rollouts",
+            r#"{"kind": "canary", "route": "app", "to": "canary", "steps": [20, 50, 100], "interval": "2s", "error_for": "1s"}"#,
+            None,
+        )
+        .await;
+    assert_eq!(start.status, 201, "{}", start.text());
+    let id = start.json()["id"].as_u64().expect("id");
+    let t = Instant::now();
+    loop {
+        let r = b
+            .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+            .await
+            .json();
+        if r["weight"] == 20 && r["applied"] == true {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill9();
+    let killed = Instant::now();
+    let took_over = loop {
+        let l = leader(&b).await;
+        if l == "b" || l == "c" {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "no new leader: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // B or C takes over and finishes it: the route ends on the canary everywhere.
+    let t = Instant::now();
+    let done = loop {
+        let r = c
+            .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+            .await
+            .json();
+        if r["phase"] != "progressing" {
+            break r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["phase"], "completed", "{done}");
+    assert_eq!(done["weight"], 100, "{done}");
+    let new_leader = leader(&b).await;
+    assert!(new_leader == "b" || new_leader == "c", "{new_leader}");
+    eprintln!(
+        "{new_leader} took over {took_over:?} after the leader died; canary finished after {:?}",
+        killed.elapsed()
+    );
+    for n in [&b, &c] {
+        let t = Instant::now();
+        while get(&n.url("/"), &[]).await.header("x-origin") != "canary" {
+            assert!(t.elapsed() < Duration::from_secs(2), "still on stable");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for load in loads {
+        let (failed, total) = load.failures().await;
+        assert_eq!(failed, 0, "{failed} of {total} failed on a surviving node");
+        assert!(total > 100, "{total}");
     }
 }

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use nrdot_config::state::LATENCY_BOUNDS_MS;
 use nrdot_config::RouteTable;
+
+use crate::cluster::Totals;
 use serde::{Deserialize, Serialize};
 
 /// Triggers of a canary (the playbook's defaults).
@@ -87,11 +89,19 @@ pub struct Sampler {
 const MAX_SAMPLES: usize = 3600;
 
 impl Sampler {
-    /// Takes a sample of every pool, at most once per 250 ms.
-    pub fn sample(&mut self, table: &RouteTable) {
+    /// Takes a sample of every pool, at most once per 250 ms: this node's totals plus
+    /// `others`, the rest of a cluster's.
+    pub fn sample(&mut self, table: &RouteTable, others: &HashMap<String, Totals>) {
         let now = Instant::now();
         for p in &table.pools {
-            let (req, err, lat) = p.state.outcomes.sample();
+            let (mut req, mut err, mut lat) = p.state.outcomes.sample();
+            if let Some(o) = others.get(&p.config.name) {
+                req += o.requests;
+                err += o.errors;
+                for (l, o) in lat.iter_mut().zip(o.latency) {
+                    *l += o;
+                }
+            }
             let ring = self.rings.entry(p.config.name.clone()).or_default();
             if ring
                 .back()
