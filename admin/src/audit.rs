@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable;
 
+mod shared;
+pub use shared::SharedLog;
+
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What happened, as the caller describes it.
@@ -61,11 +64,14 @@ struct Head {
     hash: String,
 }
 
-/// The log of one state directory.
+/// The log of one state directory, or of a cluster.
 pub struct Audit {
     path: PathBuf,
     head_path: PathBuf,
     head: Mutex<(u64, String)>,
+    /// In a cluster: the one chain in etcd. The local file then only takes what happens
+    /// while etcd cannot be reached.
+    shared: Option<SharedLog>,
 }
 
 /// Why verification failed.
@@ -79,6 +85,9 @@ pub enum AuditError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The cluster's log cannot be read now.
+    #[error("the cluster's audit log cannot be read now: {0}")]
+    Unavailable(String),
     /// The chain is broken at this line.
     #[error("audit log {path}:{line}: {why}")]
     Broken {
@@ -93,6 +102,26 @@ pub enum AuditError {
 
 fn line_hash(prev: &str, body: &str) -> String {
     durable::sha256_hex(format!("{prev}\n{body}").as_bytes())
+}
+
+/// Entry `seq + 1` of `e` after the entry whose hash is `prev`: (entry, stored line, hash).
+fn seal(seq: u64, prev: &str, e: Event) -> (Entry, String, String) {
+    let entry = Entry {
+        seq: seq + 1,
+        time: crate::store::now_rfc3339(),
+        actor: e.actor,
+        action: e.action,
+        target: e.target,
+        version_before: e.version_before,
+        version_after: e.version_after,
+        outcome: e.outcome,
+        detail: e.detail,
+        prev: prev.to_string(),
+    };
+    let body = serde_json::to_string(&entry).unwrap_or_default();
+    let hash = line_hash(prev, &body);
+    let line = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
+    (entry, line, hash)
 }
 
 /// Splits a stored line into its body (without the hash field) and the hash.
@@ -113,7 +142,13 @@ impl Audit {
             path,
             head_path,
             head: Mutex::new((seq, hash)),
+            shared: None,
         })
+    }
+
+    /// Appends to the cluster's chain in etcd from now on.
+    pub fn share(&mut self, log: SharedLog) {
+        self.shared = Some(log);
     }
 
     /// Re-reads the chain's head from disk, after another process (a binary upgrade's new
@@ -125,24 +160,19 @@ impl Audit {
         }
     }
 
-    /// Appends one event durably.
+    /// Appends one event durably: in a cluster to its chain in etcd, else (or while etcd
+    /// cannot be reached, said in the log) to this node's file.
     pub fn record(&self, e: Event) -> Result<(), AuditError> {
+        if let Some(log) = &self.shared {
+            match log.append(&e) {
+                Ok(()) => return Ok(()),
+                Err(why) => {
+                    tracing::warn!("audit entry kept in this node's log, not the cluster's: {why}")
+                }
+            }
+        }
         let mut head = self.head.lock().expect("audit poisoned");
-        let entry = Entry {
-            seq: head.0 + 1,
-            time: crate::store::now_rfc3339(),
-            actor: e.actor,
-            action: e.action,
-            target: e.target,
-            version_before: e.version_before,
-            version_after: e.version_after,
-            outcome: e.outcome,
-            detail: e.detail,
-            prev: head.1.clone(),
-        };
-        let body = serde_json::to_string(&entry).unwrap_or_default();
-        let hash = line_hash(&head.1, &body);
-        let line = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
+        let (entry, line, hash) = seal(head.0, &head.1, e);
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
@@ -160,6 +190,9 @@ impl Audit {
 
     /// The last `limit` entries, newest last.
     pub fn tail(&self, limit: usize) -> Result<Vec<Entry>, AuditError> {
+        if let Some(log) = &self.shared {
+            return log.tail(limit);
+        }
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -180,6 +213,9 @@ impl Audit {
 
     /// Verifies the whole chain against the head; returns the number of entries.
     pub fn verify(&self) -> Result<u64, AuditError> {
+        if let Some(log) = &self.shared {
+            return log.verify();
+        }
         let _guard = self.head.lock().expect("audit poisoned");
         verify_files(&self.path, &self.head_path).map(|(seq, _)| seq)
     }
@@ -288,6 +324,15 @@ fn verify_chain(path: &Path) -> Result<(u64, String), AuditError> {
             })
         }
     };
+    check_lines(path, text.lines())
+}
+
+/// Verifies a chain of stored lines (`path` names where they are); returns (entries, last
+/// hash).
+fn check_lines<'a>(
+    path: &Path,
+    lines: impl Iterator<Item = &'a str>,
+) -> Result<(u64, String), AuditError> {
     let broken = |line: usize, why: String| AuditError::Broken {
         path: path.to_path_buf(),
         line,
@@ -295,7 +340,7 @@ fn verify_chain(path: &Path) -> Result<(u64, String), AuditError> {
     };
     let mut prev = GENESIS.to_string();
     let mut seq = 0u64;
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in lines.enumerate() {
         let n = i + 1;
         let (body, hash) = split_line(line).ok_or_else(|| broken(n, "not an audit line".into()))?;
         let entry: Entry =

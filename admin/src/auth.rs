@@ -85,10 +85,16 @@ pub enum AuthError {
     /// Unknown token name.
     #[error("no token named {0:?}")]
     UnknownToken(String),
+    /// The cluster's credentials cannot be read or written now.
+    #[error("cluster credentials: {0}")]
+    Cluster(String),
 }
 
 /// The credential store and the failure throttle.
 pub struct Auth {
+    /// In a cluster, the credentials live in etcd (key `auth`, the same JSON as `auth.json`,
+    /// which then is this node's last known copy).
+    shared: Option<std::sync::Arc<crate::cluster::Etcd>>,
     path: PathBuf,
     credentials: PathBuf,
     file: Mutex<AuthFile>,
@@ -202,6 +208,7 @@ impl Auth {
         };
         Ok((
             Auth {
+                shared: None,
                 path,
                 credentials,
                 file: Mutex::new(file),
@@ -434,7 +441,116 @@ impl Auth {
         Ok(())
     }
 
+    /// Opens a cluster node's credentials: the cluster's; or, when it has none yet, this
+    /// node's (generated now if it has none either), which become the cluster's unless
+    /// another node's got there first. Only the node whose credentials became the cluster's
+    /// keeps an `admin-credentials` file it wrote now. While etcd is away, this node's last
+    /// copy.
+    pub fn open_shared(
+        state_dir: &Path,
+        admin_url: &str,
+        etcd: std::sync::Arc<crate::cluster::Etcd>,
+    ) -> Result<(Auth, Option<PathBuf>), AuthError> {
+        let cluster = |e: crate::store::StoreError| AuthError::Cluster(e.to_string());
+        let theirs = match etcd.value("auth") {
+            Ok(v) => v,
+            Err(e) if state_dir.join("auth.json").exists() => {
+                tracing::warn!("credentials from this node's last copy until etcd answers: {e}");
+                let (mut auth, _) = Auth::open(state_dir, admin_url)?;
+                auth.shared = Some(etcd);
+                return Ok((auth, None));
+            }
+            Err(e) => return Err(cluster(e)),
+        };
+        let (mut auth, mut created) = match theirs {
+            Some(_) => (Auth::open_existing(state_dir)?, None),
+            None => Auth::open(state_dir, admin_url)?,
+        };
+        let theirs = match theirs {
+            Some(bytes) => Some(bytes),
+            None => {
+                let mine = serde_json::to_vec_pretty(&*auth.file.lock().expect("auth poisoned"))
+                    .unwrap_or_default();
+                match etcd.create("auth", mine).map_err(cluster)? {
+                    true => None,
+                    false => etcd.value("auth").map_err(cluster)?,
+                }
+            }
+        };
+        if let Some(bytes) = theirs {
+            auth.adopt(&bytes)?;
+            if let Some(p) = created.take() {
+                // Its secrets never became valid: another node's credentials are the cluster's.
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        auth.shared = Some(etcd);
+        Ok((auth, created))
+    }
+
+    /// An `Auth` with whatever `state_dir` holds (nothing yet is fine: the cluster's
+    /// credentials replace it at once), generating nothing.
+    fn open_existing(state_dir: &Path) -> Result<Auth, AuthError> {
+        let path = state_dir.join("auth.json");
+        let file = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<AuthFile>(&bytes)
+                .map_err(|_| AuthError::Damaged(path.clone()))?,
+            Err(_) => AuthFile {
+                tokens: Vec::new(),
+                dashboard_user: "admin".into(),
+                dashboard_password: String::new(),
+            },
+        };
+        Ok(Auth {
+            shared: None,
+            path,
+            credentials: state_dir.join("admin-credentials"),
+            file: Mutex::new(file),
+            failures: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            session_idle_ms: (SESSION_IDLE.as_millis() as u64).into(),
+        })
+    }
+
+    /// Takes the cluster's credentials (`bytes`: the `auth` key), when they changed: a token
+    /// made, rotated or a password set through another node.
+    pub fn adopt(&self, bytes: &[u8]) -> Result<(), AuthError> {
+        let next: AuthFile =
+            serde_json::from_slice(bytes).map_err(|_| AuthError::Damaged("etcd:auth".into()))?;
+        let mut file = self.file.lock().expect("auth poisoned");
+        if serde_json::to_vec_pretty(&*file).unwrap_or_default() == bytes {
+            return Ok(());
+        }
+        let password_changed = file.dashboard_password != next.dashboard_password;
+        self.write_local(&next)?;
+        let user = next.dashboard_user.clone();
+        *file = next;
+        drop(file);
+        if password_changed {
+            // As on the node that changed it: the old password's sessions end.
+            self.sessions
+                .lock()
+                .expect("sessions poisoned")
+                .retain(|_, s| s.actor.name != user);
+        }
+        Ok(())
+    }
+
+    /// The etcd connection, when the credentials are a cluster's.
+    pub fn cluster(&self) -> Option<&std::sync::Arc<crate::cluster::Etcd>> {
+        self.shared.as_ref()
+    }
+
     fn save(&self, file: &AuthFile) -> Result<(), AuthError> {
+        if let Some(etcd) = &self.shared {
+            let bytes = serde_json::to_vec_pretty(file).unwrap_or_default();
+            etcd.put("auth", bytes)
+                .map_err(|e| AuthError::Cluster(e.to_string()))?;
+        }
+        self.write_local(file)
+    }
+
+    fn write_local(&self, file: &AuthFile) -> Result<(), AuthError> {
         let bytes = serde_json::to_vec_pretty(file).unwrap_or_default();
         durable::write(&self.path, &bytes, 0o600).map_err(|source| AuthError::Io {
             path: self.path.clone(),

@@ -151,6 +151,27 @@ impl Etcd {
         out
     }
 
+    /// The value of key `rest`, if it exists.
+    pub fn value(&self, rest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let kvs = self.read(self.key(rest), false)?;
+        Ok(kvs.into_iter().next().map(|kv| kv.value))
+    }
+
+    /// Sets key `rest` to `value`.
+    pub fn put(&self, rest: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let key = self.key(rest);
+        self.run(move |mut c| async move { c.put(key, value, None).await.map(|_| ()) })
+    }
+
+    /// Creates key `rest` with `value` unless it exists; whether it did.
+    pub fn create(&self, rest: &str, value: Vec<u8>) -> Result<bool, StoreError> {
+        let key = self.key(rest);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        self.run(move |mut c| async move { Ok(c.txn(txn).await?.succeeded()) })
+    }
+
     /// A client for async callers (the watch and the node registry).
     pub fn client(&self) -> Client {
         self.client.clone()
@@ -548,9 +569,10 @@ pub fn put_disabled(
     etcd: &Etcd,
     disabled: &std::collections::BTreeSet<String>,
 ) -> Result<(), StoreError> {
-    let key = etcd.key("runtime/disabled");
-    let value = serde_json::to_vec(disabled).unwrap_or_default();
-    etcd.run(move |mut c| async move { c.put(key, value, None).await.map(|_| ()) })
+    etcd.put(
+        "runtime/disabled",
+        serde_json::to_vec(disabled).unwrap_or_default(),
+    )
 }
 
 /// A timed call's outcome as the store sees it (for [`Etcd::note`]).

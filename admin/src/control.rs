@@ -189,7 +189,10 @@ impl Control {
             }
             None => Box::new(LocalStore::open(state_dir)?),
         };
-        let audit = Audit::open(state_dir)?;
+        let mut audit = Audit::open(state_dir)?;
+        if let Some((etcd, _)) = &cluster {
+            audit.share(crate::audit::SharedLog::new(Arc::clone(etcd)));
+        }
         let source_path = state_dir.join("versions").join("source.json");
         let file_checksum = durable::sha256_hex(file_text.as_bytes());
         let imported = std::fs::read(&source_path)

@@ -807,7 +807,7 @@ async fn token_api(
                         token,
                     },
                 ),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                Err(e) => crate::respond::auth_error(&e),
             }
         }
         Op::RotateToken => {
@@ -835,10 +835,7 @@ async fn token_api(
                         token,
                     },
                 ),
-                Err(crate::auth::AuthError::UnknownToken(n)) => {
-                    error(StatusCode::NOT_FOUND, format!("no token named {n:?}"))
-                }
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                Err(e) => crate::respond::auth_error(&e),
             }
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
@@ -893,6 +890,9 @@ async fn admin_api(
                 .unwrap_or(100usize);
             match control.audit().tail(limit) {
                 Ok(entries) => answer(StatusCode::OK, &api::AuditList { entries }),
+                Err(e @ crate::audit::AuditError::Unavailable(_)) => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                }
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
@@ -904,6 +904,9 @@ async fn admin_api(
                     entries: n,
                 },
             ),
+            Err(e @ crate::audit::AuditError::Unavailable(_)) => {
+                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             Err(e) => json_response(
                 StatusCode::CONFLICT,
                 json!({ "ok": false, "error": e.to_string() }),

@@ -26,6 +26,19 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<By
     json_response(status, json!({ "error": message.into() }))
 }
 
+/// A refused credential change: 404 for an unknown token, 422 for a weak password, 503 while
+/// a cluster's credentials cannot be written.
+pub fn auth_error(e: &crate::auth::AuthError) -> Response<Full<Bytes>> {
+    use crate::auth::AuthError;
+    let status = match e {
+        AuthError::UnknownToken(_) => StatusCode::NOT_FOUND,
+        AuthError::WeakPassword => StatusCode::UNPROCESSABLE_ENTITY,
+        AuthError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
 /// Query parameter `key`, percent-decoded.
 pub fn query(req: &Request<AdminBody>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {

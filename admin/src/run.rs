@@ -162,7 +162,10 @@ impl Started {
             "http"
         };
         let admin_url = format!("{scheme}://{}", admin_std.local_addr()?);
-        let (auth, written) = Auth::open(&state_dir, &admin_url)?;
+        let (auth, written) = match control.cluster() {
+            Some((etcd, _)) => Auth::open_shared(&state_dir, &admin_url, Arc::clone(etcd))?,
+            None => Auth::open(&state_dir, &admin_url)?,
+        };
         auth.set_session_idle(config.admin_session_idle);
         if let Some(p) = written {
             println!(

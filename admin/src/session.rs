@@ -297,7 +297,7 @@ pub async fn change_password(
             audit(admin, &actor, "admin.password", "invalid", e.to_string());
             error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => crate::respond::auth_error(&e),
     }
 }
 

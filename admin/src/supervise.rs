@@ -76,6 +76,7 @@ impl Plane {
             tokio::spawn(upkeep(self.prometheus)),
             tokio::spawn(scheduled_backups(Arc::clone(&control))),
             tokio::spawn(join_cluster(Arc::clone(&control))),
+            tokio::spawn(follow_credentials(Arc::clone(&admin.auth))),
         ];
         for (name, addr) in &self.addrs {
             println!("nrdot: listener {name} on {addr}");
@@ -195,6 +196,19 @@ async fn join_cluster(control: Arc<Control>) {
         }
     });
     tokio::join!(registry, versions, disabled);
+}
+
+/// Takes tokens and the password changed through other nodes.
+async fn follow_credentials(auth: Arc<crate::auth::Auth>) {
+    let Some(etcd) = auth.cluster().cloned() else {
+        return;
+    };
+    crate::cluster::follow(etcd, "auth", move |value| {
+        if let Err(e) = auth.adopt(value) {
+            tracing::error!("cannot take the cluster's credentials: {e}");
+        }
+    })
+    .await;
 }
 
 fn announce(control: &Control, incoming: Option<Box<Incoming>>) {

@@ -157,6 +157,17 @@ fn body(etcd: &Etcd, node: &str, origin: &Origin) -> String {
     )
 }
 
+/// Starts a node of a cluster that `first` seeded. Credentials are the cluster's: the node
+/// writes none of its own, and its operator uses the first node's (copied, as onto a new
+/// machine).
+fn join(first: &Nrdot, body: &str) -> Nrdot {
+    let n = Nrdot::start(BIN, "", body);
+    let own = n.state_dir().join("admin-credentials");
+    assert!(!own.exists(), "a joining node wrote credentials of its own");
+    std::fs::copy(first.state_dir().join("admin-credentials"), own).expect("copy credentials");
+    n
+}
+
 async fn version(n: &Nrdot) -> u64 {
     n.api("GET", "/api/v2/version", "", None).await.json()["config_version"]
         .as_u64()
@@ -176,11 +187,38 @@ async fn a_change_through_one_node_is_served_by_all_and_concurrent_changes_confl
     let etcd = Etcd::start().await;
     let origin = Origin::start("v1").await;
     let a = Nrdot::start(BIN, "", &body(&etcd, "a", &origin));
-    let b = Nrdot::start(BIN, "", &body(&etcd, "b", &origin));
-    let c = Nrdot::start(BIN, "", &body(&etcd, "c", &origin));
+    let b = join(&a, &body(&etcd, "b", &origin));
+    let c = join(&a, &body(&etcd, "c", &origin));
     for n in [&a, &b, &c] {
         assert_eq!(version(n).await, 1, "every node serves the seeded version");
     }
+
+    // A token made through B works on C (the hashes are the cluster's).
+    let made = b
+        .api(
+            "POST",
+            "/api/v2/tokens",
+            r#"{"name": "ci", "role": "viewer"}"#,
+            None,
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.text());
+    let secret = made.json()["token"].as_str().expect("token").to_string();
+    let t = Instant::now();
+    while c
+        .api("GET", "/api/v2/version", "", Some(&secret))
+        .await
+        .status
+        != 200
+    {
+        assert!(t.elapsed() < Duration::from_secs(2), "token unknown on C");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = c.api("PUT", "/api/v2/config", "", Some(&secret)).await;
+    assert_eq!(
+        refused.status, 403,
+        "a viewer's token is a viewer's on every node"
+    );
 
     // A change through A: a new route B and C serve within 2 s.
     let text = a.api("GET", "/api/v2/config", "", None).await.json()["toml"]
@@ -285,6 +323,44 @@ async fn a_change_through_one_node_is_served_by_all_and_concurrent_changes_confl
     }
     assert_eq!(get(&a.url("/v2"), &[]).await.status, 200);
 
+    // One audit chain for the cluster: what was done through A, B and C, verified anywhere.
+    let verify = c.cli(&["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let log = a
+        .api("GET", "/api/v2/audit?limit=1000", "", None)
+        .await
+        .json();
+    let actions: Vec<&str> = log["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for want in [
+        "config.load",
+        "token.create",
+        "config.apply",
+        "backend.disable",
+    ] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
+    let seqs: Vec<u64> = log["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "one chain"
+    );
+
     // etcd gone: every node keeps serving; a change is refused with 503 and says why.
     drop(etcd);
     for n in [&a, &b, &c] {
@@ -336,8 +412,8 @@ async fn losing_the_etcd_leader_or_every_member_loses_nothing_and_nodes_catch_up
     let mut etcd = Etcd::start_members(3).await;
     let origin = Origin::start("v1").await;
     let a = Nrdot::start(BIN, "", &body(&etcd, "a", &origin));
-    let b = Nrdot::start(BIN, "", &body(&etcd, "b", &origin));
-    let mut c = Nrdot::start(BIN, "", &body(&etcd, "c", &origin));
+    let b = join(&a, &body(&etcd, "b", &origin));
+    let mut c = join(&a, &body(&etcd, "c", &origin));
     assert_eq!(add_route(&a, "/one", Duration::from_secs(5)).await, 2);
     converge(&[&a, &b, &c], 2, Duration::from_secs(2)).await;
 
@@ -445,8 +521,8 @@ async fn a_canary_outlives_the_node_that_ran_it() {
         assert!(t.elapsed() < Duration::from_secs(5), "a never led");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let b = Nrdot::start(BIN, "", &canary_body(&etcd, "b", &stable, &canary));
-    let c = Nrdot::start(BIN, "", &canary_body(&etcd, "c", &stable, &canary));
+    let b = join(&a, &canary_body(&etcd, "b", &stable, &canary));
+    let c = join(&a, &canary_body(&etcd, "c", &stable, &canary));
     let loads = [Load::start(b.url("/"), 2), Load::start(c.url("/"), 2)];
 
     // Started through A (the leader), which is killed once the first step is live.
