@@ -426,6 +426,10 @@ pub enum RolloutCommand {
         /// Observation time per step.
         #[arg(long, default_value = "30m")]
         interval: String,
+        /// Change only the nodes of this cluster region (widen with the next region, then
+        /// without --region).
+        #[arg(long)]
+        region: Option<String>,
         /// Roll back above this error rate…
         #[arg(long, default_value = "5%")]
         max_error_rate: String,
@@ -465,6 +469,9 @@ pub enum RolloutCommand {
         /// The old pool (default: the route's other pool with the most weight).
         #[arg(long)]
         from: Option<String>,
+        /// Switch only the nodes of this cluster region.
+        #[arg(long)]
+        region: Option<String>,
         /// How long the old pool stays configured (and `rollback` stays instant).
         #[arg(long, default_value = "24h")]
         keep_old: String,

@@ -203,10 +203,13 @@ impl Control {
             .as_deref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "built-in configuration".into());
+        let region = file_config.cluster.as_ref().map(|c| c.region.clone());
         let validate = |text: &str| {
-            Config::from_toml_env(text, environment.as_deref())
+            Config::from_toml_at(text, environment.as_deref(), region.as_deref())
                 .map_err(|e| StartError::Invalid(e.render(&label).trim_end().to_string()))
         };
+        // The caller read the file without this node's region overlay.
+        let regional = |text: &str| region.is_some() && text.contains("region");
         let mut created = None;
         // In a cluster the shared history wins: the file only seeds an empty one.
         let in_cluster = cluster.is_some();
@@ -226,7 +229,7 @@ impl Control {
                     None => store.get(id)?,
                 };
                 let local = (file_config.state_dir.clone(), file_config.cluster.clone());
-                let mut config = if v.meta.checksum == file_checksum {
+                let mut config = if v.meta.checksum == file_checksum && !regional(&v.content) {
                     file_config
                 } else {
                     drop(file_config);
@@ -239,7 +242,10 @@ impl Control {
                 (v.meta, config)
             }
             current => {
-                let config = file_config;
+                let config = match regional(file_text) {
+                    true => validate(file_text)?,
+                    false => file_config,
+                };
                 let message = match current {
                     None => format!("initial configuration from {label}"),
                     Some(_) => format!("{label} changed since it was last loaded"),
@@ -307,6 +313,13 @@ impl Control {
         self.cluster.as_ref()
     }
 
+    /// Validates `text` as this node reads it: its environment, and in a cluster its region.
+    pub fn parse(&self, text: &str) -> Result<Config, AdminError> {
+        let region = self.cluster.as_ref().map(|(_, c)| c.region.as_str());
+        Config::from_toml_at(text, self.environment.as_deref(), region)
+            .map_err(|e| AdminError::Invalid(e.problems().to_vec()))
+    }
+
     /// Remembers the version a cluster node serves (its last known good copy).
     fn remember(&self, meta: &VersionMeta, content: &str) {
         if self.cluster.is_some() {
@@ -335,8 +348,7 @@ impl Control {
             return Ok(false);
         }
         let v = self.store.get(id)?;
-        let mut config = Config::from_toml_env(&v.content, self.environment.as_deref())
-            .map_err(|e| AdminError::Invalid(e.problems().to_vec()))?;
+        let mut config = self.parse(&v.content)?;
         self.localize(&mut config);
         if let Some(certs) = self.certs.get() {
             let prepared = crate::certs::prepare(&config).map_err(AdminError::Tls)?;
@@ -544,8 +556,12 @@ impl Control {
                 });
             }
         }
-        let mut config = Config::from_toml_env(text, self.environment.as_deref())
-            .map_err(|e| AdminError::Invalid(e.problems().to_vec()))?;
+        if self.cluster.is_some() {
+            // Every node reads the change in its own region: it must be valid in each.
+            Config::from_toml_env(text, self.environment.as_deref())
+                .map_err(|e| AdminError::Invalid(e.problems().to_vec()))?;
+        }
+        let mut config = self.parse(text)?;
         self.localize(&mut config);
         // Certificates are loaded before anything changes: a bad file refuses the version.
         let tls = match self.certs.get() {

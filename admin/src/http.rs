@@ -435,9 +435,7 @@ fn guard_request(
     control: &Control,
 ) -> Result<Option<(Duration, nrdot_config::Guard)>, crate::rollout::RolloutError> {
     use crate::rollout::RolloutError;
-    let settings = nrdot_config::Config::from_toml_env(text, control.environment())
-        .map(|c| c.guard)
-        .unwrap_or_default();
+    let settings = control.parse(text).map(|c| c.guard).unwrap_or_default();
     let window = match header {
         Some(h) => Some(
             nrdot_config::units::parse_duration(h.trim())

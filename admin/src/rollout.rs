@@ -226,6 +226,9 @@ pub struct Rollout {
     pub memory_approved: bool,
     /// Latest analysis.
     pub measured: Option<Measured>,
+    /// The region whose nodes it changes (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// History.
     pub events: Vec<RolloutEvent>,
 }
@@ -571,6 +574,7 @@ impl Rollouts {
                 steps,
                 interval,
                 triggers,
+                region: _,
             } => {
                 let from = self.switch_sides(route, to, from.as_deref())?;
                 let (steps, durations_ms) = parse_steps(steps.as_ref())?;
@@ -592,6 +596,7 @@ impl Rollouts {
                 check,
                 guard,
                 triggers,
+                region: _,
             } => {
                 let from = self.switch_sides(route, to, from.as_deref())?;
                 let keep_old_ms = parse_ms(keep_old.as_ref(), 24 * 3_600_000)?;
@@ -637,7 +642,37 @@ impl Rollouts {
                 }
             }
         };
-        self.insert_new(plan, author)
+        let region = match req {
+            StartRollout::Canary { region, .. } | StartRollout::BlueGreen { region, .. } => {
+                self.scope(region.as_deref())?
+            }
+            StartRollout::Rolling { .. } => None,
+        };
+        self.insert_new(plan, author, region)
+    }
+
+    /// Checks a rollout's region: it needs a cluster, and a live node there (a mistyped
+    /// region would change nothing anywhere).
+    fn scope(&self, region: Option<&str>) -> Result<Option<String>, RolloutError> {
+        let Some(region) = region else {
+            return Ok(None);
+        };
+        let Some((etcd, _)) = self.control.cluster() else {
+            return Err(RolloutError::Invalid(
+                "a region-scoped rollout needs a cluster ([cluster] in the configuration)".into(),
+            ));
+        };
+        let nodes = crate::cluster::nodes(etcd, 0).map_err(|e| RolloutError::Admin(e.into()))?;
+        if !nodes.iter().any(|n| n.region == region) {
+            let mut known: Vec<&str> = nodes.iter().map(|n| n.region.as_str()).collect();
+            known.sort_unstable();
+            known.dedup();
+            return Err(RolloutError::Invalid(format!(
+                "no live node in region {region:?} (regions: {})",
+                known.join(", ")
+            )));
+        }
+        Ok(Some(region.to_string()))
     }
 
     /// The old side of a switch of `route` to pool `to`: `from` when given, else the route's
@@ -678,15 +713,21 @@ impl Rollouts {
     }
 
     /// Registers a new rollout of `plan`, unless one is already running on its target.
-    fn insert_new(&self, plan: Plan, author: &str) -> Result<Rollout, RolloutError> {
+    fn insert_new(
+        &self,
+        plan: Plan,
+        author: &str,
+        region: Option<String>,
+    ) -> Result<Rollout, RolloutError> {
         self.refresh()?;
         let mut inner = self.inner.lock().expect("rollouts poisoned");
         let target = plan_target(&plan);
-        if let Some(busy) = inner
-            .rollouts
-            .values()
-            .find(|r| r.phase.active() && plan_target(&r.plan) == target)
-        {
+        // One rollout per target, except in different regions.
+        if let Some(busy) = inner.rollouts.values().find(|r| {
+            r.phase.active()
+                && plan_target(&r.plan) == target
+                && (r.region.is_none() || region.is_none() || r.region == region)
+        }) {
             return Err(RolloutError::Conflict(format!(
                 "rollout {} is already running on {target}",
                 busy.id
@@ -708,8 +749,13 @@ impl Rollouts {
             memory_approved: false,
             measured: None,
             events: Vec::new(),
+            region,
         };
-        let what = format!("{} by {author}", describe(&r.plan));
+        let scope = match &r.region {
+            Some(region) => format!(" in region {region}"),
+            None => String::new(),
+        };
+        let what = format!("{}{scope} by {author}", describe(&r.plan));
         self.record(&mut r, "started", &what, json!({}));
         self.save(&r)?;
         inner.rollouts.insert(id, r.clone());
@@ -860,7 +906,8 @@ impl Rollouts {
                         "aborted"
                     }
                 );
-                self.set_split(route, &[(from.clone(), 100), (to.clone(), 0)], &msg)?;
+                let region = r.region.as_deref();
+                self.set_split(route, region, &[(from.clone(), 100), (to.clone(), 0)], &msg)?;
                 r.weight = 0;
             }
             Plan::Rolling { .. } => {}
@@ -887,14 +934,17 @@ impl Rollouts {
         Ok(())
     }
 
+    /// Sets `route`'s split everywhere, or only in `region`.
     fn set_split(
         &self,
         route: &str,
+        region: Option<&str>,
         entries: &[(String, u32)],
         message: &str,
     ) -> Result<(), RolloutError> {
-        self.edit_config(message, |text| {
-            nrdot_config::edit::set_split(text, route, entries)
+        self.edit_config(message, |text| match region {
+            Some(region) => nrdot_config::edit::set_split_in_region(text, region, route, entries),
+            None => nrdot_config::edit::set_split(text, route, entries),
         })
     }
 
@@ -1129,6 +1179,7 @@ impl Rollouts {
             );
             self.set_split(
                 route,
+                r.region.as_deref(),
                 &[(from.to_string(), 100 - weight), (to.to_string(), weight)],
                 &msg,
             )?;
@@ -1273,7 +1324,13 @@ impl Rollouts {
                     "rollout {}: blue-green switch of route {route} from {from} to {to}",
                     r.id
                 );
-                self.set_split(route, &[(from.to_string(), 0), (to.to_string(), 100)], &msg)?;
+                let region = r.region.as_deref();
+                self.set_split(
+                    route,
+                    region,
+                    &[(from.to_string(), 0), (to.to_string(), 100)],
+                    &msg,
+                )?;
                 self.sampler.lock().expect("sampler poisoned").reset(to);
                 r.step = 1;
                 r.weight = 100;

@@ -41,6 +41,23 @@ impl Config {
         validate::config(text, environment)
     }
 
+    /// Like [`Config::from_toml_env`], on a node of region `region`: its `[region.<name>]`
+    /// pools and routes replace the base's of the same name. A region without a section reads
+    /// the base.
+    pub fn from_toml_at(
+        text: &str,
+        environment: Option<&str>,
+        region: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        validate::config_at(
+            text,
+            validate::Place {
+                env: environment,
+                region,
+            },
+        )
+    }
+
     /// SHA-256 of the exact text a config was read from, hex encoded: versions are identified
     /// by what the operator wrote, so a diff and a checksum always talk about the same bytes.
     pub fn checksum(text: &str) -> String {

@@ -495,6 +495,9 @@ pub struct Pool {
     pub tls: Option<UpstreamTls>,
     /// Servers, in file order.
     pub servers: Vec<Server>,
+    /// `prefer_region = true`: a cluster node sends to the servers of its own region while
+    /// at least half of them are available, and to every server when fewer are.
+    pub prefer_region: bool,
 }
 
 /// One upstream server.
@@ -504,6 +507,8 @@ pub struct Server {
     pub address: String,
     /// Relative share of the pool's traffic; 0 keeps it configured but idle.
     pub weight: u32,
+    /// The cluster region it is in, for pools that prefer their node's region.
+    pub region: Option<String>,
 }
 
 /// One route: which requests it takes and where they go.

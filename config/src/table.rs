@@ -47,6 +47,36 @@ pub struct PoolEntry {
     /// names. The control plane attaches it before publishing, so a new table and the TLS
     /// material it needs arrive together, through the one cell.
     pub tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// `prefer_region`: which servers are in this node's region (none: no preference, or no
+    /// server there).
+    pub local: Option<Box<[bool]>>,
+}
+
+/// Which of a `prefer_region` pool's servers are in `region`; `None` when the pool has no
+/// preference, the node no region, or the region no server.
+fn local_servers(p: &Pool, region: Option<&str>) -> Option<Box<[bool]>> {
+    let region = region.filter(|_| p.prefer_region)?;
+    let local: Box<[bool]> = p
+        .servers
+        .iter()
+        .map(|s| s.region.as_deref() == Some(region))
+        .collect();
+    local.iter().any(|&l| l).then_some(local)
+}
+
+impl PoolEntry {
+    /// The servers a request may go to: the local ones while at least half of them are
+    /// available, otherwise all (`None`).
+    #[inline]
+    fn local_only(&self) -> Option<&[bool]> {
+        let local = self.local.as_deref()?;
+        let (mut up, mut total) = (0usize, 0usize);
+        for (b, _) in self.backends.iter().zip(local).filter(|(_, &l)| l) {
+            total += 1;
+            up += usize::from(b.weight > 0 && b.state.available());
+        }
+        (up * 2 >= total && up > 0).then_some(local)
+    }
 }
 
 /// One compiled upstream server.
@@ -172,6 +202,7 @@ impl RouteTable {
         previous: Option<&RouteTable>,
     ) -> RouteTable {
         let old = Survivors::of(previous);
+        let region = config.cluster.as_ref().map(|c| c.region.as_str());
         let mut pool_index = HashMap::new();
         let pools: Vec<PoolEntry> = config
             .pools
@@ -179,7 +210,7 @@ impl RouteTable {
             .enumerate()
             .map(|(i, p)| {
                 pool_index.insert(p.name.as_str(), i);
-                old.pool(p)
+                old.pool(p, region)
             })
             .collect();
         let mut shared = Shared::default();
@@ -289,6 +320,7 @@ impl RouteTable {
         let n = p.backends.len();
         let mut probe = Probe {
             pool: p,
+            local: p.local_only(),
             exclude,
             max: p.config.max_connections as u64,
             slow_ms: p.config.slow_start.as_millis() as u64,
@@ -393,6 +425,8 @@ pub enum NoBackend {
 
 struct Probe<'a> {
     pool: &'a PoolEntry,
+    /// Only these servers (a region-preferring pool whose region is healthy enough).
+    local: Option<&'a [bool]>,
     exclude: &'a [usize],
     max: u64,
     slow_ms: u64,
@@ -406,6 +440,9 @@ impl Probe<'_> {
     fn take(&mut self, i: usize, roll: u64) -> bool {
         let b = &self.pool.backends[i];
         if b.weight == 0 || self.exclude.contains(&i) || !b.state.available() {
+            return false;
+        }
+        if self.local.is_some_and(|l| !l[i]) {
             return false;
         }
         if self.max > 0 && b.state.in_flight.load(Ordering::Relaxed) >= self.max {
@@ -463,7 +500,7 @@ impl<'a> Survivors<'a> {
     }
 
     /// A pool compiled, with its servers and their state carried over where they survive.
-    fn pool(&self, p: &Pool) -> PoolEntry {
+    fn pool(&self, p: &Pool, region: Option<&str>) -> PoolEntry {
         let state = self
             .pools
             .get(p.name.as_str())
@@ -499,6 +536,7 @@ impl<'a> Survivors<'a> {
             order: Split::new(&weights),
             maglev,
             tls_client: None,
+            local: local_servers(p, region),
         }
     }
 

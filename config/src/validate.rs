@@ -343,24 +343,48 @@ const OVERRIDABLE: &[&str] = &[
     "route",
 ];
 
+/// What a `[region.NAME]` section may hold: pools and routes, each replacing the base's of the
+/// same name (or added). Unlike an environment, which replaces a whole list, a region changes
+/// only what differs there.
+const REGION_KEYS: &[&str] = &["pool", "route"];
+
+/// Where a configuration is read: the `[environment.*]` overlay, and the `[region.*]` overlay
+/// of the node's region (a cluster node's `[cluster] region`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Place<'a> {
+    pub env: Option<&'a str>,
+    pub region: Option<&'a str>,
+}
+
 /// Validates `text`; with `env`, the `[environment.<env>]` overlay is applied first. Without
 /// `env`, the base and every environment overlay are validated, so a broken staging section is
-/// caught before anyone selects it.
+/// caught before anyone selects it. With a region, its overlay is applied over that; without
+/// one, every region overlay is validated too.
 pub(crate) fn config(text: &str, env: Option<&str>) -> Result<Config, ConfigError> {
+    config_at(text, Place { env, region: None })
+}
+
+/// [`config`] at a place (environment and region).
+pub(crate) fn config_at(text: &str, at: Place<'_>) -> Result<Config, ConfigError> {
     if let Some(cut) = sections::route_sections(text) {
         if let Ok(doc) = ImDocument::parse(cut.rest.as_str()) {
-            if !doc.contains_key("route") {
-                if let Some(result) = checked(text, doc.as_table(), Some(&cut.routes), env) {
+            // Routes a region overrides merge into the base's list: that needs the list.
+            let region_routes = doc
+                .get("region")
+                .and_then(|r| r.as_table_like())
+                .is_some_and(|r| r.iter().any(|(_, t)| t.get("route").is_some()));
+            if !doc.contains_key("route") && !region_routes {
+                if let Some(result) = checked(text, doc.as_table(), Some(&cut.routes), at) {
                     return result;
                 }
             }
         }
     }
-    whole_document(text, env)
+    whole_document(text, at)
 }
 
 /// The plain path: one `toml_edit` document of the whole file.
-fn whole_document(text: &str, env: Option<&str>) -> Result<Config, ConfigError> {
+fn whole_document(text: &str, env: Place<'_>) -> Result<Config, ConfigError> {
     let doc = match ImDocument::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
@@ -380,12 +404,22 @@ fn checked(
     text: &str,
     root: &toml_edit::Table,
     routes: Option<&[Range<usize>]>,
-    env: Option<&str>,
+    at: Place<'_>,
 ) -> Option<Result<Config, ConfigError>> {
     let mut v = V::new(text);
     let names = environments(&mut v, root);
-    let Some(name) = env else {
-        return every_environment(text, root, routes, &names, v);
+    let regions = regions(&mut v, root);
+    let Some(name) = at.env else {
+        let base = match at.region {
+            Some(r) => region_overlay(root, r),
+            None => root.clone(),
+        };
+        let overlays = if at.region.is_some() {
+            Vec::new()
+        } else {
+            regions
+        };
+        return every_environment(text, &base, routes, &names, &overlays, v);
     };
     if !names.iter().any(|n| n == name) {
         v.push(
@@ -403,7 +437,10 @@ fn checked(
         return Some(Err(ConfigError::Invalid(v.errors)));
     }
     let merged = overlay(root, name);
-    validate_root(v, &merged, routes)
+    match at.region {
+        Some(r) => validate_root(v, &region_overlay(&merged, r), routes),
+        None => every_environment(text, &merged, routes, &[], &regions, v),
+    }
 }
 
 /// The base and every environment overlay, their problems merged (an overlay's marked with its
@@ -413,6 +450,7 @@ fn every_environment(
     root: &toml_edit::Table,
     routes: Option<&[Range<usize>]>,
     names: &[String],
+    regions: &[String],
     v: V<'_>,
 ) -> Option<Result<Config, ConfigError>> {
     let base = validate_root(v, root, routes)?;
@@ -420,13 +458,20 @@ fn every_environment(
         Ok(_) => Vec::new(),
         Err(e) => e.problems().to_vec(),
     };
-    for name in names {
-        let merged = overlay(root, name);
+    let overlays = names
+        .iter()
+        .map(|n| ("environment", n, overlay(root, n)))
+        .chain(
+            regions
+                .iter()
+                .map(|r| ("region", r, region_overlay(root, r))),
+        );
+    for (kind, name, merged) in overlays {
         if let Err(e) = validate_root(V::new(text), &merged, routes)? {
             for p in e.problems() {
                 if !errors.contains(p) {
                     let mut p = p.clone();
-                    p.message = format!("{} (in environment {name:?})", p.message);
+                    p.message = format!("{} (in {kind} {name:?})", p.message);
                     errors.push(p);
                 }
             }
@@ -461,6 +506,81 @@ fn environments(v: &mut V<'_>, root: &toml_edit::Table) -> Vec<String> {
         }
     }
     names
+}
+
+/// Names of the `[region.*]` sections, checking their keys.
+fn regions(v: &mut V<'_>, root: &toml_edit::Table) -> Vec<String> {
+    let Some((regions, _)) = v.table(root, "region", "") else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for (name, item) in regions.iter() {
+        let path = format!("region.{name}");
+        match item.as_table_like() {
+            Some(t) => {
+                v.keys(t, &path, REGION_KEYS);
+                names.push(name.to_string());
+            }
+            None => v.push(
+                &path,
+                &item_span(item),
+                format!("expected a table, found {}", item.type_name()),
+            ),
+        }
+    }
+    names
+}
+
+/// The root table with region `name`'s pools and routes laid over it, each replacing the
+/// base's entry of the same name in place (or appended). A region without a section is the
+/// base. Items keep their spans, so problems point into the region section.
+fn region_overlay(root: &toml_edit::Table, name: &str) -> toml_edit::Table {
+    let mut merged = root.clone();
+    merged.remove("region");
+    let Some(region) = root
+        .get("region")
+        .and_then(|r| r.get(name))
+        .and_then(|r| r.as_table_like())
+    else {
+        return merged;
+    };
+    for key in REGION_KEYS {
+        let Some(over) = region.get(key).and_then(tables_of) else {
+            continue;
+        };
+        let mut list = toml_edit::ArrayOfTables::new();
+        for t in merged.get(key).and_then(tables_of).unwrap_or_default() {
+            list.push(t);
+        }
+        for t in over.iter() {
+            let name = t.get("name").and_then(|n| n.as_str());
+            let same = list
+                .iter()
+                .position(|b| name.is_some() && b.get("name").and_then(|n| n.as_str()) == name);
+            match same {
+                Some(i) => {
+                    if let Some(slot) = list.get_mut(i) {
+                        *slot = t.clone();
+                    }
+                }
+                None => list.push(t.clone()),
+            }
+        }
+        merged.insert(key, toml_edit::Item::ArrayOfTables(list));
+    }
+    merged
+}
+
+/// A list of tables as either form TOML writes it (`[[key]]` sections, or an array of inline
+/// tables); `None` for anything else, which validation then reports.
+fn tables_of(item: &toml_edit::Item) -> Option<Vec<toml_edit::Table>> {
+    if let Some(aot) = item.as_array_of_tables() {
+        return Some(aot.iter().cloned().collect());
+    }
+    item.as_array()?
+        .iter()
+        .map(|v| v.as_inline_table().map(|t| t.clone().into_table()))
+        .collect()
 }
 
 /// The root table with environment `name` laid over it: `admin`, `limits` and `access_log` are
@@ -508,7 +628,7 @@ fn validate_root(
     sections: Option<&[Range<usize>]>,
 ) -> Option<Result<Config, ConfigError>> {
     let root: &dyn TableLike = root;
-    let top: Vec<&str> = ["version", "environment"]
+    let top: Vec<&str> = ["version", "environment", "region"]
         .into_iter()
         .chain(OVERRIDABLE.iter().copied())
         .collect();
@@ -1058,9 +1178,11 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
                 "outlier",
                 "agent",
                 "tls",
+                "prefer_region",
             ],
         );
         let name = unique_name(v, t, &path, &tspan, "pool", &mut names);
+        let prefer_region = v.bool(t, "prefer_region", &path).unwrap_or(false);
         let lb = lb_policy(v, t, &path);
         let keepalive = v
             .int(t, "keepalive", &path, 0..100_001)
@@ -1100,6 +1222,7 @@ fn pools(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Pool> {
             agent: r.agent,
             tls: tls::upstream(v, t, &path),
             servers,
+            prefer_region,
         });
     }
     out
@@ -1136,7 +1259,8 @@ fn servers(v: &mut V<'_>, t: &dyn TableLike, path: &str, tspan: &Span, name: &st
     }
     for (j, (s, sspan)) in server_tables.into_iter().enumerate() {
         let spath = format!("{path}.server[{j}]");
-        v.keys(s, &spath, &["address", "weight"]);
+        v.keys(s, &spath, &["address", "weight", "region"]);
+        let region = v.str(s, "region", &spath).map(|(r, _)| r);
         let weight = v
             .int(s, "weight", &spath, 0..MAX_WEIGHT + 1)
             .map(|n| n as u32)
@@ -1159,6 +1283,7 @@ fn servers(v: &mut V<'_>, t: &dyn TableLike, path: &str, tspan: &Span, name: &st
                 servers.push(Server {
                     address: addr,
                     weight,
+                    region,
                 });
             }
             None => v.push(&spath, &sspan, "missing key \"address\""),

@@ -80,7 +80,7 @@ impl Rollouts {
             window_ms: window.as_millis() as u64,
             analysis: analysis(settings),
         };
-        self.insert_new(plan, author)
+        self.insert_new(plan, author, None)
     }
 
     /// One tick of a guard.

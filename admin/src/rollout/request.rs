@@ -93,6 +93,10 @@ pub enum StartRollout {
         /// Observation time of a step without its own (default 30m).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         interval: Option<DurationArg>,
+        /// Only the nodes of this region (a cluster's `[cluster] region`) change; the rest
+        /// keep the route as it is. Widen with a rollout in the next region, then one without.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
         /// Triggers.
         #[serde(flatten)]
         triggers: Triggers,
@@ -115,6 +119,10 @@ pub enum StartRollout {
         /// Watch the triggers this long after the switch and switch back on a breach.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         guard: Option<DurationArg>,
+        /// Only the nodes of this region (a cluster's `[cluster] region`) change; the rest
+        /// keep the route as it is. Widen with a rollout in the next region, then one without.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
         /// Triggers of the guard.
         #[serde(flatten)]
         triggers: Triggers,

@@ -358,3 +358,37 @@ fn passive_ejection_grows_and_respects_the_cap() {
     }
     assert!(s1.available());
 }
+
+#[test]
+fn a_region_preferring_pool_stays_home_while_half_its_region_is_up() {
+    let mut text = String::from(
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n[[pool]]\nname = \"p\"\nprefer_region = true\n",
+    );
+    for (port, region) in [(2, "eu"), (3, "us"), (4, "eu"), (5, "us")] {
+        text.push_str(&format!(
+            "[[pool.server]]\naddress = \"127.0.0.1:{port}\"\nregion = \"{region}\"\n"
+        ));
+    }
+    text.push_str("[[route]]\nname = \"r\"\npool = \"p\"\n[cluster]\netcd = [\"http://127.0.0.1:1\"]\nnode = \"n\"\nregion = \"eu\"\n");
+    let t = table(&text);
+    let picks = |t: &RouteTable| -> std::collections::BTreeSet<usize> {
+        (0..200u64)
+            .map(|roll| t.backend(0, roll.wrapping_mul(0x9E37_79B9_7F4A_7C15), None, &[]))
+            .filter_map(|c| c.ok().map(|c| c.index))
+            .collect()
+    };
+    assert_eq!(picks(&t), [0, 2].into(), "only the node's own region");
+    // Half of the region up: still at home.
+    t.pools[0].backends[0]
+        .state
+        .set_health(crate::state::Health::Unhealthy);
+    assert_eq!(picks(&t), [2].into());
+    // Fewer than half: every available server.
+    t.pools[0].backends[2]
+        .state
+        .set_health(crate::state::Health::Unhealthy);
+    assert_eq!(picks(&t), [1, 3].into());
+    // Without the preference (or outside a cluster) every server takes traffic.
+    let plain = table(&text.replace("prefer_region = true\n", ""));
+    assert_eq!(picks(&plain), [0, 1, 2, 3].into());
+}

@@ -304,6 +304,7 @@ fn route_sections_answer_like_the_whole_document() {
             "[environment.prod]\nroute = [{ name = \"x\", pool = \"no\" }]\n",
         ),
         ("# end", "[environment.prod]\nworker_threads = 0\n"),
+        ("# end", "[[region.eu.pool]]\nname = \"x\"\n"),
         (
             "name = \"default\"",
             "name = \"default\"\nnote = '''\n[[route]]'''",
@@ -314,7 +315,7 @@ fn route_sections_answer_like_the_whole_document() {
         let text = valid.replacen(from, to, 1);
         let text = text.as_str();
         let cut = config(text, None).map_err(|e| e.problems().to_vec());
-        let whole = whole_document(text, None).map_err(|e| e.problems().to_vec());
+        let whole = whole_document(text, Place::default()).map_err(|e| e.problems().to_vec());
         assert_eq!(cut.is_ok(), whole.is_ok(), "{to}");
         if let (Err(a), Err(b)) = (&cut, &whole) {
             assert_eq!(a, b, "{to}");
@@ -341,4 +342,67 @@ fn cluster_needs_endpoints_with_a_scheme_and_a_node_name() {
         p.iter().any(|e| e.message.contains("missing key \"node\"")),
         "{p:?}"
     );
+}
+
+const WITH_REGIONS: &str = r#"
+[[listener]]
+name = "http"
+bind = "0.0.0.0:80"
+
+[[pool]]
+name = "web"
+  [[pool.server]]
+  address = "10.0.0.1:80"
+[[pool]]
+name = "api"
+  [[pool.server]]
+  address = "10.0.0.2:80"
+
+[[route]]
+name = "r"
+pool = "web"
+[[route]]
+name = "a"
+path = "/api"
+pool = "api"
+
+[[region.eu-west.pool]]
+name = "web"
+  [[region.eu-west.pool.server]]
+  address = "10.1.0.1:80"
+
+[region.us-east]
+route = [{ name = "a", path = "/api", split = [{ pool = "api", weight = 50 }, { pool = "web", weight = 50 }] }]
+"#;
+
+#[test]
+fn region_overlay_replaces_by_name_and_keeps_the_rest() {
+    let at = |region| config_at(WITH_REGIONS, Place { env: None, region });
+    let base = at(None).expect("base valid");
+    assert_eq!(base.pools[0].servers[0].address, "10.0.0.1:80");
+    let eu = at(Some("eu-west")).expect("eu-west valid");
+    assert_eq!(eu.pools.len(), 2, "replaced in place, not appended");
+    assert_eq!(eu.pools[0].servers[0].address, "10.1.0.1:80");
+    assert_eq!(eu.pools[1].servers[0].address, "10.0.0.2:80");
+    assert_eq!(eu.routes, base.routes);
+    let us = at(Some("us-east")).expect("us-east valid");
+    assert_eq!(us.routes.len(), 2);
+    assert_eq!(us.routes[0], base.routes[0]);
+    assert_eq!(us.routes[1].split.len(), 2);
+    assert_eq!(us.pools, base.pools);
+    // A region without a section reads the base.
+    assert_eq!(at(Some("ap-south")).expect("valid").pools, base.pools);
+}
+
+#[test]
+fn region_errors_are_found_without_being_in_it() {
+    let text = WITH_REGIONS.replace("address = \"10.1.0.1:80\"", "address = \"nope\"");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].message.contains("in region \"eu-west\""), "{p:#?}");
+    assert_eq!(p[0].line, 26, "{p:#?}");
+    let text = WITH_REGIONS.replace("[region.us-east]", "[region.us-east]\nworker_threads = 2");
+    assert!(problems(&text)
+        .iter()
+        .any(|e| e.path == "region.us-east.worker_threads"));
 }
