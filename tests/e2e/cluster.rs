@@ -496,8 +496,18 @@ async fn losing_the_etcd_leader_or_every_member_loses_nothing_and_nodes_catch_up
 
 /// Pools `stable` and `canary`, route `app` all on stable, in a cluster.
 fn canary_body(etcd: &Etcd, node: &str, stable: &Origin, canary: &Origin) -> String {
+    regional_body(etcd, node, "default", stable, canary)
+}
+
+fn regional_body(
+    etcd: &Etcd,
+    node: &str,
+    region: &str,
+    stable: &Origin,
+    canary: &Origin,
+) -> String {
     format!(
-        "{}{}[[route]]\nname = \"app\"\nsplit = [{{ pool = \"stable\", weight = 100 }}, {{ pool = \"canary\", weight = 0 }}]\n\n[cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\n",
+        "{}{}[[route]]\nname = \"app\"\nsplit = [{{ pool = \"stable\", weight = 100 }}, {{ pool = \"canary\", weight = 0 }}]\n\n[cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\nregion = \"{region}\"\n",
         pool("stable", &[stable.addr]),
         pool("canary", &[canary.addr]),
         etcd.url
@@ -594,5 +604,106 @@ async fn a_canary_outlives_the_node_that_ran_it() {
         let (failed, total) = load.failures().await;
         assert_eq!(failed, 0, "{failed} of {total} failed on a surviving node");
         assert!(total > 100, "{total}");
+    }
+}
+
+/// Which origin node `n` sends `/` to, once the answers settle (after a version change).
+async fn origin_of(n: &Nrdot) -> String {
+    get(&n.url("/"), &[]).await.header("x-origin").to_string()
+}
+
+async fn run_to_end(n: &Nrdot, body: &str) -> Value {
+    let start = n.api("POST", "/api/v2/rollouts", body, None).await;
+    assert_eq!(start.status, 201, "{}", start.text());
+    let id = start.json()["id"].as_u64().expect("id");
+    let t = Instant::now();
+    loop {
+        let r = n
+            .api("GET", &format!("/api/v2/rollouts/{id}"), "", None)
+            .await
+            .json();
+        if r["phase"] != "progressing" {
+            assert_eq!(r["phase"], "completed", "{r}");
+            return r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_scoped_rollout_changes_only_that_regions_nodes_then_widens() {
+    let etcd = Etcd::start().await;
+    let (stable, canary) = (Origin::start("stable").await, Origin::start("canary").await);
+    let body = |node, region| regional_body(&etcd, node, region, &stable, &canary);
+    let a = Nrdot::start(BIN, "", &body("a", "eu-west"));
+    let b = join(&a, &body("b", "eu-west"));
+    let c = join(&a, &body("c", "us-east"));
+    let t = Instant::now();
+    while a.api("GET", "/api/v2/cluster", "", None).await.json()["nodes"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 3
+    {
+        assert!(t.elapsed() < Duration::from_secs(5), "nodes not announced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let loads = [
+        Load::start(a.url("/"), 1),
+        Load::start(b.url("/"), 1),
+        Load::start(c.url("/"), 1),
+    ];
+
+    // A mistyped region changes nothing anywhere: refused.
+    let typo = c
+        .api(
+            "POST",
+            "/api/v2/rollouts",
+            r#"{"kind": "canary", "route": "app", "to": "canary", "region": "eu-wset"}"#,
+            None,
+        )
+        .await;
+    assert_eq!(typo.status, 400, "{}", typo.text());
+    assert!(typo.text().contains("eu-west, us-east"), "{}", typo.text());
+
+    // eu-west only, started through the us-east node: A and B move, C stays.
+    let canary_in = |region: &str| {
+        format!(
+            r#"{{"kind": "canary", "route": "app", "to": "canary", "steps": [50, 100], "interval": "1s", "error_for": "1s", "region": "{region}"}}"#
+        )
+    };
+    let done = run_to_end(&c, &canary_in("eu-west")).await;
+    assert_eq!(done["region"], "eu-west", "{done}");
+    for (n, want) in [(&a, "canary"), (&b, "canary"), (&c, "stable")] {
+        let t = Instant::now();
+        while origin_of(n).await != want {
+            assert!(t.elapsed() < Duration::from_secs(2), "not on {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..20 {
+            assert_eq!(origin_of(n).await, want);
+        }
+    }
+
+    // Widened: the rest of the cluster, without a region. The region's copy of the route is
+    // gone once the base route matches it.
+    run_to_end(
+        &a,
+        &canary_in("us-east").replace(r#", "region": "us-east""#, ""),
+    )
+    .await;
+    let t = Instant::now();
+    while origin_of(&c).await != "canary" {
+        assert!(t.elapsed() < Duration::from_secs(2), "us-east not widened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = b.api("GET", "/api/v2/config", "", None).await.json()["toml"]
+        .as_str()
+        .expect("toml")
+        .to_string();
+    assert!(!text.contains("region.eu-west"), "{text}");
+    for load in loads {
+        let (failed, total) = load.failures().await;
+        assert_eq!(failed, 0, "{failed} of {total} failed");
     }
 }
