@@ -150,6 +150,13 @@ pub enum Command {
 pub enum ClusterCommand {
     /// Every live node: region, version served, lagging behind the cluster's current one.
     Status,
+    /// Import a stopped single node's state directory (versions, credentials, disabled
+    /// backends, audit chain, rollouts) into the empty etcd prefix its `[cluster]` names.
+    Init {
+        /// Configuration file with the `[cluster]` section; names the state directory.
+        #[arg(long, short, default_value = "/etc/nrdot/nrdot.toml")]
+        config: PathBuf,
+    },
 }
 
 /// `nrdot backup …`

@@ -270,7 +270,19 @@ impl Control {
         durable::write(&source_path, &bytes, 0o600)
             .map_err(|e| StartError::Io(format!("{}: {e}", source_path.display())))?;
 
-        let disabled = load_disabled(state_dir)?;
+        let mut disabled = load_disabled(state_dir)?;
+        if let Some((etcd, _)) = &cluster {
+            // The cluster's set from the first request on (this node's copy while etcd is away).
+            if let Ok(Some(bytes)) = etcd.value("runtime/disabled") {
+                let shared: BTreeSet<String> = serde_json::from_slice(&bytes).unwrap_or_default();
+                if shared != disabled {
+                    if let Err(e) = save_runtime_in(state_dir, &shared) {
+                        tracing::error!("cannot save the cluster's disabled backends: {e}");
+                    }
+                    disabled = shared;
+                }
+            }
+        }
         let table = RouteTable::compile(Arc::new(config), 1, None);
         apply_disabled(&table, &disabled);
         let (publisher, _) = swap::channel(table);
@@ -850,14 +862,19 @@ impl Control {
     }
 
     fn save_runtime(&self, disabled: &BTreeSet<String>) -> Result<(), AdminError> {
-        let path = self.state_dir.join("runtime.json");
-        let r = Runtime {
-            disabled: disabled.clone(),
-            checksum: runtime_checksum(disabled),
-        };
-        let bytes = serde_json::to_vec_pretty(&r).unwrap_or_default();
-        durable::write(&path, &bytes, 0o600).map_err(|source| AdminError::Runtime { path, source })
+        save_runtime_in(&self.state_dir, disabled)
     }
+}
+
+/// Writes `state_dir/runtime.json` (the disabled backends, checksummed).
+fn save_runtime_in(state_dir: &Path, disabled: &BTreeSet<String>) -> Result<(), AdminError> {
+    let path = state_dir.join("runtime.json");
+    let r = Runtime {
+        disabled: disabled.clone(),
+        checksum: runtime_checksum(disabled),
+    };
+    let bytes = serde_json::to_vec_pretty(&r).unwrap_or_default();
+    durable::write(&path, &bytes, 0o600).map_err(|source| AdminError::Runtime { path, source })
 }
 
 /// Whether a backend answers to `selector`: its id, its address, or its host.
@@ -899,7 +916,8 @@ fn cluster_current(
     }
 }
 
-fn load_disabled(state_dir: &Path) -> Result<BTreeSet<String>, StartError> {
+/// The backends disabled in `state_dir` (its `runtime.json`, checksum verified).
+pub fn load_disabled(state_dir: &Path) -> Result<BTreeSet<String>, StartError> {
     let runtime_path = state_dir.join("runtime.json");
     match std::fs::read(&runtime_path) {
         Ok(b) => {

@@ -21,6 +21,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod cluster_init;
 pub mod control;
 pub mod dashboard;
 pub mod demo;

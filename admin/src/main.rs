@@ -110,6 +110,9 @@ fn main() -> ExitCode {
         Command::Cluster {
             command: ClusterCommand::Status,
         } => with_client!(|c| client::cluster_status(&c)),
+        Command::Cluster {
+            command: ClusterCommand::Init { config },
+        } => cluster_init(&config),
         Command::Rollout { command } => rollout(command, client),
         Command::Admin { command } => match command {
             AdminCommand::RotateToken { name } => with_client!(|c| client::token(&c, &name, None)),
@@ -242,6 +245,45 @@ fn backup(command: BackupCommand, state_dir: Option<&std::path::Path>, json: boo
 }
 
 /// Runs `f` with a client, or reports why there is none.
+/// `nrdot cluster init`: refuses while the node runs (its state directory is locked).
+fn cluster_init(config: &std::path::Path) -> ExitCode {
+    let result = (|| -> anyhow::Result<String> {
+        let text = run::load(config)?;
+        let c = nrdot_config::Config::from_toml(&text)
+            .map_err(|e| anyhow::anyhow!("{}", e.render(&config.display().to_string())))?;
+        let settings = c.cluster.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: no [cluster] section names the etcd to import into",
+                config.display()
+            )
+        })?;
+        let _lock = nrdot_admin::lock::StateLock::acquire(&c.state_dir)?;
+        let i = nrdot_admin::cluster_init::import(&c.state_dir, settings)?;
+        Ok(format!(
+            "imported {} into etcd {:?} under {}: {} versions (current {}), {} audit entries, {} rollouts, {} disabled backends, credentials {}",
+            c.state_dir.display(),
+            settings.etcd,
+            settings.prefix,
+            i.versions,
+            i.current.map_or("none".into(), |v| v.to_string()),
+            i.audit,
+            i.rollouts,
+            i.disabled,
+            if i.credentials { "copied" } else { "none (the first node writes new ones)" }
+        ))
+    })();
+    match result {
+        Ok(summary) => {
+            println!("nrdot: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nrdot: cluster init: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn with_client(
     client: &impl Fn() -> Result<Client, client::ClientError>,
     f: impl FnOnce(Client) -> ExitCode,

@@ -707,3 +707,93 @@ async fn a_region_scoped_rollout_changes_only_that_regions_nodes_then_widens() {
         assert_eq!(failed, 0, "{failed} of {total} failed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_init_imports_a_single_node_with_its_history() {
+    let etcd = Etcd::start().await;
+    let origin = Origin::start("v1").await;
+    let body = format!(
+        "{}[[route]]\nname = \"app\"\npool = \"o\"\n",
+        pool("o", &[origin.addr])
+    );
+    let mut a = Nrdot::start(BIN, "", &body);
+    assert_eq!(add_route(&a, "/two", Duration::from_secs(5)).await, 2);
+    let out = a.cli(&["backend", "disable", "--server", &origin.addr.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries = a.api("GET", "/api/v2/audit/verify", "", None).await.json()["entries"]
+        .as_u64()
+        .expect("entries");
+
+    // Refused while the node runs (its state directory is in use).
+    let cluster = format!("\n[cluster]\netcd = [\"{}\"]\nnode = \"a\"\n", etcd.url);
+    let mut text = std::fs::read_to_string(&a.config).expect("config");
+    text.push_str(&cluster);
+    std::fs::write(&a.config, text).expect("write config");
+    let init = |a: &Nrdot| {
+        std::process::Command::new(BIN)
+            .args(["cluster", "init", "--config"])
+            .arg(&a.config)
+            .output()
+            .expect("run init")
+    };
+    let busy = init(&a);
+    assert!(!busy.status.success());
+    a.terminate();
+    let ok = init(&a);
+    let said = String::from_utf8_lossy(&ok.stdout).to_string();
+    assert!(
+        ok.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        said.contains("2 versions (current 2)") && said.contains("1 disabled"),
+        "{said}"
+    );
+    let again = init(&a);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds a cluster"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // The node comes back as the cluster's first node, with its whole history; a second
+    // node joins with the same credentials and state.
+    a.restart();
+    assert_eq!(version(&a).await, 2);
+    assert_eq!(admin_state(&a).await, "disabled");
+    let verified = a.api("GET", "/api/v2/audit/verify", "", None).await.json();
+    assert!(
+        verified["entries"].as_u64().expect("entries") >= entries,
+        "{verified}"
+    );
+    let b = join(&a, &body_in_cluster(&body, &etcd, "b"));
+    assert_eq!(version(&b).await, 2);
+    assert_eq!(
+        get(&b.url("/two"), &[]).await.status,
+        503,
+        "the one server is disabled"
+    );
+    assert_eq!(admin_state(&b).await, "disabled");
+    let history = b
+        .api("GET", "/api/v2/config/versions", "", None)
+        .await
+        .json();
+    assert_eq!(
+        history["versions"].as_array().map(Vec::len),
+        Some(2),
+        "{history}"
+    );
+}
+
+fn body_in_cluster(body: &str, etcd: &Etcd, node: &str) -> String {
+    format!(
+        "{body}\n[cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\n",
+        etcd.url
+    )
+}

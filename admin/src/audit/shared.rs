@@ -77,6 +77,23 @@ impl SharedLog {
         ))
     }
 
+    /// Writes a single node's verified log (its stored lines, oldest first) as the cluster's
+    /// chain: `nrdot cluster init`, into a prefix that has none.
+    pub fn import(&self, path: &std::path::Path) -> Result<u64, AuditError> {
+        let (seq, hash) = super::verify_files(path, &path.with_file_name("audit.head"))?;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for (i, line) in text.lines().enumerate() {
+            let key = self.entry_key(i as u64 + 1);
+            let line = line.to_string();
+            self.etcd
+                .run(move |mut c| async move { c.put(key, line, None).await.map(|_| ()) })
+                .map_err(unavailable)?;
+        }
+        let head = serde_json::to_vec(&Head { seq, hash }).unwrap_or_default();
+        self.etcd.put("audit/head", head).map_err(unavailable)?;
+        Ok(seq)
+    }
+
     fn entry_key(&self, seq: u64) -> String {
         self.etcd.key(&format!("audit/entries/{seq:012}"))
     }
