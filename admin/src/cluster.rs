@@ -178,6 +178,46 @@ impl Etcd {
     }
 }
 
+/// What a cluster node keeps from its own file whatever shared version it serves: where its
+/// state is, who it is, and where it listens (several nodes on one machine need their own
+/// ports; on separate machines they are usually the same).
+#[derive(Debug, Clone)]
+pub struct Local {
+    state_dir: std::path::PathBuf,
+    cluster: nrdot_config::Cluster,
+    admin_bind: std::net::SocketAddr,
+    binds: Vec<(String, std::net::SocketAddr)>,
+}
+
+impl Local {
+    /// The node-local part of `c` (a cluster node's file), if it is one.
+    pub fn of(c: &nrdot_config::Config) -> Option<Local> {
+        Some(Local {
+            state_dir: c.state_dir.clone(),
+            cluster: c.cluster.clone()?,
+            admin_bind: c.admin_bind,
+            binds: c
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.bind))
+                .collect(),
+        })
+    }
+
+    /// Lays it over a shared version: listeners named in this node's file bind where the file
+    /// says; the others where the shared version says.
+    pub fn apply(&self, c: &mut nrdot_config::Config) {
+        c.state_dir = self.state_dir.clone();
+        c.cluster = Some(self.cluster.clone());
+        c.admin_bind = self.admin_bind;
+        for l in &mut c.listeners {
+            if let Some((_, bind)) = self.binds.iter().find(|(n, _)| *n == l.name) {
+                l.bind = *bind;
+            }
+        }
+    }
+}
+
 /// One key as read.
 #[derive(Debug, Clone)]
 pub struct Kv {

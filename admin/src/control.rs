@@ -143,6 +143,8 @@ pub struct Control {
     certs: std::sync::OnceLock<Arc<crate::certs::Certs>>,
     /// `[cluster]`: the etcd connection the store uses, for the watch and the node registry.
     cluster: Option<(Arc<crate::cluster::Etcd>, nrdot_config::Cluster)>,
+    /// In a cluster: what this node keeps from its own file.
+    local: Option<crate::cluster::Local>,
 }
 
 /// Events kept for `GET /api/v2/events`.
@@ -211,6 +213,7 @@ impl Control {
         // The caller read the file without this node's region overlay.
         let regional = |text: &str| region.is_some() && text.contains("region");
         let mut created = None;
+        let node_local = crate::cluster::Local::of(&file_config);
         // In a cluster the shared history wins: the file only seeds an empty one.
         let in_cluster = cluster.is_some();
         let shared = match &cluster {
@@ -228,15 +231,14 @@ impl Control {
                     Some(v) => v,
                     None => store.get(id)?,
                 };
-                let local = (file_config.state_dir.clone(), file_config.cluster.clone());
                 let mut config = if v.meta.checksum == file_checksum && !regional(&v.content) {
                     file_config
                 } else {
                     drop(file_config);
                     validate(&v.content)?
                 };
-                if in_cluster {
-                    (config.state_dir, config.cluster) = local;
+                if let Some(local) = &node_local {
+                    local.apply(&mut config);
                     crate::cluster::remember(state_dir, &v);
                 }
                 (v.meta, config)
@@ -304,6 +306,7 @@ impl Control {
                 publisher,
                 store,
                 cluster,
+                local: node_local,
                 audit,
                 state_dir: state_dir.to_path_buf(),
                 file,
@@ -344,11 +347,11 @@ impl Control {
     }
 
     /// What stays this node's own whatever version of the shared history it serves: its
-    /// state directory and its `[cluster]` identity.
+    /// state directory, its `[cluster]` identity and where it listens ([`crate::cluster::Local`]).
     fn localize(&self, config: &mut Config) {
         config.state_dir = self.state_dir.clone();
-        if let Some((_, c)) = &self.cluster {
-            config.cluster = Some(c.clone());
+        if let Some(local) = &self.local {
+            local.apply(config);
         }
     }
 
