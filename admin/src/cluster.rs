@@ -37,19 +37,20 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Connects to `endpoints` (lazily: a node starts while etcd is down, and serves).
-    pub fn connect(endpoints: &[String], prefix: &str) -> Result<Arc<Etcd>, StoreError> {
+    /// Connects to `settings.etcd` (lazily: a node starts while etcd is down, and serves),
+    /// with its user and TLS files.
+    pub fn connect(settings: &nrdot_config::Cluster) -> Result<Arc<Etcd>, StoreError> {
         let unavailable = |e: &dyn std::fmt::Display| StoreError::Unavailable(e.to_string());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| unavailable(&e))?;
-        let opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(CALL_TIMEOUT)
-            .with_timeout(CALL_TIMEOUT);
+        let opts = connect_options(&settings.access)?;
+        let endpoints = settings.etcd.clone();
         let client = rt
-            .block_on(Client::connect(endpoints.to_vec(), Some(opts)))
+            .block_on(Client::connect(endpoints, Some(opts)))
             .map_err(|e| unavailable(&e))?;
+        let prefix = settings.prefix.as_str();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         // The runtime runs for good on its own thread: the client's connection tasks live on
         // it, so calls from any runtime (or none) make progress.
@@ -216,6 +217,39 @@ impl Local {
             }
         }
     }
+}
+
+/// Timeouts, the user and the TLS files of `[cluster]`. A file that cannot be read stops the
+/// start with its path (not an "unavailable" etcd, which a node would wait out).
+fn connect_options(
+    access: &nrdot_config::EtcdAccess,
+) -> Result<etcd_client::ConnectOptions, StoreError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| StoreError::Damaged {
+            path: p.to_path_buf(),
+            why: format!("cannot read: {e}"),
+        })
+    };
+    let mut opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(CALL_TIMEOUT)
+        .with_timeout(CALL_TIMEOUT);
+    if let (Some(user), Some(file)) = (&access.user, &access.password_file) {
+        let password = String::from_utf8_lossy(&read(file)?)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        opts = opts.with_user(user.clone(), password);
+    }
+    if let Some(ca) = &access.ca_file {
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&access.cert_file, &access.key_file) {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        opts = opts.with_tls(tls);
+    }
+    Ok(opts)
 }
 
 /// One key as read.

@@ -53,7 +53,7 @@ pub enum InitError {
 /// Imports `state_dir` under `settings`' prefix. The `current` key is written last: a run cut
 /// short leaves no cluster, and can be run again.
 pub fn import(state_dir: &Path, settings: &nrdot_config::Cluster) -> Result<Imported, InitError> {
-    let etcd = Etcd::connect(&settings.etcd, &settings.prefix)?;
+    let etcd = Etcd::connect(settings)?;
     if let Some(current) = etcd.value("current")? {
         return Err(InitError::NotEmpty {
             prefix: settings.prefix.clone(),

@@ -178,23 +178,7 @@ impl Control {
     ) -> Result<(Control, Option<VersionMeta>), StartError> {
         durable::ensure_dir(state_dir)
             .map_err(|e| StartError::Io(format!("state_dir {}: {e}", state_dir.display())))?;
-        let cluster = match &file_config.cluster {
-            Some(c) => Some((
-                crate::cluster::Etcd::connect(&c.etcd, &c.prefix)?,
-                c.clone(),
-            )),
-            None => None,
-        };
-        let store: Box<dyn Store> = match &cluster {
-            Some((etcd, _)) => {
-                Box::new(crate::cluster::EtcdStore::new(Arc::clone(etcd), state_dir))
-            }
-            None => Box::new(LocalStore::open(state_dir)?),
-        };
-        let mut audit = Audit::open(state_dir)?;
-        if let Some((etcd, _)) = &cluster {
-            audit.share(crate::audit::SharedLog::new(Arc::clone(etcd)));
-        }
+        let (cluster, store, audit) = open_stores(state_dir, &file_config)?;
         let source_path = state_dir.join("versions").join("source.json");
         let file_checksum = durable::sha256_hex(file_text.as_bytes());
         let imported = std::fs::read(&source_path)
@@ -254,11 +238,7 @@ impl Control {
                 };
                 let meta = store.create("file", &message, file_text, None)?;
                 if in_cluster {
-                    let v = Version {
-                        meta: meta.clone(),
-                        content: file_text.to_string(),
-                    };
-                    crate::cluster::remember(state_dir, &v);
+                    crate::cluster::remember(state_dir, &Version::of(&meta, file_text));
                 }
                 created = Some(meta.clone());
                 (meta, config)
@@ -271,35 +251,14 @@ impl Control {
         let _ = durable::ensure_dir(&state_dir.join("versions"));
         durable::write(&source_path, &bytes, 0o600)
             .map_err(|e| StartError::Io(format!("{}: {e}", source_path.display())))?;
-
-        let mut disabled = load_disabled(state_dir)?;
-        if let Some((etcd, _)) = &cluster {
-            // The cluster's set from the first request on (this node's copy while etcd is away).
-            if let Ok(Some(bytes)) = etcd.value("runtime/disabled") {
-                let shared: BTreeSet<String> = serde_json::from_slice(&bytes).unwrap_or_default();
-                if shared != disabled {
-                    if let Err(e) = save_runtime_in(state_dir, &shared) {
-                        tracing::error!("cannot save the cluster's disabled backends: {e}");
-                    }
-                    disabled = shared;
-                }
-            }
-        }
+        let disabled = start_disabled(state_dir, cluster.as_ref().map(|(e, _)| e.as_ref()))?;
         let table = RouteTable::compile(Arc::new(config), 1, None);
         apply_disabled(&table, &disabled);
         let (publisher, _) = swap::channel(table);
         metrics::gauge!("nrdot_table_generation").set(1.0);
         metrics::gauge!("nrdot_config_version").set(meta.id as f64);
         if let Some(m) = &created {
-            audit.record(Event {
-                actor: m.author.clone(),
-                action: "config.load".into(),
-                target: label,
-                version_before: m.parent,
-                version_after: Some(m.id),
-                outcome: "ok".into(),
-                detail: m.message.clone(),
-            })?;
+            audit.record(loaded(m, label))?;
         }
         Ok((
             Control {
@@ -338,11 +297,7 @@ impl Control {
     /// Remembers the version a cluster node serves (its last known good copy).
     fn remember(&self, meta: &VersionMeta, content: &str) {
         if self.cluster.is_some() {
-            let v = Version {
-                meta: meta.clone(),
-                content: content.to_string(),
-            };
-            crate::cluster::remember(&self.state_dir, &v);
+            crate::cluster::remember(&self.state_dir, &Version::of(meta, content));
         }
     }
 
@@ -888,6 +843,62 @@ pub fn matches_selector(b: &BackendInfo, selector: &str) -> bool {
 }
 
 /// The backends left disabled by the last run (`runtime.json`), checksum verified.
+/// The audit event of a version made from the configuration file at start.
+fn loaded(m: &VersionMeta, label: String) -> Event {
+    Event {
+        actor: m.author.clone(),
+        action: "config.load".into(),
+        target: label,
+        version_before: m.parent,
+        version_after: Some(m.id),
+        outcome: "ok".into(),
+        detail: m.message.clone(),
+    }
+}
+
+/// A cluster node's etcd connection, the version store and the audit log.
+type Stores = (
+    Option<(Arc<crate::cluster::Etcd>, nrdot_config::Cluster)>,
+    Box<dyn Store>,
+    Audit,
+);
+
+/// The stores `file_config` asks for: local files, or etcd with `[cluster]`.
+fn open_stores(state_dir: &Path, file_config: &Config) -> Result<Stores, StartError> {
+    let cluster = match &file_config.cluster {
+        Some(c) => Some((crate::cluster::Etcd::connect(c)?, c.clone())),
+        None => None,
+    };
+    let store: Box<dyn Store> = match &cluster {
+        Some((etcd, _)) => Box::new(crate::cluster::EtcdStore::new(Arc::clone(etcd), state_dir)),
+        None => Box::new(LocalStore::open(state_dir)?),
+    };
+    let mut audit = Audit::open(state_dir)?;
+    if let Some((etcd, _)) = &cluster {
+        audit.share(crate::audit::SharedLog::new(Arc::clone(etcd)));
+    }
+    Ok((cluster, store, audit))
+}
+
+/// The backends disabled at start: this node's, or in a cluster the cluster's (kept locally
+/// too; this node's copy while etcd is away).
+fn start_disabled(
+    state_dir: &Path,
+    etcd: Option<&crate::cluster::Etcd>,
+) -> Result<BTreeSet<String>, StartError> {
+    let disabled = load_disabled(state_dir)?;
+    let Some(Ok(Some(bytes))) = etcd.map(|e| e.value("runtime/disabled")) else {
+        return Ok(disabled);
+    };
+    let shared: BTreeSet<String> = serde_json::from_slice(&bytes).unwrap_or_default();
+    if shared != disabled {
+        if let Err(e) = save_runtime_in(state_dir, &shared) {
+            tracing::error!("cannot save the cluster's disabled backends: {e}");
+        }
+    }
+    Ok(shared)
+}
+
 /// The cluster's current version (`None`: an empty cluster, which this node's file seeds), or,
 /// while etcd cannot be reached, the version this node served last.
 fn cluster_current(

@@ -269,6 +269,14 @@ pub fn decode(bytes: &[u8]) -> Result<Version, String> {
 }
 
 impl Version {
+    /// `content` under metadata already made.
+    pub fn of(meta: &VersionMeta, content: &str) -> Version {
+        Version {
+            meta: meta.clone(),
+            content: content.to_string(),
+        }
+    }
+
     /// Version `id` of `content`, made now, checksummed.
     pub fn new(
         id: u64,

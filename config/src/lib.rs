@@ -22,9 +22,9 @@ mod validate;
 
 pub use error::{ConfigError, ValidationError};
 pub use model::{
-    AccessLog, AccessLogFormat, Agent, Backup, CertFiles, CheckKind, Cluster, Config, Guard,
-    HashKey, HeaderMatch, HealthCheck, Lb, Limits, Listener, ListenerTls, LogFormat, Logging,
-    Outlier, Pool, RetryOn, Route, Server, SniCert, SplitEntry, Sticky, UpstreamTls,
+    AccessLog, AccessLogFormat, Agent, Backup, CertFiles, CheckKind, Cluster, Config, EtcdAccess,
+    Guard, HashKey, HeaderMatch, HealthCheck, Lb, Limits, Listener, ListenerTls, LogFormat,
+    Logging, Outlier, Pool, RetryOn, Route, Server, SniCert, SplitEntry, Sticky, UpstreamTls,
     WhenUnavailable,
 };
 pub use split::Split;

@@ -214,6 +214,24 @@ pub struct Cluster {
     pub region: String,
     /// Key prefix in etcd, so several clusters can share one etcd (default `/nrdot`).
     pub prefix: String,
+    /// Credentials and TLS for etcd.
+    pub access: EtcdAccess,
+}
+
+/// How a node proves itself to etcd: a user (its password in a file, so it never lands in the
+/// shared configuration history) and TLS files for `https://` endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EtcdAccess {
+    /// etcd user.
+    pub user: Option<String>,
+    /// File holding its password (first line).
+    pub password_file: Option<PathBuf>,
+    /// CA that signed etcd's server certificate (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate, for etcd's `--client-cert-auth` (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Its key (PEM).
+    pub key_file: Option<PathBuf>,
 }
 
 /// 100,000 routes would make every scrape megabytes long and Prometheus slow. They are opt-in,

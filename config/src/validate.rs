@@ -1049,7 +1049,21 @@ fn metrics(v: &mut V<'_>, root: &dyn TableLike) -> Metrics {
 
 fn cluster(v: &mut V<'_>, root: &dyn TableLike) -> Option<Cluster> {
     let (t, span) = v.table(root, "cluster", "")?;
-    v.keys(t, "cluster", &["etcd", "node", "region", "prefix"]);
+    v.keys(
+        t,
+        "cluster",
+        &[
+            "etcd",
+            "node",
+            "region",
+            "prefix",
+            "user",
+            "password_file",
+            "ca_file",
+            "cert_file",
+            "key_file",
+        ],
+    );
     let mut etcd = Vec::new();
     for (i, (e, espan)) in v.strings(t, "etcd", "cluster").into_iter().enumerate() {
         let rest = e
@@ -1091,12 +1105,60 @@ fn cluster(v: &mut V<'_>, root: &dyn TableLike) -> Option<Cluster> {
         .str(t, "prefix", "cluster")
         .map(|(p, _)| p.trim_end_matches('/').to_string())
         .unwrap_or_else(|| "/nrdot".into());
+    let access = cluster_access(v, t, &span, &etcd);
     Some(Cluster {
         etcd,
         node,
         region,
         prefix,
+        access,
     })
+}
+
+/// `[cluster]` credentials and TLS for etcd: pairs that need each other, and TLS files only
+/// with `https://` endpoints.
+fn cluster_access(
+    v: &mut V<'_>,
+    t: &dyn TableLike,
+    span: &Span,
+    etcd: &[String],
+) -> crate::model::EtcdAccess {
+    let path = |v: &mut V<'_>, key: &str| v.str(t, key, "cluster").map(|(p, _)| PathBuf::from(p));
+    let user = v.str(t, "user", "cluster").map(|(u, _)| u);
+    let password_file = path(v, "password_file");
+    let (ca_file, cert_file, key_file) = (
+        path(v, "ca_file"),
+        path(v, "cert_file"),
+        path(v, "key_file"),
+    );
+    if user.is_some() != password_file.is_some() {
+        v.push("cluster", span, "user and password_file go together");
+    }
+    if cert_file.is_some() != key_file.is_some() {
+        v.push("cluster", span, "cert_file and key_file go together");
+    }
+    let https = etcd.iter().any(|e| e.starts_with("https://"));
+    if https && ca_file.is_none() {
+        v.push(
+            "cluster",
+            span,
+            "https:// etcd endpoints need ca_file (the CA that signed etcd's certificate)",
+        );
+    }
+    if !https && (ca_file.is_some() || cert_file.is_some()) {
+        v.push(
+            "cluster",
+            span,
+            "ca_file, cert_file and key_file need https:// etcd endpoints",
+        );
+    }
+    crate::model::EtcdAccess {
+        user,
+        password_file,
+        ca_file,
+        cert_file,
+        key_file,
+    }
 }
 
 fn trusted(v: &mut V<'_>, root: &dyn TableLike) -> Vec<Cidr> {

@@ -797,3 +797,127 @@ fn body_in_cluster(body: &str, etcd: &Etcd, node: &str) -> String {
         etcd.url
     )
 }
+
+/// etcd serving TLS only, asking clients for a certificate, with authentication on.
+struct SecureEtcd {
+    child: Child,
+    url: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for SecureEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_etcd_over_tls_with_a_client_certificate_and_a_password() {
+    let dir = nrdot_tests::temp_dir("etcd-tls");
+    let ca = crate::tls::Ca::new("etcd test CA");
+    let ca_file = ca.write(&dir);
+    let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
+    let (server_cert, server_key, _) = ca.leaf(&dir, "server", &["127.0.0.1"], alg, 30);
+    let (client_cert, client_key, _) = ca.leaf(&dir, "client", &["nrdot"], alg, 30);
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .args(["--name", "s1", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("s1={peer_url}")])
+        .arg("--cert-file")
+        .arg(&server_cert)
+        .arg("--key-file")
+        .arg(&server_key)
+        .arg("--trusted-ca-file")
+        .arg(&ca_file)
+        .arg("--client-cert-auth")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd");
+    let etcd = SecureEtcd { child, url, dir };
+
+    // Turn authentication on, as an operator would with etcdctl.
+    let tls = || {
+        let pem = |p: &std::path::Path| std::fs::read(p).expect("pem");
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(pem(&ca_file)))
+            .identity(etcd_client::Identity::from_pem(
+                pem(&client_cert),
+                pem(&client_key),
+            ))
+    };
+    let t = Instant::now();
+    let mut c = loop {
+        let opts = etcd_client::ConnectOptions::new().with_tls(tls());
+        if let Ok(mut c) = etcd_client::Client::connect([etcd.url.clone()], Some(opts)).await {
+            if c.status().await.is_ok() {
+                break c;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "etcd over TLS did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    c.user_add("root", "s3cret-pass", None).await.expect("user");
+    c.user_grant_role("root", "root").await.expect("role");
+    c.auth_enable().await.expect("auth on");
+
+    let origin = Origin::start("v1").await;
+    let password_file = etcd.dir.join("etcd-password");
+    std::fs::write(&password_file, "s3cret-pass\n").expect("password file");
+    let cluster = |password_file: &std::path::Path| {
+        format!(
+            "{}[[route]]\nname = \"app\"\npool = \"o\"\n\n[cluster]\netcd = [\"{}\"]\nnode = \"a\"\nuser = \"root\"\npassword_file = {:?}\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+            pool("o", &[origin.addr]),
+            etcd.url,
+            password_file.display().to_string(),
+            ca_file.display().to_string(),
+            client_cert.display().to_string(),
+            client_key.display().to_string(),
+        )
+    };
+    let a = Nrdot::start(BIN, "", &cluster(&password_file));
+    assert_eq!(version(&a).await, 1);
+    assert_eq!(add_route(&a, "/two", Duration::from_secs(5)).await, 2);
+    assert_eq!(a.health().await["cluster"], "ok");
+    assert_eq!(get(&a.url("/two"), &[]).await.status, 200);
+
+    // A wrong password: the node says so and does not start.
+    let wrong = etcd.dir.join("wrong");
+    std::fs::write(&wrong, "nope\n").expect("write");
+    let dir = nrdot_tests::temp_dir("wrong-password");
+    let config = dir.join("nrdot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[admin]\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"http\"\nbind = \"127.0.0.1:0\"\n{}",
+            dir.join("state").display().to_string(),
+            cluster(&wrong).replace("node = \"a\"", "node = \"b\"")
+        ),
+    )
+    .expect("config");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("authentication failed"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

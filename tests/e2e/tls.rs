@@ -15,13 +15,13 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::BIN;
 
-struct Ca {
+pub(crate) struct Ca {
     cert: rcgen::Certificate,
     key: KeyPair,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -31,7 +31,7 @@ impl Ca {
     }
 
     /// Writes a leaf for `names` (key of `alg`), valid `days`; returns (cert path, key path, DER).
-    fn leaf(
+    pub(crate) fn leaf(
         &self,
         dir: &Path,
         file: &str,
@@ -60,7 +60,7 @@ impl Ca {
         (c, k, cert.der().to_vec())
     }
 
-    fn write(&self, dir: &Path) -> PathBuf {
+    pub(crate) fn write(&self, dir: &Path) -> PathBuf {
         let p = dir.join("ca.pem");
         std::fs::write(&p, self.cert.pem()).expect("write ca");
         p

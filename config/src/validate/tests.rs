@@ -406,3 +406,35 @@ fn region_errors_are_found_without_being_in_it() {
         .iter()
         .any(|e| e.path == "region.us-east.worker_threads"));
 }
+
+#[test]
+fn cluster_access_settings_that_cannot_work_are_refused() {
+    let base = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n[[pool]]\nname = \"p\"\n[[pool.server]]\naddress = \"127.0.0.1:2\"\n[[route]]\nname = \"r\"\npool = \"p\"\n[cluster]\nnode = \"n\"\n";
+    let with = |extra: &str| format!("{base}{extra}");
+    for (extra, says) in [
+        (
+            "etcd = [\"http://h:1\"]\nuser = \"root\"\n",
+            "user and password_file go together",
+        ),
+        ("etcd = [\"https://h:1\"]\n", "need ca_file"),
+        (
+            "etcd = [\"http://h:1\"]\nca_file = \"/ca.pem\"\n",
+            "need https://",
+        ),
+        (
+            "etcd = [\"https://h:1\"]\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\n",
+            "cert_file and key_file go together",
+        ),
+    ] {
+        let p = problems(&with(extra));
+        assert!(
+            p.iter().any(|e| e.message.contains(says)),
+            "{extra}: {p:#?}"
+        );
+    }
+    let ok = with("etcd = [\"https://h:1\"]\nuser = \"u\"\npassword_file = \"/p\"\nca_file = \"/ca\"\ncert_file = \"/c\"\nkey_file = \"/k\"\n");
+    let c = config(&ok, None).expect("valid");
+    let access = c.cluster.expect("cluster").access;
+    assert_eq!(access.user.as_deref(), Some("u"));
+    assert!(access.key_file.is_some());
+}
