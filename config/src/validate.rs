@@ -487,38 +487,30 @@ fn every_environment(
 
 /// Names of the `[environment.*]` sections, checking their keys.
 fn environments(v: &mut V<'_>, root: &toml_edit::Table) -> Vec<String> {
-    let Some((envs, _)) = v.table(root, "environment", "") else {
-        return Vec::new();
-    };
-    let mut names = Vec::new();
-    for (name, item) in envs.iter() {
-        let path = format!("environment.{name}");
-        match item.as_table_like() {
-            Some(t) => {
-                v.keys(t, &path, OVERRIDABLE);
-                names.push(name.to_string());
-            }
-            None => v.push(
-                &path,
-                &item_span(item),
-                format!("expected a table, found {}", item.type_name()),
-            ),
-        }
-    }
-    names
+    overlay_names(v, root, "environment", OVERRIDABLE)
 }
 
 /// Names of the `[region.*]` sections, checking their keys.
 fn regions(v: &mut V<'_>, root: &toml_edit::Table) -> Vec<String> {
-    let Some((regions, _)) = v.table(root, "region", "") else {
+    overlay_names(v, root, "region", REGION_KEYS)
+}
+
+/// Names of the sections under `kind` (`environment`, `region`), checking their keys.
+fn overlay_names(
+    v: &mut V<'_>,
+    root: &toml_edit::Table,
+    kind: &str,
+    allowed: &[&str],
+) -> Vec<String> {
+    let Some((sections, _)) = v.table(root, kind, "") else {
         return Vec::new();
     };
     let mut names = Vec::new();
-    for (name, item) in regions.iter() {
-        let path = format!("region.{name}");
+    for (name, item) in sections.iter() {
+        let path = format!("{kind}.{name}");
         match item.as_table_like() {
             Some(t) => {
-                v.keys(t, &path, REGION_KEYS);
+                v.keys(t, &path, allowed);
                 names.push(name.to_string());
             }
             None => v.push(
