@@ -973,6 +973,9 @@ impl Rollouts {
         self.frozen
             .store(true, std::sync::atomic::Ordering::Release);
         let _quiet = self.stepping.lock().await;
+        if let Some(sh) = &self.shared {
+            sh.leader.resign().await;
+        }
         let all: Vec<Rollout> = self.list();
         for r in all.iter().filter(|r| r.phase.active()) {
             if let Err(e) = self.save(r) {
@@ -981,10 +984,24 @@ impl Rollouts {
         }
     }
 
+    /// Stops stepping for good (the process is stopping); in a cluster another node takes
+    /// over the rollouts at once.
+    pub async fn stop(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _quiet = self.stepping.lock().await;
+        if let Some(sh) = &self.shared {
+            sh.leader.resign().await;
+        }
+    }
+
     /// Steps again (the upgrade failed and this process keeps serving).
     pub fn thaw(&self) {
         self.frozen
             .store(false, std::sync::atomic::Ordering::Release);
+        if let Some(sh) = &self.shared {
+            sh.leader.rejoin();
+        }
     }
 
     /// Runs the controller until the runtime stops.

@@ -123,6 +123,7 @@ impl Plane {
         let grace = control.current().config.shutdown_grace;
         tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
         self.upgrader.release();
+        rollouts.stop().await;
         let _ = stop_tx.send(());
         // The data plane drains beside the admin API, whose requests in flight (the upgrade
         // call's own answer among them) finish within the same grace.

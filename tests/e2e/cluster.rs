@@ -531,8 +531,8 @@ async fn a_canary_outlives_the_node_that_ran_it() {
         assert!(t.elapsed() < Duration::from_secs(5), "a never led");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let b = join(&a, &canary_body(&etcd, "b", &stable, &canary));
-    let c = join(&a, &canary_body(&etcd, "c", &stable, &canary));
+    let mut b = join(&a, &canary_body(&etcd, "b", &stable, &canary));
+    let mut c = join(&a, &canary_body(&etcd, "c", &stable, &canary));
     let loads = [Load::start(b.url("/"), 2), Load::start(c.url("/"), 2)];
 
     // Started through A (the leader), which is killed once the first step is live.
@@ -605,6 +605,26 @@ async fn a_canary_outlives_the_node_that_ran_it() {
         assert_eq!(failed, 0, "{failed} of {total} failed on a surviving node");
         assert!(total > 100, "{total}");
     }
+
+    // A leader that stops gracefully hands over at once (its lease given back), not after the
+    // lease runs out.
+    let (stopping, other) = if new_leader == "b" {
+        (&mut b, &c)
+    } else {
+        (&mut c, &b)
+    };
+    let other_name = if new_leader == "b" { "c" } else { "b" };
+    stopping.terminate();
+    let t = Instant::now();
+    while leader(other).await != other_name {
+        // A lease running out would take 3 s from the last refresh.
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "no prompt hand-over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("graceful hand-over of rollouts after {:?}", t.elapsed());
 }
 
 /// Which origin node `n` sends `/` to, once the answers settle (after a version change).
