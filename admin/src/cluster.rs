@@ -33,7 +33,7 @@ pub struct Etcd {
     client: Client,
     prefix: String,
     /// Why etcd is unreachable, while it is (`/health` says `cluster: degraded`).
-    down: std::sync::Mutex<Option<String>>,
+    down: std::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl Etcd {
@@ -86,7 +86,7 @@ impl Etcd {
                         "etcd unreachable ({why}): serving the current version, refusing changes"
                     );
                 }
-                *down = Some(why.clone());
+                *down = Some((why.clone(), std::time::Instant::now()));
             }
             _ => {}
         }
@@ -94,7 +94,23 @@ impl Etcd {
 
     /// Why etcd cannot be reached, or `None` when it can.
     pub fn degraded(&self) -> Option<String> {
-        self.down.lock().expect("etcd state poisoned").clone()
+        self.down
+            .lock()
+            .expect("etcd state poisoned")
+            .as_ref()
+            .map(|(why, _)| why.clone())
+    }
+
+    /// While a call failed less than 2 s ago, the next ones fail at once instead of
+    /// each waiting out its 3 s (a PUT, its audit entry, a login…). The watch tries every
+    /// second meanwhile and clears it when etcd answers.
+    fn fail_fast(&self) -> Result<(), StoreError> {
+        match &*self.down.lock().expect("etcd state poisoned") {
+            Some((why, at)) if at.elapsed() < Duration::from_secs(2) => {
+                Err(StoreError::Unavailable(why.clone()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Runs `f` with a client on the etcd thread and waits for its answer.
@@ -104,6 +120,7 @@ impl Etcd {
         F: FnOnce(Client) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
+        self.fail_fast()?;
         let (tx, rx) = mpsc::channel();
         let client = self.client.clone();
         let job: Job = Box::pin(async move {

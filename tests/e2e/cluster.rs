@@ -464,6 +464,15 @@ async fn losing_the_etcd_leader_or_every_member_loses_nothing_and_nodes_catch_up
     assert!(a.health().await["cluster_detail"]
         .as_str()
         .is_some_and(|d| d.contains("etcd")));
+    // Known to be away: a change is refused at once, not after etcd's timeouts.
+    let t = Instant::now();
+    let refused = b.api("PUT", "/api/v2/config", &text, None).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
 
     // A node started while etcd is down serves its last known good version.
     c.restart();
