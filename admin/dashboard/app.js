@@ -259,7 +259,8 @@ const VERBS = {
 
 function rolloutTarget(r) {
   const p = r.plan;
-  return p.kind === 'rolling' ? 'pool ' + p.pool : 'route ' + p.route + ': ' + p.from + ' → ' + p.to;
+  const where = r.region ? ' in region ' + r.region : '';
+  return p.kind === 'rolling' ? 'pool ' + p.pool : 'route ' + p.route + ': ' + p.from + ' → ' + p.to + where;
 }
 
 function rolloutForm(cfg) {
@@ -280,10 +281,11 @@ function rolloutForm(cfg) {
     batch: el('input', { id: 'ro-batch', value: '1', size: 3 }),
     hook: el('input', { id: 'ro-hook', placeholder: 'command run per server', size: 22 }),
     wait: el('input', { id: 'ro-wait', value: '10s', size: 6 }),
+    region: el('input', { id: 'ro-region', placeholder: 'all regions', size: 10 }),
   };
   const uses = {
-    canary: ['route', 'to', 'steps', 'interval', 'max_error_rate', 'max_p99'],
-    'blue-green': ['route', 'to', 'keep_old'],
+    canary: ['route', 'to', 'steps', 'interval', 'max_error_rate', 'max_p99', 'region'],
+    'blue-green': ['route', 'to', 'keep_old', 'region'],
     rolling: ['pool', 'batch', 'hook', 'wait'],
   };
   const labels = Object.entries(inputs).map(([k, input]) => field(k, input));
