@@ -206,18 +206,7 @@ impl Auth {
             }
             Err(e) => return Err(io(e)),
         };
-        Ok((
-            Auth {
-                shared: None,
-                path,
-                credentials,
-                file: Mutex::new(file),
-                failures: Mutex::new(HashMap::new()),
-                sessions: Mutex::new(HashMap::new()),
-                session_idle_ms: (SESSION_IDLE.as_millis() as u64).into(),
-            },
-            created,
-        ))
+        Ok((Auth::with(state_dir, file), created))
     }
 
     /// Who a `Bearer` token belongs to. Every stored digest is compared, in constant time each.
@@ -488,6 +477,19 @@ impl Auth {
         Ok((auth, created))
     }
 
+    /// The credentials `file` of `state_dir`, no sessions yet.
+    fn with(state_dir: &Path, file: AuthFile) -> Auth {
+        Auth {
+            shared: None,
+            path: state_dir.join("auth.json"),
+            credentials: state_dir.join("admin-credentials"),
+            file: Mutex::new(file),
+            failures: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            session_idle_ms: (SESSION_IDLE.as_millis() as u64).into(),
+        }
+    }
+
     /// An `Auth` with whatever `state_dir` holds (nothing yet is fine: the cluster's
     /// credentials replace it at once), generating nothing.
     fn open_existing(state_dir: &Path) -> Result<Auth, AuthError> {
@@ -501,15 +503,7 @@ impl Auth {
                 dashboard_password: String::new(),
             },
         };
-        Ok(Auth {
-            shared: None,
-            path,
-            credentials: state_dir.join("admin-credentials"),
-            file: Mutex::new(file),
-            failures: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
-            session_idle_ms: (SESSION_IDLE.as_millis() as u64).into(),
-        })
+        Ok(Auth::with(state_dir, file))
     }
 
     /// Takes the cluster's credentials (`bytes`: the `auth` key), when they changed: a token

@@ -970,12 +970,7 @@ impl Rollouts {
     /// step included), once any step in progress has finished: a binary upgrade's new process
     /// then resumes exactly there.
     pub async fn freeze(&self) {
-        self.frozen
-            .store(true, std::sync::atomic::Ordering::Release);
-        let _quiet = self.stepping.lock().await;
-        if let Some(sh) = &self.shared {
-            sh.leader.resign().await;
-        }
+        let _quiet = self.halt().await;
         let all: Vec<Rollout> = self.list();
         for r in all.iter().filter(|r| r.phase.active()) {
             if let Err(e) = self.save(r) {
@@ -987,12 +982,19 @@ impl Rollouts {
     /// Stops stepping for good (the process is stopping); in a cluster another node takes
     /// over the rollouts at once.
     pub async fn stop(&self) {
+        drop(self.halt().await);
+    }
+
+    /// Stops stepping once the step in progress is done and gives up leading; the guard
+    /// keeps the controller quiet while held.
+    async fn halt(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.frozen
             .store(true, std::sync::atomic::Ordering::Release);
-        let _quiet = self.stepping.lock().await;
+        let quiet = self.stepping.lock().await;
         if let Some(sh) = &self.shared {
             sh.leader.resign().await;
         }
+        quiet
     }
 
     /// Steps again (the upgrade failed and this process keeps serving).
